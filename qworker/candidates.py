@@ -1,0 +1,64 @@
+"""A worker's local view of the jobs it may claim next.
+
+Reading the queue is the expensive operation on some servers (its cost grows
+with the number of matching jobs), so a worker reads its candidates once, in
+a batch, keeps them here in claim order, and adds the ones that wake-up hints
+announce. Claims stay conditional in MongoDB: an entry here is only a hint.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+
+Key = tuple[int, datetime, ObjectId]
+
+
+class Candidates:
+    def __init__(self) -> None:
+        self._heap: list[tuple[Key, str]] = []
+        self._keys: dict[ObjectId, Key] = {}
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def replace(self, docs: Iterable[dict[str, Any]]) -> None:
+        self._heap, self._keys = [], {}
+        self.add(docs)
+
+    def add(self, docs: Iterable[dict[str, Any]]) -> None:
+        for doc in docs:
+            key: Key = (-int(doc.get("priority", 0)), doc["nextRunAt"], doc["_id"])
+            if self._keys.get(doc["_id"]) != key:
+                self._keys[doc["_id"]] = key
+                heapq.heappush(self._heap, (key, doc["name"]))
+
+    def discard(self, ids: Iterable[ObjectId]) -> None:
+        for job_id in ids:
+            self._keys.pop(job_id, None)
+
+    def take(self, n: int, now: datetime, room: Callable[[str], int]) -> list[ObjectId]:
+        """Up to ``n`` due ids in claim order, within each task's ``room``."""
+        picked: list[ObjectId] = []
+        kept: list[tuple[Key, str]] = []
+        taken: dict[str, int] = {}
+        while self._heap and len(picked) < n:
+            key, task = heapq.heappop(self._heap)
+            if self._keys.get(key[2]) != key:
+                continue  # superseded or discarded
+            if key[1] > now or taken.get(task, 0) >= room(task):
+                kept.append((key, task))
+                continue
+            taken[task] = taken.get(task, 0) + 1
+            del self._keys[key[2]]
+            picked.append(key[2])
+        for item in kept:
+            heapq.heappush(self._heap, item)
+        return picked
+
+    def next_due(self) -> datetime | None:
+        return min((key[1] for key in self._keys.values()), default=None)

@@ -1,0 +1,99 @@
+"""Pub/sub over a capped collection, tailed with a tailable await cursor.
+
+A subscriber remembers the last ``_id`` it saw; after a broken cursor, a
+server restart or a dropped connection it resumes after it, with backoff, so
+a short outage loses no message still inside the capped window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Collection
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from bson import ObjectId
+from pymongo import CursorType
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.collection import Collection as SyncCollection
+from pymongo.errors import PyMongoError
+
+log = structlog.get_logger("qworker.channel")
+
+# Message ids carry the publisher's clock; a subscriber reads this far back
+# (and drops what it already delivered) so that hosts whose clocks differ by
+# less than this lose nothing. Hosts are expected to run NTP.
+CLOCK_SKEW = timedelta(seconds=2)
+SEEN_IDS = 4096
+
+Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def message(event: str, body: dict[str, Any]) -> dict[str, Any]:
+    return {"_id": ObjectId(), "event": event, "message": body, "ts": datetime.now(UTC)}
+
+
+def publish_sync(channel: SyncCollection[dict], event: str, body: dict[str, Any]) -> None:  # type: ignore[type-arg]
+    """Publish from synchronous code (the client library, the CLI)."""
+    channel.insert_one(message(event, body))
+
+
+class Channel:
+    """One process's view of the channel: publish, and tail for chosen events."""
+
+    def __init__(self, collection: AsyncCollection[dict]) -> None:  # type: ignore[type-arg]
+        self.collection = collection
+
+    async def publish(self, event: str, body: dict[str, Any]) -> None:
+        await self.collection.insert_one(message(event, body))
+
+    async def subscribe(
+        self, events: Collection[str], handler: Handler, ready: asyncio.Event | None = None
+    ) -> None:
+        """Deliver every message published from now on whose event is in ``events``.
+
+        Runs until cancelled.
+
+        ``ready`` is set once the first cursor is open, so a caller can publish
+        knowing the subscriber will see it.
+        """
+        since = datetime.now(UTC)
+        seen: deque[ObjectId] = deque(maxlen=SEEN_IDS)
+        delay = 0.1
+        while True:
+            try:
+                start = ObjectId.from_datetime(since - CLOCK_SKEW)
+                query = {"_id": {"$gt": start}, "event": {"$in": list(events)}}
+                cursor = self.collection.find(
+                    query, cursor_type=CursorType.TAILABLE_AWAIT
+                ).max_await_time_ms(1_000)
+                if ready is not None:
+                    ready.set()
+                while cursor.alive:
+                    async for doc in cursor:
+                        delay = 0.1
+                        if doc["_id"] in seen or doc["_id"].generation_time < since - CLOCK_SKEW:
+                            continue
+                        seen.append(doc["_id"])
+                        since = max(since, doc["_id"].generation_time)
+                        await self._deliver(handler, doc)
+                    await asyncio.sleep(0)
+                await asyncio.sleep(0.05)
+            except PyMongoError as exc:
+                log.warning("channel cursor broken, resuming", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    @staticmethod
+    async def _deliver(handler: Handler, doc: dict[str, Any]) -> None:
+        body = doc.get("message")
+        event = doc.get("event")
+        if not isinstance(event, str) or not isinstance(body, dict):
+            log.warning("ignoring malformed channel message", id=str(doc.get("_id")))
+            return
+        try:
+            await handler(event, body)
+        except Exception:
+            log.exception("channel handler failed", event_name=event)

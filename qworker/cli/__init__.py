@@ -1,0 +1,1 @@
+"""Command-line layers: they parse, delegate to the library, and print."""

@@ -1,0 +1,80 @@
+"""What both commands share: the config-file option and error reporting."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from qworker.config import ENV_PREFIX, read_config_file
+from qworker.errors import ConfigError, EmbeddedUnavailable, QworkerError, TaskDefinitionError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Errors in what the user gave us exit 2, like click's usage errors.
+USAGE_ERRORS = (ConfigError, TaskDefinitionError, EmbeddedUnavailable)
+
+
+def envvar(name: str) -> str:
+    return f"{ENV_PREFIX}_{name.upper()}"
+
+
+def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value:
+        allowed = [
+            p.name for p in ctx.command.params
+            if p.name and isinstance(p, click.Option) and p.name not in ("config", "print_config")
+        ]  # fmt: skip
+        try:
+            ctx.default_map = read_config_file(Path(value), allowed)
+        except ConfigError as exc:
+            fail(exc, ctx.command_path)
+    return value
+
+
+def config_option(fn: F) -> F:
+    return click.option(
+        "-c", "--config", type=click.Path(dir_okay=False), envvar=envvar("config"),
+        is_eager=True, callback=_load_config, show_envvar=True,
+        help="JSON or YAML file of settings (keys are option names).",
+    )(fn)  # fmt: skip
+
+
+def sources(ctx: click.Context) -> dict[str, str]:
+    """Where each parameter's value came from, for ``--print-config``."""
+    config = ctx.params.get("config")
+    names = {
+        ParameterSource.COMMANDLINE: "flag",
+        ParameterSource.ENVIRONMENT: "environment",
+        ParameterSource.DEFAULT_MAP: f"file {config}",
+        ParameterSource.DEFAULT: "default",
+    }
+    return {
+        name: names.get(ctx.get_parameter_source(name) or ParameterSource.DEFAULT, "default")
+        for name in ctx.params
+    }
+
+
+def fail(exc: Exception, prog: str) -> None:
+    """One clear message per line on stderr, and a non-zero exit."""
+    for line in str(exc).splitlines() or [type(exc).__name__]:
+        click.echo(f"{prog}: error: {line}", err=True)
+    sys.exit(2 if isinstance(exc, USAGE_ERRORS) else 1)
+
+
+def reports_errors(fn: F) -> F:
+    """Turn qworker's errors into messages instead of tracebacks."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except QworkerError as exc:
+            fail(exc, click.get_current_context().command_path)
+
+    return wrapper  # type: ignore[return-value]

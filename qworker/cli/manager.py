@@ -1,0 +1,175 @@
+"""``qworker-manager``: operator commands (the manager daemon comes with ``serve``)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from qworker.cli.common import config_option, envvar, reports_errors
+from qworker.cli.output import emit_json, job_detail, job_rows
+from qworker.client import Client
+from qworker.errors import ConfigError
+from qworker.model import JobState
+
+
+class Settings:
+    def __init__(self, mongo: str | None, prefix: str) -> None:
+        self.mongo, self.prefix = mongo, prefix
+
+    def client(self) -> Client:
+        if not self.mongo:
+            raise ConfigError("no MongoDB given: use --mongo URL or QWORKER_MONGO (or 'embedded')")
+        return Client(self.mongo, prefix=self.prefix)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@config_option
+@click.option(
+    "-m",
+    "--mongo",
+    envvar=envvar("mongo"),
+    show_envvar=True,
+    help="MongoDB URL (mongodb://host:port/db), or 'embedded'.",
+)
+@click.option(
+    "--prefix",
+    envvar=envvar("prefix"),
+    default="",
+    show_envvar=True,
+    help="Prefix of qworker's collection names.",
+)
+@click.pass_context
+def main(ctx: click.Context, config: str | None, mongo: str | None, prefix: str) -> None:
+    """Operate a qworker fleet: enqueue jobs and inspect them."""
+    ctx.obj = Settings(mongo, prefix)
+
+
+def _data(value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+
+
+@main.command()
+@click.argument("task")
+@click.option("--data", help="Job data as JSON.")
+@click.option("--when", help="'now' (default), 'in 20 minutes', or an ISO 8601 time.")
+@click.option("--priority", help="A number, or lowest/low/normal/high/highest.")
+@click.option("--max-attempts", type=click.IntRange(min=1), help="Runs allowed to fail.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
+@click.option("--description", help="Free text, searchable with 'jobs list --text'.")
+@pass_settings
+@reports_errors
+def enqueue(settings: Settings, /, task: str, data: str | None, **opts: Any) -> None:
+    """Queue a job of TASK and print its id."""
+    with settings.client() as client:
+        click.echo(client.schedule(opts.pop("when"), task, _data(data), **opts))
+
+
+@main.group()
+def jobs() -> None:
+    """Inspect and act on jobs."""
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the job document as JSON.")
+@pass_settings
+@reports_errors
+def jobs_show(settings: Settings, job_id: str, as_json: bool) -> None:
+    """Show one job: data, state, progress, result or error, and its log."""
+    with settings.client() as client:
+        job = client.get(job_id)
+    emit_json(job) if as_json else job_detail(job)
+
+
+@jobs.command("list")
+@click.option("--state", type=click.Choice([s.value for s in JobState]))
+@click.option("--task", help="Only jobs of this task.")
+@click.option("--text", help="Only jobs whose description contains this text.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@click.option("--skip", type=click.IntRange(min=0), default=0, help="Skip this many (paging).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_settings
+@reports_errors
+def jobs_list(settings: Settings, /, as_json: bool, **filters: Any) -> None:
+    """List jobs, newest first."""
+    with settings.client() as client:
+        found = client.jobs(**filters)
+    emit_json(found) if as_json else job_rows(found)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@pass_settings
+@reports_errors
+def jobs_cancel(settings: Settings, job_id: str) -> None:
+    """Cancel a queued job, or ask a running one to stop."""
+    with settings.client() as client:
+        job = client.cancel(job_id)
+    click.echo(f"{job['_id']} {'cancel requested' if job.get('cancelRequested') else job['state']}")
+
+
+@jobs.command("retry")
+@click.argument("job_id")
+@pass_settings
+@reports_errors
+def jobs_retry(settings: Settings, job_id: str) -> None:
+    """Queue a finished job again."""
+    with settings.client() as client:
+        job = client.retry(job_id)
+    click.echo(f"{job['_id']} {job['state']}")
+
+
+DEMO_JOBS: list[tuple[str, Any]] = [
+    ("hello", {"name": "world"}),
+    ("hello", {"name": "qworker"}),
+    ("countdown", {"steps": 5, "delay": 0.4}),
+    ("flaky", {"fail": False}),
+    ("flaky", {"fail": True}),
+]
+
+
+@main.command()
+@click.option(
+    "--paths",
+    default="tasks_example",
+    show_default=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Folder of the example tasks.",
+)
+@pass_settings
+@reports_errors
+def demo(settings: Settings, paths: str) -> None:
+    """Enqueue example jobs, run a worker until they are done, show the results.
+
+    Uses the embedded server unless --mongo is given.
+    """
+    settings.mongo = settings.mongo or "embedded"
+    with settings.client() as client:
+        ids = [client.now(task, data, description="demo") for task, data in DEMO_JOBS]
+        click.echo(f"queued {len(ids)} jobs on {client.url}; starting a worker\n")
+        tasks = sorted({task for task, _ in DEMO_JOBS})
+        worker = [sys.executable, "-m", "qworker.cli.worker", "--standalone", "--burst",
+                  "--mongo", client.url, "--paths", str(Path(paths)), "--id", "demo-worker",
+                  "--log-format", "console", "--prefix", settings.prefix, *tasks]  # fmt: skip
+        code = subprocess.call(worker)
+        click.echo("")
+        job_rows([client.get(i) for i in ids])
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

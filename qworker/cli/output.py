@@ -1,0 +1,77 @@
+"""Printing for people (tables) and scripts (JSON)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import click
+from bson import ObjectId
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, ObjectId):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, default=_plain, indent=2, sort_keys=True))
+
+
+def when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else ""
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(c) for c in headers], *[["" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for n, row in enumerate(cells):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if n == 0:
+            click.echo("  ".join("-" * w for w in widths))
+
+
+def job_rows(jobs: Sequence[dict[str, Any]]) -> None:
+    table(
+        ["ID", "TASK", "STATE", "PRI", "PROGRESS", "ATTEMPTS", "CREATED", "NEXT RUN", "REASON"],
+        [
+            [str(j["_id"]), j["name"], j["state"], j.get("priority", 0),
+             f"{(j.get('progress') or {}).get('percent', 0):.0f}%", j.get("attempts", 0),
+             when(j.get("createdAt")), when(j.get("nextRunAt")), j.get("failReason") or ""]
+            for j in jobs
+        ],
+    )  # fmt: skip
+
+
+def job_detail(job: dict[str, Any]) -> None:
+    progress = job.get("progress") or {}
+    fields = [
+        ("id", job["_id"]), ("task", job["name"]), ("state", job["state"]),
+        ("priority", job.get("priority")), ("description", job.get("description")),
+        ("data", json.dumps(job.get("data"))), ("attempts", job.get("attempts")),
+        ("failures", job.get("failCount")), ("max attempts", job.get("maxAttempts")),
+        ("progress", f"{progress.get('percent', 0):.0f}% {progress.get('step') or ''}".strip()),
+        ("created", when(job.get("createdAt"))), ("next run", when(job.get("nextRunAt"))),
+        ("last run", when(job.get("lastRunAt"))), ("finished", when(job.get("lastFinishedAt"))),
+        ("locked by", job.get("lockedBy")), ("result", json.dumps(job.get("result"))),
+        ("fail reason", job.get("failReason")),
+    ]  # fmt: skip
+    for name, value in fields:
+        if value not in (None, "", "null"):
+            click.echo(f"{name + ':':<14}{value}")
+    error = job.get("error")
+    if error and error.get("traceback"):
+        click.echo("traceback:")
+        click.echo("  " + error["traceback"].rstrip().replace("\n", "\n  "))
+    logs = job.get("logs") or []
+    if logs:
+        click.echo("log:")
+        for entry in logs:
+            click.echo(
+                f"  {when(entry.get('ts'))}  {entry.get('level', ''):<5}  {entry.get('msg')}"
+            )

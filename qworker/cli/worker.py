@@ -1,0 +1,156 @@
+"""``qworker``: the worker daemon's command line."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from qworker.cli.common import config_option, envvar, reports_errors, sources
+from qworker.config import WorkerSettings, describe
+from qworker.errors import ConfigError
+from qworker.logs import configure
+from qworker.tasks import select
+from qworker.worker import Worker
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
+    return click.option(*decls, name, envvar=envvar(name), show_envvar=True, **kwargs)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("task", nargs=-1)
+@config_option
+@_option(
+    "-i",
+    "--id",
+    name="id",
+    default=f"worker-{os.getpid()}",
+    show_default="worker-<pid>",
+    help="Worker id, unique in the fleet.",
+)
+@_option(
+    "-m",
+    "--mongo",
+    name="mongo",
+    required=True,
+    help="MongoDB URL (mongodb://host:port/db), or 'embedded' for the local server.",
+)
+@_option(
+    "-s",
+    "--standalone",
+    name="standalone",
+    is_flag=True,
+    default=False,
+    help="Run without a qworker-manager.",
+)
+@_option(
+    "-p",
+    "--paths",
+    name="paths",
+    multiple=True,
+    default=["tasks"],
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder of task definitions (repeatable).",
+)
+@_option(
+    "-t",
+    "--tasks",
+    name="tasks",
+    multiple=True,
+    help="Task id to run (repeatable), added to the TASK arguments.",
+)
+@_option(
+    "--concurrency",
+    name="concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Jobs run at once by this worker.",
+)
+@_option(
+    "--grace",
+    name="grace",
+    type=click.FloatRange(min=0),
+    default=25.0,
+    show_default=True,
+    help="Seconds running jobs get to finish on SIGTERM/SIGINT.",
+)
+@_option(
+    "--lease",
+    name="lease",
+    type=click.FloatRange(min=1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a claim lasts unless renewed; a dead worker's jobs return after it.",
+)
+@_option(
+    "--poll-interval",
+    name="poll_interval",
+    type=click.FloatRange(min=0.05),
+    default=1.0,
+    show_default=True,
+    help="Seconds between queue reads when no wake-up arrives.",
+)
+@_option("--prefix", name="prefix", default="", help="Prefix of qworker's collection names.")
+@_option(
+    "--burst",
+    name="burst",
+    is_flag=True,
+    default=False,
+    help="Exit once no job of these tasks is due and none is running.",
+)
+@_option("-v", "--verbose", name="verbose", count=True, help="More logging (-vv for libraries).")
+@_option(
+    "--log-format",
+    name="log_format",
+    type=click.Choice(["console", "json"]),
+    default=None,
+    help="Log format  [default: console on a terminal, else json]",
+)
+@click.option(
+    "--print-config", is_flag=True, help="Show the settings and their sources, then exit."
+)
+@click.pass_context
+@reports_errors
+def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opts: Any) -> None:
+    """Run the jobs of TASK... from MongoDB.
+
+    Options come from flags, QWORKER_* environment variables or --config,
+    in that order of precedence.
+    """
+    wanted = tuple(dict.fromkeys([*task, *opts["tasks"]]))
+    settings = WorkerSettings(
+        mongo=opts["mongo"], worker_id=opts["id"], tasks=wanted,
+        paths=tuple(Path(p) for p in opts["paths"]), standalone=opts["standalone"],
+        concurrency=opts["concurrency"], grace=opts["grace"], lease=opts["lease"],
+        poll_interval=opts["poll_interval"], prefix=opts["prefix"], burst=opts["burst"],
+        sources=sources(ctx),
+    )  # fmt: skip
+    if print_config:
+        shown = {k: v for k, v in ctx.params.items() if k != "print_config"}
+        shown["tasks"] = list(wanted)
+        click.echo(describe(shown, settings.sources))
+        return
+    configure(opts["verbose"], opts["log_format"])
+    metas = select(settings.paths, settings.tasks)
+    worker = Worker(settings, metas)
+    worker.load()
+    if not settings.standalone:
+        raise ConfigError(
+            "managed mode needs 'qworker-manager serve', which this version does not have yet; "
+            "run the worker with --standalone"
+        )
+    sys.exit(asyncio.run(worker.run()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Settings: flags, then ``QWORKER_`` environment variables, then a config file.
+
+click resolves the precedence (command line, environment, ``default_map``,
+default); this module reads and checks the file that fills the default map,
+and describes where each setting came from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qworker.errors import ConfigError
+
+ENV_PREFIX = "QWORKER"
+
+
+def read_config_file(path: Path, allowed: Iterable[str]) -> dict[str, Any]:
+    """The settings in a JSON or YAML file, keys normalised to option names.
+
+    Unknown keys are an error that names the file and the key, so a typo never
+    silently falls back to a default.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"config file {path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file {path}: invalid YAML{where}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings")
+    allowed_names = set(allowed)
+    settings: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = str(key).replace("-", "_")
+        if name not in allowed_names:
+            raise ConfigError(
+                f"config file {path}: unknown setting '{key}' "
+                f"(known: {', '.join(sorted(allowed_names))})"
+            )
+        settings[name] = value
+    return settings
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a worker process runs with."""
+
+    mongo: str
+    worker_id: str
+    tasks: tuple[str, ...]
+    paths: tuple[Path, ...] = (Path("tasks"),)
+    standalone: bool = False
+    concurrency: int = 8
+    grace: float = 25.0
+    lease: float = 30.0
+    poll_interval: float = 1.0
+    prefix: str = ""
+    burst: bool = False
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+
+def describe(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:
+    """A table of settings and their source, for ``--print-config``."""
+    width = max(len(k) for k in values)
+    lines = []
+    for key, value in values.items():
+        shown = [str(v) for v in value] if isinstance(value, list | tuple) else value
+        lines.append(f"{key:<{width}}  {json.dumps(shown, default=str):<40}  {sources[key]}")
+    return "\n".join(lines)

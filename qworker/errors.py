@@ -1,0 +1,31 @@
+"""Exceptions that qworker raises to its users.
+
+Every error a person can cause (a bad file, a bad option, bad job input) is a
+``QworkerError`` whose message is meant to be shown as is, on one line.
+"""
+
+from __future__ import annotations
+
+
+class QworkerError(Exception):
+    """Base class: the message is a complete, user-facing sentence."""
+
+
+class ConfigError(QworkerError):
+    """A setting (flag, environment variable or config file) is invalid."""
+
+
+class TaskDefinitionError(QworkerError):
+    """A task's metadata or code on disk is invalid."""
+
+
+class InvalidJobError(QworkerError):
+    """A job could not be enqueued because its input is invalid."""
+
+
+class JobNotFound(QworkerError):
+    """No job has the given id."""
+
+
+class EmbeddedUnavailable(QworkerError):
+    """The embedded server was asked for but cannot be started."""

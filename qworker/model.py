@@ -1,0 +1,135 @@
+"""The job document: its states, priorities, and how a new one is built.
+
+Field names follow DESIGN.md so that task metadata such as
+``jobAttributes: ["data.to", "lastFinishedAt"]`` selects them unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from bson import ObjectId
+
+from qworker.errors import InvalidJobError
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+PRIORITY_NAMES: dict[str, int] = {
+    "lowest": -20,
+    "low": -10,
+    "normal": 0,
+    "high": 10,
+    "highest": 20,
+}
+
+# Task ids are urlified file names: lower-case words joined by dashes.
+TASK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+
+MAX_LOG_LINES = 200
+MAX_LOG_LINE_CHARS = 2_000
+
+
+def parse_priority(value: int | str | None) -> int:
+    """A priority as a number; names ``lowest``…``highest`` are accepted."""
+    if value is None:
+        return 0
+    if isinstance(value, bool):
+        raise InvalidJobError(f"priority must be a number or one of {list(PRIORITY_NAMES)}")
+    if isinstance(value, int):
+        return value
+    text = str(value).strip().lower()
+    if text in PRIORITY_NAMES:
+        return PRIORITY_NAMES[text]
+    try:
+        return int(text)
+    except ValueError:
+        raise InvalidJobError(
+            f"priority {value!r} is not a number or one of {', '.join(PRIORITY_NAMES)}"
+        ) from None
+
+
+def check_task_id(task: str) -> str:
+    if not isinstance(task, str) or not TASK_ID_RE.match(task):
+        raise InvalidJobError(
+            f"task {task!r} is not a valid task id (lower-case letters, digits, '-' and '_')"
+        )
+    return task
+
+
+def check_json(value: Any, what: str) -> Any:
+    """Reject values that are not plain JSON: nothing else is stored or unpickled."""
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Delay before retry ``n`` (1-based): ``delay * factor**(n-1)``, capped, with jitter."""
+
+    delay: float = 1.0
+    factor: float = 2.0
+    max: float = 3600.0
+    jitter: bool = True
+
+    def seconds(self, attempt: int) -> float:
+        base = min(self.max, self.delay * self.factor ** max(0, attempt - 1))
+        return base * random.uniform(0.8, 1.2) if self.jitter else base
+
+
+def new_job(
+    task: str,
+    data: Any,
+    *,
+    now: datetime,
+    run_at: datetime,
+    priority: int | str | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    description: str | None = None,
+) -> dict[str, Any]:
+    """A validated job document ready to insert; raises ``InvalidJobError``."""
+    check_task_id(task)
+    if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+        raise InvalidJobError(f"max_attempts must be a whole number >= 1, not {max_attempts!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise InvalidJobError(f"timeout must be a number of seconds > 0, not {timeout!r}")
+    if description is not None and not isinstance(description, str):
+        raise InvalidJobError("description must be a string")
+    doc: dict[str, Any] = {
+        "_id": ObjectId(),
+        "name": task,
+        "data": check_json(data, "job data"),
+        "priority": parse_priority(priority),
+        "state": JobState.QUEUED.value,
+        "nextRunAt": run_at,
+        "createdAt": now,
+        "attempts": 0,
+        "failCount": 0,
+        "logs": [],
+    }
+    if max_attempts is not None:
+        doc["maxAttempts"] = max_attempts
+    if timeout is not None:
+        doc["timeout"] = float(timeout)
+    if description is not None:
+        doc["description"] = description
+    return doc

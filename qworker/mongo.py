@@ -1,0 +1,89 @@
+"""Connections, collection names and indexes.
+
+All collections live in the database named in the URL (default ``qworker``),
+with an optional name prefix so several deployments can share a database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, MongoClient
+from pymongo.database import Database
+from pymongo.errors import CollectionInvalid, ConfigurationError, PyMongoError
+from pymongo.uri_parser import parse_uri
+
+from qworker.errors import ConfigError
+
+DEFAULT_DATABASE = "qworker"
+CHANNEL_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Names:
+    """Collection names under a prefix."""
+
+    prefix: str = ""
+
+    @property
+    def jobs(self) -> str:
+        return f"{self.prefix}jobs"
+
+    @property
+    def channel(self) -> str:
+        return f"{self.prefix}channel"
+
+
+def resolve_url(url: str) -> str:
+    """A ``mongodb://`` URL; ``embedded`` starts or reuses the local embedded server."""
+    from qworker import embedded
+
+    if embedded.is_embedded(url):
+        return embedded.ensure_server(embedded.data_dir_from_url(url))
+    try:
+        parse_uri(url)
+    except (ConfigurationError, ValueError) as exc:
+        raise ConfigError(
+            f"--mongo {url!r} is not a MongoDB URL (mongodb://host:port/db) or 'embedded': {exc}"
+        ) from None
+    return url
+
+
+def database_name(url: str) -> str:
+    if url.startswith("mongodb"):
+        return parse_uri(url).get("database") or DEFAULT_DATABASE
+    return DEFAULT_DATABASE
+
+
+def sync_client(url: str) -> MongoClient[dict]:  # type: ignore[type-arg]
+    return MongoClient(url, tz_aware=True, appname="qworker", serverSelectionTimeoutMS=10_000)
+
+
+def async_client(url: str) -> AsyncMongoClient[dict]:  # type: ignore[type-arg]
+    return AsyncMongoClient(url, tz_aware=True, appname="qworker", serverSelectionTimeoutMS=10_000)
+
+
+def ensure_schema(db: Database[dict], names: Names) -> None:  # type: ignore[type-arg]
+    """Create the channel and the indexes that the claim path and the views need.
+
+    Idempotent, so every process may call it at start.
+    """
+    with contextlib.suppress(CollectionInvalid):
+        db.create_collection(names.channel, capped=True, size=CHANNEL_BYTES)
+    jobs = db[names.jobs]
+    jobs.create_index(
+        [("state", ASCENDING), ("name", ASCENDING), ("priority", DESCENDING),
+         ("nextRunAt", ASCENDING)],
+        name="claim",
+    )  # fmt: skip
+    jobs.create_index([("lockToken", ASCENDING)], name="lock_token", sparse=True)
+    jobs.create_index([("state", ASCENDING), ("lockExpiresAt", ASCENDING)], name="leases")
+    jobs.create_index([("createdAt", DESCENDING)], name="recent")
+
+
+def check_reachable(client: MongoClient[dict], url: str) -> None:  # type: ignore[type-arg]
+    try:
+        client.admin.command("ping")
+    except PyMongoError as exc:
+        raise ConfigError(f"cannot reach MongoDB at {url}: {exc}") from None

@@ -1,0 +1,234 @@
+"""Operations on the ``jobs`` collection, and the update documents they use.
+
+The claim path avoids queries whose cost grows with the queue (see
+docs/design-decisions.md): a worker reads its candidates once, in a batch,
+and claims them by ``_id`` with one conditional ``update_many``; completions
+are conditional on the claim's ``lockToken`` so a worker that lost its lease
+can never overwrite the outcome of another worker's run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import DESCENDING, UpdateOne
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.collection import Collection
+
+from qworker.errors import JobNotFound
+from qworker.model import FINISHED_STATES, MAX_LOG_LINES, JobState
+
+LOCK_FIELDS = {"lockedBy": "", "lockToken": "", "lockExpiresAt": "", "lockedAt": ""}
+CANDIDATE_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1}
+# A job lost this many times with its worker (crash, kill, lost lease) is
+# failed instead of re-queued, so a job that kills its worker cannot loop.
+MAX_LOST = 5
+
+Doc = dict[str, Any]
+
+
+def object_id(job_id: str | ObjectId) -> ObjectId:
+    if isinstance(job_id, ObjectId):
+        return job_id
+    try:
+        return ObjectId(job_id)
+    except (InvalidId, TypeError):
+        raise JobNotFound(f"no job {job_id!r}: a job id is 24 hexadecimal characters") from None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, turned into the update that records it."""
+
+    state: JobState
+    result: Any = None
+    error: dict[str, str] | None = None
+    reason: str | None = None
+    retry_at: datetime | None = None
+
+    def update(self, now: datetime) -> Doc:
+        fields: Doc = {"lastFinishedAt": now}
+        inc: Doc = {}
+        if self.state is JobState.SUCCEEDED:
+            fields.update(state=JobState.SUCCEEDED.value, result=self.result)
+            fields["progress.percent"] = 100.0
+        elif self.state is JobState.CANCELLED:
+            fields.update(state=JobState.CANCELLED.value, failReason=self.reason or "cancelled")
+        else:
+            fields.update(failReason=self.reason, error=self.error, failedAt=now)
+            inc["failCount"] = 1
+            if self.retry_at is not None:
+                fields.update(state=JobState.QUEUED.value, nextRunAt=self.retry_at)
+            else:
+                fields["state"] = JobState.FAILED.value
+        update: Doc = {"$set": fields, "$unset": LOCK_FIELDS}
+        if inc:
+            update["$inc"] = inc
+        return update
+
+
+def owned(job_id: ObjectId, token: str) -> Doc:
+    return {"_id": job_id, "lockToken": token, "state": JobState.RUNNING.value}
+
+
+def release_update(now: datetime) -> Doc:
+    """Back to ``queued`` at once: a shutdown or a lost worker is not a failed attempt."""
+    return {
+        "$set": {"state": JobState.QUEUED.value, "nextRunAt": now},
+        "$unset": LOCK_FIELDS,
+    }
+
+
+def log_update(entries: Sequence[Doc]) -> Doc:
+    return {"$push": {"logs": {"$each": list(entries), "$slice": -MAX_LOG_LINES}}}
+
+
+class WorkerStore:
+    """What a worker does to jobs, asynchronously."""
+
+    def __init__(self, jobs: AsyncCollection[Doc]) -> None:
+        self.jobs = jobs
+
+    async def candidates(self, tasks: Iterable[str], until: datetime, cap: int) -> list[Doc]:
+        """Queued jobs of ``tasks`` due by ``until``: ids and ordering fields only."""
+        query = {
+            "state": JobState.QUEUED.value,
+            "name": {"$in": list(tasks)},
+            "nextRunAt": {"$lte": until},
+        }
+        return await self.jobs.find(query, CANDIDATE_FIELDS).limit(cap).to_list()
+
+    async def claim(
+        self, ids: Sequence[ObjectId], worker_id: str, token: str, now: datetime, lease: float
+    ) -> list[Doc]:
+        """Atomically take whichever of ``ids`` are still queued and due; return them."""
+        result = await self.jobs.update_many(
+            {"_id": {"$in": list(ids)}, "state": JobState.QUEUED.value, "nextRunAt": {"$lte": now}},
+            {
+                "$set": {
+                    "state": JobState.RUNNING.value,
+                    "lockedBy": worker_id,
+                    "lockToken": token,
+                    "lockedAt": now,
+                    "lockExpiresAt": now + timedelta(seconds=lease),
+                    "lastRunAt": now,
+                },
+                "$inc": {"attempts": 1},
+            },
+        )
+        if result.modified_count == 0:
+            return []
+        return await self.jobs.find({"lockToken": token}).to_list()
+
+    async def write(self, updates: Sequence[UpdateOne]) -> None:
+        if updates:
+            await self.jobs.bulk_write(list(updates), ordered=False)
+
+    async def renew(self, tokens: Iterable[str], until: datetime) -> Doc:
+        """Extend the leases of these claims; returns ids whose cancel was requested."""
+        tokens = list(tokens)
+        if not tokens:
+            return {}
+        await self.jobs.update_many(
+            {"lockToken": {"$in": tokens}, "state": JobState.RUNNING.value},
+            {"$set": {"lockExpiresAt": until}},
+        )
+        cancelled = self.jobs.find(
+            {"lockToken": {"$in": tokens}, "cancelRequested": True}, {"_id": 1}
+        )
+        return {str(doc["_id"]): True async for doc in cancelled}
+
+    async def recover_expired(self, now: datetime) -> list[ObjectId]:
+        """Return jobs whose lease ran out (their worker died) to ``queued``."""
+        expired = await self.jobs.find(
+            {"state": JobState.RUNNING.value, "lockExpiresAt": {"$lt": now}},
+            {"lockToken": 1, "lostCount": 1},
+        ).to_list()
+        recovered = []
+        for doc in expired:
+            lost = int(doc.get("lostCount", 0)) + 1
+            if lost >= MAX_LOST:
+                update = Outcome(
+                    JobState.FAILED, reason=f"lost with its worker {lost} times"
+                ).update(now)
+            else:
+                update = release_update(now)
+            update.setdefault("$inc", {})["lostCount"] = 1
+            done = await self.jobs.update_one(
+                {"_id": doc["_id"], "lockToken": doc.get("lockToken")}, update
+            )
+            if done.modified_count and lost < MAX_LOST:
+                recovered.append(doc["_id"])
+        return recovered
+
+
+class JobStore:
+    """What clients and operators do to jobs, synchronously."""
+
+    def __init__(self, jobs: Collection[Doc]) -> None:
+        self.jobs = jobs
+
+    def insert(self, docs: Sequence[Doc]) -> None:
+        if len(docs) == 1:
+            self.jobs.insert_one(docs[0])
+        elif docs:
+            self.jobs.insert_many(list(docs), ordered=True)
+
+    def get(self, job_id: str | ObjectId) -> Doc:
+        doc = self.jobs.find_one({"_id": object_id(job_id)})
+        if doc is None:
+            raise JobNotFound(f"no job {job_id}")
+        return doc
+
+    def find(
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        text: str | None = None,
+        limit: int = 50,
+        skip: int = 0,
+    ) -> list[Doc]:
+        query: Doc = {}
+        if state:
+            query["state"] = state
+        if task:
+            query["name"] = task
+        if text:
+            query["description"] = {"$regex": re.escape(text), "$options": "i"}
+        cursor = self.jobs.find(query, {"logs": 0}).sort("createdAt", DESCENDING)
+        return list(cursor.skip(skip).limit(limit))
+
+    def cancel(self, job_id: str | ObjectId, now: datetime) -> Doc:
+        """Cancel a queued job at once; ask a running one to stop."""
+        oid = object_id(job_id)
+        done = self.jobs.update_one(
+            {"_id": oid, "state": JobState.QUEUED.value},
+            {"$set": {"state": JobState.CANCELLED.value, "lastFinishedAt": now,
+                      "failReason": "cancelled"}},
+        )  # fmt: skip
+        if not done.modified_count:
+            self.jobs.update_one(
+                {"_id": oid, "state": JobState.RUNNING.value}, {"$set": {"cancelRequested": True}}
+            )
+        return self.get(oid)
+
+    def retry(self, job_id: str | ObjectId, now: datetime) -> Doc:
+        """Queue a finished job again, now, with a fresh attempt budget."""
+        oid = object_id(job_id)
+        done = self.jobs.update_one(
+            {"_id": oid, "state": {"$in": [s.value for s in FINISHED_STATES]}},
+            {
+                "$set": {"state": JobState.QUEUED.value, "nextRunAt": now, "failCount": 0},
+                "$unset": {"cancelRequested": "", "failReason": "", "error": "", "result": ""},
+            },
+        )
+        doc = self.get(oid)
+        if not done.modified_count:
+            raise JobNotFound(f"job {job_id} is {doc['state']}: only finished jobs can be retried")
+        return doc

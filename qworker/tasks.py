@@ -1,0 +1,326 @@
+"""Task definitions on disk: ``<task>.json``/``.yaml`` metadata beside ``<task>.py``.
+
+Everything here runs before the worker touches MongoDB, so a bad file stops
+the worker with its path and the offending field, never a traceback.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import yaml
+
+from qworker.errors import TaskDefinitionError
+from qworker.model import PRIORITY_NAMES, Backoff
+from qworker.when import parse_duration
+
+METADATA_SUFFIXES = (".json", ".yaml", ".yml")
+ISOLATIONS = ("thread", "process")
+DEFAULT_JOB_ATTRIBUTES = ("data", "lastRunAt", "nextRunAt", "lastFinishedAt")
+ATTRIBUTE_FIELDS = (
+    "jobAttributes",
+    "jobStartAttributes",
+    "jobProgressAttributes",
+    "jobSuccessAttributes",
+    "jobFailAttributes",
+)
+
+
+@dataclass(frozen=True)
+class TaskMeta:
+    """A task's validated metadata and where it came from."""
+
+    id: str
+    name: str
+    metadata_path: Path
+    code_path: Path
+    description: str = ""
+    concurrency: int | None = None
+    priority: int = 0
+    timeout: float | None = None
+    max_attempts: int = 1
+    backoff: Backoff = field(default_factory=Backoff)
+    isolation: str = "thread"
+    attributes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def attributes_for(self, event: str) -> tuple[str, ...]:
+        """Job attributes a notification of ``event`` (start, progress, …) carries."""
+        specific = self.attributes.get(f"job{event.capitalize()}Attributes")
+        if specific is not None:
+            return specific
+        return self.attributes.get("jobAttributes", DEFAULT_JOB_ATTRIBUTES)
+
+
+def urlify(name: str) -> str:
+    return re.sub(r"[^a-z0-9_]+", "-", name.lower()).strip("-")
+
+
+def default_name(task_id: str) -> str:
+    return re.sub(r"[-_]+", " ", task_id).capitalize()
+
+
+class _Fields:
+    """Collects the problems of one metadata file, field by field."""
+
+    def __init__(self, path: Path, raw: dict[str, Any]) -> None:
+        self.path, self.raw, self.problems = path, raw, list[str]()
+
+    def bad(self, name: str, expected: str) -> None:
+        self.problems.append(
+            f"{self.path}: field '{name}': expected {expected}, got {self.raw[name]!r}"
+        )
+
+    def get(self, name: str, check: Callable[[Any], Any], expected: str, default: Any) -> Any:
+        if name not in self.raw:
+            return default
+        try:
+            return check(self.raw[name])
+        except (TypeError, ValueError):
+            self.bad(name, expected)
+            return default
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError
+    return value
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError
+    return value
+
+
+def _seconds(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError
+    return seconds
+
+
+def _priority(value: Any) -> int:
+    if isinstance(value, str) and value.lower() in PRIORITY_NAMES:
+        return PRIORITY_NAMES[value.lower()]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError
+    return value
+
+
+def _attributes(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise TypeError
+    return tuple(value)
+
+
+def _isolation(value: Any) -> str:
+    if value not in ISOLATIONS:
+        raise ValueError
+    return str(value)
+
+
+def _backoff(value: Any) -> Backoff:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return Backoff(delay=_seconds(value))
+    if not isinstance(value, dict) or set(value) - {"delay", "factor", "max", "jitter"}:
+        raise TypeError
+    defaults = Backoff()
+    factor = value.get("factor", defaults.factor)
+    if isinstance(factor, bool) or not isinstance(factor, int | float) or factor < 1:
+        raise ValueError
+    return Backoff(
+        delay=_seconds(value.get("delay", defaults.delay)),
+        factor=float(factor),
+        max=_seconds(value.get("max", defaults.max)),
+        jitter=_boolean(value.get("jitter", defaults.jitter)),
+    )
+
+
+KNOWN_FIELDS = {
+    "id", "name", "description", "disabled", "concurrency", "priority", "timeout",
+    "maxAttempts", "backoff", "isolation", *ATTRIBUTE_FIELDS,
+}  # fmt: skip
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """The parsed metadata mapping of one file; errors name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TaskDefinitionError(f"{path}: cannot read: {exc}") from None
+    try:
+        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise TaskDefinitionError(
+            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
+        ) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise TaskDefinitionError(f"{path}: invalid YAML{where}: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise TaskDefinitionError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
+    return raw
+
+
+def parse_task(path: Path) -> TaskMeta | None:
+    """Validate one metadata file; ``None`` when it is ``disabled``."""
+    raw = read_metadata(path)
+    fields = _Fields(path, raw)
+    for unknown in sorted(set(raw) - KNOWN_FIELDS, key=str):
+        fields.problems.append(
+            f"{path}: unknown field '{unknown}' (known: {', '.join(sorted(KNOWN_FIELDS))})"
+        )
+    task_id = fields.get("id", _string, "a string", urlify(path.stem))
+    if task_id != urlify(task_id) or not task_id:
+        fields.problems.append(
+            f"{path}: field 'id': {task_id!r} is not url-safe (try {urlify(task_id)!r})"
+        )
+    disabled = fields.get("disabled", _boolean, "true or false", False)
+    attributes = {
+        name: fields.get(name, _attributes, "a list of attribute paths", None)
+        for name in ATTRIBUTE_FIELDS
+        if name in raw
+    }
+    meta = TaskMeta(
+        id=task_id,
+        name=fields.get("name", _string, "a string", default_name(task_id)),
+        metadata_path=path,
+        code_path=path.with_suffix(".py"),
+        description=fields.get("description", _string, "a string", ""),
+        concurrency=fields.get("concurrency", _positive_int, "a whole number >= 1", None),
+        priority=fields.get("priority", _priority, f"a number or one of {list(PRIORITY_NAMES)}", 0),
+        timeout=fields.get("timeout", _seconds, "seconds > 0 or a duration like '5 minutes'", None),
+        max_attempts=fields.get("maxAttempts", _positive_int, "a whole number >= 1", 1),
+        backoff=fields.get(
+            "backoff", _backoff, "seconds, or {delay, factor >= 1, max, jitter}", Backoff()
+        ),
+        isolation=fields.get("isolation", _isolation, f"one of {list(ISOLATIONS)}", "thread"),
+        attributes={k: v for k, v in attributes.items() if v is not None},
+        raw=raw,
+    )
+    if not meta.code_path.is_file() and not disabled:
+        fields.problems.append(f"{path}: missing code file {meta.code_path.name} beside it")
+    if fields.problems:
+        raise TaskDefinitionError("\n".join(fields.problems))
+    return None if disabled else meta
+
+
+@dataclass
+class Discovery:
+    """What a scan of the task paths found: usable tasks and broken files."""
+
+    tasks: dict[str, TaskMeta] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # task id -> message
+    disabled: set[str] = field(default_factory=set)
+
+
+def discover(paths: Iterable[Path]) -> Discovery:
+    found = Discovery()
+    for folder in paths:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.iterdir()):
+            if path.suffix not in METADATA_SUFFIXES or not path.is_file():
+                continue
+            try:
+                meta = parse_task(path)
+            except TaskDefinitionError as exc:
+                found.errors.setdefault(urlify(path.stem), str(exc))
+                continue
+            if meta is None:
+                found.disabled.add(urlify(path.stem))
+            elif meta.id in found.tasks:
+                first = found.tasks[meta.id].metadata_path
+                found.errors[meta.id] = f"{path}: task id '{meta.id}' is already defined by {first}"
+            else:
+                found.tasks[meta.id] = meta
+    return found
+
+
+def select(paths: Sequence[Path], wanted: Sequence[str]) -> list[TaskMeta]:
+    """The metadata of the named tasks; one error lists everything wrong or missing."""
+    if not wanted:
+        raise TaskDefinitionError(
+            "no tasks named: give task ids as arguments or with --tasks "
+            f"(looked in {', '.join(str(p) for p in paths)})"
+        )
+    missing_dirs = [str(p) for p in paths if not p.is_dir()]
+    found = discover(paths)
+    problems, selected = [], []
+    for task_id in dict.fromkeys(wanted):
+        if task_id in found.errors:
+            problems.append(found.errors[task_id])
+        elif task_id in found.tasks:
+            selected.append(found.tasks[task_id])
+        elif task_id in found.disabled:
+            problems.append(f"task '{task_id}' is disabled in its metadata")
+        else:
+            where = ", ".join(str(p) for p in paths)
+            note = f" (missing folder: {', '.join(missing_dirs)})" if missing_dirs else ""
+            problems.append(f"task '{task_id}' not found: no {task_id}.json/.yaml in {where}{note}")
+    if problems:
+        raise TaskDefinitionError("\n".join(problems))
+    return selected
+
+
+def import_code(meta: TaskMeta) -> ModuleType:
+    """Import a task's code file; an error names the file and line that raised."""
+    module_name = f"qworker_tasks.{meta.id.replace('-', '_')}"
+    spec = importlib.util.spec_from_file_location(module_name, meta.code_path)
+    if spec is None or spec.loader is None:
+        raise TaskDefinitionError(f"{meta.code_path}: cannot be imported as Python code")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        sys.modules.pop(module_name, None)
+        raise TaskDefinitionError(f"{_where(exc, meta.code_path)}: {_describe(exc)}") from None
+    if not callable(getattr(module, "setup", None)):
+        raise TaskDefinitionError(
+            f"{meta.code_path}: defines no setup(worker, task) function to register the handler"
+        )
+    return module
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _where(exc: BaseException, path: Path) -> str:
+    """``path:line`` of the deepest frame of ``exc`` in ``path``."""
+    line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if Path(frame.filename) == path:
+            line = frame.lineno
+    return f"{path}:{line}" if line else str(path)
+
+
+def run_setup(module: ModuleType, registry: Any, meta: TaskMeta) -> None:
+    """Call the module's ``setup``; failures are reported like import failures."""
+    try:
+        module.setup(registry, meta)
+    except Exception as exc:
+        raise TaskDefinitionError(
+            f"{_where(exc, meta.code_path)}: setup() raised {_describe(exc)}"
+        ) from None

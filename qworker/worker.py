@@ -1,0 +1,449 @@
+"""The worker: claims jobs of its tasks and runs them with bounded concurrency.
+
+One asyncio loop drives everything: claiming, the outbox flush, lease
+renewal and recovery, and the channel's wake-ups. Handlers run on the loop
+(``async def``), in threads, or in child processes (see ``runner``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from bson import ObjectId
+from pymongo import UpdateOne
+from pymongo.errors import PyMongoError
+
+from qworker.candidates import Candidates
+from qworker.channel import Channel
+from qworker.config import WorkerSettings
+from qworker.errors import TaskDefinitionError
+from qworker.job import Job
+from qworker.model import JobState, check_json
+from qworker.mongo import Names, async_client, ensure_schema, resolve_url, sync_client
+from qworker.outbox import Outbox
+from qworker.registry import Registry
+from qworker.runner import HandlerError, JobTimeout, call, execute
+from qworker.store import Outcome, WorkerStore, owned, release_update
+from qworker.tasks import TaskMeta, import_code, run_setup
+from qworker.when import utcnow
+
+log = structlog.get_logger("qworker.worker")
+
+CANDIDATE_CAP = 20_000
+
+
+@dataclass
+class Running:
+    job: Job
+    meta: TaskMeta
+    task: asyncio.Task[None] | None = None
+    stop_reason: str | None = None  # "cancel" or "shutdown" when we cut it short
+
+
+@dataclass
+class Counters:
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0
+    released: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+
+
+class Worker(Registry):
+    """What ``setup(worker, task)`` receives, and the loop that runs the jobs."""
+
+    def __init__(self, settings: WorkerSettings, metas: list[TaskMeta]) -> None:
+        super().__init__()
+        self.settings = settings
+        self.id = settings.worker_id
+        self.metas = {meta.id: meta for meta in metas}
+        self.nonce = uuid.uuid4().hex[:12]
+        self.host = socket.gethostname()
+        self.counters = Counters()
+        self._tokens = itertools.count(1)
+        self._running: dict[str, Running] = {}
+        self._per_task: dict[str, int] = dict.fromkeys(self.metas, 0)
+        self._candidates = Candidates()
+        self._stopping = False
+        self._force = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._flush_wanted = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._refill_wanted = True
+        self._next_refill = 0.0
+        self._rescan_every = 5.0
+        self.outbox = Outbox(settings.lease, self._notify_outbox)
+
+    # -- loading ---------------------------------------------------------
+
+    def load(self) -> None:
+        """Import every task's code and run its ``setup``; all before MongoDB."""
+        for meta in self.metas.values():
+            run_setup(import_code(meta), self, meta)
+            if meta.id not in self.handlers:
+                raise TaskDefinitionError(
+                    f"{meta.code_path}: setup() registered no handler for task '{meta.id}' "
+                    f"(call worker.task('{meta.id}', handler))"
+                )
+
+    # -- life cycle ------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until a signal (or, in burst mode, an empty queue); the exit code."""
+        self._loop = asyncio.get_running_loop()
+        url = resolve_url(self.settings.mongo)
+        names = Names(self.settings.prefix)
+        await asyncio.to_thread(self._prepare, url, names)
+        client = async_client(url)
+        db = client.get_default_database(default="qworker")
+        self.store = WorkerStore(db[names.jobs])
+        self.channel = Channel(db[names.channel])
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.request_stop)
+        await self._run_hooks(self.initializers, *self._task_hooks(self.task_initializers))
+        log.info(
+            "worker started", worker_id=self.id, tasks=list(self.metas), pid=os.getpid(),
+            concurrency=self.settings.concurrency, standalone=self.settings.standalone,
+        )  # fmt: skip
+        listening = asyncio.Event()
+        background = [
+            asyncio.create_task(self._flush_loop()),
+            asyncio.create_task(self._lease_loop()),
+            asyncio.create_task(
+                self.channel.subscribe(["job:queued", "job:cancel"], self._on_message, listening)
+            ),
+        ]
+        try:
+            await asyncio.wait_for(listening.wait(), 10)
+        except TimeoutError:
+            log.warning("channel not ready; relying on polling")
+        try:
+            await self._claim_loop()
+            await self._drain_running()
+        finally:
+            await self._flush()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await self._run_hooks(*self._task_hooks(self.task_finalizers), self.finalizers)
+            await client.close()
+        c = self.counters
+        log.info(
+            "worker stopped", worker_id=self.id, succeeded=c.succeeded, failed=c.failed,
+            retried=c.retried, cancelled=c.cancelled, released=c.released,
+        )  # fmt: skip
+        return 0
+
+    def _prepare(self, url: str, names: Names) -> None:
+        client = sync_client(url)
+        try:
+            ensure_schema(client.get_default_database(default="qworker"), names)
+        finally:
+            client.close()
+
+    def _task_hooks(self, hooks: dict[str, list[Any]]) -> list[list[Any]]:
+        return [hooks.get(task_id, []) for task_id in self.metas]
+
+    async def _run_hooks(self, *groups: list[Any]) -> None:
+        for group in groups:
+            for hook in group:
+                await call(hook)
+
+    def request_stop(self) -> None:
+        """First signal: stop claiming and drain; second: stop at once."""
+        if self._stopping:
+            log.warning("second signal: stopping now, returning unfinished jobs to the queue")
+            self._force.set()
+        else:
+            log.info("stopping: finishing running jobs", grace=self.settings.grace,
+                     running=len(self._running))  # fmt: skip
+            self._stopping = True
+        self._wake.set()
+
+    async def _drain_running(self) -> None:
+        """Let running jobs finish within the grace period (or until a second signal)."""
+        tasks = [r.task for r in self._running.values() if r.task is not None]
+        if tasks:
+            finished: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
+            forced: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
+            await asyncio.wait(
+                [finished, forced], timeout=self.settings.grace,
+                return_when=asyncio.FIRST_COMPLETED,
+            )  # fmt: skip
+            forced.cancel()
+        await self._release_all()
+
+    async def _release_all(self) -> None:
+        """Hand every unfinished job back to ``queued`` at once; never drop one."""
+        if not self._running:
+            return
+        now = utcnow()
+        ops = []
+        for running in list(self._running.values()):
+            running.stop_reason = "shutdown"
+            running.job.cancel()
+            if running.task is not None:
+                running.task.cancel()
+            ops.append(UpdateOne(owned(running.job.doc["_id"], running.job.doc["lockToken"]),
+                                 release_update(now)))  # fmt: skip
+            self.counters.released += 1
+            log.info("job returned to queue", job_id=running.job.id, task=running.job.task)
+        self.outbox.restore(ops)
+        self._running.clear()
+
+    # -- claiming --------------------------------------------------------
+
+    def _room(self, task_id: str) -> int:
+        cap = self.metas[task_id].concurrency
+        return self.settings.concurrency if cap is None else cap - self._per_task[task_id]
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            free = self.settings.concurrency - len(self._running)
+            if free > 0 and self._should_refill():
+                await self._refill()
+            now = utcnow()
+            picks = self._candidates.take(free, now, self._room) if free > 0 else []
+            if picks:
+                await self._claim(picks, now)
+                continue
+            if self.settings.burst and not self._running and not self._candidates_due(now):
+                log.info("burst mode: no job left to run")
+                return
+            await self._sleep(now)
+
+    def _candidates_due(self, now: datetime) -> bool:
+        due = self._candidates.next_due()
+        return due is not None and due <= now
+
+    def _should_refill(self) -> bool:
+        now = time.monotonic()
+        if len(self._candidates) == 0:
+            return self._refill_wanted or now >= self._next_refill
+        return now >= self._next_refill + self._rescan_every
+
+    async def _refill(self) -> None:
+        started = time.monotonic()
+        self._refill_wanted = False
+        horizon = utcnow() + timedelta(seconds=self.settings.poll_interval)
+        try:
+            docs = await self.store.candidates(self.metas, horizon, CANDIDATE_CAP)
+        except PyMongoError as exc:
+            log.warning("cannot read the queue", error=str(exc))
+            self._next_refill = time.monotonic() + self.settings.poll_interval
+            return
+        self._candidates.replace(docs)
+        took = time.monotonic() - started
+        # A slow read (a deep queue) is repeated less often, so reading never
+        # costs more than a small share of the server.
+        self._rescan_every = max(5 * self.settings.poll_interval, 20 * took)
+        self._next_refill = time.monotonic() + self.settings.poll_interval
+
+    async def _claim(self, ids: list[ObjectId], now: datetime) -> None:
+        token = f"{self.id}:{self.nonce}:{next(self._tokens)}"
+        try:
+            docs = await self.store.claim(ids, self.id, token, now, self.settings.lease)
+        except PyMongoError as exc:
+            log.warning("claim failed", error=str(exc))
+            await asyncio.sleep(min(self.settings.poll_interval, 1.0))
+            return
+        for doc in sorted(docs, key=lambda d: (-d.get("priority", 0), d["nextRunAt"])):
+            self._start(doc)
+
+    async def _sleep(self, now: datetime) -> None:
+        timeout = self.settings.poll_interval
+        due = self._candidates.next_due()
+        if due is not None and due > now:
+            timeout = min(timeout, (due - now).total_seconds())
+        self._wake.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
+
+    async def _on_message(self, event: str, body: dict[str, Any]) -> None:
+        if event == "job:queued":
+            jobs = body.get("jobs")
+            if isinstance(jobs, list):
+                mine = [self._hint(j) for j in jobs if isinstance(j, dict)]
+                self._candidates.add(doc for doc in mine if doc is not None)
+            elif set(body.get("tasks") or []) & set(self.metas):
+                self._refill_wanted = True
+            self._wake.set()
+        elif event == "job:cancel":
+            self.cancel_job(str(body.get("jobId")))
+
+    def _hint(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            if entry["name"] not in self.metas:
+                return None
+            return {"_id": ObjectId(entry["id"]), "name": entry["name"],
+                    "priority": int(entry.get("priority", 0)),
+                    "nextRunAt": datetime.fromisoformat(entry["nextRunAt"])}  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            log.warning("ignoring malformed job:queued entry")
+            return None
+
+    # -- running ---------------------------------------------------------
+
+    def _start(self, doc: dict[str, Any]) -> None:
+        meta = self.metas[doc["name"]]
+        running = Running(Job(doc, self.outbox), meta)
+        self._running[running.job.id] = running
+        self._per_task[meta.id] += 1
+        running.task = asyncio.create_task(self._run(running))
+
+    async def _run(self, running: Running) -> None:
+        job, meta = running.job, running.meta
+        timeout = job.doc.get("timeout") or meta.timeout
+        started = time.monotonic()
+        log.info("job started", job_id=job.id, task=job.task, attempt=job.attempt)
+        observed = False
+        try:
+            for observer in self.before:
+                await call(observer, job)
+            result = check_json(
+                await execute(self.handlers[meta.id], job, meta, timeout, self.outbox),
+                "the handler's return value",
+            )
+            observed = True
+            for observer in self.after:
+                await call(observer, job, result, None)
+            outcome = Outcome(JobState.SUCCEEDED, result=result)
+        except asyncio.CancelledError:
+            if running.stop_reason != "cancel":
+                raise  # shutdown: the job was already handed back to the queue
+            outcome = Outcome(JobState.CANCELLED)
+        except Exception as exc:
+            outcome = self._failure(
+                running, exc, "timeout" if isinstance(exc, JobTimeout) else None
+            )
+            if not observed:
+                await self._observe_failure(job, exc)
+        finally:
+            self._done(running)
+        if job.cancelled and running.stop_reason == "cancel":
+            outcome = Outcome(JobState.CANCELLED)
+        self._count(outcome)
+        self.outbox.finish(job, outcome)
+        log.info(
+            f"job {outcome.state.value if outcome.retry_at is None else 'will retry'}",
+            job_id=job.id, task=job.task, seconds=round(time.monotonic() - started, 3),
+            reason=outcome.reason,
+        )  # fmt: skip
+
+    async def _observe_failure(self, job: Job, exc: BaseException) -> None:
+        for observer in self.after:
+            try:
+                await call(observer, job, None, exc)
+            except Exception:
+                log.exception("after_job observer failed", job_id=job.id)
+
+    def _failure(self, running: Running, exc: BaseException, reason: str | None) -> Outcome:
+        job, meta = running.job, running.meta
+        if isinstance(exc, HandlerError):
+            error = {"type": exc.kind, "message": exc.message, "traceback": exc.trace}
+        else:
+            error = {"type": type(exc).__name__, "message": str(exc),
+                     "traceback": "".join(traceback.format_exception(exc))}  # fmt: skip
+        fails = int(job.doc.get("failCount", 0)) + 1
+        limit = int(job.doc.get("maxAttempts") or meta.max_attempts)
+        retry_at = None
+        if fails < limit and running.stop_reason != "cancel":
+            retry_at = utcnow() + timedelta(seconds=meta.backoff.seconds(fails))
+        return Outcome(
+            JobState.FAILED,
+            error=error,
+            reason=reason or f"{error['type']}: {error['message']}",
+            retry_at=retry_at,
+        )
+
+    def _count(self, outcome: Outcome) -> None:
+        c = self.counters
+        if outcome.state is JobState.SUCCEEDED:
+            c.succeeded += 1
+        elif outcome.state is JobState.CANCELLED:
+            c.cancelled += 1
+        elif outcome.retry_at is not None:
+            c.retried += 1
+        else:
+            c.failed += 1
+
+    def _done(self, running: Running) -> None:
+        if self._running.pop(running.job.id, None) is not None:
+            self._per_task[running.meta.id] -= 1
+            self._wake.set()
+
+    def cancel_job(self, job_id: str) -> bool:
+        """Stop a running job: ``job.cancelled`` turns true; async and process jobs are cut."""
+        running = self._running.get(job_id)
+        if running is None:
+            return False
+        running.stop_reason = "cancel"
+        running.job.cancel()
+        if running.task is not None and (
+            running.meta.isolation == "process"
+            or asyncio.iscoroutinefunction(self.handlers[running.meta.id])
+        ):
+            running.task.cancel()
+        log.info("job cancel requested", job_id=job_id)
+        return True
+
+    # -- background ------------------------------------------------------
+
+    def _notify_outbox(self) -> None:
+        """Called from any thread when the outbox has something to write."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._flush_wanted.set)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted.clear()
+            await self._flush()
+
+    async def _flush(self) -> None:
+        ops = self.outbox.drain()
+        delay = 0.1
+        while ops:
+            try:
+                await self.store.write(ops)
+                return
+            except PyMongoError as exc:
+                log.warning("cannot record job updates; retrying", error=str(exc), pending=len(ops))
+                if self._force.is_set() and delay > 5:
+                    self.outbox.restore(ops)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _lease_loop(self) -> None:
+        every = self.settings.lease / 3
+        while True:
+            await asyncio.sleep(every)
+            now = utcnow()
+            try:
+                tokens = [r.job.doc["lockToken"] for r in self._running.values()]
+                until = now + timedelta(seconds=self.settings.lease)
+                for job_id in await self.store.renew(tokens, until):
+                    self.cancel_job(job_id)
+                recovered = await self.store.recover_expired(now)
+            except PyMongoError as exc:
+                log.warning("lease upkeep failed", error=str(exc))
+                continue
+            if recovered:
+                log.warning("recovered jobs of a lost worker", jobs=[str(i) for i in recovered])
+                self._refill_wanted = True
+                self._wake.set()

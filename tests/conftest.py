@@ -1,0 +1,222 @@
+"""Fixtures: a real MongoDB-protocol server over TCP, and real qworker processes.
+
+The server is SecantusDB started as a separate process, unless
+QWORKER_TEST_MONGO_URL names another server (a real mongod), which the suite
+must pass against too. Each test gets a database of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from qworker import Client
+
+TESTS = Path(__file__).parent
+TASKS = TESTS / "tasks"
+REPO = TESTS.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _answers(url: str) -> bool:
+    client: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=500)
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+@dataclass
+class Server:
+    """The test server; ``stop``/``start`` keep its data (for outage tests)."""
+
+    url: str
+    storage: Path | None = None
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def managed(self) -> bool:
+        return self.storage is not None
+
+    def start(self) -> None:
+        assert self.storage is not None and self.log_path is not None
+        command = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [command, "--host", "127.0.0.1", "--port", str(self.port),
+                 "--storage-path", str(self.storage), "--log-level", "WARNING"],
+                stdout=log, stderr=subprocess.STDOUT, cwd=self.storage.parent,
+            )  # fmt: skip
+        wait_for(lambda: _answers(self.url), 60, "the test MongoDB server to answer")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+@pytest.fixture(scope="session")
+def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    override = os.environ.get("QWORKER_TEST_MONGO_URL")
+    if override:
+        yield Server(url=override.rstrip("/"))
+        return
+    root = tmp_path_factory.mktemp("mongo")
+    port = _free_port()
+    server = Server(
+        url=f"mongodb://127.0.0.1:{port}", storage=root / "data", port=port,
+        log_path=root / "server.log",
+    )  # fmt: skip
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mongo_url(mongo_server: Server) -> Iterator[str]:
+    """A URL whose database is this test's own; dropped afterwards."""
+    name = f"qwt_{uuid.uuid4().hex[:12]}"
+    base = mongo_server.url.split("?")[0]
+    yield f"{base}/{name}"
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_server.url, serverSelectionTimeoutMS=2000)
+    try:
+        client.drop_database(name)
+    except PyMongoError:
+        pass
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def client(mongo_url: str) -> Iterator[Client]:
+    with Client(mongo_url) as c:
+        yield c
+
+
+@pytest.fixture
+def db(mongo_url: str) -> Iterator[Any]:
+    """Direct access to the test database, for asserting on documents."""
+    mongo: MongoClient[dict[str, Any]] = MongoClient(mongo_url, tz_aware=True)
+    yield mongo.get_default_database()
+    mongo.close()
+
+
+@dataclass
+class WorkerProcess:
+    """A real ``qworker`` process, its output captured to files."""
+
+    process: subprocess.Popen[bytes]
+    stdout: Path
+    stderr: Path
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"worker did not exit in {timeout}s:\n{self.output()}") from None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def qworker_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qworker.cli.worker", *args]
+
+
+@pytest.fixture
+def spawn_worker(
+    mongo_url: str, tmp_path: Path
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``qworker --standalone`` for tasks in tests/tasks; stopped at the end."""
+    started: list[WorkerProcess] = []
+
+    def spawn(*tasks: str, worker_id: str | None = None, extra: list[str] | None = None,
+              paths: list[Path] | None = None, env: dict[str, str] | None = None,
+              standalone: bool = True) -> WorkerProcess:  # fmt: skip
+        n = len(started)
+        worker_id = worker_id or f"w{n}"
+        args = ["--mongo", mongo_url, "--id", worker_id, "--log-format", "json",
+                "--poll-interval", "0.2"]  # fmt: skip
+        if standalone:
+            args.append("--standalone")
+        for path in paths or [TASKS]:
+            args += ["--paths", str(path)]
+        args += [*(extra or []), *tasks]
+        out, err = tmp_path / f"{worker_id}-{n}.out", tmp_path / f"{worker_id}-{n}.err"
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(out, "wb") as o, open(err, "wb") as e:
+            process = subprocess.Popen(
+                qworker_command(*args), stdout=o, stderr=e, cwd=tmp_path, env=full_env
+            )
+        worker = WorkerProcess(process, out, err, args)
+        started.append(worker)
+        return worker
+
+    yield spawn
+    for worker in started:
+        worker.stop()
+
+
+def worker_ready(worker: WorkerProcess) -> bool:
+    """True once the worker logged that it started (and so is claiming)."""
+    if worker.process.poll() is not None:
+        raise AssertionError(f"worker exited with {worker.process.returncode}:\n{worker.output()}")
+    return "worker started" in worker.output()
