@@ -1,0 +1,339 @@
+"""Throughput, latency and claim cost of qworker on one MongoDB-protocol server.
+
+    python bench/throughput.py                     # SecantusDB started for the run
+    python bench/throughput.py --mongo URL         # any server
+    python bench/throughput.py --jobs 2000 --workers 1 --workers 3
+
+Writes bench/results/throughput-<timestamp>.json and prints a table. Every
+figure comes with its queue depth, worker count and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pymongo import MongoClient
+
+from qworker import Client
+from qworker.channel import Channel, publish_sync
+from qworker.model import new_job
+from qworker.mongo import Names, async_client
+from qworker.when import utcnow
+
+HERE = Path(__file__).parent
+TASKS = HERE / "tasks"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def server(url: str | None) -> Iterator[str]:
+    """The server to measure: the given URL, or a fresh SecantusDB."""
+    if url:
+        yield url
+        return
+    folder = Path(tempfile.mkdtemp(prefix="qworker-bench-"))
+    port = _free_port()
+    command = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
+    process = subprocess.Popen(
+        [command, "--host", "127.0.0.1", "--port", str(port), "--storage-path",
+         str(folder / "data"), "--log-level", "WARNING"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder,
+    )  # fmt: skip
+    url = f"mongodb://127.0.0.1:{port}"
+    mongo: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=60_000)
+    mongo.admin.command("ping")
+    mongo.close()
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class Fleet:
+    """K real ``qworker --standalone`` processes serving the no-op task."""
+
+    def __init__(self, url: str, count: int, concurrency: int) -> None:
+        self.processes = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "qworker.cli.worker",
+                    "--standalone",
+                    "--mongo",
+                    url,
+                    "--paths",
+                    str(TASKS),
+                    "--id",
+                    f"bench-{n}",
+                    "--concurrency",
+                    str(concurrency),
+                    "--log-format",
+                    "json",
+                    "noop",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            for n in range(count)
+        ]
+        for process in self.processes:
+            assert process.stderr is not None
+            for line in process.stderr:  # wait for "worker started"
+                if b"worker started" in line:
+                    break
+            else:
+                raise RuntimeError("a worker exited before starting")
+            _drain(process)
+
+    def rss_mb(self) -> list[float]:
+        return [_rss_mb(p.pid) for p in self.processes]
+
+    def stop(self) -> None:
+        for process in self.processes:
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            process.wait(60)
+
+
+def _drain(process: subprocess.Popen[bytes]) -> None:
+    """Keep reading a worker's stderr in the background so it never blocks."""
+    assert process.stderr is not None
+    stream = process.stderr
+    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _wait_done(db: Any, expected: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while db.jobs.count_documents({"state": {"$in": ["queued", "running"]}}):
+        if time.monotonic() > deadline:
+            raise TimeoutError("jobs did not finish")
+        time.sleep(0.5)
+    done = db.jobs.count_documents({"state": "succeeded"})
+    if done != expected:
+        raise RuntimeError(f"{done} of {expected} jobs succeeded")
+
+
+def _fresh(url: str, name: str) -> tuple[str, Any]:
+    db_url = f"{url.rstrip('/')}/{name}"
+    mongo: MongoClient[dict[str, Any]] = MongoClient(db_url, tz_aware=True)
+    db = mongo.get_default_database()
+    mongo.drop_database(db.name)
+    return db_url, db
+
+
+def throughput(url: str, jobs: int, workers: int, concurrency: int) -> dict[str, Any]:
+    """N no-op jobs, enqueued in batches while K workers wait: end-to-end jobs/s."""
+    db_url, db = _fresh(url, f"bench_tp_{workers}")
+    with Client(db_url) as client:
+        fleet = Fleet(db_url, workers, concurrency)
+        started = utcnow()
+        for start in range(0, jobs, 500):
+            client.enqueue_many("noop", [None] * min(500, jobs - start))
+        enqueued = utcnow()
+        _wait_done(db, jobs, 600)
+        fleet.stop()
+    last = db.jobs.find_one(sort=[("lastFinishedAt", -1)])["lastFinishedAt"]
+    seconds = (last - started).total_seconds()
+    return {
+        "jobs": jobs, "workers": workers, "concurrency": concurrency,
+        "queue_depth_at_start": jobs, "seconds": round(seconds, 3),
+        "jobs_per_second": round(jobs / seconds, 1),
+        "enqueue_per_second": round(jobs / (enqueued - started).total_seconds(), 1),
+    }  # fmt: skip
+
+
+def latency(url: str, samples: int) -> dict[str, Any]:
+    """One job at a time to an idle worker: enqueue (before insert) to start."""
+    db_url, _ = _fresh(url, "bench_latency")
+    with Client(db_url) as client:
+        fleet = Fleet(db_url, 1, 8)
+        time.sleep(1)
+        ms = []
+        for _ in range(samples):
+            doc = client.wait(client.now("noop"), timeout=30)
+            ms.append((doc["lastRunAt"] - doc["createdAt"]).total_seconds() * 1000)
+            time.sleep(0.05)
+        rss = fleet.rss_mb()[0]
+        fleet.stop()
+    return {
+        "samples": samples, "workers": 1, "queue_depth": 0,
+        "p50_ms": round(statistics.median(ms), 2), "p95_ms": round(_percentile(ms, 0.95), 2),
+        "max_ms": round(max(ms), 2), "idle_worker_rss_mb": round(rss, 1),
+    }  # fmt: skip
+
+
+def channel_latency(url: str, samples: int) -> dict[str, Any]:
+    """The channel's own publish -> receive time: the floor for wake-up latency."""
+    db_url, db = _fresh(url, "bench_channel")
+    with Client(db_url):
+        pass  # creates the channel
+    received: list[float] = []
+    ready = threading.Event()
+
+    async def listen() -> None:
+        mongo = async_client(db_url)
+        channel = Channel(mongo.get_default_database()[Names().channel])
+        opened = asyncio.Event()
+
+        async def on(event: str, body: dict[str, Any]) -> None:
+            received.append((time.time() - body["sent"]) * 1000)
+
+        task = asyncio.create_task(channel.subscribe(["bench:ping"], on, opened))
+        await opened.wait()
+        ready.set()
+        while len(received) < samples:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await mongo.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(listen(),), daemon=True)
+    thread.start()
+    ready.wait(30)
+    for _ in range(samples):
+        publish_sync(db[Names().channel], "bench:ping", {"sent": time.time()})
+        time.sleep(0.05)
+    thread.join(30)
+    return {
+        "samples": len(received), "p50_ms": round(statistics.median(received), 2),
+        "p95_ms": round(_percentile(received, 0.95), 2),
+    }  # fmt: skip
+
+
+def depth_cost(url: str, depth: int, measured: int) -> dict[str, Any]:
+    """Per-job cost for the first ``measured`` jobs with ``depth`` jobs waiting."""
+    db_url, db = _fresh(url, f"bench_depth_{depth}")
+    now = utcnow()
+    db.jobs.insert_many([new_job("noop", None, now=now, run_at=now) for _ in range(depth)])
+    with Client(db_url):
+        pass  # creates the indexes
+    fleet = Fleet(db_url, 1, 8)
+    count = min(depth, measured)
+    deadline = time.monotonic() + 600
+    while db.jobs.count_documents({"state": "succeeded"}) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError("depth run did not progress")
+        time.sleep(0.5)
+    fleet.stop()
+    first = db.jobs.find_one({"lastRunAt": {"$exists": True}}, sort=[("lastRunAt", 1)])
+    finished = sorted(
+        d["lastFinishedAt"] for d in db.jobs.find({"state": "succeeded"}, {"lastFinishedAt": 1})
+    )[:count]
+    seconds = (finished[-1] - first["lastRunAt"]).total_seconds()
+    return {
+        "queue_depth": depth, "jobs_measured": count, "workers": 1,
+        "ms_per_job": round(seconds * 1000 / count, 3),
+    }  # fmt: skip
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cores": os.cpu_count(), "python": platform.python_version(),
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--mongo", help="server URL (default: start SecantusDB for the run)")
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs in the throughput run")
+    parser.add_argument("--workers", type=int, action="append", help="worker processes (repeat)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--latency-samples", type=int, default=100)
+    parser.add_argument("--depths", default="100,1000,10000")
+    parser.add_argument("--measured", type=int, default=300, help="jobs timed per depth")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    import importlib.metadata as md
+
+    result: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+        "versions": {p: md.version(p) for p in ("qworker", "pymongo")},
+        "throughput": [], "depth": [],
+    }  # fmt: skip
+    with server(args.mongo) as url:
+        client: MongoClient[dict[str, Any]] = MongoClient(url)
+        result["server"] = args.mongo or f"SecantusDB {md.version('secantusdb')}"
+        result["server_version"] = client.server_info().get("version")
+        client.close()
+        for workers in args.workers or [1, 3]:
+            result["throughput"].append(throughput(url, args.jobs, workers, args.concurrency))
+            print("throughput", result["throughput"][-1], flush=True)
+        result["channel"] = channel_latency(url, args.latency_samples)
+        print("channel", result["channel"], flush=True)
+        result["latency"] = latency(url, args.latency_samples)
+        print("latency", result["latency"], flush=True)
+        for depth in (int(d) for d in args.depths.split(",")):
+            result["depth"].append(depth_cost(url, depth, args.measured))
+            print("depth", result["depth"][-1], flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"throughput-{result['when'].replace(':', '')}.json"
+    path.write_text(json.dumps(result, indent=2))
+    report(result, path)
+
+
+def report(result: dict[str, Any], path: Path) -> None:
+    m = result["machine"]
+    print(f"\nqworker {result['versions']['qworker']} on {result['server']}, "
+          f"{m['cores']} cores, Python {m['python']}")  # fmt: skip
+    print(f"{'run':<34}{'depth':>8}{'workers':>9}{'figure':>22}")
+    for t in result["throughput"]:
+        depth, workers = t["queue_depth_at_start"], t["workers"]
+        rate = t["jobs_per_second"]
+        print(f"{'end-to-end throughput':<34}{depth:>8}{workers:>9}{rate:>16} jobs/s")
+        rate = t["enqueue_per_second"]
+        print(f"{'enqueue rate (batches of 500)':<34}{depth:>8}{workers:>9}{rate:>16} jobs/s")
+    lat = result["latency"]
+    figure = f"p50 {lat['p50_ms']} p95 {lat['p95_ms']} max {lat['max_ms']} ms"
+    print(f"{'enqueue->start, idle worker':<34}{0:>8}{1:>9}  {figure:>20}")
+    ch = result["channel"]
+    figure = f"p50 {ch['p50_ms']} p95 {ch['p95_ms']} ms"
+    print(f"{'channel publish->receive':<34}{'-':>8}{'-':>9}  {figure:>20}")
+    print(f"{'idle worker resident memory':<34}{0:>8}{1:>9}{lat['idle_worker_rss_mb']:>19} MB")
+    for d in result["depth"]:
+        print(f"{'per-job cost at depth':<34}{d['queue_depth']:>8}{d['workers']:>9}"
+              f"{d['ms_per_job']:>19} ms")  # fmt: skip
+    print(f"\nwritten to {path}")
+
+
+if __name__ == "__main__":
+    main()
