@@ -60,7 +60,8 @@ class Channel:
         knowing the subscriber will see it.
         """
         since = datetime.now(UTC)
-        seen: deque[ObjectId] = deque(maxlen=SEEN_IDS)
+        recent: deque[ObjectId] = deque()
+        seen: set[ObjectId] = set()
         delay = 0.1
         while True:
             try:
@@ -76,7 +77,10 @@ class Channel:
                         delay = 0.1
                         if doc["_id"] in seen or doc["_id"].generation_time < since - CLOCK_SKEW:
                             continue
-                        seen.append(doc["_id"])
+                        recent.append(doc["_id"])
+                        seen.add(doc["_id"])
+                        if len(recent) > SEEN_IDS:
+                            seen.discard(recent.popleft())
                         since = max(since, doc["_id"].generation_time)
                         await self._deliver(handler, doc)
                     await asyncio.sleep(0)

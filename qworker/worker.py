@@ -85,6 +85,8 @@ class Worker(Registry):
         self._refill_wanted = True
         self._next_refill = 0.0
         self._rescan_every = 5.0
+        self._last_read_started = 0.0
+        self._last_finished = 0.0
         self.outbox = Outbox(settings.lease, self._notify_outbox)
 
     # -- loading ---------------------------------------------------------
@@ -114,10 +116,6 @@ class Worker(Registry):
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)
         await self._run_hooks(self.initializers, *self._task_hooks(self.task_initializers))
-        log.info(
-            "worker started", worker_id=self.id, tasks=list(self.metas), pid=os.getpid(),
-            concurrency=self.settings.concurrency, standalone=self.settings.standalone,
-        )  # fmt: skip
         listening = asyncio.Event()
         background = [
             asyncio.create_task(self._flush_loop()),
@@ -130,6 +128,10 @@ class Worker(Registry):
             await asyncio.wait_for(listening.wait(), 10)
         except TimeoutError:
             log.warning("channel not ready; relying on polling")
+        log.info(
+            "worker started", worker_id=self.id, tasks=list(self.metas), pid=os.getpid(),
+            concurrency=self.settings.concurrency, standalone=self.settings.standalone,
+        )  # fmt: skip
         try:
             await self._claim_loop()
             await self._drain_running()
@@ -220,14 +222,18 @@ class Worker(Registry):
             if picks:
                 await self._claim(picks, now)
                 continue
-            if self.settings.burst and not self._running and not self._candidates_due(now):
+            if self.settings.burst and self._queue_empty():
                 log.info("burst mode: no job left to run")
                 return
             await self._sleep(now)
 
-    def _candidates_due(self, now: datetime) -> bool:
-        due = self._candidates.next_due()
-        return due is not None and due <= now
+    def _queue_empty(self) -> bool:
+        """Nothing runs, and a read made since the last run ended found nothing due soon."""
+        return (
+            not self._running
+            and len(self._candidates) == 0
+            and self._last_read_started > self._last_finished
+        )
 
     def _should_refill(self) -> bool:
         now = time.monotonic()
@@ -246,6 +252,7 @@ class Worker(Registry):
             self._next_refill = time.monotonic() + self.settings.poll_interval
             return
         self._candidates.replace(docs)
+        self._last_read_started = started
         took = time.monotonic() - started
         # A slow read (a deep queue) is repeated less often, so reading never
         # costs more than a small share of the server.
@@ -381,6 +388,7 @@ class Worker(Registry):
             c.failed += 1
 
     def _done(self, running: Running) -> None:
+        self._last_finished = time.monotonic()
         if self._running.pop(running.job.id, None) is not None:
             self._per_task[running.meta.id] -= 1
             self._wake.set()
