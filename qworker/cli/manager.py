@@ -13,6 +13,7 @@ import click
 from qworker.cli.common import config_option, envvar, reports_errors
 from qworker.cli.output import emit_json, job_detail, job_rows
 from qworker.client import Client
+from qworker.embedded import data_dir_from_url, is_embedded, stop_server
 from qworker.errors import ConfigError
 from qworker.model import JobState
 
@@ -167,8 +168,26 @@ def demo(settings: Settings, paths: str) -> None:
         code = subprocess.call(worker)
         click.echo("")
         job_rows([client.get(i) for i in ids])
+    if is_embedded(settings.mongo):
+        click.echo("\nThe embedded server keeps running for the next command; "
+                   "'qworker-manager embedded stop' stops it.")  # fmt: skip
     if code:
         sys.exit(code)
+
+
+
+@main.group()
+def embedded() -> None:
+    """The local embedded server (SecantusDB) that '--mongo embedded' starts."""
+
+
+@embedded.command("stop")
+@click.option("--url", default="embedded", show_default=True,
+              help="Which embedded server: 'embedded' or 'embedded:///folder'.")
+def embedded_stop(url: str) -> None:
+    """Stop the embedded server; its data stays for the next start."""
+    folder = data_dir_from_url(url)
+    click.echo(f"stopped the server in {folder}" if stop_server(folder) else "none was running")
 
 
 if __name__ == "__main__":
