@@ -30,6 +30,10 @@ def read_config_file(path: Path, allowed: Iterable[str]) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path}: cannot read: not UTF-8 text ({exc.reason})"
+        ) from None
     try:
         raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:

@@ -7,11 +7,19 @@ with an optional name prefix so several deployments can share a database.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, MongoClient
 from pymongo.database import Database
-from pymongo.errors import CollectionInvalid, ConfigurationError, PyMongoError
+from pymongo.errors import (
+    CollectionInvalid,
+    ConfigurationError,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
 from pymongo.uri_parser import parse_uri
 
 from qworker.errors import ConfigError
@@ -56,19 +64,35 @@ def database_name(url: str) -> str:
     return DEFAULT_DATABASE
 
 
+def _options(url: str) -> dict[str, Any]:
+    """Our connection defaults; options written in the URL win over them."""
+    given = {key.lower() for key in parse_qs(url.partition("?")[2])}
+    defaults = {"appname": "qworker", "serverSelectionTimeoutMS": 10_000}
+    return {"tz_aware": True, **{k: v for k, v in defaults.items() if k.lower() not in given}}
+
+
 def sync_client(url: str) -> MongoClient[dict]:  # type: ignore[type-arg]
-    return MongoClient(url, tz_aware=True, appname="qworker", serverSelectionTimeoutMS=10_000)
+    return MongoClient(url, **_options(url))
 
 
 def async_client(url: str) -> AsyncMongoClient[dict]:  # type: ignore[type-arg]
-    return AsyncMongoClient(url, tz_aware=True, appname="qworker", serverSelectionTimeoutMS=10_000)
+    return AsyncMongoClient(url, **_options(url))
 
 
 def ensure_schema(db: Database[dict], names: Names) -> None:  # type: ignore[type-arg]
     """Create the channel and the indexes that the claim path and the views need.
 
-    Idempotent, so every process may call it at start.
+    Idempotent, so every process may call it at start. It is a process's
+    first round trip, so an unreachable server is reported here, in one line.
     """
+    try:
+        _ensure_schema(db, names)
+    except ServerSelectionTimeoutError as exc:
+        reason = re.split(r" \(configured timeouts|, Timeout: ", str(exc))[0]
+        raise ConfigError(f"cannot reach MongoDB (database '{db.name}'): {reason}") from None
+
+
+def _ensure_schema(db: Database[dict], names: Names) -> None:  # type: ignore[type-arg]
     with contextlib.suppress(CollectionInvalid):
         db.create_collection(names.channel, capped=True, size=CHANNEL_BYTES)
     jobs = db[names.jobs]

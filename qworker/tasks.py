@@ -231,7 +231,7 @@ class Discovery:
 
     tasks: dict[str, TaskMeta] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # task id -> message
-    disabled: set[str] = field(default_factory=set)
+    disabled: dict[str, Path] = field(default_factory=dict)  # task id -> metadata file
 
 
 def discover(paths: Iterable[Path]) -> Discovery:
@@ -248,7 +248,7 @@ def discover(paths: Iterable[Path]) -> Discovery:
                 found.errors.setdefault(urlify(path.stem), str(exc))
                 continue
             if meta is None:
-                found.disabled.add(urlify(path.stem))
+                found.disabled.setdefault(urlify(path.stem), path)
             elif meta.id in found.tasks:
                 first = found.tasks[meta.id].metadata_path
                 found.errors[meta.id] = f"{path}: task id '{meta.id}' is already defined by {first}"
@@ -273,7 +273,8 @@ def select(paths: Sequence[Path], wanted: Sequence[str]) -> list[TaskMeta]:
         elif task_id in found.tasks:
             selected.append(found.tasks[task_id])
         elif task_id in found.disabled:
-            problems.append(f"task '{task_id}' is disabled in its metadata")
+            path = found.disabled[task_id]
+            problems.append(f"{path}: task '{task_id}' is disabled (field 'disabled' is true)")
         else:
             where = ", ".join(str(p) for p in paths)
             note = f" (missing folder: {', '.join(missing_dirs)})" if missing_dirs else ""
@@ -311,7 +312,7 @@ def _where(exc: BaseException, path: Path) -> str:
     """``path:line`` of the deepest frame of ``exc`` in ``path``."""
     line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None
     for frame in traceback.extract_tb(exc.__traceback__):
-        if Path(frame.filename) == path:
+        if Path(frame.filename).resolve() == path.resolve():
             line = frame.lineno
     return f"{path}:{line}" if line else str(path)
 

@@ -31,10 +31,41 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
             if p.name and isinstance(p, click.Option) and p.name not in ("config", "print_config")
         ]  # fmt: skip
         try:
-            ctx.default_map = read_config_file(Path(value), allowed)
+            settings = read_config_file(Path(value), allowed)
+            params = {p.name: p for p in ctx.command.params}
+            for name, setting in settings.items():
+                problem = _setting_problem(ctx, params[name], setting)
+                if problem:
+                    raise ConfigError(f"config file {value}: setting '{name}': {problem}")
+            ctx.default_map = settings
         except ConfigError as exc:
             fail(exc, ctx.command_path)
     return value
+
+
+def _setting_problem(ctx: click.Context, param: click.Parameter, value: Any) -> str | None:
+    """Why a config file's value does not fit its option (click would crash on some)."""
+    if value is None:
+        return None
+    flag = isinstance(param, click.Option) and param.is_flag and not param.count
+    kind: type | tuple[type, ...]
+    if flag:
+        kind, one, many = bool, "true or false", "true/false values"
+    elif isinstance(param.type, click.types.IntParamType):
+        kind, one, many = int, "a whole number", "whole numbers"
+    elif isinstance(param.type, click.types.FloatParamType):
+        kind, one, many = (int, float), "a number", "numbers"
+    else:
+        kind, one, many = str, "a string", "strings"
+    items = value if isinstance(value, list) else [value]
+    fits = all(isinstance(v, kind) and (flag or not isinstance(v, bool)) for v in items)
+    if param.multiple != isinstance(value, list) or not fits:
+        return f"expected {f'a list of {many}' if param.multiple else one}, got {value!r}"
+    try:
+        param.type_cast_value(ctx, value)
+    except click.BadParameter as exc:
+        return exc.message
+    return None
 
 
 def config_option(fn: F) -> F:
