@@ -387,9 +387,7 @@ def test_config_file_with_a_bad_value(
 def test_config_file_named_by_environment(tmp_path: Path) -> None:
     path = tmp_path / "env.yaml"
     path.write_text("bogus: 1\n")
-    result = qworker(
-        tmp_path, "--mongo", UNREACHABLE, "noop", env={"QWORKER_CONFIG": str(path)}
-    )
+    result = qworker(tmp_path, "--mongo", UNREACHABLE, "noop", env={"QWORKER_CONFIG": str(path)})
     assert_usage_error(result, str(path), "'bogus'")
 
 

@@ -136,9 +136,14 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
         sources=sources(ctx),
     )  # fmt: skip
     if print_config:
-        shown = {k: v for k, v in ctx.params.items() if k != "print_config"}
+        shown = {k: v for k, v in ctx.params.items() if k not in ("print_config", "task")}
         shown["tasks"] = list(wanted)
-        click.echo(describe(shown, settings.sources))
+        # TASK arguments and --tasks are one setting: say where each part came from.
+        origin = dict(settings.sources)
+        if task:
+            extra = [] if origin["tasks"] == "default" else [origin["tasks"]]
+            origin["tasks"] = " + ".join(["arguments", *extra])
+        click.echo(describe(shown, origin))
         return
     configure(opts["verbose"], opts["log_format"])
     metas = select(settings.paths, settings.tasks)

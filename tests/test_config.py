@@ -1,0 +1,236 @@
+"""Settings precedence: flag > QWORKER_ environment variable > config file > default.
+
+Checked through ``qworker --print-config``, which shows each setting's value and
+where it came from, and touches neither MongoDB nor the task folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+UNREACHABLE = "mongodb://127.0.0.1:1/x"
+
+
+def _command() -> list[str]:
+    script = Path(sys.executable).parent / "qworker"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from qworker.cli.worker import main; main(prog_name='qworker')"]
+
+
+QWORKER = _command()
+
+
+def run(
+    cwd: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
+    return subprocess.run(
+        [*QWORKER, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+        env={**clean, **(env or {})},
+    )  # fmt: skip
+
+
+def settings(cwd: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``{setting: (value, source)}`` from ``qworker --print-config``."""
+    done = run(cwd, *args, "--print-config", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    decoder = json.JSONDecoder()
+    shown: dict[str, Any] = {}
+    for line in done.stdout.splitlines():
+        key, rest = line.split(None, 1)
+        value, end = decoder.raw_decode(rest)
+        shown[key] = (value, rest[end:].strip())
+    return shown
+
+
+def write_config(folder: Path, fmt: str, values: dict[str, Any]) -> Path:
+    path = folder / f"settings.{fmt}"
+    path.write_text(json.dumps(values) if fmt == "json" else yaml.safe_dump(values))
+    return path
+
+
+FILE = {
+    "concurrency": 4,
+    "id": "from-file",
+    "paths": ["file-a", "file-b"],
+    "tasks": ["file-task"],
+    "mongo": "mongodb://file-host:1/filedb",
+}
+ENV = {
+    "QWORKER_CONCURRENCY": "5",
+    "QWORKER_ID": "from-env",
+    "QWORKER_PATHS": os.pathsep.join(["env-a", "env-b"]),
+    "QWORKER_TASKS": "env-task-1 env-task-2",
+    "QWORKER_MONGO": "mongodb://env-host:1/envdb",
+}
+FLAGS = [
+    "--concurrency", "6", "--id", "from-flag", "--paths", "flag-a", "--paths", "flag-b",
+    "--tasks", "flag-task", "--mongo", "mongodb://flag-host:1/flagdb",
+]  # fmt: skip
+EXPECTED = {
+    "file": {
+        "concurrency": 4, "id": "from-file", "paths": ["file-a", "file-b"],
+        "tasks": ["file-task"], "mongo": "mongodb://file-host:1/filedb",
+    },
+    "environment": {
+        "concurrency": 5, "id": "from-env", "paths": ["env-a", "env-b"],
+        "tasks": ["env-task-1", "env-task-2"], "mongo": "mongodb://env-host:1/envdb",
+    },
+    "flag": {
+        "concurrency": 6, "id": "from-flag", "paths": ["flag-a", "flag-b"],
+        "tasks": ["flag-task"], "mongo": "mongodb://flag-host:1/flagdb",
+    },
+}  # fmt: skip
+
+
+def test_defaults(tmp_path: Path) -> None:
+    shown = settings(tmp_path, "--mongo", UNREACHABLE)
+    assert shown["mongo"] == (UNREACHABLE, "flag")
+    assert shown["concurrency"] == (8, "default")
+    assert shown["paths"] == (["tasks"], "default")
+    assert shown["tasks"] == ([], "default")
+    assert shown["standalone"] == (False, "default")
+    assert shown["config"] == (None, "default")
+    worker_id, source = shown["id"]
+    assert source == "default" and re.fullmatch(r"worker-\d+", worker_id)
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_config_file_beats_defaults(tmp_path: Path, fmt: str) -> None:
+    path = write_config(tmp_path, fmt, FILE)
+    shown = settings(tmp_path, "--config", str(path))
+    for name, value in EXPECTED["file"].items():
+        assert shown[name] == (value, f"file {path}"), name
+    assert shown["lease"] == (30.0, "default")
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_environment_beats_config_file(tmp_path: Path, fmt: str) -> None:
+    path = write_config(tmp_path, fmt, FILE)
+    shown = settings(tmp_path, "--config", str(path), env=ENV)
+    for name, value in EXPECTED["environment"].items():
+        assert shown[name] == (value, "environment"), name
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_flags_beat_environment_and_config_file(tmp_path: Path, fmt: str) -> None:
+    path = write_config(tmp_path, fmt, FILE)
+    shown = settings(tmp_path, "--config", str(path), *FLAGS, env=ENV)
+    for name, value in EXPECTED["flag"].items():
+        assert shown[name] == (value, "flag"), name
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_each_setting_takes_its_own_highest_source(tmp_path: Path, fmt: str) -> None:
+    path = write_config(tmp_path, fmt, {k: FILE[k] for k in ("concurrency", "id", "paths")})
+    env = {"QWORKER_ID": "from-env", "QWORKER_MONGO": "mongodb://env-host:1/envdb",
+           "QWORKER_CONCURRENCY": "5"}  # fmt: skip
+    shown = settings(tmp_path, "--config", str(path), "--concurrency", "6", env=env)
+    assert shown["concurrency"] == (6, "flag")
+    assert shown["id"] == ("from-env", "environment")
+    assert shown["mongo"] == ("mongodb://env-host:1/envdb", "environment")
+    assert shown["paths"] == (["file-a", "file-b"], f"file {path}")
+    assert shown["tasks"] == ([], "default")
+    assert shown["grace"] == (25.0, "default")
+
+
+def test_yaml_keys_may_use_dashes_and_flags_follow_the_same_order(tmp_path: Path) -> None:
+    path = tmp_path / "settings.yml"
+    path.write_text("poll-interval: 0.5\nstandalone: true\nlog_format: json\ngrace: 3\n")
+    shown = settings(tmp_path, "--mongo", UNREACHABLE, "-c", str(path),
+                     env={"QWORKER_STANDALONE": "false"})  # fmt: skip
+    assert shown["poll_interval"] == (0.5, f"file {path}")
+    assert shown["log_format"] == ("json", f"file {path}")
+    assert shown["grace"] == (3.0, f"file {path}")
+    assert shown["standalone"] == (False, "environment")
+
+
+def test_config_file_named_by_the_environment(tmp_path: Path) -> None:
+    path = write_config(tmp_path, "json", {"concurrency": 3})
+    shown = settings(tmp_path, "--mongo", UNREACHABLE, env={"QWORKER_CONFIG": str(path)})
+    assert shown["config"] == (str(path), "environment")
+    assert shown["concurrency"] == (3, f"file {path}")
+
+
+def test_config_flag_beats_config_environment_variable(tmp_path: Path) -> None:
+    from_env = write_config(tmp_path, "json", {"concurrency": 3, "id": "env-file"})
+    (tmp_path / "flag").mkdir()
+    from_flag = write_config(tmp_path / "flag", "yaml", {"concurrency": 2})
+    shown = settings(tmp_path, "--mongo", UNREACHABLE, "--config", str(from_flag),
+                     env={"QWORKER_CONFIG": str(from_env)})  # fmt: skip
+    assert shown["config"] == (str(from_flag), "flag")
+    assert shown["concurrency"] == (2, f"file {from_flag}")
+    # Only one file is read: nothing of the other one leaks in.
+    assert shown["id"][1] == "default"
+
+
+def test_empty_config_file_changes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "empty.yaml"
+    path.write_text("# nothing set yet\n")
+    shown = settings(tmp_path, "--mongo", UNREACHABLE, "--config", str(path))
+    assert shown["concurrency"] == (8, "default")
+    assert shown["config"] == (str(path), "flag")
+
+
+# -- TASK arguments and --tasks ------------------------------------------------
+
+
+def test_task_arguments_and_tasks_option_are_merged_without_duplicates(tmp_path: Path) -> None:
+    shown = settings(
+        tmp_path, "--mongo", UNREACHABLE, "beta", "alpha", "--tasks", "alpha", "-t", "gamma",
+        "beta",
+    )  # fmt: skip
+    assert shown["tasks"] == (["beta", "alpha", "gamma"], "arguments + flag")
+    assert "task" not in shown
+
+
+def test_task_arguments_alone(tmp_path: Path) -> None:
+    shown = settings(tmp_path, "--mongo", UNREACHABLE, "one", "two", "one")
+    assert shown["tasks"] == (["one", "two"], "arguments")
+
+
+def test_task_arguments_merge_with_tasks_from_environment_and_file(tmp_path: Path) -> None:
+    env = {"QWORKER_TASKS": "env-task shared"}
+    shown = settings(tmp_path, "--mongo", UNREACHABLE, "shared", "arg", env=env)
+    assert shown["tasks"] == (["shared", "arg", "env-task"], "arguments + environment")
+
+    path = write_config(tmp_path, "yaml", {"tasks": ["file-task", "arg"]})
+    shown = settings(tmp_path, "--mongo", UNREACHABLE, "-c", str(path), "arg")
+    assert shown["tasks"] == (["arg", "file-task"], f"arguments + file {path}")
+
+
+# -- the settings are the ones the worker runs with ----------------------------
+
+
+def test_config_file_settings_reach_the_worker(tmp_path: Path) -> None:
+    """Not only printed: the file's paths and tasks are what the worker loads."""
+    folder = tmp_path / "from-config"
+    folder.mkdir()
+    path = write_config(
+        tmp_path, "yaml",
+        {"mongo": UNREACHABLE, "standalone": True, "paths": [str(folder)], "tasks": ["ghost"]},
+    )  # fmt: skip
+    done = run(tmp_path, "--config", str(path))
+    assert done.returncode == 2
+    assert "task 'ghost' not found" in done.stderr and str(folder) in done.stderr
+
+
+def test_environment_settings_reach_the_worker(tmp_path: Path) -> None:
+    folder = tmp_path / "from-env"
+    folder.mkdir()
+    env = {"QWORKER_MONGO": UNREACHABLE, "QWORKER_PATHS": str(folder),
+           "QWORKER_TASKS": "phantom", "QWORKER_STANDALONE": "1"}  # fmt: skip
+    done = run(tmp_path, env=env)
+    assert done.returncode == 2
+    assert "task 'phantom' not found" in done.stderr and str(folder) in done.stderr
