@@ -7,6 +7,7 @@ Field names follow DESIGN.md so that task metadata such as
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -14,7 +15,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+import bson
 from bson import ObjectId
+from bson.errors import InvalidDocument
 
 from qworker.errors import InvalidJobError
 
@@ -42,6 +45,8 @@ TASK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 MAX_LOG_LINES = 200
 MAX_LOG_LINE_CHARS = 2_000
+# A job document must fit in MongoDB's 16 MiB; leave room for the job's own fields.
+MAX_VALUE_BYTES = 15 * 1024 * 1024
 
 
 def parse_priority(value: int | str | None) -> int:
@@ -51,12 +56,14 @@ def parse_priority(value: int | str | None) -> int:
     if isinstance(value, bool):
         raise InvalidJobError(f"priority must be a number or one of {list(PRIORITY_NAMES)}")
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise InvalidJobError(f"priority {value} does not fit in 64 bits")
         return value
     text = str(value).strip().lower()
     if text in PRIORITY_NAMES:
         return PRIORITY_NAMES[text]
     try:
-        return int(text)
+        return parse_priority(int(text))
     except ValueError:
         raise InvalidJobError(
             f"priority {value!r} is not a number or one of {', '.join(PRIORITY_NAMES)}"
@@ -74,9 +81,15 @@ def check_task_id(task: str) -> str:
 def check_json(value: Any, what: str) -> Any:
     """Reject values that are not plain JSON: nothing else is stored or unpickled."""
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        plain = json.loads(json.dumps(value, allow_nan=False))
+        size = len(bson.encode({"value": plain}))  # ints beyond 64 bits are JSON, not BSON
     except (TypeError, ValueError) as exc:
         raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}") from None
+    except (OverflowError, InvalidDocument) as exc:
+        raise InvalidJobError(f"{what} cannot be stored in MongoDB: {exc}") from None
+    if size > MAX_VALUE_BYTES:
+        raise InvalidJobError(f"{what} is too large: {size} bytes (at most {MAX_VALUE_BYTES})")
+    return plain
 
 
 @dataclass(frozen=True)
@@ -106,10 +119,15 @@ def new_job(
 ) -> dict[str, Any]:
     """A validated job document ready to insert; raises ``InvalidJobError``."""
     check_task_id(task)
-    if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+    if max_attempts is not None and (
+        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+    ):
         raise InvalidJobError(f"max_attempts must be a whole number >= 1, not {max_attempts!r}")
     if timeout is not None and (
-        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
     ):
         raise InvalidJobError(f"timeout must be a number of seconds > 0, not {timeout!r}")
     if description is not None and not isinstance(description, str):

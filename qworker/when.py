@@ -5,6 +5,7 @@ A bad ``when`` is an error at the call, never a job that silently never runs.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 
@@ -31,6 +32,8 @@ def parse_duration(text: str | float | int) -> float:
     if isinstance(text, bool):
         raise ValueError(f"{text!r} is not a duration")
     if isinstance(text, int | float):
+        if not math.isfinite(text):
+            raise ValueError(f"a duration must be a finite number, not {text}")
         if text < 0:
             raise ValueError(f"a duration cannot be negative: {text}")
         return float(text)
@@ -58,7 +61,10 @@ def parse_when(when: str | datetime | None, now: datetime | None = None) -> date
     if when is None:
         return now
     if isinstance(when, datetime):
-        return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+        try:
+            return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+        except OverflowError:
+            raise InvalidJobError(f"when={when!r} is out of the range of dates") from None
     if not isinstance(when, str):
         raise InvalidJobError(f"when must be a string or a datetime, not {type(when).__name__}")
     text = when.strip().lower()
@@ -69,6 +75,8 @@ def parse_when(when: str | datetime | None, now: datetime | None = None) -> date
         return now + timedelta(seconds=parse_duration(relative))
     except ValueError:
         pass
+    except OverflowError:
+        raise InvalidJobError(f"when={when!r} is too far in the future") from None
     try:
         parsed = datetime.fromisoformat(when.strip().replace("Z", "+00:00"))
     except ValueError:

@@ -201,6 +201,7 @@ def test_unknown_field(tmp_path: Path, folder: Path) -> None:
         ("isolation", "fork", "thread"),
         ("jobAttributes", "data", "list of attribute paths"),
         ("timeout", "soon", "seconds"),
+        ("timeout", "nan", "seconds"),
         ("priority", "urgent", "highest"),
         ("backoff", {"delay": 1, "factor": 0.5}, "factor >= 1"),
         ("disabled", "yes", "true or false"),
