@@ -12,12 +12,18 @@ import click
 from click.core import ParameterSource
 
 from qworker.config import ENV_PREFIX, read_config_file
-from qworker.errors import ConfigError, EmbeddedUnavailable, QworkerError, TaskDefinitionError
+from qworker.errors import (
+    ConfigError,
+    EmbeddedUnavailable,
+    InvalidJobError,
+    QworkerError,
+    TaskDefinitionError,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Errors in what the user gave us exit 2, like click's usage errors.
-USAGE_ERRORS = (ConfigError, TaskDefinitionError, EmbeddedUnavailable)
+USAGE_ERRORS = (ConfigError, TaskDefinitionError, EmbeddedUnavailable, InvalidJobError)
 
 
 def envvar(name: str) -> str:

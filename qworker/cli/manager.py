@@ -53,18 +53,21 @@ def main(ctx: click.Context, config: str | None, mongo: str | None, prefix: str)
     ctx.obj = Settings(mongo, prefix)
 
 
-def _data(value: str | None) -> Any:
+def _data(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """``--data`` as JSON, checked before anything connects to MongoDB."""
     if value is None:
         return None
     try:
         return json.loads(value)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+        raise click.BadParameter(
+            f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
 
 
 @main.command()
 @click.argument("task")
-@click.option("--data", help="Job data as JSON.")
+@click.option("--data", callback=_data, help="Job data as JSON.")
 @click.option("--when", help="'now' (default), 'in 20 minutes', or an ISO 8601 time.")
 @click.option("--priority", help="A number, or lowest/low/normal/high/highest.")
 @click.option("--max-attempts", type=click.IntRange(min=1), help="Runs allowed to fail.")
@@ -72,10 +75,10 @@ def _data(value: str | None) -> Any:
 @click.option("--description", help="Free text, searchable with 'jobs list --text'.")
 @pass_settings
 @reports_errors
-def enqueue(settings: Settings, /, task: str, data: str | None, **opts: Any) -> None:
+def enqueue(settings: Settings, /, task: str, data: Any, **opts: Any) -> None:
     """Queue a job of TASK and print its id."""
     with settings.client() as client:
-        click.echo(client.schedule(opts.pop("when"), task, _data(data), **opts))
+        click.echo(client.schedule(opts.pop("when"), task, data, **opts))
 
 
 @main.group()
