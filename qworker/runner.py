@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import inspect
 import multiprocessing
+import os
 import threading
 import traceback
 from collections.abc import Awaitable
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from qworker.job import Job, Reporter
@@ -100,7 +101,22 @@ class _PipeReporter:
         self.conn.send(("log", level, text))
 
 
+def _exit_with_parent() -> None:
+    """In the child: die when the worker dies (even by SIGKILL), so that a job whose
+    lease runs out and is run again elsewhere never also runs on in an orphan."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="qworker-parent-watch", daemon=True).start()
+
+
 def _child_main(meta: TaskMeta, doc: dict[str, Any], conn: Connection) -> None:
+    _exit_with_parent()
     try:
         registry = Registry()
         run_setup(import_code(meta), registry, meta)
