@@ -119,7 +119,9 @@ def mongo_url(mongo_server: Server) -> Iterator[str]:
     name = f"qwt_{uuid.uuid4().hex[:12]}"
     base = mongo_server.url.split("?")[0]
     yield f"{base}/{name}"
-    client: MongoClient[dict[str, Any]] = MongoClient(mongo_server.url, serverSelectionTimeoutMS=2000)
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        mongo_server.url, serverSelectionTimeoutMS=2000
+    )
     try:
         client.drop_database(name)
     except PyMongoError:

@@ -16,7 +16,8 @@ def setup(worker, task):
             _db = MongoClient(os.environ["QWORKER_TEST_EFFECTS_URL"]).get_default_database()
         start = time.time()
         time.sleep(float((job.data or {}).get("sleep", 0)))
-        _db.effects.insert_one(
-            {"job": job.id, "worker": worker.id, "pid": os.getpid(), "start": start, "end": time.time()}
-        )
+        _db.effects.insert_one({
+            "job": job.id, "worker": worker.id, "pid": os.getpid(),
+            "start": start, "end": time.time(),
+        })  # fmt: skip
         return {"worker": worker.id}

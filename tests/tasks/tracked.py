@@ -1,0 +1,33 @@
+"""Each run inserts {job, worker, attempt, start} into 'effects' as it starts, and sets 'end'
+when it finishes, so a run cut short (killed, released) shows as a start without an end."""
+
+import os
+import time
+
+from pymongo import MongoClient
+
+_db = None
+
+
+def _effects():
+    global _db
+    if _db is None:
+        _db = MongoClient(os.environ["QWORKER_TEST_EFFECTS_URL"]).get_default_database()
+    return _db.effects
+
+
+def setup(worker, task):
+    @worker.task(task.id)
+    def run(job):
+        sleeps = (job.data or {}).get("sleeps") or [0]
+        doc = {
+            "job": job.id,
+            "worker": worker.id,
+            "pid": os.getpid(),
+            "attempt": job.attempt,
+            "start": time.time(),
+        }
+        _effects().insert_one(doc)
+        time.sleep(float(sleeps[min(job.attempt, len(sleeps)) - 1]))
+        _effects().update_one({"_id": doc["_id"]}, {"$set": {"end": time.time()}})
+        return {"worker": worker.id}
