@@ -5,6 +5,7 @@ from qworker.errors import (
     ConfigError,
     InvalidJobError,
     JobNotFound,
+    JobStateError,
     QworkerError,
     TaskDefinitionError,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "Job",
     "JobNotFound",
     "JobState",
+    "JobStateError",
     "QworkerError",
     "TaskDefinitionError",
     "__version__",

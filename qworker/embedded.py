@@ -111,10 +111,17 @@ def stop_server(folder: Path) -> bool:
     state_path = folder / "server.json"
     if not state_path.exists():
         return False
-    state = json.loads(state_path.read_text())
-    state_path.unlink()
     try:
-        os.kill(int(state["pid"]), 15)
-    except ProcessLookupError:
+        pid = int(json.loads(state_path.read_text())["pid"])
+    except (ValueError, KeyError, TypeError):
+        pid = 0
+    state_path.unlink()
+    # After a reboot the recorded pid may belong to an unrelated process.
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return False
+    if b"secantusd" not in command:
+        return False
+    os.kill(pid, 15)
     return True

@@ -27,5 +27,9 @@ class JobNotFound(QworkerError):
     """No job has the given id."""
 
 
+class JobStateError(QworkerError):
+    """The job is not in a state that allows the operation."""
+
+
 class EmbeddedUnavailable(QworkerError):
     """The embedded server was asked for but cannot be started."""

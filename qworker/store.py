@@ -21,7 +21,7 @@ from pymongo import DESCENDING, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 
-from qworker.errors import JobNotFound
+from qworker.errors import JobNotFound, JobStateError
 from qworker.model import FINISHED_STATES, MAX_LOG_LINES, JobState
 
 LOCK_FIELDS = {"lockedBy": "", "lockToken": "", "lockExpiresAt": "", "lockedAt": ""}
@@ -73,16 +73,24 @@ class Outcome:
         return update
 
 
-def owned(job_id: ObjectId, token: str) -> Doc:
+def owned(job_id: ObjectId, token: str | None) -> Doc:
     return {"_id": job_id, "lockToken": token, "state": JobState.RUNNING.value}
 
 
-def release_update(now: datetime) -> Doc:
-    """Back to ``queued`` at once: a shutdown or a lost worker is not a failed attempt."""
-    return {
-        "$set": {"state": JobState.QUEUED.value, "nextRunAt": now},
-        "$unset": LOCK_FIELDS,
-    }
+def release(job_id: ObjectId, token: str | None, now: datetime, lost: bool) -> list[UpdateOne]:
+    """Back to ``queued`` at once: a shutdown or a lost worker is not a failed attempt.
+
+    A job whose cancellation was asked for meanwhile ends ``cancelled`` instead
+    (the writes are ordered: the second cannot match once the first did).
+    """
+    claim = {"_id": job_id, "lockToken": token, "state": JobState.RUNNING.value}
+    cancelled = Outcome(JobState.CANCELLED).update(now)
+    queued: Doc = {"$set": {"state": JobState.QUEUED.value, "nextRunAt": now},
+                   "$unset": LOCK_FIELDS}  # fmt: skip
+    if lost:
+        for update in (cancelled, queued):
+            update["$inc"] = {"lostCount": 1}
+    return [UpdateOne({**claim, "cancelRequested": True}, cancelled), UpdateOne(claim, queued)]
 
 
 def log_update(entries: Sequence[Doc]) -> Doc:
@@ -128,7 +136,7 @@ class WorkerStore:
 
     async def write(self, updates: Sequence[UpdateOne]) -> None:
         if updates:
-            await self.jobs.bulk_write(list(updates), ordered=False)
+            await self.jobs.bulk_write(list(updates), ordered=True)
 
     async def renew(self, tokens: Iterable[str], until: datetime) -> Doc:
         """Extend the leases of these claims; returns ids whose cancel was requested."""
@@ -150,21 +158,18 @@ class WorkerStore:
             {"state": JobState.RUNNING.value, "lockExpiresAt": {"$lt": now}},
             {"lockToken": 1, "lostCount": 1},
         ).to_list()
-        recovered = []
+        ops, recovered = [], []
         for doc in expired:
             lost = int(doc.get("lostCount", 0)) + 1
-            if lost >= MAX_LOST:
-                update = Outcome(
-                    JobState.FAILED, reason=f"lost with its worker {lost} times"
-                ).update(now)
-            else:
-                update = release_update(now)
-            update.setdefault("$inc", {})["lostCount"] = 1
-            done = await self.jobs.update_one(
-                {"_id": doc["_id"], "lockToken": doc.get("lockToken")}, update
-            )
-            if done.modified_count and lost < MAX_LOST:
+            if lost < MAX_LOST:
+                ops += release(doc["_id"], doc.get("lockToken"), now, lost=True)
                 recovered.append(doc["_id"])
+                continue
+            update = Outcome(JobState.FAILED, reason=f"lost with its worker {lost} times")
+            failed = update.update(now)
+            failed["$inc"]["lostCount"] = 1
+            ops.append(UpdateOne(owned(doc["_id"], doc.get("lockToken")), failed))
+        await self.write(ops)
         return recovered
 
 
@@ -216,7 +221,10 @@ class JobStore:
             self.jobs.update_one(
                 {"_id": oid, "state": JobState.RUNNING.value}, {"$set": {"cancelRequested": True}}
             )
-        return self.get(oid)
+        doc = self.get(oid)
+        if not done.modified_count and not doc.get("cancelRequested"):
+            raise JobStateError(f"job {job_id} is already {doc['state']}: nothing to cancel")
+        return doc
 
     def retry(self, job_id: str | ObjectId, now: datetime) -> Doc:
         """Queue a finished job again, now, with a fresh attempt budget."""
@@ -230,5 +238,7 @@ class JobStore:
         )
         doc = self.get(oid)
         if not done.modified_count:
-            raise JobNotFound(f"job {job_id} is {doc['state']}: only finished jobs can be retried")
+            raise JobStateError(
+                f"job {job_id} is {doc['state']}: only finished jobs can be retried"
+            )
         return doc

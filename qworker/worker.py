@@ -22,7 +22,6 @@ from typing import Any
 
 import structlog
 from bson import ObjectId
-from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from qworker.candidates import Candidates
@@ -35,7 +34,7 @@ from qworker.mongo import Names, async_client, ensure_schema, resolve_url, sync_
 from qworker.outbox import Outbox
 from qworker.registry import Registry
 from qworker.runner import HandlerError, JobTimeout, call, execute
-from qworker.store import Outcome, WorkerStore, owned, release_update
+from qworker.store import Outcome, WorkerStore, release
 from qworker.tasks import TaskMeta, import_code, run_setup
 from qworker.when import utcnow
 
@@ -199,8 +198,7 @@ class Worker(Registry):
             running.job.cancel()
             if running.task is not None:
                 running.task.cancel()
-            ops.append(UpdateOne(owned(running.job.doc["_id"], running.job.doc["lockToken"]),
-                                 release_update(now)))  # fmt: skip
+            ops += release(running.job.doc["_id"], running.job.doc["lockToken"], now, lost=False)
             self.counters.released += 1
             log.info("job returned to queue", job_id=running.job.id, task=running.job.task)
         self.outbox.restore(ops)

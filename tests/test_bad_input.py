@@ -370,7 +370,6 @@ def test_config_file_with_an_unknown_key(tmp_path: Path) -> None:
         ({"concurrency": 2.5}, "concurrency", "whole number"),
         ({"concurrency": 0}, "concurrency", "range"),
         ({"standalone": 5}, "standalone", "true or false"),
-        ({"paths": "tasks"}, "paths", "list of strings"),
         ({"paths": [1]}, "paths", "list of strings"),
         ({"grace": "long"}, "grace", "number"),
         ({"log-format": "xml"}, "log_format", "'xml'"),

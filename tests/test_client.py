@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 
-from qworker import Client, InvalidJobError, JobNotFound
+from qworker import Client, InvalidJobError, JobNotFound, JobStateError
 from qworker.candidates import Candidates
 from qworker.model import PRIORITY_NAMES, parse_priority
 from qworker.when import parse_duration, parse_when
@@ -219,6 +219,14 @@ def test_cancel_a_queued_job(client: Client, db: Any) -> None:
     assert db.channel.count_documents({"event": "job:cancel"}) == 0
 
 
+def test_cancel_refuses_a_finished_job(client: Client) -> None:
+    job_id = client.schedule("in 1 hour", "t")
+    client.cancel(job_id)
+    with pytest.raises(JobStateError, match="already cancelled: nothing to cancel"):
+        client.cancel(job_id)
+    assert client.get(job_id)["state"] == "cancelled"
+
+
 def test_cancel_unknown_job(client: Client) -> None:
     with pytest.raises(JobNotFound):
         client.cancel(str(ObjectId()))
@@ -237,7 +245,7 @@ def test_retry_a_cancelled_job(client: Client, db: Any) -> None:
 
 def test_retry_refuses_a_queued_job(client: Client) -> None:
     job_id = client.schedule("in 1 hour", "t")
-    with pytest.raises(JobNotFound, match="only finished jobs can be retried"):
+    with pytest.raises(JobStateError, match="only finished jobs can be retried"):
         client.retry(job_id)
     doc = client.get(job_id)
     assert doc["state"] == "queued" and doc["nextRunAt"] > datetime.now(UTC) + timedelta(minutes=59)

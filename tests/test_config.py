@@ -234,3 +234,11 @@ def test_environment_settings_reach_the_worker(tmp_path: Path) -> None:
     done = run(tmp_path, env=env)
     assert done.returncode == 2
     assert "task 'phantom' not found" in done.stderr and str(folder) in done.stderr
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_a_single_folder_or_task_may_be_written_as_a_string(tmp_path: Path, fmt: str) -> None:
+    path = write_config(tmp_path, fmt, {"paths": "only-here", "tasks": "one-task"})
+    shown = settings(tmp_path, "--config", str(path), "--mongo", UNREACHABLE)
+    assert shown["paths"] == (["only-here"], f"file {path}")
+    assert shown["tasks"][0] == ["one-task"]

@@ -40,6 +40,8 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
             settings = read_config_file(Path(value), allowed)
             params = {p.name: p for p in ctx.command.params}
             for name, setting in settings.items():
+                if params[name].multiple and isinstance(setting, str):
+                    settings[name] = setting = [setting]  # "paths: tasks" means one folder
                 problem = _setting_problem(ctx, params[name], setting)
                 if problem:
                     raise ConfigError(f"config file {value}: setting '{name}': {problem}")

@@ -178,15 +178,18 @@ def demo(settings: Settings, paths: str) -> None:
         sys.exit(code)
 
 
-
 @main.group()
 def embedded() -> None:
     """The local embedded server (SecantusDB) that '--mongo embedded' starts."""
 
 
 @embedded.command("stop")
-@click.option("--url", default="embedded", show_default=True,
-              help="Which embedded server: 'embedded' or 'embedded:///folder'.")
+@click.option(
+    "--url",
+    default="embedded",
+    show_default=True,
+    help="Which embedded server: 'embedded' or 'embedded:///folder'.",
+)
 def embedded_stop(url: str) -> None:
     """Stop the embedded server; its data stays for the next start."""
     folder = data_dir_from_url(url)
