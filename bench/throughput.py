@@ -263,6 +263,12 @@ def depth_cost(url: str, depth: int, measured: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _median(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    """The run with the median ``key``, with every run's value beside it."""
+    ordered = sorted(runs, key=lambda run: float(run[key]))
+    return {**ordered[len(ordered) // 2], f"{key}_runs": [run[key] for run in runs]}
+
+
 def machine() -> dict[str, Any]:
     return {
         "cores": os.cpu_count(), "python": platform.python_version(),
@@ -281,6 +287,7 @@ def main() -> None:
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--depths", default="100,1000,10000")
     parser.add_argument("--measured", type=int, default=300, help="jobs timed per depth")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median kept)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args()
     import importlib.metadata as md
@@ -296,14 +303,18 @@ def main() -> None:
         result["server_version"] = client.server_info().get("version")
         client.close()
         for workers in args.workers or [1, 3]:
-            result["throughput"].append(throughput(url, args.jobs, workers, args.concurrency))
+            runs = [
+                throughput(url, args.jobs, workers, args.concurrency) for _ in range(args.repeat)
+            ]
+            result["throughput"].append(_median(runs, "jobs_per_second"))
             print("throughput", result["throughput"][-1], flush=True)
         result["channel"] = channel_latency(url, args.latency_samples)
         print("channel", result["channel"], flush=True)
         result["latency"] = latency(url, args.latency_samples)
         print("latency", result["latency"], flush=True)
         for depth in (int(d) for d in args.depths.split(",")):
-            result["depth"].append(depth_cost(url, depth, args.measured))
+            runs = [depth_cost(url, depth, args.measured) for _ in range(args.repeat)]
+            result["depth"].append(_median(runs, "ms_per_job"))
             print("depth", result["depth"][-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"throughput-{result['when'].replace(':', '')}.json"

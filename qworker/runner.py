@@ -22,6 +22,9 @@ from typing import Any
 from qworker.job import Job, Reporter
 from qworker.registry import Handler, Registry
 from qworker.tasks import TaskMeta, import_code, run_setup
+from qworker.threads import CachedThreads
+
+THREADS = CachedThreads()
 
 
 class JobTimeout(Exception):
@@ -61,7 +64,7 @@ async def call(fn: Any, *args: Any) -> Any:
 
 
 def _in_thread(fn: Any, *args: Any) -> asyncio.Future[Any]:
-    """Run in a thread of its own, so a runaway handler never starves the others."""
+    """Run in a worker thread (see ``threads``), settling a future on the loop."""
     loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
 
@@ -82,9 +85,7 @@ def _in_thread(fn: Any, *args: Any) -> asyncio.Future[Any]:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(settle, value, error)
 
-    threading.Thread(
-        target=target, name=f"job-{getattr(fn, '__name__', 'fn')}", daemon=True
-    ).start()
+    THREADS.submit(target)
     return future
 
 
