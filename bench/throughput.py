@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pymongo import MongoClient
+from pymongo.errors import PyMongoError
 
 from qworker import Client
 from qworker.channel import Channel, publish_sync
@@ -57,14 +58,19 @@ def server(url: str | None) -> Iterator[str]:
     folder = Path(tempfile.mkdtemp(prefix="qworker-bench-"))
     port = _free_port()
     command = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
-    process = subprocess.Popen(
-        [command, "--host", "127.0.0.1", "--port", str(port), "--storage-path",
-         str(folder / "data"), "--log-level", "WARNING"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder,
-    )  # fmt: skip
+    with open(folder / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [command, "--host", "127.0.0.1", "--port", str(port), "--storage-path",
+             str(folder / "data"), "--log-level", "WARNING"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=folder,
+        )  # fmt: skip
     url = f"mongodb://127.0.0.1:{port}"
     mongo: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=60_000)
-    mongo.admin.command("ping")
+    try:
+        mongo.admin.command("ping")
+    except PyMongoError:
+        process.kill()
+        sys.exit(f"the server did not start:\n{(folder / 'server.log').read_text()}")
     mongo.close()
     try:
         yield url
@@ -283,7 +289,7 @@ def main() -> None:
     parser.add_argument("--mongo", help="server URL (default: start SecantusDB for the run)")
     parser.add_argument("--jobs", type=int, default=2000, help="jobs in the throughput run")
     parser.add_argument("--workers", type=int, action="append", help="worker processes (repeat)")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--latency-samples", type=int, default=100)
     parser.add_argument("--depths", default="100,1000,10000")
     parser.add_argument("--measured", type=int, default=300, help="jobs timed per depth")

@@ -70,7 +70,7 @@ class WorkerSettings:
     tasks: tuple[str, ...]
     paths: tuple[Path, ...] = (Path("tasks"),)
     standalone: bool = False
-    concurrency: int = 8
+    concurrency: int = 16
     grace: float = 25.0
     lease: float = 30.0
     poll_interval: float = 1.0

@@ -97,7 +97,7 @@ EXPECTED = {
 def test_defaults(tmp_path: Path) -> None:
     shown = settings(tmp_path, "--mongo", UNREACHABLE)
     assert shown["mongo"] == (UNREACHABLE, "flag")
-    assert shown["concurrency"] == (8, "default")
+    assert shown["concurrency"] == (16, "default")
     assert shown["paths"] == (["tasks"], "default")
     assert shown["tasks"] == ([], "default")
     assert shown["standalone"] == (False, "default")
@@ -179,7 +179,7 @@ def test_empty_config_file_changes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "empty.yaml"
     path.write_text("# nothing set yet\n")
     shown = settings(tmp_path, "--mongo", UNREACHABLE, "--config", str(path))
-    assert shown["concurrency"] == (8, "default")
+    assert shown["concurrency"] == (16, "default")
     assert shown["config"] == (str(path), "flag")
 
 

@@ -72,9 +72,9 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
     "--concurrency",
     name="concurrency",
     type=click.IntRange(min=1),
-    default=8,
+    default=16,
     show_default=True,
-    help="Jobs run at once by this worker.",
+    help="Jobs run at once by this worker (also the claim batch size).",
 )
 @_option(
     "--grace",
