@@ -9,17 +9,26 @@ announce. Claims stay conditional in MongoDB: an entry here is only a hint.
 from __future__ import annotations
 
 import heapq
+import zlib
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
 
-Key = tuple[int, datetime, ObjectId]
+Key = tuple[int, datetime, int, ObjectId]
 
 
 class Candidates:
-    def __init__(self) -> None:
+    """Claim order: higher priority, then earlier ``nextRunAt``.
+
+    Jobs due at the same instant (a batch enqueued at once) are in no order
+    of their own; with a ``salt`` each worker walks them in an order of its own,
+    so that workers sharing a queue do not all try to claim the same ids.
+    """
+
+    def __init__(self, salt: str = "") -> None:
+        self._salt = salt
         self._heap: list[tuple[Key, str]] = []
         self._keys: dict[ObjectId, Key] = {}
 
@@ -32,7 +41,8 @@ class Candidates:
 
     def add(self, docs: Iterable[dict[str, Any]]) -> None:
         for doc in docs:
-            key: Key = (-int(doc.get("priority", 0)), doc["nextRunAt"], doc["_id"])
+            tie = zlib.crc32(f"{self._salt}{doc['_id']}".encode()) if self._salt else 0
+            key: Key = (-int(doc.get("priority", 0)), doc["nextRunAt"], tie, doc["_id"])
             if self._keys.get(doc["_id"]) != key:
                 self._keys[doc["_id"]] = key
                 heapq.heappush(self._heap, (key, doc["name"]))
@@ -48,14 +58,14 @@ class Candidates:
         taken: dict[str, int] = {}
         while self._heap and len(picked) < n:
             key, task = heapq.heappop(self._heap)
-            if self._keys.get(key[2]) != key:
+            if self._keys.get(key[3]) != key:
                 continue  # superseded or discarded
             if key[1] > now or taken.get(task, 0) >= room(task):
                 kept.append((key, task))
                 continue
             taken[task] = taken.get(task, 0) + 1
-            del self._keys[key[2]]
-            picked.append(key[2])
+            del self._keys[key[3]]
+            picked.append(key[3])
         for item in kept:
             heapq.heappush(self._heap, item)
         return picked

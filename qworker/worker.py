@@ -41,6 +41,7 @@ from qworker.when import utcnow
 log = structlog.get_logger("qworker.worker")
 
 CANDIDATE_CAP = 20_000
+COALESCE_SECONDS = 0.005
 
 
 @dataclass
@@ -75,7 +76,7 @@ class Worker(Registry):
         self._tokens = itertools.count(1)
         self._running: dict[str, Running] = {}
         self._per_task: dict[str, int] = dict.fromkeys(self.metas, 0)
-        self._candidates = Candidates()
+        self._candidates = Candidates(salt=self.nonce)
         self._stopping = False
         self._force = asyncio.Event()
         self._wake = asyncio.Event()
@@ -87,6 +88,7 @@ class Worker(Registry):
         self._last_read_started = 0.0
         self._last_finished = 0.0
         self.outbox = Outbox(settings.lease, self._notify_outbox)
+        self._batch_floor = max(1, settings.concurrency // 4)
 
     # -- loading ---------------------------------------------------------
 
@@ -213,10 +215,18 @@ class Worker(Registry):
     async def _claim_loop(self) -> None:
         while not self._stopping:
             free = self.settings.concurrency - len(self._running)
-            if free > 0 and self._should_refill():
+            if free <= 0:
+                await self._wait(self.settings.poll_interval)
+                continue
+            if free < self._batch_floor and self._candidates_waiting():
+                # A slot or two just freed while others run: let a few more
+                # finish, so that one claim takes a batch instead of one job.
+                await self._wait(COALESCE_SECONDS)
+                free = self.settings.concurrency - len(self._running)
+            if self._should_refill():
                 await self._refill()
             now = utcnow()
-            picks = self._candidates.take(free, now, self._room) if free > 0 else []
+            picks = self._candidates.take(free, now, self._room)
             if picks:
                 await self._claim(picks, now)
                 continue
@@ -273,9 +283,16 @@ class Worker(Registry):
         due = self._candidates.next_due()
         if due is not None and due > now:
             timeout = min(timeout, (due - now).total_seconds())
+        await self._wait(timeout)
+
+    async def _wait(self, timeout: float) -> None:
+        """Until a wake-up (a job finished or was announced, a signal) or ``timeout``."""
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
+
+    def _candidates_waiting(self) -> bool:
+        return bool(self._running) and len(self._candidates) > 0
 
     async def _on_message(self, event: str, body: dict[str, Any]) -> None:
         if event == "job:queued":

@@ -184,9 +184,7 @@ def qworker_command(*args: str) -> list[str]:
 
 
 @pytest.fixture
-def spawn_worker(
-    mongo_url: str, tmp_path: Path
-) -> Iterator[Callable[..., WorkerProcess]]:
+def spawn_worker(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start ``qworker --standalone`` for tasks in tests/tasks; stopped at the end."""
     started: list[WorkerProcess] = []
 
