@@ -206,6 +206,22 @@ def latency(url: str, samples: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def backend(url: str, count: int = 500) -> dict[str, Any]:
+    """The server's own rate for one client: the ceiling every figure sits under."""
+    _, db = _fresh(url, "bench_backend")
+    started = time.perf_counter()
+    ids = [db.raw.insert_one({"n": n}).inserted_id for n in range(count)]
+    inserted = time.perf_counter()
+    for job_id in ids:
+        db.raw.update_one({"_id": job_id}, {"$set": {"done": True}})
+    updated = time.perf_counter()
+    return {
+        "operations": count,
+        "insert_one_per_second": round(count / (inserted - started), 1),
+        "update_one_by_id_per_second": round(count / (updated - inserted), 1),
+    }
+
+
 def channel_latency(url: str, samples: int) -> dict[str, Any]:
     """The channel's own publish -> receive time: the floor for wake-up latency."""
     db_url, db = _fresh(url, "bench_channel")
@@ -308,6 +324,8 @@ def main() -> None:
         result["server"] = args.mongo or f"SecantusDB {md.version('secantusdb')}"
         result["server_version"] = client.server_info().get("version")
         client.close()
+        result["backend"] = backend(url)
+        print("backend", result["backend"], flush=True)
         for workers in args.workers or [1, 3]:
             runs = [
                 throughput(url, args.jobs, workers, args.concurrency) for _ in range(args.repeat)
@@ -339,6 +357,9 @@ def report(result: dict[str, Any], path: Path) -> None:
         print(f"{'end-to-end throughput':<34}{depth:>8}{workers:>9}{rate:>16} jobs/s")
         rate = t["enqueue_per_second"]
         print(f"{'enqueue rate (batches of 500)':<34}{depth:>8}{workers:>9}{rate:>16} jobs/s")
+    b = result["backend"]
+    rates = f"{b['insert_one_per_second']} / {b['update_one_by_id_per_second']} ops/s"
+    print(f"{'server: insert_one / update_one':<34}{'-':>8}{'-':>9}  {rates:>20}")
     lat = result["latency"]
     figure = f"p50 {lat['p50_ms']} p95 {lat['p95_ms']} max {lat['max_ms']} ms"
     print(f"{'enqueue->start, idle worker':<34}{0:>8}{1:>9}  {figure:>20}")
