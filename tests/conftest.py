@@ -201,7 +201,9 @@ def spawn_worker(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., Worke
             args += ["--paths", str(path)]
         args += [*(extra or []), *tasks]
         out, err = tmp_path / f"{worker_id}-{n}.out", tmp_path / f"{worker_id}-{n}.err"
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        # Test tasks import the side-effect log (tests/effects.py) from here.
+        pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath, **(env or {})}
         with open(out, "wb") as o, open(err, "wb") as e:
             process = subprocess.Popen(
                 qworker_command(*args), stdout=o, stderr=e, cwd=tmp_path, env=full_env

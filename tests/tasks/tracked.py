@@ -4,16 +4,7 @@ when it finishes, so a run cut short (killed, released) shows as a start without
 import os
 import time
 
-from pymongo import MongoClient
-
-_db = None
-
-
-def _effects():
-    global _db
-    if _db is None:
-        _db = MongoClient(os.environ["QWORKER_TEST_EFFECTS_URL"]).get_default_database()
-    return _db.effects
+from effects import effects
 
 
 def setup(worker, task):
@@ -27,7 +18,7 @@ def setup(worker, task):
             "attempt": job.attempt,
             "start": time.time(),
         }
-        _effects().insert_one(doc)
+        effects().insert_one(doc)
         time.sleep(float(sleeps[min(job.attempt, len(sleeps)) - 1]))
-        _effects().update_one({"_id": doc["_id"]}, {"$set": {"end": time.time()}})
+        effects().update_one({"_id": doc["_id"]}, {"$set": {"end": time.time()}})
         return {"worker": worker.id}
