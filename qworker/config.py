@@ -13,9 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from qworker.errors import ConfigError
+from qworker.files import read_mapping
 
 ENV_PREFIX = "QWORKER"
 
@@ -26,28 +25,7 @@ def read_config_file(path: Path, allowed: Iterable[str]) -> dict[str, Any]:
     Unknown keys are an error that names the file and the key, so a typo never
     silently falls back to a default.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"config file {path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"config file {path}: cannot read: not UTF-8 text ({exc.reason})"
-        ) from None
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"config file {path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file {path}: invalid YAML{where}") from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config file {path}: expected a mapping of settings")
+    raw = read_mapping(path, f"config file {path}", "settings", ConfigError)
     allowed_names = set(allowed)
     settings: dict[str, Any] = {}
     for key, value in raw.items():

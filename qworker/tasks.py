@@ -7,7 +7,6 @@ the worker with its path and the offending field, never a traceback.
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 import sys
 import traceback
@@ -17,9 +16,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import yaml
-
 from qworker.errors import TaskDefinitionError
+from qworker.files import read_mapping
 from qworker.model import PRIORITY_NAMES, Backoff
 from qworker.when import parse_duration
 
@@ -160,26 +158,7 @@ KNOWN_FIELDS = {
 
 def read_metadata(path: Path) -> dict[str, Any]:
     """The parsed metadata mapping of one file; errors name the file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TaskDefinitionError(f"{path}: cannot read: {exc}") from None
-    try:
-        raw = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except json.JSONDecodeError as exc:
-        raise TaskDefinitionError(
-            f"{path}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
-        ) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise TaskDefinitionError(f"{path}: invalid YAML{where}: {problem}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise TaskDefinitionError(f"{path}: expected a mapping of fields, got {type(raw).__name__}")
-    return raw
+    return read_mapping(path, str(path), "fields", TaskDefinitionError)
 
 
 def parse_task(path: Path) -> TaskMeta | None:
