@@ -47,10 +47,6 @@ class Candidates:
                 self._keys[doc["_id"]] = key
                 heapq.heappush(self._heap, (key, doc["name"]))
 
-    def discard(self, ids: Iterable[ObjectId]) -> None:
-        for job_id in ids:
-            self._keys.pop(job_id, None)
-
     def take(self, n: int, now: datetime, room: Callable[[str], int]) -> list[ObjectId]:
         """Up to ``n`` due ids in claim order, within each task's ``room``."""
         picked: list[ObjectId] = []

@@ -11,9 +11,6 @@ from qworker.model import MAX_LOG_LINE_CHARS
 
 log = structlog.get_logger("qworker.job")
 
-LEVELS = ("log", "info", "warn", "error")
-
-
 class Reporter(Protocol):
     """Where a job's progress and log lines go (the worker, or a parent process)."""
 

@@ -17,7 +17,6 @@ from pymongo.database import Database
 from pymongo.errors import (
     CollectionInvalid,
     ConfigurationError,
-    PyMongoError,
     ServerSelectionTimeoutError,
 )
 from pymongo.uri_parser import parse_uri
@@ -104,10 +103,3 @@ def _ensure_schema(db: Database[dict], names: Names) -> None:  # type: ignore[ty
     jobs.create_index([("lockToken", ASCENDING)], name="lock_token", sparse=True)
     jobs.create_index([("state", ASCENDING), ("lockExpiresAt", ASCENDING)], name="leases")
     jobs.create_index([("createdAt", DESCENDING)], name="recent")
-
-
-def check_reachable(client: MongoClient[dict], url: str) -> None:  # type: ignore[type-arg]
-    try:
-        client.admin.command("ping")
-    except PyMongoError as exc:
-        raise ConfigError(f"cannot reach MongoDB at {url}: {exc}") from None

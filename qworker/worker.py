@@ -16,7 +16,7 @@ import socket
 import time
 import traceback
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -59,7 +59,6 @@ class Counters:
     retried: int = 0
     cancelled: int = 0
     released: int = 0
-    by_state: dict[str, int] = field(default_factory=dict)
 
 
 class Worker(Registry):
