@@ -179,6 +179,14 @@ class WorkerProcess:
                 self.process.wait()
 
 
+def console_command(name: str, module: str) -> list[str]:
+    """The installed console script, else the same entry point under that name."""
+    script = Path(sys.executable).parent / name
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", f"from {module} import main; main(prog_name={name!r})"]
+
+
 def qworker_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "qworker.cli.worker", *args]
 

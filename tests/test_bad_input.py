@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import console_command
 
 UNREACHABLE = "mongodb://127.0.0.1:1/x"
 # Well under the 10 s server selection timeout that contacting MongoDB would cost.
@@ -35,15 +35,7 @@ class Result:
         return self.err.strip().splitlines()
 
 
-def command(name: str, module: str) -> list[str]:
-    """The installed console script, else the same entry point under that name."""
-    script = Path(sys.executable).parent / name
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", f"from {module} import main; main(prog_name={name!r})"]
-
-
-QWORKER = command("qworker", "qworker.cli.worker")
+QWORKER = console_command("qworker", "qworker.cli.worker")
 
 
 def qworker(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Result:

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import click
 import pytest
 from bson import ObjectId
 from click.testing import CliRunner
+from conftest import console_command
 
 from qworker import Client
 from qworker.cli.manager import main as manager_main
@@ -24,15 +24,8 @@ UNREACHABLE = "mongodb://127.0.0.1:1/x"
 MS = timedelta(milliseconds=1)
 
 
-def _command(name: str, module: str) -> list[str]:
-    script = Path(sys.executable).parent / name
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", f"from {module} import main; main(prog_name={name!r})"]
-
-
-MANAGER = _command("qworker-manager", "qworker.cli.manager")
-WORKER = _command("qworker", "qworker.cli.worker")
+MANAGER = console_command("qworker-manager", "qworker.cli.manager")
+WORKER = console_command("qworker", "qworker.cli.worker")
 
 
 def run(

@@ -10,24 +10,17 @@ import json
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from conftest import console_command
 
 UNREACHABLE = "mongodb://127.0.0.1:1/x"
 
 
-def _command() -> list[str]:
-    script = Path(sys.executable).parent / "qworker"
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "from qworker.cli.worker import main; main(prog_name='qworker')"]
-
-
-QWORKER = _command()
+QWORKER = console_command("qworker", "qworker.cli.worker")
 
 
 def run(
