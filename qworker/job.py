@@ -11,6 +11,7 @@ from qworker.model import MAX_LOG_LINE_CHARS
 
 log = structlog.get_logger("qworker.job")
 
+
 class Reporter(Protocol):
     """Where a job's progress and log lines go (the worker, or a parent process)."""
 

@@ -41,6 +41,18 @@ class Names:
     def channel(self) -> str:
         return f"{self.prefix}channel"
 
+    @property
+    def workers(self) -> str:
+        return f"{self.prefix}workers"
+
+    @property
+    def tasks(self) -> str:
+        return f"{self.prefix}tasks"
+
+    @property
+    def leases(self) -> str:
+        return f"{self.prefix}leases"
+
 
 def resolve_url(url: str) -> str:
     """A ``mongodb://`` URL; ``embedded`` starts or reuses the local embedded server."""

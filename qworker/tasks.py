@@ -163,7 +163,14 @@ def read_metadata(path: Path) -> dict[str, Any]:
 
 def parse_task(path: Path) -> TaskMeta | None:
     """Validate one metadata file; ``None`` when it is ``disabled``."""
-    raw = read_metadata(path)
+    return check_metadata(read_metadata(path), path, code=True)
+
+
+def check_metadata(raw: dict[str, Any], path: Path, code: bool) -> TaskMeta | None:
+    """Validate a metadata mapping said to come from ``path``; ``code``: its .py must exist.
+
+    The manager checks what workers announce with ``code=False``.
+    """
     fields = _Fields(path, raw)
     for unknown in sorted(set(raw) - KNOWN_FIELDS, key=str):
         fields.problems.append(
@@ -197,7 +204,7 @@ def parse_task(path: Path) -> TaskMeta | None:
         attributes={k: v for k, v in attributes.items() if v is not None},
         raw=raw,
     )
-    if not meta.code_path.is_file() and not disabled:
+    if code and not meta.code_path.is_file() and not disabled:
         fields.problems.append(f"{path}: missing code file {meta.code_path.name} beside it")
     if fields.problems:
         raise TaskDefinitionError("\n".join(fields.problems))

@@ -24,11 +24,13 @@ import structlog
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from qworker import protocol
 from qworker.candidates import Candidates
 from qworker.channel import Channel
 from qworker.config import WorkerSettings
 from qworker.errors import TaskDefinitionError
 from qworker.job import Job
+from qworker.membership import Membership
 from qworker.model import JobState, check_json
 from qworker.mongo import Names, async_client, ensure_schema, resolve_url, sync_client
 from qworker.outbox import Outbox
@@ -88,6 +90,7 @@ class Worker(Registry):
         self._last_finished = 0.0
         self.outbox = Outbox(settings.lease, self._notify_outbox)
         self._batch_floor = max(1, settings.concurrency // 4)
+        self.membership = None if settings.standalone else Membership(self)
 
     # -- loading ---------------------------------------------------------
 
@@ -117,12 +120,13 @@ class Worker(Registry):
             self._loop.add_signal_handler(sig, self.request_stop)
         await self._run_hooks(self.initializers, *self._task_hooks(self.task_initializers))
         listening = asyncio.Event()
+        events = [protocol.JOB_QUEUED, protocol.JOB_CANCEL]
+        if self.membership is not None:
+            events += self.membership.events()
         background = [
             asyncio.create_task(self._flush_loop()),
             asyncio.create_task(self._lease_loop()),
-            asyncio.create_task(
-                self.channel.subscribe(["job:queued", "job:cancel"], self._on_message, listening)
-            ),
+            asyncio.create_task(self.channel.subscribe(events, self._on_message, listening)),
         ]
         try:
             await asyncio.wait_for(listening.wait(), 10)
@@ -132,9 +136,12 @@ class Worker(Registry):
             "worker started", worker_id=self.id, tasks=list(self.metas), pid=os.getpid(),
             concurrency=self.settings.concurrency, standalone=self.settings.standalone,
         )  # fmt: skip
+        if self.membership is not None:
+            background.append(asyncio.create_task(self.membership.run()))
         try:
             await self._claim_loop()
             await self._drain_running()
+            await self._say_goodbye()
         finally:
             await self._flush()
             for task in background:
@@ -147,7 +154,23 @@ class Worker(Registry):
             "worker stopped", worker_id=self.id, succeeded=c.succeeded, failed=c.failed,
             retried=c.retried, cancelled=c.cancelled, released=c.released,
         )  # fmt: skip
-        return 0
+        return 3 if self.refused else 0
+
+    @property
+    def refused(self) -> str | None:
+        """Why the manager terminated this worker, if it did."""
+        return self.membership.refused if self.membership is not None else None
+
+    @property
+    def running_count(self) -> int:
+        return len(self._running)
+
+    async def _say_goodbye(self) -> None:
+        if self.membership is None:
+            return
+        event = protocol.WORKER_TERMINATE if self.refused else protocol.WORKER_STOP
+        with contextlib.suppress(PyMongoError):
+            await self.channel.publish(event, {"workerId": self.id, "nonce": self.nonce})
 
     def _prepare(self, url: str, names: Names) -> None:
         client = sync_client(url)
@@ -164,10 +187,11 @@ class Worker(Registry):
             for hook in group:
                 await call(hook)
 
-    def request_stop(self) -> None:
-        """First signal: stop claiming and drain; second: stop at once."""
-        if self._stopping:
-            log.warning("second signal: stopping now, returning unfinished jobs to the queue")
+    def request_stop(self, force: bool = False) -> None:
+        """First signal: stop claiming and drain; second (or ``force``): stop at once."""
+        if self._stopping or force:
+            self._stopping = True
+            log.warning("stopping now, returning unfinished jobs to the queue")
             self._force.set()
         else:
             log.info("stopping: finishing running jobs", grace=self.settings.grace,
@@ -213,6 +237,9 @@ class Worker(Registry):
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
+            if self.membership is not None and not self.membership.accepted.is_set():
+                await self._wait(self.settings.poll_interval)  # not accepted, or paused
+                continue
             free = self.settings.concurrency - len(self._running)
             if free <= 0:
                 await self._wait(self.settings.poll_interval)
@@ -294,7 +321,10 @@ class Worker(Registry):
         return bool(self._running) and len(self._candidates) > 0
 
     async def _on_message(self, event: str, body: dict[str, Any]) -> None:
-        if event == "job:queued":
+        if self.membership is not None and event in self.membership.events():
+            await self.membership.on_message(event, body)
+            self._wake.set()
+        elif event == protocol.JOB_QUEUED:
             jobs = body.get("jobs")
             if isinstance(jobs, list):
                 mine = [self._hint(j) for j in jobs if isinstance(j, dict)]
@@ -302,7 +332,7 @@ class Worker(Registry):
             elif set(body.get("tasks") or []) & set(self.metas):
                 self._refill_wanted = True
             self._wake.set()
-        elif event == "job:cancel":
+        elif event == protocol.JOB_CANCEL:
             self.cancel_job(str(body.get("jobId")))
 
     def _hint(self, entry: dict[str, Any]) -> dict[str, Any] | None:

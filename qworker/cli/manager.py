@@ -1,7 +1,8 @@
-"""``qworker-manager``: operator commands (the manager daemon comes with ``serve``)."""
+"""``qworker-manager``: the manager daemon (``serve``) and operator commands."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -15,6 +16,8 @@ from qworker.cli.output import emit_json, job_detail, job_rows
 from qworker.client import Client
 from qworker.embedded import data_dir_from_url, is_embedded, stop_server
 from qworker.errors import ConfigError
+from qworker.logs import configure
+from qworker.manager import Manager, ManagerSettings
 from qworker.model import JobState
 
 
@@ -49,7 +52,7 @@ pass_settings = click.make_pass_decorator(Settings)
 )
 @click.pass_context
 def main(ctx: click.Context, config: str | None, mongo: str | None, prefix: str) -> None:
-    """Operate a qworker fleet: enqueue jobs and inspect them."""
+    """Run and operate a qworker fleet: the manager daemon, jobs, the embedded server."""
     ctx.obj = Settings(mongo, prefix)
 
 
@@ -176,6 +179,67 @@ def demo(settings: Settings, paths: str) -> None:
                    "'qworker-manager embedded stop' stops it.")  # fmt: skip
     if code:
         sys.exit(code)
+
+
+@main.command()
+@click.option(
+    "--id",
+    "manager_id",
+    envvar=envvar("manager_id"),
+    show_envvar=True,
+    help="Manager id  [default: manager-<host>-<pid>]",
+)
+@click.option(
+    "--ping-interval",
+    type=click.FloatRange(min=0.1),
+    default=5.0,
+    show_default=True,
+    envvar=envvar("ping_interval"),
+    show_envvar=True,
+    help="Seconds between worker pings; two missed ones make a worker dead.",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=1),
+    default=10.0,
+    show_default=True,
+    envvar=envvar("manager_lease"),
+    show_envvar=True,
+    help="Seconds the leader's lease lasts; a standby takes over after it.",
+)
+@click.option("-v", "--verbose", count=True, help="More logging.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["console", "json"]),
+    envvar=envvar("log_format"),
+    help="Log format  [default: console on a terminal, else json]",
+)
+@pass_settings
+@reports_errors
+def serve(
+    settings: Settings,
+    /,
+    manager_id: str | None,
+    ping_interval: float,
+    lease: float,
+    verbose: int,
+    log_format: str | None,
+) -> None:
+    """Run the manager: accept workers, watch their pings, recover their jobs."""
+    if not settings.mongo:
+        raise ConfigError("no MongoDB given: use --mongo URL or QWORKER_MONGO (or 'embedded')")
+    configure(verbose, log_format)
+    options = {"manager_id": manager_id} if manager_id else {}
+    manager = Manager(
+        ManagerSettings(
+            mongo=settings.mongo,
+            prefix=settings.prefix,
+            ping_interval=ping_interval,
+            lease=lease,
+            **options,
+        )
+    )
+    sys.exit(asyncio.run(manager.run()))  # fmt: skip
 
 
 @main.group()

@@ -13,7 +13,6 @@ import click
 
 from qworker.cli.common import config_option, envvar, reports_errors, sources
 from qworker.config import WorkerSettings, describe
-from qworker.errors import ConfigError
 from qworker.logs import configure
 from qworker.tasks import select
 from qworker.worker import Worker
@@ -149,12 +148,10 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
     metas = select(settings.paths, settings.tasks)
     worker = Worker(settings, metas)
     worker.load()
-    if not settings.standalone:
-        raise ConfigError(
-            "managed mode needs 'qworker-manager serve', which this version does not have yet; "
-            "run the worker with --standalone"
-        )
-    sys.exit(asyncio.run(worker.run()))
+    code = asyncio.run(worker.run())
+    if worker.refused:
+        click.echo(f"qworker: terminated by the manager: {worker.refused}", err=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,256 @@
+"""The manager daemon: validates workers, watches their pings, recovers their jobs.
+
+Every manager listens; only the one holding the lease (``leadership``) acts.
+Worker and task state lives in MongoDB (``workers``, ``tasks``), so a new
+leader carries on where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from pymongo import ASCENDING, UpdateOne
+from pymongo.errors import PyMongoError
+
+from qworker import protocol
+from qworker.channel import Channel
+from qworker.errors import TaskDefinitionError
+from qworker.leadership import Leadership
+from qworker.model import JobState
+from qworker.mongo import Names, async_client, ensure_schema, resolve_url, sync_client
+from qworker.store import release
+from qworker.tasks import check_metadata
+from qworker.when import utcnow
+
+log = structlog.get_logger("qworker.manager")
+
+# A worker that misses this many ping intervals is dead.
+MISSED_PINGS = 2
+
+
+@dataclass(frozen=True)
+class ManagerSettings:
+    mongo: str
+    manager_id: str = f"manager-{socket.gethostname()}-{os.getpid()}"
+    prefix: str = ""
+    ping_interval: float = 5.0
+    lease: float = 10.0
+
+
+class Manager:
+    def __init__(self, settings: ManagerSettings) -> None:
+        self.settings = settings
+        self.id = settings.manager_id
+        self.leading = False
+        self._stop = asyncio.Event()
+
+    async def run(self) -> int:
+        url = resolve_url(self.settings.mongo)
+        names = Names(self.settings.prefix)
+        await asyncio.to_thread(self._prepare, url, names)
+        client = async_client(url)
+        db = client.get_default_database(default="qworker")
+        self.jobs, self.workers, self.tasks = db[names.jobs], db[names.workers], db[names.tasks]
+        self.channel = Channel(db[names.channel])
+        self.leadership = Leadership(db[names.leases], self.id, self.settings.lease)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        listening = asyncio.Event()
+        listener = asyncio.create_task(
+            self.channel.subscribe(protocol.TO_MANAGER, self._on_message, listening)
+        )
+        await listening.wait()
+        log.info("manager started", manager_id=self.id, ping_interval=self.settings.ping_interval)
+        try:
+            await self._lead()
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+            if self.leading:
+                with contextlib.suppress(PyMongoError):
+                    await self.channel.publish(protocol.MANAGER_STOP, {"managerId": self.id})
+                    await self.leadership.release()
+            await client.close()
+        log.info("manager stopped", manager_id=self.id)
+        return 0
+
+    def _prepare(self, url: str, names: Names) -> None:
+        client = sync_client(url)
+        try:
+            db = client.get_default_database(default="qworker")
+            ensure_schema(db, names)
+            db[names.workers].create_index([("state", ASCENDING), ("pingedAt", ASCENDING)])
+        finally:
+            client.close()
+
+    async def _lead(self) -> None:
+        """Hold (or wait for) the lease; while leading, look for dead workers."""
+        every = min(self.settings.lease / 3, self.settings.ping_interval)
+        while not self._stop.is_set():
+            try:
+                leading = await self.leadership.hold()
+                if leading and not self.leading:
+                    log.info("leading the fleet", manager_id=self.id)
+                    await self.channel.publish(protocol.MANAGER_START, {"managerId": self.id})
+                elif self.leading and not leading:
+                    log.warning("lost the lease; standing by", manager_id=self.id)
+                self.leading = leading
+                if leading:
+                    await self._find_dead()
+            except PyMongoError as exc:
+                log.warning("cannot reach MongoDB", error=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), every)
+
+    # -- messages --------------------------------------------------------
+
+    async def _on_message(self, event: str, body: dict[str, Any]) -> None:
+        if not self.leading:
+            return
+        worker_id, nonce = body.get("workerId"), body.get("nonce")
+        if not isinstance(worker_id, str) or not isinstance(nonce, str):
+            log.warning("ignoring a message without workerId/nonce", event_name=event)
+            return
+        if event == protocol.DEFINE_TASKS:
+            await self._define(worker_id, body.get("tasks"))
+        elif event == protocol.WORKER_INITIALIZE:
+            await self._initialize(worker_id, nonce, body)
+        elif event == protocol.WORKER_PING:
+            await self.workers.update_one(
+                {"_id": worker_id, "nonce": nonce},
+                {"$set": {"pingedAt": utcnow(), "state": "running",
+                          "running": body.get("running", 0)}},
+            )  # fmt: skip
+        elif event in (protocol.WORKER_STOP, protocol.WORKER_TERMINATE):
+            await self.workers.update_one(
+                {"_id": worker_id, "nonce": nonce},
+                {"$set": {"state": "stopped", "stoppedAt": utcnow()}},
+            )
+
+    async def _define(self, worker_id: str, tasks: Any) -> None:
+        """Record the tasks a worker announced, checked as the worker checked them."""
+        if not isinstance(tasks, list):
+            log.warning("ignoring define:tasks without a task list", worker_id=worker_id)
+            return
+        ops = []
+        for raw in tasks:
+            if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
+                continue
+            try:
+                check_metadata(raw, _announced(worker_id, raw["id"]), code=False)
+                problems: list[str] = []
+            except TaskDefinitionError as exc:
+                problems = str(exc).splitlines()
+            fields = {
+                "name": raw.get("name", raw["id"]), "description": raw.get("description", ""),
+                "metadata": raw, "valid": not problems, "problems": problems, "definedAt": utcnow(),
+            }  # fmt: skip
+            ops.append(
+                UpdateOne(
+                    {"_id": raw["id"]},
+                    {"$set": fields, "$addToSet": {"workers": worker_id}},
+                    upsert=True,
+                )
+            )
+        if ops:
+            await self.tasks.bulk_write(ops, ordered=False)
+
+    async def _initialize(self, worker_id: str, nonce: str, body: dict[str, Any]) -> None:
+        reason = await self._rejection(worker_id, nonce, body.get("tasks"))
+        if reason:
+            log.warning("worker rejected", worker_id=worker_id, reason=reason)
+            await self.channel.publish(
+                protocol.terminate(worker_id), {"nonce": nonce, "reason": reason}
+            )
+            return
+        now = utcnow()
+        await self.workers.update_one(
+            {"_id": worker_id},
+            {"$set": {"nonce": nonce, "host": body.get("host"), "pid": body.get("pid"),
+                      "tasks": body.get("tasks"), "state": "running", "startedAt": now,
+                      "pingedAt": now, "running": 0}},
+            upsert=True,
+        )  # fmt: skip
+        await self.channel.publish(
+            protocol.start(worker_id),
+            {"nonce": nonce, "pingInterval": self.settings.ping_interval, "managerId": self.id},
+        )
+        log.info("worker accepted", worker_id=worker_id, host=body.get("host"),
+                 tasks=body.get("tasks"))  # fmt: skip
+
+    async def _rejection(self, worker_id: str, nonce: str, tasks: Any) -> str | None:
+        """Why this worker may not run, or None."""
+        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+            return "worker:initialize must list the worker's task ids"
+        holder = await self.workers.find_one({"_id": worker_id})
+        if holder and holder.get("nonce") != nonce and self._alive(holder):
+            return (
+                f"worker id '{worker_id}' is already used by a live worker "
+                f"on host {holder.get('host')} (pid {holder.get('pid')})"
+            )
+        for task_id in tasks:
+            task = await self.tasks.find_one({"_id": task_id})
+            if task is None:
+                return f"task '{task_id}' is unknown: no worker defined it"
+            if not task.get("valid", False):
+                return f"task '{task_id}' has invalid metadata: " + "; ".join(task["problems"])
+        return None
+
+    def _alive(self, worker: dict[str, Any]) -> bool:
+        limit = timedelta(seconds=MISSED_PINGS * self.settings.ping_interval)
+        pinged = worker.get("pingedAt")
+        return worker.get("state") == "running" and pinged is not None and pinged > utcnow() - limit
+
+    # -- dead workers ----------------------------------------------------
+
+    async def _find_dead(self) -> None:
+        limit = utcnow() - timedelta(seconds=MISSED_PINGS * self.settings.ping_interval)
+        dead = await self.workers.find({"state": "running", "pingedAt": {"$lt": limit}}).to_list()
+        for worker in dead:
+            marked = await self.workers.update_one(
+                {"_id": worker["_id"], "nonce": worker["nonce"], "state": "running",
+                 "pingedAt": worker["pingedAt"]},
+                {"$set": {"state": "dead", "diedAt": utcnow()}},
+            )  # fmt: skip
+            if marked.modified_count:
+                await self._recover(worker)
+
+    async def _recover(self, worker: dict[str, Any]) -> None:
+        """Return the dead instance's running jobs to ``queued`` now, not at lease expiry."""
+        prefix = f"^{re.escape(worker['_id'])}:{re.escape(worker['nonce'])}:"
+        held = await self.jobs.find(
+            {"state": JobState.RUNNING.value, "lockToken": {"$regex": prefix}},
+            {"lockToken": 1, "name": 1, "priority": 1},
+        ).to_list()
+        now = utcnow()
+        ops = [op for doc in held for op in release(doc["_id"], doc["lockToken"], now, lost=True)]
+        if ops:
+            await self.jobs.bulk_write(ops, ordered=True)
+        ids = [str(doc["_id"]) for doc in held]
+        log.warning("worker dead", worker_id=worker["_id"], recovered=ids)
+        await self.channel.publish(
+            protocol.WORKER_DEAD,
+            {"workerId": worker["_id"], "nonce": worker["nonce"], "recovered": ids},
+        )
+        if held:
+            await self.channel.publish(
+                protocol.JOB_QUEUED,
+                {"jobs": [{"id": str(d["_id"]), "name": d["name"], "priority": d.get("priority", 0),
+                           "nextRunAt": now.isoformat()} for d in held]},
+            )  # fmt: skip
+
+
+def _announced(worker_id: str, task_id: str) -> Path:
+    """Where a problem in announced metadata is said to be, in messages."""
+    return Path(f"<task '{task_id}' announced by worker '{worker_id}'>")

@@ -1,0 +1,112 @@
+"""A managed worker's side of the handshake: announce, wait to be accepted, ping.
+
+Without ``--standalone`` a worker claims nothing until a manager accepted it,
+pauses when the manager stops, and re-initialises when one starts again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from pymongo.errors import PyMongoError
+
+from qworker import protocol
+
+if TYPE_CHECKING:
+    from qworker.worker import Worker
+
+log = structlog.get_logger("qworker.membership")
+
+ANSWER_SECONDS = 3.0
+RETRY_SECONDS = 2.0
+DEFAULT_PING_SECONDS = 5.0
+
+
+class Membership:
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.accepted = asyncio.Event()
+        self.refused: str | None = None
+        self.ping_interval = DEFAULT_PING_SECONDS
+        self._answer = asyncio.Event()
+        self._rejoin = asyncio.Event()
+
+    def events(self) -> list[str]:
+        w = self.worker.id
+        return [protocol.start(w), protocol.stop(w), protocol.terminate(w),
+                protocol.MANAGER_START, protocol.MANAGER_STOP]  # fmt: skip
+
+    async def on_message(self, event: str, body: dict[str, Any]) -> None:
+        w = self.worker
+        if event in (protocol.MANAGER_START, protocol.MANAGER_STOP):
+            if event == protocol.MANAGER_STOP and self.accepted.is_set():
+                log.warning("manager stopped: pausing (running jobs finish, none are claimed)")
+                self.accepted.clear()
+            self._rejoin.set()
+            return
+        if body.get("nonce") != w.nonce:
+            return  # addressed to another instance with the same id
+        if event == protocol.start(w.id):
+            interval = body.get("pingInterval")
+            if isinstance(interval, int | float) and interval > 0:
+                self.ping_interval = float(interval)
+            self.accepted.set()
+            self._answer.set()
+            log.info("accepted by the manager", manager_id=body.get("managerId"))
+            await w.channel.publish(protocol.WORKER_START, self._identity())
+        elif event == protocol.terminate(w.id):
+            self.refused = str(body.get("reason") or "terminated by the manager")
+            log.error("terminated by the manager", reason=self.refused)
+            self._answer.set()
+            w.request_stop(force=True)
+        elif event == protocol.stop(w.id):
+            w.request_stop()
+
+    def _identity(self) -> dict[str, Any]:
+        w = self.worker
+        return {"workerId": w.id, "nonce": w.nonce, "host": w.host, "pid": os.getpid()}
+
+    async def _announce(self) -> None:
+        w = self.worker
+        tasks = [{**m.raw, "id": m.id, "name": m.name, "description": m.description}
+                 for m in w.metas.values()]  # fmt: skip
+        await w.channel.publish(protocol.WORKER_CONNECTED, self._identity())
+        await w.channel.publish(protocol.DEFINE_TASKS, {**self._identity(), "tasks": tasks})
+        await w.channel.publish(
+            protocol.WORKER_INITIALIZE, {**self._identity(), "tasks": list(w.metas)}
+        )
+
+    async def _rest(self, seconds: float) -> None:
+        self._rejoin.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._rejoin.wait(), seconds)
+
+    async def run(self) -> None:
+        """Until cancelled: join when not accepted, ping while accepted."""
+        waiting_logged = False
+        while self.refused is None:
+            try:
+                if self.accepted.is_set():
+                    await self.worker.channel.publish(
+                        protocol.WORKER_PING,
+                        {**self._identity(), "running": self.worker.running_count},
+                    )
+                    await self._rest(self.ping_interval)
+                    continue
+                self._answer.clear()
+                await self._announce()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._answer.wait(), ANSWER_SECONDS)
+            except PyMongoError as exc:
+                log.warning("cannot reach MongoDB", error=str(exc))
+            if self.accepted.is_set() or self.refused is not None:
+                waiting_logged = False
+                continue
+            if not waiting_logged:
+                log.warning("no manager answered; waiting for one", retry_every=RETRY_SECONDS)
+                waiting_logged = True
+            await self._rest(RETRY_SECONDS)

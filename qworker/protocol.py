@@ -1,0 +1,42 @@
+"""The events workers and managers exchange on the channel, in one place.
+
+Messages addressed to one worker name it by id and carry its instance nonce,
+never its pid: pids collide across hosts, and a restarted worker keeps its id.
+"""
+
+from __future__ import annotations
+
+WORKER_CONNECTED = "worker:connected"
+DEFINE_TASKS = "define:tasks"
+WORKER_INITIALIZE = "worker:initialize"
+WORKER_START = "worker:start"
+WORKER_PING = "worker:ping"
+WORKER_STOP = "worker:stop"
+WORKER_TERMINATE = "worker:terminate"
+WORKER_DEAD = "worker:dead"
+
+MANAGER_START = "manager:start"
+MANAGER_STOP = "manager:stop"
+
+JOB_QUEUED = "job:queued"
+JOB_CANCEL = "job:cancel"
+
+TO_MANAGER = (
+    WORKER_CONNECTED, DEFINE_TASKS, WORKER_INITIALIZE, WORKER_START, WORKER_PING,
+    WORKER_STOP, WORKER_TERMINATE,
+)  # fmt: skip
+
+
+def start(worker_id: str) -> str:
+    """Manager to worker: accepted, with its runtime settings."""
+    return f"{worker_id}/start"
+
+
+def stop(worker_id: str) -> str:
+    """Manager to worker: stop gracefully."""
+    return f"{worker_id}/stop"
+
+
+def terminate(worker_id: str) -> str:
+    """Manager to worker: rejected or removed, with the reason; exit non-zero."""
+    return f"{worker_id}/terminate"
