@@ -9,25 +9,36 @@ write is conditional on the claim's ``lockToken``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Any
 
 from pymongo import UpdateOne
 
 from qworker.job import Job
+from qworker.model import JobState
+from qworker.notifications import notification
 from qworker.store import Outcome, log_update, owned
 from qworker.when import utcnow
 
+Attributes = Callable[[str, str], Iterable[str]]  # (task id, event) -> attribute paths
+
 
 class Outbox:
-    def __init__(self, lease: float, notify: Callable[[], None]) -> None:
+    """Also collects the notifications of these events, written to the channel."""
+
+    def __init__(
+        self, lease: float, notify: Callable[[], None], worker_id: str, attributes: Attributes
+    ) -> None:
         self.lease = lease
         self._notify = notify
+        self._worker_id = worker_id
+        self._attributes = attributes
         self._lock = threading.Lock()
         self._progress: dict[str, tuple[Job, float, str | None]] = {}
         self._logs: dict[str, tuple[Job, list[dict[str, Any]]]] = {}
         self._ops: list[UpdateOne] = []
+        self._notes: list[dict[str, Any]] = []
 
     def progress(self, job: Job, percent: float, step: str | None) -> None:
         with self._lock:
@@ -36,8 +47,22 @@ class Outbox:
 
     def log(self, job: Job, level: str, text: str) -> None:
         entry = {"ts": utcnow(), "level": level, "msg": text}
+        kind = "log" if level == "log" else f"log:{level}"
+        note = self._note(job.doc, kind, level=level, message=text)
         with self._lock:
             self._logs.setdefault(job.id, (job, []))[1].append(entry)
+            self._notes.append(note)
+        self._notify()
+
+    def _note(self, doc: dict[str, Any], kind: str, **extra: Any) -> dict[str, Any]:
+        paths = self._attributes(doc["name"], kind.split(":")[0])
+        return notification(self._worker_id, doc, kind, paths, **extra)
+
+    def event(self, job: Job, kind: str, view: dict[str, Any] | None = None, **extra: Any) -> None:
+        """Announce a job event; ``view`` is the job as the event leaves it."""
+        note = self._note(view or job.doc, kind, **extra)
+        with self._lock:
+            self._notes.append(note)
         self._notify()
 
     def add(self, op: UpdateOne) -> None:
@@ -46,14 +71,33 @@ class Outbox:
         self._notify()
 
     def finish(self, job: Job, outcome: Outcome) -> None:
-        self.add(UpdateOne(_owned(job), outcome.update(utcnow())))
+        update = outcome.update(utcnow())
+        view = {**job.doc, **{k: v for k, v in update["$set"].items() if "." not in k}}
+        for key in update.get("$inc", {}):
+            view[key] = int(job.doc.get(key, 0)) + update["$inc"][key]
+        for key in update["$unset"]:
+            view.pop(key, None)
+        kind = {JobState.SUCCEEDED: "success", JobState.CANCELLED: "cancel"}.get(
+            outcome.state, "fail"
+        )
+        extra: dict[str, Any] = {"retry": outcome.retry_at is not None} if kind == "fail" else {}
+        if outcome.error:
+            extra["error"] = {"type": outcome.error["type"], "message": outcome.error["message"]}
+        self.add(UpdateOne(_owned(job), update))
+        self.event(job, kind, view, **extra)
 
-    def drain(self) -> list[UpdateOne]:
-        """Everything pending, progress and logs before the outcomes they precede."""
+    def drain(self) -> tuple[list[UpdateOne], list[dict[str, Any]]]:
+        """Pending writes (progress and logs before the outcomes they precede) and notes."""
         now = utcnow()
         with self._lock:
             progress, logs, ops = self._progress, self._logs, self._ops
             self._progress, self._logs, self._ops = {}, {}, []
+            notes, self._notes = self._notes, []
+        notes += [
+            self._note({**job.doc, "progress": {"percent": value, "step": step}}, "progress",
+                       percent=value, step=step)
+            for job, value, step in progress.values()
+        ]  # fmt: skip
         first = [
             UpdateOne(
                 _owned(job),
@@ -67,12 +111,13 @@ class Outbox:
             for job, value, step in progress.values()
         ]
         first += [UpdateOne(_owned(job), log_update(entries)) for job, entries in logs.values()]
-        return first + ops
+        return first + ops, notes
 
-    def restore(self, ops: list[UpdateOne]) -> None:
+    def restore(self, ops: list[UpdateOne], notes: list[dict[str, Any]] | None = None) -> None:
         """Put back writes that failed, ahead of newer ones, to try again."""
         with self._lock:
             self._ops[:0] = ops
+            self._notes[:0] = notes or []
 
 
 def _owned(job: Job) -> dict[str, Any]:

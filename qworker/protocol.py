@@ -14,6 +14,7 @@ WORKER_PING = "worker:ping"
 WORKER_STOP = "worker:stop"
 WORKER_TERMINATE = "worker:terminate"
 WORKER_DEAD = "worker:dead"
+WORKER_NOTIFICATION = "worker:notification"
 
 MANAGER_START = "manager:start"
 MANAGER_STOP = "manager:stop"

@@ -88,7 +88,10 @@ class Worker(Registry):
         self._rescan_every = 5.0
         self._last_read_started = 0.0
         self._last_finished = 0.0
-        self.outbox = Outbox(settings.lease, self._notify_outbox)
+        self.outbox = Outbox(
+            settings.lease, self._notify_outbox, self.id,
+            lambda task, event: self.metas[task].attributes_for(event),
+        )  # fmt: skip
         self._batch_floor = max(1, settings.concurrency // 4)
         self.membership = None if settings.standalone else Membership(self)
 
@@ -360,6 +363,7 @@ class Worker(Registry):
         timeout = job.doc.get("timeout") or meta.timeout
         started = time.monotonic()
         log.info("job started", job_id=job.id, task=job.task, attempt=job.attempt)
+        self.outbox.event(job, "start")
         observed = False
         try:
             for observer in self.before:
@@ -467,16 +471,19 @@ class Worker(Registry):
             await self._flush()
 
     async def _flush(self) -> None:
-        ops = self.outbox.drain()
+        ops, notes = self.outbox.drain()
         delay = 0.1
-        while ops:
+        while ops or notes:
             try:
                 await self.store.write(ops)
+                ops = []
+                if notes:
+                    await self.channel.collection.insert_many(notes, ordered=True)
                 return
             except PyMongoError as exc:
                 log.warning("cannot record job updates; retrying", error=str(exc), pending=len(ops))
                 if self._force.is_set() and delay > 5:
-                    self.outbox.restore(ops)
+                    self.outbox.restore(ops, notes)
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
