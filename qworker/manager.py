@@ -13,7 +13,7 @@ import os
 import re
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from qworker.errors import TaskDefinitionError
 from qworker.leadership import Leadership
 from qworker.model import JobState
 from qworker.mongo import Names, async_client, ensure_schema, resolve_url, sync_client
+from qworker.sinks import Sinks, SinkSettings
 from qworker.store import release
 from qworker.tasks import check_metadata
 from qworker.when import utcnow
@@ -45,6 +46,7 @@ class ManagerSettings:
     prefix: str = ""
     ping_interval: float = 5.0
     lease: float = 10.0
+    sinks: SinkSettings = field(default_factory=SinkSettings)
 
 
 class Manager:
@@ -67,9 +69,10 @@ class Manager:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         listening = asyncio.Event()
-        listener = asyncio.create_task(
-            self.channel.subscribe(protocol.TO_MANAGER, self._on_message, listening)
-        )
+        self.sinks = Sinks(self.settings.sinks)
+        self.sinks.start()
+        events = [*protocol.TO_MANAGER, protocol.WORKER_NOTIFICATION]
+        listener = asyncio.create_task(self.channel.subscribe(events, self._on_message, listening))
         await listening.wait()
         log.info("manager started", manager_id=self.id, ping_interval=self.settings.ping_interval)
         try:
@@ -77,6 +80,7 @@ class Manager:
         finally:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
+            await self.sinks.stop()
             if self.leading:
                 with contextlib.suppress(PyMongoError):
                     await self.channel.publish(protocol.MANAGER_STOP, {"managerId": self.id})
@@ -117,6 +121,9 @@ class Manager:
 
     async def _on_message(self, event: str, body: dict[str, Any]) -> None:
         if not self.leading:
+            return
+        if event == protocol.WORKER_NOTIFICATION:
+            self.sinks.relay(body)
             return
         worker_id, nonce = body.get("workerId"), body.get("nonce")
         if not isinstance(worker_id, str) or not isinstance(nonce, str):

@@ -19,6 +19,7 @@ from qworker.errors import ConfigError
 from qworker.logs import configure
 from qworker.manager import Manager, ManagerSettings
 from qworker.model import JobState
+from qworker.sinks import read_sinks
 
 
 class Settings:
@@ -207,6 +208,13 @@ def demo(settings: Settings, paths: str) -> None:
     show_envvar=True,
     help="Seconds the leader's lease lasts; a standby takes over after it.",
 )
+@click.option(
+    "--sinks",
+    type=click.Path(dir_okay=False),
+    envvar=envvar("sinks"),
+    show_envvar=True,
+    help="JSON/YAML file: where notifications go (log: true|false, webhooks: [...]).",
+)
 @click.option("-v", "--verbose", count=True, help="More logging.")
 @click.option(
     "--log-format",
@@ -222,6 +230,7 @@ def serve(
     manager_id: str | None,
     ping_interval: float,
     lease: float,
+    sinks: str | None,
     verbose: int,
     log_format: str | None,
 ) -> None:
@@ -229,7 +238,9 @@ def serve(
     if not settings.mongo:
         raise ConfigError("no MongoDB given: use --mongo URL or QWORKER_MONGO (or 'embedded')")
     configure(verbose, log_format)
-    options = {"manager_id": manager_id} if manager_id else {}
+    options: dict[str, Any] = {"manager_id": manager_id} if manager_id else {}
+    if sinks:
+        options["sinks"] = read_sinks(Path(sinks))
     manager = Manager(
         ManagerSettings(
             mongo=settings.mongo,

@@ -1,0 +1,161 @@
+"""Where the manager relays notifications: its structured log, and webhooks.
+
+A webhook gets an HTTP POST of the notification as JSON, for the event types
+and tasks it asked for, retried with backoff. Deliveries run beside the
+manager through a bounded queue per webhook, so a slow or dead endpoint never
+blocks it; when a queue is full the oldest notification is dropped, and said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from qworker.errors import ConfigError
+from qworker.files import read_mapping
+
+log = structlog.get_logger("qworker.sinks")
+
+QUEUE_SIZE = 1_000
+
+
+@dataclass(frozen=True)
+class Webhook:
+    url: str
+    events: frozenset[str] | None = None  # None: every event type
+    tasks: frozenset[str] | None = None  # None: every task
+    retries: int = 5
+    backoff: float = 1.0
+    timeout: float = 5.0
+
+    def wants(self, note: dict[str, Any]) -> bool:
+        return (self.events is None or note.get("type") in self.events) and (
+            self.tasks is None or note.get("task") in self.tasks
+        )
+
+
+@dataclass(frozen=True)
+class SinkSettings:
+    log: bool = True
+    webhooks: tuple[Webhook, ...] = ()
+
+
+def read_sinks(path: Path) -> SinkSettings:
+    """``log: true|false`` and ``webhooks: [{url, events, tasks, retries, backoff, timeout}]``."""
+    raw = read_mapping(path, f"sinks file {path}", "sinks", ConfigError)
+    unknown = set(raw) - {"log", "webhooks"}
+    if unknown:
+        raise ConfigError(f"sinks file {path}: unknown setting(s) {sorted(unknown)}")
+    if not isinstance(raw.get("log", True), bool):
+        raise ConfigError(f"sinks file {path}: 'log' must be true or false")
+    hooks = raw.get("webhooks", [])
+    if not isinstance(hooks, list):
+        raise ConfigError(f"sinks file {path}: 'webhooks' must be a list")
+    return SinkSettings(
+        log=raw.get("log", True),
+        webhooks=tuple(_webhook(path, n, hook) for n, hook in enumerate(hooks)),
+    )
+
+
+def _webhook(path: Path, n: int, raw: Any) -> Webhook:
+    where = f"sinks file {path}: webhooks[{n}]"
+    if not isinstance(raw, dict) or not isinstance(raw.get("url"), str):
+        raise ConfigError(f"{where}: expected a mapping with a 'url'")
+    if not raw["url"].startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: 'url' must be an http(s) URL, got {raw['url']!r}")
+    unknown = set(raw) - {"url", "events", "tasks", "retries", "backoff", "timeout"}
+    if unknown:
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}")
+    chosen = {}
+    for key in ("events", "tasks"):
+        value = raw.get(key)
+        if value is not None and not (
+            isinstance(value, list) and all(isinstance(v, str) for v in value)
+        ):
+            raise ConfigError(f"{where}: '{key}' must be a list of strings")
+        chosen[key] = frozenset(value) if value is not None else None
+    numbers = {}
+    for key, minimum in (("retries", 0), ("backoff", 0), ("timeout", 0.1)):
+        value = raw.get(key, getattr(Webhook, key))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise ConfigError(f"{where}: '{key}' must be a number >= {minimum}")
+        numbers[key] = value
+    return Webhook(
+        url=raw["url"], events=chosen["events"], tasks=chosen["tasks"],
+        retries=int(numbers["retries"]), backoff=float(numbers["backoff"]),
+        timeout=float(numbers["timeout"]),
+    )  # fmt: skip
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
+
+
+class Sinks:
+    def __init__(self, settings: SinkSettings) -> None:
+        self.settings = settings
+        self._queues = [asyncio.Queue[dict[str, Any]](QUEUE_SIZE) for _ in settings.webhooks]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._deliver(hook, queue))
+            for hook, queue in zip(self.settings.webhooks, self._queues, strict=True)
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def relay(self, note: dict[str, Any]) -> None:
+        """Hand a notification to every sink; returns at once."""
+        if self.settings.log:
+            log.info("notification", **{k: v for k, v in note.items() if k != "event"})
+        for hook, queue in zip(self.settings.webhooks, self._queues, strict=True):
+            if not hook.wants(note):
+                continue
+            if queue.full():
+                queue.get_nowait()
+                log.warning("webhook queue full: dropped the oldest notification", url=hook.url)
+            queue.put_nowait(note)
+
+    async def _deliver(self, hook: Webhook, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            note = await queue.get()
+            body = json.dumps(note, default=_default).encode()
+            for attempt in range(hook.retries + 1):
+                error = await asyncio.to_thread(_post, hook, body)
+                if error is None:
+                    break
+                if attempt == hook.retries:
+                    log.error("webhook gave up", url=hook.url, error=error, attempts=attempt + 1)
+                    break
+                delay = hook.backoff * 2**attempt
+                log.warning("webhook failed; retrying", url=hook.url, error=error, retry_in=delay)
+                await asyncio.sleep(delay)
+
+
+def _post(hook: Webhook, body: bytes) -> str | None:
+    """POST ``body``; the error, or None on a 2xx answer."""
+    request = urllib.request.Request(
+        hook.url, data=body, method="POST",
+        headers={"Content-Type": "application/json", "User-Agent": "qworker-manager"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=hook.timeout) as answer:
+            return None if 200 <= answer.status < 300 else f"HTTP {answer.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))

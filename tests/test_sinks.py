@@ -1,0 +1,115 @@
+"""The manager relays notifications to its log and to webhooks, filtered and retried."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import wait_for
+
+from qworker import Client, ConfigError
+from qworker.sinks import read_sinks
+
+
+class Hook:
+    """A local HTTP endpoint that records POSTs and fails the first one."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        self.requests = 0
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                hook.requests += 1
+                if hook.requests == 1:
+                    self.send_response(500)
+                else:
+                    hook.bodies.append(json.loads(body))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def hook() -> Iterator[Hook]:
+    endpoint = Hook()
+    yield endpoint
+    endpoint.server.shutdown()
+
+
+@pytest.fixture
+def manager(mongo_url: str, tmp_path: Path, hook: Hook) -> Iterator[subprocess.Popen[bytes]]:
+    sinks = tmp_path / "sinks.yaml"
+    sinks.write_text(
+        f"log: true\nwebhooks:\n  - url: {hook.url}\n    events: [fail]\n"
+        "    tasks: [notify]\n    backoff: 0.2\n"
+    )
+    log = tmp_path / "manager.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve",
+             "--ping-interval", "0.5", "--lease", "2", "--log-format", "json",
+             "--sinks", str(sinks)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    wait_for(lambda: "leading the fleet" in log.read_text(), 60, "the manager to lead")
+    yield process
+    process.send_signal(signal.SIGTERM)
+    process.wait(30)
+
+
+def test_a_webhook_receives_failures_of_its_task_after_a_retry(
+    client: Client, spawn_worker: Any, manager: Any, hook: Hook, tmp_path: Path
+) -> None:
+    spawn_worker("notify", "noop")
+    good = client.now("notify", {"to": "a@b"})
+    bad = client.now("notify", {"to": "c@d", "fail": True})
+    other = client.now("noop")
+    for job_id in (good, bad, other):
+        client.wait(job_id, timeout=60)
+    wait_for(lambda: hook.bodies, 30, "the webhook to receive the failure")
+
+    assert hook.requests == 2, "the first POST failed with 500 and was retried once"
+    [note] = hook.bodies
+    assert note["type"] == "fail" and note["sourceId"] == bad and note["task"] == "notify"
+    assert note["error"] == {"type": "ValueError", "message": "asked to fail"}
+    assert note["job"]["failReason"] == "ValueError: asked to fail"
+    # The structured log got every notification, the successes too.
+    logged = [json.loads(line) for line in (tmp_path / "manager.log").read_text().splitlines()
+              if '"notification"' in line]  # fmt: skip
+    assert {(n["sourceId"], n["type"]) for n in logged} >= {(good, "success"), (bad, "fail")}
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("webhooks: [{url: 'ftp://x'}]", r"an http\(s\) URL"),
+        ("webhooks: [{url: 'http://x', events: fail}]", "'events' must be a list"),
+        ("webhooks: [{url: 'http://x', retries: -1}]", "'retries' must be a number"),
+        ("webhooks: [{url: 'http://x', colour: red}]", "unknown setting"),
+        ("hooks: []", "unknown setting"),
+        ("log: maybe", "'log' must be true or false"),
+    ],
+)
+def test_bad_sinks_files_are_clear_errors(tmp_path: Path, text: str, problem: str) -> None:
+    path = tmp_path / "sinks.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=problem) as caught:
+        read_sinks(path)
+    assert str(path) in str(caught.value)
