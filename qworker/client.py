@@ -11,6 +11,7 @@ from typing import Any
 import structlog
 from pymongo.errors import PyMongoError
 
+from qworker import protocol
 from qworker.channel import publish_sync
 from qworker.model import FINISHED_STATES, new_job
 from qworker.mongo import Names, database_name, ensure_schema, resolve_url, sync_client
@@ -86,12 +87,8 @@ class Client:
         channel = self.db[self.names.channel]
         try:
             for start in range(0, len(docs), HINT_CHUNK):
-                entries = [
-                    {"id": str(d["_id"]), "name": d["name"], "priority": d["priority"],
-                     "nextRunAt": d["nextRunAt"].isoformat()}
-                    for d in docs[start : start + HINT_CHUNK]
-                ]  # fmt: skip
-                publish_sync(channel, "job:queued", {"jobs": entries})
+                chunk = docs[start : start + HINT_CHUNK]
+                publish_sync(channel, protocol.JOB_QUEUED, protocol.queued(chunk))
         except PyMongoError as exc:
             log.warning("could not announce new jobs; workers will find them", error=str(exc))
 

@@ -20,13 +20,13 @@ from typing import Any
 
 import structlog
 from pymongo import ASCENDING, UpdateOne
-from pymongo.errors import PyMongoError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from qworker import protocol
 from qworker.channel import Channel
-from qworker.errors import TaskDefinitionError
+from qworker.errors import InvalidJobError, TaskDefinitionError
 from qworker.leadership import Leadership
-from qworker.model import JobState
+from qworker.model import JobState, new_job
 from qworker.mongo import Names, async_client, ensure_schema, resolve_url, sync_client
 from qworker.sinks import Sinks, SinkSettings
 from qworker.store import release
@@ -54,6 +54,9 @@ class Manager:
         self.settings = settings
         self.id = settings.manager_id
         self.leading = False
+        # Since when pings could reach us as leader: no one is dead for missing
+        # pings that no leader was there to record (a takeover, an outage).
+        self._watching_since = utcnow()
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
@@ -106,6 +109,7 @@ class Manager:
                 leading = await self.leadership.hold()
                 if leading and not self.leading:
                     log.info("leading the fleet", manager_id=self.id)
+                    self._watching_since = utcnow()
                     await self.channel.publish(protocol.MANAGER_START, {"managerId": self.id})
                 elif self.leading and not leading:
                     log.warning("lost the lease; standing by", manager_id=self.id)
@@ -114,6 +118,7 @@ class Manager:
                     await self._find_dead()
             except PyMongoError as exc:
                 log.warning("cannot reach MongoDB", error=str(exc))
+                self._watching_since = utcnow()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), every)
 
@@ -131,6 +136,8 @@ class Manager:
             return
         if event == protocol.DEFINE_TASKS:
             await self._define(worker_id, body.get("tasks"))
+        elif event == protocol.SCHEDULE_TASK:
+            await self._schedule(worker_id, body.get("job"))
         elif event == protocol.WORKER_INITIALIZE:
             await self._initialize(worker_id, nonce, body)
         elif event == protocol.WORKER_PING:
@@ -172,6 +179,25 @@ class Manager:
             )
         if ops:
             await self.tasks.bulk_write(ops, ordered=False)
+
+    async def _schedule(self, worker_id: str, job: Any) -> None:
+        """Insert a job a worker's handler asked for; checked as the client checks it."""
+        try:
+            if not isinstance(job, dict):
+                raise InvalidJobError("schedule:task carries no job")
+            doc = new_job(
+                str(job.get("name")), job.get("data"), now=utcnow(), run_at=job["nextRunAt"],
+                priority=job.get("priority"), max_attempts=job.get("maxAttempts"),
+                timeout=job.get("timeout"), description=job.get("description"),
+            )  # fmt: skip
+            doc["_id"] = job["_id"]
+            await self.jobs.insert_one(doc)
+        except (InvalidJobError, KeyError, TypeError) as exc:
+            log.warning("ignoring a bad schedule:task", worker_id=worker_id, error=str(exc))
+            return
+        except DuplicateKeyError:
+            return  # already inserted: a repeated message
+        await self.channel.publish(protocol.JOB_QUEUED, protocol.queued([doc]))
 
     async def _initialize(self, worker_id: str, nonce: str, body: dict[str, Any]) -> None:
         reason = await self._rejection(worker_id, nonce, body.get("tasks"))
@@ -223,6 +249,8 @@ class Manager:
 
     async def _find_dead(self) -> None:
         limit = utcnow() - timedelta(seconds=MISSED_PINGS * self.settings.ping_interval)
+        if self._watching_since > limit:
+            return  # not watched for two intervals yet: the missed pings are not theirs
         dead = await self.workers.find({"state": "running", "pingedAt": {"$lt": limit}}).to_list()
         for worker in dead:
             marked = await self.workers.update_one(
@@ -251,11 +279,7 @@ class Manager:
             {"workerId": worker["_id"], "nonce": worker["nonce"], "recovered": ids},
         )
         if held:
-            await self.channel.publish(
-                protocol.JOB_QUEUED,
-                {"jobs": [{"id": str(d["_id"]), "name": d["name"], "priority": d.get("priority", 0),
-                           "nextRunAt": now.isoformat()} for d in held]},
-            )  # fmt: skip
+            await self.channel.publish(protocol.JOB_QUEUED, protocol.queued(held, now))
 
 
 def _announced(worker_id: str, task_id: str) -> Path:

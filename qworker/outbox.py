@@ -9,11 +9,11 @@ write is conditional on the claim's ``lockToken``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from pymongo import UpdateOne
+from pymongo import InsertOne, UpdateOne
 
 from qworker.job import Job
 from qworker.model import JobState
@@ -21,6 +21,7 @@ from qworker.notifications import notification
 from qworker.store import Outcome, log_update, owned
 from qworker.when import utcnow
 
+Write = UpdateOne | InsertOne[Any]
 Attributes = Callable[[str, str], Iterable[str]]  # (task id, event) -> attribute paths
 
 
@@ -37,7 +38,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._progress: dict[str, tuple[Job, float, str | None]] = {}
         self._logs: dict[str, tuple[Job, list[dict[str, Any]]]] = {}
-        self._ops: list[UpdateOne] = []
+        self._ops: list[Write] = []
         self._notes: list[dict[str, Any]] = []
 
     def progress(self, job: Job, percent: float, step: str | None) -> None:
@@ -65,7 +66,13 @@ class Outbox:
             self._notes.append(note)
         self._notify()
 
-    def add(self, op: UpdateOne) -> None:
+    def publish(self, note: dict[str, Any]) -> None:
+        """A channel message to send with the next batch."""
+        with self._lock:
+            self._notes.append(note)
+        self._notify()
+
+    def add(self, op: Write) -> None:
         with self._lock:
             self._ops.append(op)
         self._notify()
@@ -86,7 +93,7 @@ class Outbox:
         self.add(UpdateOne(_owned(job), update))
         self.event(job, kind, view, **extra)
 
-    def drain(self) -> tuple[list[UpdateOne], list[dict[str, Any]]]:
+    def drain(self) -> tuple[list[Write], list[dict[str, Any]]]:
         """Pending writes (progress and logs before the outcomes they precede) and notes."""
         now = utcnow()
         with self._lock:
@@ -113,11 +120,11 @@ class Outbox:
         first += [UpdateOne(_owned(job), log_update(entries)) for job, entries in logs.values()]
         return first + ops, notes
 
-    def restore(self, ops: list[UpdateOne], notes: list[dict[str, Any]] | None = None) -> None:
+    def restore(self, ops: Sequence[Write], notes: Sequence[dict[str, Any]] = ()) -> None:
         """Put back writes that failed, ahead of newer ones, to try again."""
         with self._lock:
             self._ops[:0] = ops
-            self._notes[:0] = notes or []
+            self._notes[:0] = notes
 
 
 def _owned(job: Job) -> dict[str, Any]:

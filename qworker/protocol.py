@@ -6,6 +6,10 @@ never its pid: pids collide across hosts, and a restarted worker keeps its id.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
 WORKER_CONNECTED = "worker:connected"
 DEFINE_TASKS = "define:tasks"
 WORKER_INITIALIZE = "worker:initialize"
@@ -20,11 +24,12 @@ MANAGER_START = "manager:start"
 MANAGER_STOP = "manager:stop"
 
 JOB_QUEUED = "job:queued"
+SCHEDULE_TASK = "schedule:task"
 JOB_CANCEL = "job:cancel"
 
 TO_MANAGER = (
     WORKER_CONNECTED, DEFINE_TASKS, WORKER_INITIALIZE, WORKER_START, WORKER_PING,
-    WORKER_STOP, WORKER_TERMINATE,
+    WORKER_STOP, WORKER_TERMINATE, SCHEDULE_TASK,
 )  # fmt: skip
 
 
@@ -41,3 +46,14 @@ def stop(worker_id: str) -> str:
 def terminate(worker_id: str) -> str:
     """Manager to worker: rejected or removed, with the reason; exit non-zero."""
     return f"{worker_id}/terminate"
+
+
+def queued(docs: Iterable[dict[str, Any]], now: datetime | None = None) -> dict[str, Any]:
+    """A ``job:queued`` wake-up naming these jobs, so idle workers claim them at once."""
+    return {
+        "jobs": [
+            {"id": str(d["_id"]), "name": d["name"], "priority": d.get("priority", 0),
+             "nextRunAt": (now or d["nextRunAt"]).isoformat()}
+            for d in docs
+        ]
+    }  # fmt: skip

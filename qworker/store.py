@@ -17,7 +17,7 @@ from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import DESCENDING, UpdateOne
+from pymongo import DESCENDING, InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 
@@ -134,7 +134,7 @@ class WorkerStore:
             return []
         return await self.jobs.find({"lockToken": token}).to_list()
 
-    async def write(self, updates: Sequence[UpdateOne]) -> None:
+    async def write(self, updates: Sequence[UpdateOne | InsertOne[Doc]]) -> None:
         if updates:
             await self.jobs.bulk_write(list(updates), ordered=True)
 

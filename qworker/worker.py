@@ -22,23 +22,24 @@ from typing import Any
 
 import structlog
 from bson import ObjectId
+from pymongo import InsertOne
 from pymongo.errors import PyMongoError
 
 from qworker import protocol
 from qworker.candidates import Candidates
-from qworker.channel import Channel
+from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
 from qworker.errors import TaskDefinitionError
 from qworker.job import Job
 from qworker.membership import Membership
-from qworker.model import JobState, check_json
+from qworker.model import JobState, check_json, new_job
 from qworker.mongo import Names, async_client, ensure_schema, resolve_url, sync_client
 from qworker.outbox import Outbox
 from qworker.registry import Registry
 from qworker.runner import HandlerError, JobTimeout, call, execute
 from qworker.store import Outcome, WorkerStore, release
 from qworker.tasks import TaskMeta, import_code, run_setup
-from qworker.when import utcnow
+from qworker.when import parse_when, utcnow
 
 log = structlog.get_logger("qworker.worker")
 
@@ -440,6 +441,24 @@ class Worker(Registry):
         if self._running.pop(running.job.id, None) is not None:
             self._per_task[running.meta.id] -= 1
             self._wake.set()
+
+    def schedule_task(self, when: str | datetime | None, task: str, data: Any = None,
+                      **opts: Any) -> str:  # fmt: skip
+        """Queue a job from inside a handler (a sub-task); returns its id at once.
+
+        Managed workers ask the manager (``schedule:task``); standalone ones
+        write it themselves. Either way it goes out with the worker's next
+        batch of writes, so it costs the handler nothing.
+        """
+        now = utcnow()
+        doc = new_job(task, data, now=now, run_at=parse_when(when, now), **opts)
+        if self.membership is None:
+            self.outbox.add(InsertOne(doc))
+            self.outbox.publish(message(protocol.JOB_QUEUED, protocol.queued([doc])))
+        else:
+            body = {"workerId": self.id, "nonce": self.nonce, "job": doc}
+            self.outbox.publish(message(protocol.SCHEDULE_TASK, body))
+        return str(doc["_id"])
 
     def cancel_job(self, job_id: str) -> bool:
         """Stop a running job: ``job.cancelled`` turns true; async and process jobs are cut."""
