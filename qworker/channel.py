@@ -63,8 +63,12 @@ class Channel:
         recent: deque[ObjectId] = deque()
         seen: set[ObjectId] = set()
         delay = 0.1
+        resuming = False
         while True:
             try:
+                if resuming:
+                    since = await self._check_window(since)
+                    resuming = False
                 start = ObjectId.from_datetime(since - CLOCK_SKEW)
                 query = {"_id": {"$gt": start}, "event": {"$in": list(events)}}
                 cursor = self.collection.find(
@@ -83,12 +87,27 @@ class Channel:
                             seen.discard(recent.popleft())
                         since = max(since, doc["_id"].generation_time)
                         await self._deliver(handler, doc)
+                    # Caught up: everything older than this has been seen.
+                    since = max(since, datetime.now(UTC) - CLOCK_SKEW)
                     await asyncio.sleep(0)
                 await asyncio.sleep(0.05)
             except PyMongoError as exc:
                 log.warning("channel cursor broken, resuming", error=str(exc), retry_in=delay)
+                resuming = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def _check_window(self, since: datetime) -> datetime:
+        """Where to resume: ``since``, unless the capped window rolled past it."""
+        oldest = await self.collection.find_one({}, {"_id": 1}, sort=[("$natural", 1)])
+        if oldest is not None and oldest["_id"].generation_time > since:
+            log.warning(
+                "the channel's capped window rolled past this subscriber's position: "
+                "messages were lost; carrying on from the newest",
+                position=since.isoformat(), oldest=oldest["_id"].generation_time.isoformat(),
+            )  # fmt: skip
+            return datetime.now(UTC)
+        return since
 
     @staticmethod
     async def _deliver(handler: Handler, doc: dict[str, Any]) -> None:

@@ -1,0 +1,64 @@
+"""The channel: delivery by event, de-duplication, and a rolled capped window."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from qworker.channel import Channel
+from qworker.mongo import async_client
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def test_a_subscriber_gets_only_its_events_in_order(mongo_url: str) -> None:
+    async def scenario() -> list[tuple[str, int]]:
+        client = async_client(mongo_url)
+        db = client.get_default_database()
+        await db.create_collection("channel", capped=True, size=1 << 20)
+        channel = Channel(db.channel)
+        got: list[tuple[str, int]] = []
+        ready = asyncio.Event()
+
+        async def on(event: str, body: dict[str, Any]) -> None:
+            got.append((event, body["n"]))
+
+        task = asyncio.create_task(channel.subscribe(["a", "b"], on, ready))
+        await ready.wait()
+        for n in range(20):
+            await channel.publish("a" if n % 2 else "b", {"n": n})
+            await channel.publish("other", {"n": n})
+        for _ in range(200):
+            if len(got) >= 20:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # nothing more (no duplicates) may arrive
+        task.cancel()
+        await client.close()
+        return got
+
+    got = run(scenario())
+    assert got == [("a" if n % 2 else "b", n) for n in range(20)]
+
+
+def test_a_rolled_window_is_detected_and_skipped(mongo_url: str) -> None:
+    async def scenario() -> tuple[datetime, datetime, datetime, datetime]:
+        client = async_client(mongo_url)
+        db = client.get_default_database()
+        await db.create_collection("channel", capped=True, size=4096, max=5)
+        channel = Channel(db.channel)
+        long_ago = datetime.now(UTC) - timedelta(minutes=10)
+        for n in range(20):  # far more than the window holds
+            await channel.publish("x", {"n": n})
+        rolled = await channel._check_window(long_ago)
+        recent = datetime.now(UTC) + timedelta(seconds=1)
+        kept = await channel._check_window(recent)
+        await client.close()
+        return long_ago, rolled, recent, kept
+
+    long_ago, rolled, recent, kept = run(scenario())
+    assert rolled > long_ago + timedelta(minutes=9), "a rolled position jumps to now"
+    assert kept == recent, "a position still inside the window is kept"
