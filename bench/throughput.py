@@ -222,12 +222,17 @@ def backend(url: str, count: int = 500) -> dict[str, Any]:
     }
 
 
-def channel_latency(url: str, samples: int) -> dict[str, Any]:
-    """The channel's own publish -> receive time: the floor for wake-up latency."""
+def channel_latency(url: str, samples: int, burst: int = 1000) -> dict[str, Any]:
+    """The channel's publish -> receive time (the floor for wake-ups) and messages/s.
+
+    Latency: one message every 50 ms. Rate: ``burst`` messages published back
+    to back by one client, from the first publish to the last delivery.
+    """
     db_url, db = _fresh(url, "bench_channel")
     with Client(db_url):
         pass  # creates the channel
     received: list[float] = []
+    burst_done: list[float] = []
     ready = threading.Event()
 
     async def listen() -> None:
@@ -236,12 +241,15 @@ def channel_latency(url: str, samples: int) -> dict[str, Any]:
         opened = asyncio.Event()
 
         async def on(event: str, body: dict[str, Any]) -> None:
-            received.append((time.time() - body["sent"]) * 1000)
+            if "sent" in body:
+                received.append((time.time() - body["sent"]) * 1000)
+            else:
+                burst_done.append(time.perf_counter())
 
         task = asyncio.create_task(channel.subscribe(["bench:ping"], on, opened))
         await opened.wait()
         ready.set()
-        while len(received) < samples:
+        while len(received) < samples or len(burst_done) < burst:
             await asyncio.sleep(0.01)
         task.cancel()
         await mongo.close()
@@ -252,10 +260,14 @@ def channel_latency(url: str, samples: int) -> dict[str, Any]:
     for _ in range(samples):
         publish_sync(db[Names().channel], "bench:ping", {"sent": time.time()})
         time.sleep(0.05)
-    thread.join(30)
+    started = time.perf_counter()
+    for n in range(burst):
+        publish_sync(db[Names().channel], "bench:ping", {"n": n})
+    thread.join(60)
     return {
         "samples": len(received), "p50_ms": round(statistics.median(received), 2),
-        "p95_ms": round(_percentile(received, 0.95), 2),
+        "p95_ms": round(_percentile(received, 0.95), 2), "burst": burst,
+        "messages_per_second": round(len(burst_done) / (burst_done[-1] - started), 1),
     }  # fmt: skip
 
 
@@ -366,6 +378,8 @@ def report(result: dict[str, Any], path: Path) -> None:
     ch = result["channel"]
     figure = f"p50 {ch['p50_ms']} p95 {ch['p95_ms']} ms"
     print(f"{'channel publish->receive':<34}{'-':>8}{'-':>9}  {figure:>20}")
+    rate = f"{ch['messages_per_second']} msgs/s"
+    print(f"{'channel, one publisher, burst':<34}{'-':>8}{'-':>9}  {rate:>20}")
     print(f"{'idle worker resident memory':<34}{0:>8}{1:>9}{lat['idle_worker_rss_mb']:>19} MB")
     for d in result["depth"]:
         print(f"{'per-job cost at depth':<34}{d['queue_depth']:>8}{d['workers']:>9}"

@@ -26,7 +26,12 @@ Attributes = Callable[[str, str], Iterable[str]]  # (task id, event) -> attribut
 
 
 class Outbox:
-    """Also collects the notifications of these events, written to the channel."""
+    """Also collects the notifications of these events, written to the channel.
+
+    Notifications are made only while ``notifying``: a managed worker's
+    manager relays them; a standalone worker has no one to tell, and on some
+    servers every message on a tailed capped collection is costly.
+    """
 
     def __init__(
         self, lease: float, notify: Callable[[], None], worker_id: str, attributes: Attributes
@@ -40,6 +45,7 @@ class Outbox:
         self._logs: dict[str, tuple[Job, list[dict[str, Any]]]] = {}
         self._ops: list[Write] = []
         self._notes: list[dict[str, Any]] = []
+        self.notifying = False
 
     def progress(self, job: Job, percent: float, step: str | None) -> None:
         with self._lock:
@@ -49,11 +55,12 @@ class Outbox:
     def log(self, job: Job, level: str, text: str) -> None:
         entry = {"ts": utcnow(), "level": level, "msg": text}
         kind = "log" if level == "log" else f"log:{level}"
-        note = self._note(job.doc, kind, level=level, message=text)
         with self._lock:
             self._logs.setdefault(job.id, (job, []))[1].append(entry)
-            self._notes.append(note)
-        self._notify()
+        if self.notifying:
+            self.publish(self._note(job.doc, kind, level=level, message=text))
+        else:
+            self._notify()
 
     def _note(self, doc: dict[str, Any], kind: str, **extra: Any) -> dict[str, Any]:
         paths = self._attributes(doc["name"], kind.split(":")[0])
@@ -61,10 +68,8 @@ class Outbox:
 
     def event(self, job: Job, kind: str, view: dict[str, Any] | None = None, **extra: Any) -> None:
         """Announce a job event; ``view`` is the job as the event leaves it."""
-        note = self._note(view or job.doc, kind, **extra)
-        with self._lock:
-            self._notes.append(note)
-        self._notify()
+        if self.notifying:
+            self.publish(self._note(view or job.doc, kind, **extra))
 
     def publish(self, note: dict[str, Any]) -> None:
         """A channel message to send with the next batch."""
@@ -100,11 +105,12 @@ class Outbox:
             progress, logs, ops = self._progress, self._logs, self._ops
             self._progress, self._logs, self._ops = {}, {}, []
             notes, self._notes = self._notes, []
-        notes += [
-            self._note({**job.doc, "progress": {"percent": value, "step": step}}, "progress",
-                       percent=value, step=step)
-            for job, value, step in progress.values()
-        ]  # fmt: skip
+        if self.notifying:
+            notes += [
+                self._note({**job.doc, "progress": {"percent": value, "step": step}},
+                           "progress", percent=value, step=step)
+                for job, value, step in progress.values()
+            ]  # fmt: skip
         first = [
             UpdateOne(
                 _owned(job),

@@ -44,6 +44,8 @@ from qworker.when import parse_when, utcnow
 log = structlog.get_logger("qworker.worker")
 
 CANDIDATE_CAP = 20_000
+NOTES_BATCH = 500
+MAX_PENDING_NOTES = 20_000  # notifications, not jobs: bounded, oldest dropped
 COALESCE_SECONDS = 0.005
 
 
@@ -83,6 +85,8 @@ class Worker(Registry):
         self._force = asyncio.Event()
         self._wake = asyncio.Event()
         self._flush_wanted = asyncio.Event()
+        self._notes_wanted = asyncio.Event()
+        self._notes: list[dict[str, Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._refill_wanted = True
         self._next_refill = 0.0
@@ -95,6 +99,7 @@ class Worker(Registry):
         )  # fmt: skip
         self._batch_floor = max(1, settings.concurrency // 4)
         self.membership = None if settings.standalone else Membership(self)
+        self.outbox.notifying = self.membership is not None
 
     # -- loading ---------------------------------------------------------
 
@@ -129,6 +134,7 @@ class Worker(Registry):
             events += self.membership.events()
         background = [
             asyncio.create_task(self._flush_loop()),
+            asyncio.create_task(self._publish_loop()),
             asyncio.create_task(self._lease_loop()),
             asyncio.create_task(self.channel.subscribe(events, self._on_message, listening)),
         ]
@@ -148,6 +154,7 @@ class Worker(Registry):
             await self._say_goodbye()
         finally:
             await self._flush()
+            await self._publish_notes()
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -492,13 +499,10 @@ class Worker(Registry):
     async def _flush(self) -> None:
         ops, notes = self.outbox.drain()
         delay = 0.1
-        while ops or notes:
+        while ops:
             try:
                 await self.store.write(ops)
-                ops = []
-                if notes:
-                    await self.channel.collection.insert_many(notes, ordered=True)
-                return
+                break
             except PyMongoError as exc:
                 log.warning("cannot record job updates; retrying", error=str(exc), pending=len(ops))
                 if self._force.is_set() and delay > 5:
@@ -506,6 +510,36 @@ class Worker(Registry):
                     return
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        if notes:  # after the writes they announce
+            self._notes.extend(notes)
+            self._notes_wanted.set()
+
+    async def _publish_loop(self) -> None:
+        """Channel messages go out on their own, never holding up job writes.
+
+        On some servers an insert into a tailed capped collection costs tens
+        of milliseconds, so every message pending is sent in one insert.
+        """
+        while True:
+            await self._notes_wanted.wait()
+            self._notes_wanted.clear()
+            await self._publish_notes()
+
+    async def _publish_notes(self) -> None:
+        while self._notes:
+            batch, self._notes = self._notes[:NOTES_BATCH], self._notes[NOTES_BATCH:]
+            try:
+                await self.channel.collection.insert_many(batch, ordered=True)
+            except PyMongoError as exc:
+                self._notes[:0] = batch
+                if len(self._notes) > MAX_PENDING_NOTES:
+                    dropped = len(self._notes) - MAX_PENDING_NOTES
+                    del self._notes[:dropped]
+                    log.warning("dropped the oldest notifications", dropped=dropped)
+                log.warning("cannot publish on the channel; retrying", error=str(exc))
+                await asyncio.sleep(1.0)
+                if self._stopping:
+                    return
 
     async def _lease_loop(self) -> None:
         every = self.settings.lease / 3

@@ -230,3 +230,28 @@ def worker_ready(worker: WorkerProcess) -> bool:
     if worker.process.poll() is not None:
         raise AssertionError(f"worker exited with {worker.process.returncode}:\n{worker.output()}")
     return "worker started" in worker.output()
+
+
+@pytest.fixture
+def spawn_manager(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start ``qworker-manager serve`` (fast pings and lease) and wait until it leads."""
+    started: list[WorkerProcess] = []
+
+    def spawn(*extra: str, lead: bool = True) -> WorkerProcess:
+        n = len(started)
+        out, err = tmp_path / f"manager-{n}.out", tmp_path / f"manager-{n}.err"
+        args = ["--mongo", mongo_url, "serve", "--ping-interval", "0.5", "--lease", "2",
+                "--log-format", "json", "--id", f"m{n}", *extra]  # fmt: skip
+        with open(out, "wb") as o, open(err, "wb") as e:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "qworker.cli.manager", *args], stdout=o, stderr=e
+            )
+        manager = WorkerProcess(process, out, err, args)
+        started.append(manager)
+        if lead:
+            wait_for(lambda: "leading the fleet" in manager.output(), 60, "the manager to lead")
+        return manager
+
+    yield spawn
+    for manager in started:
+        manager.stop()

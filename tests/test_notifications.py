@@ -23,9 +23,10 @@ def notes(db: Any, job_id: str) -> list[dict[str, Any]]:
 
 
 def test_each_event_carries_the_attributes_its_metadata_selects(
-    client: Client, db: Any, spawn_worker: Any
+    client: Client, db: Any, spawn_worker: Any, spawn_manager: Any
 ) -> None:
-    spawn_worker("notify", worker_id="nw")
+    spawn_manager()
+    spawn_worker("notify", worker_id="nw", standalone=False)
     ok = client.now("notify", {"to": "ops@example.com", "secret": "x"})
     bad = client.now("notify", {"to": "dev@example.com", "fail": True})
     for job_id in (ok, bad):
@@ -56,3 +57,14 @@ def test_each_event_carries_the_attributes_its_metadata_selects(
     }  # fmt: skip
     assert fail["error"] == {"type": "ValueError", "message": "asked to fail"}
     assert fail["retry"] is False
+
+
+def test_a_standalone_worker_publishes_no_notifications(
+    client: Client, db: Any, spawn_worker: Any
+) -> None:
+    spawn_worker("notify")
+    job_id = client.now("notify", {"to": "a@b"})
+    assert client.wait(job_id, timeout=60)["state"] == "succeeded"
+    # Its log line is still stored on the job; no manager, so nothing is announced.
+    assert [entry["msg"] for entry in client.get(job_id)["logs"]] == ["writing to a@b"]
+    assert db.channel.count_documents({"event": "worker:notification"}) == 0

@@ -77,7 +77,7 @@ def manager(mongo_url: str, tmp_path: Path, hook: Hook) -> Iterator[subprocess.P
 def test_a_webhook_receives_failures_of_its_task_after_a_retry(
     client: Client, spawn_worker: Any, manager: Any, hook: Hook, tmp_path: Path
 ) -> None:
-    spawn_worker("notify", "noop")
+    spawn_worker("notify", "noop", standalone=False)
     good = client.now("notify", {"to": "a@b"})
     bad = client.now("notify", {"to": "c@d", "fail": True})
     other = client.now("noop")
