@@ -56,7 +56,7 @@ class Manager:
         self.leading = False
         # Since when pings could reach us as leader: no one is dead for missing
         # pings that no leader was there to record (a takeover, an outage).
-        self._watching_since = utcnow()
+        self._watching_since = self._last_round = utcnow()
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
@@ -104,12 +104,16 @@ class Manager:
     async def _lead(self) -> None:
         """Hold (or wait for) the lease; while leading, look for dead workers."""
         every = min(self.settings.lease / 3, self.settings.ping_interval)
+        gap = timedelta(seconds=every + self.settings.ping_interval)
         while not self._stop.is_set():
             try:
                 leading = await self.leadership.hold()
+                now = utcnow()
+                if (leading and not self.leading) or now - self._last_round > gap:
+                    self._watching_since = now  # newly leading, or away (outage, stall)
+                self._last_round = now
                 if leading and not self.leading:
                     log.info("leading the fleet", manager_id=self.id)
-                    self._watching_since = utcnow()
                     await self.channel.publish(protocol.MANAGER_START, {"managerId": self.id})
                 elif self.leading and not leading:
                     log.warning("lost the lease; standing by", manager_id=self.id)
@@ -118,7 +122,6 @@ class Manager:
                     await self._find_dead()
             except PyMongoError as exc:
                 log.warning("cannot reach MongoDB", error=str(exc))
-                self._watching_since = utcnow()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), every)
 

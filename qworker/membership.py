@@ -34,6 +34,7 @@ class Membership:
         self.ping_interval = DEFAULT_PING_SECONDS
         self._answer = asyncio.Event()
         self._rejoin = asyncio.Event()
+        self._paused = False
 
     def events(self) -> list[str]:
         w = self.worker.id
@@ -46,7 +47,12 @@ class Membership:
             if event == protocol.MANAGER_STOP and self.accepted.is_set():
                 log.warning("manager stopped: pausing (running jobs finish, none are claimed)")
                 self.accepted.clear()
+                self._paused = True
             self._rejoin.set()
+            if event == protocol.MANAGER_START and self._paused:
+                # Rejoin now: our announcements were made while no manager led, and
+                # the new one counts our pings (running jobs) from its start.
+                self._answer.set()
             return
         if body.get("nonce") != w.nonce:
             return  # addressed to another instance with the same id
@@ -55,6 +61,7 @@ class Membership:
             if isinstance(interval, int | float) and interval > 0:
                 self.ping_interval = float(interval)
             self.accepted.set()
+            self._paused = False
             self._answer.set()
             log.info("accepted by the manager", manager_id=body.get("managerId"))
             await w.channel.publish(protocol.WORKER_START, self._identity())
@@ -81,9 +88,10 @@ class Membership:
         )
 
     async def _rest(self, seconds: float) -> None:
-        self._rejoin.clear()
+        """Up to ``seconds``; at once if a manager started or stopped since the last rest."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._rejoin.wait(), seconds)
+        self._rejoin.clear()
 
     async def run(self) -> None:
         """Until cancelled: join when not accepted, ping while accepted."""
@@ -106,7 +114,7 @@ class Membership:
             if self.accepted.is_set() or self.refused is not None:
                 waiting_logged = False
                 continue
-            if not waiting_logged:
+            if not waiting_logged and not self._rejoin.is_set():
                 log.warning("no manager answered; waiting for one", retry_every=RETRY_SECONDS)
                 waiting_logged = True
             await self._rest(RETRY_SECONDS)
