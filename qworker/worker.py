@@ -362,7 +362,9 @@ class Worker(Registry):
     def _start(self, doc: dict[str, Any]) -> None:
         meta = self.metas[doc["name"]]
         running = Running(Job(doc, self.outbox), meta)
-        self._running[running.job.id] = running
+        # Keyed by claim: a worker that lost a lease and claims the job again
+        # runs two claims of it, and each must be renewed and ended on its own.
+        self._running[doc["lockToken"]] = running
         self._per_task[meta.id] += 1
         running.task = asyncio.create_task(self._run(running))
 
@@ -445,7 +447,7 @@ class Worker(Registry):
 
     def _done(self, running: Running) -> None:
         self._last_finished = time.monotonic()
-        if self._running.pop(running.job.id, None) is not None:
+        if self._running.pop(running.job.doc["lockToken"], None) is not None:
             self._per_task[running.meta.id] -= 1
             self._wake.set()
 
@@ -469,18 +471,17 @@ class Worker(Registry):
 
     def cancel_job(self, job_id: str) -> bool:
         """Stop a running job: ``job.cancelled`` turns true; async and process jobs are cut."""
-        running = self._running.get(job_id)
-        if running is None:
-            return False
-        running.stop_reason = "cancel"
-        running.job.cancel()
-        if running.task is not None and (
-            running.meta.isolation == "process"
-            or asyncio.iscoroutinefunction(self.handlers[running.meta.id])
-        ):
-            running.task.cancel()
-        log.info("job cancel requested", job_id=job_id)
-        return True
+        runs = [r for r in self._running.values() if r.job.id == job_id]
+        for running in runs:
+            running.stop_reason = "cancel"
+            running.job.cancel()
+            if running.task is not None and (
+                running.meta.isolation == "process"
+                or asyncio.iscoroutinefunction(self.handlers[running.meta.id])
+            ):
+                running.task.cancel()
+            log.info("job cancel requested", job_id=job_id)
+        return bool(runs)
 
     # -- background ------------------------------------------------------
 
