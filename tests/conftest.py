@@ -232,26 +232,84 @@ def worker_ready(worker: WorkerProcess) -> bool:
     return "worker started" in worker.output()
 
 
-@pytest.fixture
-def spawn_manager(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``qworker-manager serve`` (fast pings and lease) and wait until it leads."""
-    started: list[WorkerProcess] = []
+@dataclass
+class ManagerProcess:
+    """A real ``qworker-manager serve`` process, its output captured to files."""
 
-    def spawn(*extra: str, lead: bool = True) -> WorkerProcess:
+    process: subprocess.Popen[bytes]
+    manager_id: str
+    stdout: Path
+    stderr: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, and the exit code (killed if it does not exit in ``timeout``)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError(
+                    f"manager did not stop in {timeout}s:\n{self.output()}"
+                ) from None
+        return self.process.returncode
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+# Managers in tests ping fast and hold a short lease, so detection is quick.
+PING = 0.5
+LEASE = 2.0
+
+
+def manager_command(mongo_url: str, manager_id: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve",
+            "--ping-interval", str(PING), "--lease", str(LEASE), "--log-format", "json",
+            "--id", manager_id, *extra]  # fmt: skip
+
+
+@pytest.fixture
+def spawn_manager(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., ManagerProcess]]:
+    """Start ``qworker-manager serve`` on this test's database; all stopped at the end."""
+    started: list[ManagerProcess] = []
+
+    def spawn(manager_id: str = "m1", extra: list[str] | None = None) -> ManagerProcess:
         n = len(started)
-        out, err = tmp_path / f"manager-{n}.out", tmp_path / f"manager-{n}.err"
-        args = ["--mongo", mongo_url, "serve", "--ping-interval", "0.5", "--lease", "2",
-                "--log-format", "json", "--id", f"m{n}", *extra]  # fmt: skip
+        stem = tmp_path / f"manager-{manager_id}-{n}"
+        out, err = stem.with_suffix(".out"), stem.with_suffix(".err")
         with open(out, "wb") as o, open(err, "wb") as e:
             process = subprocess.Popen(
-                [sys.executable, "-m", "qworker.cli.manager", *args], stdout=o, stderr=e
-            )
-        manager = WorkerProcess(process, out, err, args)
+                manager_command(mongo_url, manager_id, *(extra or [])),
+                stdout=o, stderr=e, cwd=tmp_path,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        manager = ManagerProcess(process, manager_id, out, err)
         started.append(manager)
-        if lead:
-            wait_for(lambda: "leading the fleet" in manager.output(), 60, "the manager to lead")
         return manager
 
     yield spawn
     for manager in started:
-        manager.stop()
+        if manager.process.poll() is None:
+            manager.process.send_signal(signal.SIGTERM)
+    for manager in started:
+        try:
+            manager.process.wait(30)
+        except subprocess.TimeoutExpired:
+            manager.process.kill()
+            manager.process.wait()
+
+
+def leading(manager: ManagerProcess, timeout: float = 60) -> ManagerProcess:
+    """Wait until ``manager`` holds the lease."""
+    wait_for(lambda: "leading the fleet" in manager.output(), timeout, "the manager to lead")
+    return manager

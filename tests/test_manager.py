@@ -10,105 +10,21 @@ tasks, exit codes and log lines. Intervals are short (pings every 0.5 s, a
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from bson import ObjectId
-from conftest import Server, WorkerProcess, wait_for
+from conftest import LEASE, PING, ManagerProcess, Server, WorkerProcess, wait_for
 from helpers import effects_env, ready, wait_finished
 
 from qworker import Client
 from qworker.channel import publish_sync
 
-PING = 0.5
-LEASE = 2.0
 # Time a process may need beyond the nominal figure on a loaded 2-core machine.
 SLACK = 4.0
-
-
-# -- the manager process --------------------------------------------------
-
-
-@dataclass
-class ManagerProcess:
-    """A real ``qworker-manager serve`` process, its output captured to files."""
-
-    process: subprocess.Popen[bytes]
-    manager_id: str
-    stdout: Path
-    stderr: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def output(self) -> str:
-        return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, and the exit code (killed if it does not exit in ``timeout``)."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise AssertionError(
-                    f"manager did not stop in {timeout}s:\n{self.output()}"
-                ) from None
-        return self.process.returncode
-
-    def kill(self) -> None:
-        self.process.kill()
-        self.process.wait()
-
-
-def manager_command(mongo_url: str, manager_id: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve",
-            "--ping-interval", str(PING), "--lease", str(LEASE), "--log-format", "json",
-            "--id", manager_id, *extra]  # fmt: skip
-
-
-@pytest.fixture
-def spawn_manager(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., ManagerProcess]]:
-    """Start ``qworker-manager serve`` on this test's database; all stopped at the end."""
-    started: list[ManagerProcess] = []
-
-    def spawn(manager_id: str = "m1", extra: list[str] | None = None) -> ManagerProcess:
-        n = len(started)
-        stem = tmp_path / f"manager-{manager_id}-{n}"
-        out, err = stem.with_suffix(".out"), stem.with_suffix(".err")
-        with open(out, "wb") as o, open(err, "wb") as e:
-            process = subprocess.Popen(
-                manager_command(mongo_url, manager_id, *(extra or [])),
-                stdout=o, stderr=e, cwd=tmp_path,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
-        manager = ManagerProcess(process, manager_id, out, err)
-        started.append(manager)
-        return manager
-
-    yield spawn
-    for manager in started:
-        if manager.process.poll() is None:
-            manager.process.send_signal(signal.SIGTERM)
-    for manager in started:
-        try:
-            manager.process.wait(30)
-        except subprocess.TimeoutExpired:
-            manager.process.kill()
-            manager.process.wait()
 
 
 # -- reading what the processes did ---------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import wait_for
+from conftest import leading, wait_for
 
 from qworker import Client
 from qworker.notifications import pick
@@ -25,7 +25,7 @@ def notes(db: Any, job_id: str) -> list[dict[str, Any]]:
 def test_each_event_carries_the_attributes_its_metadata_selects(
     client: Client, db: Any, spawn_worker: Any, spawn_manager: Any
 ) -> None:
-    spawn_manager()
+    leading(spawn_manager())
     spawn_worker("notify", worker_id="nw", standalone=False)
     ok = client.now("notify", {"to": "ops@example.com", "secret": "x"})
     bad = client.now("notify", {"to": "dev@example.com", "fail": True})

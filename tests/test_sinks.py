@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_for
+from conftest import ManagerProcess, leading, wait_for
 
 from qworker import Client, ConfigError
 from qworker.sinks import read_sinks
@@ -54,28 +51,17 @@ def hook() -> Iterator[Hook]:
 
 
 @pytest.fixture
-def manager(mongo_url: str, tmp_path: Path, hook: Hook) -> Iterator[subprocess.Popen[bytes]]:
+def manager(tmp_path: Path, hook: Hook, spawn_manager: Any) -> ManagerProcess:
     sinks = tmp_path / "sinks.yaml"
     sinks.write_text(
         f"log: true\nwebhooks:\n  - url: {hook.url}\n    events: [fail]\n"
         "    tasks: [notify]\n    backoff: 0.2\n"
     )
-    log = tmp_path / "manager.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve",
-             "--ping-interval", "0.5", "--lease", "2", "--log-format", "json",
-             "--sinks", str(sinks)],
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    wait_for(lambda: "leading the fleet" in log.read_text(), 60, "the manager to lead")
-    yield process
-    process.send_signal(signal.SIGTERM)
-    process.wait(30)
+    return leading(spawn_manager("m1", ["--sinks", str(sinks)]))
 
 
 def test_a_webhook_receives_failures_of_its_task_after_a_retry(
-    client: Client, spawn_worker: Any, manager: Any, hook: Hook, tmp_path: Path
+    client: Client, spawn_worker: Any, manager: ManagerProcess, hook: Hook
 ) -> None:
     spawn_worker("notify", "noop", standalone=False)
     good = client.now("notify", {"to": "a@b"})
@@ -91,7 +77,7 @@ def test_a_webhook_receives_failures_of_its_task_after_a_retry(
     assert note["error"] == {"type": "ValueError", "message": "asked to fail"}
     assert note["job"]["failReason"] == "ValueError: asked to fail"
     # The structured log got every notification, the successes too.
-    logged = [json.loads(line) for line in (tmp_path / "manager.log").read_text().splitlines()
+    logged = [json.loads(line) for line in manager.output().splitlines()
               if '"notification"' in line]  # fmt: skip
     assert {(n["sourceId"], n["type"]) for n in logged} >= {(good, "success"), (bad, "fail")}
 
