@@ -56,6 +56,13 @@ class Running:
     task: asyncio.Task[None] | None = None
     stop_reason: str | None = None  # "cancel" or "shutdown" when we cut it short
 
+    @property
+    def key(self) -> str:
+        """This run's claim of this job. A worker that lost a lease and claims the job
+        again runs two claims of it, and each is renewed and ended on its own; the
+        jobs of one claim batch share its token, so the job id is part of the key."""
+        return f"{self.job.doc['lockToken']}/{self.job.id}"
+
 
 @dataclass
 class Counters:
@@ -362,9 +369,7 @@ class Worker(Registry):
     def _start(self, doc: dict[str, Any]) -> None:
         meta = self.metas[doc["name"]]
         running = Running(Job(doc, self.outbox), meta)
-        # Keyed by claim: a worker that lost a lease and claims the job again
-        # runs two claims of it, and each must be renewed and ended on its own.
-        self._running[doc["lockToken"]] = running
+        self._running[running.key] = running
         self._per_task[meta.id] += 1
         running.task = asyncio.create_task(self._run(running))
 
@@ -447,7 +452,7 @@ class Worker(Registry):
 
     def _done(self, running: Running) -> None:
         self._last_finished = time.monotonic()
-        if self._running.pop(running.job.doc["lockToken"], None) is not None:
+        if self._running.pop(running.key, None) is not None:
             self._per_task[running.meta.id] -= 1
             self._wake.set()
 
