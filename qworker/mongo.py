@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -27,31 +26,16 @@ DEFAULT_DATABASE = "qworker"
 CHANNEL_BYTES = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
 class Names:
     """Collection names under a prefix."""
 
-    prefix: str = ""
-
-    @property
-    def jobs(self) -> str:
-        return f"{self.prefix}jobs"
-
-    @property
-    def channel(self) -> str:
-        return f"{self.prefix}channel"
-
-    @property
-    def workers(self) -> str:
-        return f"{self.prefix}workers"
-
-    @property
-    def tasks(self) -> str:
-        return f"{self.prefix}tasks"
-
-    @property
-    def leases(self) -> str:
-        return f"{self.prefix}leases"
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix
+        self.jobs = f"{prefix}jobs"
+        self.channel = f"{prefix}channel"
+        self.workers = f"{prefix}workers"
+        self.tasks = f"{prefix}tasks"
+        self.leases = f"{prefix}leases"
 
 
 def resolve_url(url: str) -> str:
