@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from conftest import LEASE, PING, ManagerProcess, Server, WorkerProcess, wait_for
+from conftest import LEASE, PING, ManagerProcess, Server, WorkerProcess, leading, wait_for
 from helpers import effects_env, ready, wait_finished
 
 from qworker import Client
@@ -470,3 +470,30 @@ def test_channel_subscribers_resume_after_the_mongodb_server_restarts(
     assert db.workers.find_one({"_id": "w1"})["state"] == "running"
     alive(manager)
     alive(member)
+
+
+def test_a_cancel_reaches_the_managed_worker_running_the_job(
+    client: Client, db: Any, mongo_url: str, spawn_worker: Any, spawn_manager: Any
+) -> None:
+    leading(spawn_manager("m1"))
+    idle = managed(spawn_worker, mongo_url, "record", worker_id="idle")
+    runner = managed(spawn_worker, mongo_url, "cooperative", worker_id="runner")
+    wait_accepted(idle)
+    wait_accepted(runner)
+    job_id = client.now("cooperative", {"limit": 40})
+    wait_for(lambda: db.effects.find_one({"job": job_id, "phase": "start"}), 30, "the job to start")
+    client.cancel(job_id)
+    done = wait_finished(db, job_id, 20)  # far less than the job's own 40 s
+    assert done["state"] == "cancelled", done
+    end = db.effects.find_one({"job": job_id, "phase": "end"})
+    assert end is not None and end["saw_cancel"] is True
+
+    # The worker announced it (after recording it).
+    def cancels() -> list[dict[str, Any]]:
+        return [n for n in messages(db, "worker:notification")
+                if n["sourceId"] == job_id and n["type"] == "cancel"]  # fmt: skip
+
+    wait_for(cancels, 20, "the cancel notification")
+    assert len(cancels()) == 1 and cancels()[0]["workerId"] == "runner"
+    alive(idle)
+    alive(runner)
