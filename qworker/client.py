@@ -14,7 +14,14 @@ from pymongo.errors import PyMongoError
 from qworker import protocol
 from qworker.channel import publish_sync
 from qworker.model import FINISHED_STATES, new_job
-from qworker.mongo import Names, database_name, ensure_schema, resolve_url, sync_client
+from qworker.mongo import (
+    CHANNEL_BYTES,
+    Names,
+    database_name,
+    ensure_schema,
+    resolve_url,
+    sync_client,
+)
 from qworker.store import Doc, JobStore
 from qworker.when import parse_when, utcnow
 
@@ -29,12 +36,12 @@ HINT_CHUNK = 1_000
 class Client:
     """``Client("mongodb://host/db")``; ``Client("embedded")`` for the local server."""
 
-    def __init__(self, url: str, prefix: str = "") -> None:
+    def __init__(self, url: str, prefix: str = "", channel_size: int = CHANNEL_BYTES) -> None:
         self.url = resolve_url(url)
         self._mongo = sync_client(self.url)
         self.names = Names(prefix)
         self.db = self._mongo[database_name(self.url)]
-        ensure_schema(self.db, self.names)
+        ensure_schema(self.db, self.names, channel_size)
         self.store = JobStore(self.db[self.names.jobs])
 
     def __enter__(self) -> Client:

@@ -15,6 +15,7 @@ from typing import Any
 
 from qworker.errors import ConfigError
 from qworker.files import read_mapping
+from qworker.mongo import CHANNEL_BYTES
 
 ENV_PREFIX = "QWORKER"
 
@@ -54,6 +55,7 @@ class WorkerSettings:
     poll_interval: float = 1.0
     prefix: str = ""
     burst: bool = False
+    channel_size: int = CHANNEL_BYTES
     sources: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -27,7 +27,14 @@ from qworker.channel import Channel
 from qworker.errors import InvalidJobError, TaskDefinitionError
 from qworker.leadership import Leadership
 from qworker.model import JobState, new_job
-from qworker.mongo import Names, async_client, ensure_schema, resolve_url, sync_client
+from qworker.mongo import (
+    CHANNEL_BYTES,
+    Names,
+    async_client,
+    ensure_schema,
+    resolve_url,
+    sync_client,
+)
 from qworker.sinks import Sinks, SinkSettings
 from qworker.store import release
 from qworker.tasks import check_metadata
@@ -47,6 +54,7 @@ class ManagerSettings:
     ping_interval: float = 5.0
     lease: float = 10.0
     sinks: SinkSettings = field(default_factory=SinkSettings)
+    channel_size: int = CHANNEL_BYTES
 
 
 class Manager:
@@ -96,7 +104,7 @@ class Manager:
         client = sync_client(url)
         try:
             db = client.get_default_database(default="qworker")
-            ensure_schema(db, names)
+            ensure_schema(db, names, self.settings.channel_size)
             db[names.workers].create_index([("state", ASCENDING), ("pingedAt", ASCENDING)])
         finally:
             client.close()

@@ -74,22 +74,26 @@ def async_client(url: str) -> AsyncMongoClient[dict]:  # type: ignore[type-arg]
     return AsyncMongoClient(url, **_options(url))
 
 
-def ensure_schema(db: Database[dict], names: Names) -> None:  # type: ignore[type-arg]
+def ensure_schema(
+    db: Database[dict],  # type: ignore[type-arg]
+    names: Names,
+    channel_bytes: int = CHANNEL_BYTES,
+) -> None:
     """Create the channel and the indexes that the claim path and the views need.
 
     Idempotent, so every process may call it at start. It is a process's
     first round trip, so an unreachable server is reported here, in one line.
     """
     try:
-        _ensure_schema(db, names)
+        _ensure_schema(db, names, channel_bytes)
     except ServerSelectionTimeoutError as exc:
         reason = re.split(r" \(configured timeouts|, Timeout: ", str(exc))[0]
         raise ConfigError(f"cannot reach MongoDB (database '{db.name}'): {reason}") from None
 
 
-def _ensure_schema(db: Database[dict], names: Names) -> None:  # type: ignore[type-arg]
+def _ensure_schema(db: Database[dict], names: Names, channel_bytes: int) -> None:  # type: ignore[type-arg]
     with contextlib.suppress(CollectionInvalid):
-        db.create_collection(names.channel, capped=True, size=CHANNEL_BYTES)
+        db.create_collection(names.channel, capped=True, size=channel_bytes)
     jobs = db[names.jobs]
     jobs.create_index(
         [("state", ASCENDING), ("name", ASCENDING), ("priority", DESCENDING),

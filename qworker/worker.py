@@ -193,7 +193,8 @@ class Worker(Registry):
     def _prepare(self, url: str, names: Names) -> None:
         client = sync_client(url)
         try:
-            ensure_schema(client.get_default_database(default="qworker"), names)
+            db = client.get_default_database(default="qworker")
+            ensure_schema(db, names, self.settings.channel_size)
         finally:
             client.close()
 

@@ -19,17 +19,18 @@ from qworker.errors import ConfigError
 from qworker.logs import configure
 from qworker.manager import Manager, ManagerSettings
 from qworker.model import JobState
+from qworker.mongo import CHANNEL_BYTES
 from qworker.sinks import read_sinks
 
 
 class Settings:
-    def __init__(self, mongo: str | None, prefix: str) -> None:
-        self.mongo, self.prefix = mongo, prefix
+    def __init__(self, mongo: str | None, prefix: str, channel_size: int) -> None:
+        self.mongo, self.prefix, self.channel_size = mongo, prefix, channel_size
 
     def client(self) -> Client:
         if not self.mongo:
             raise ConfigError("no MongoDB given: use --mongo URL or QWORKER_MONGO (or 'embedded')")
-        return Client(self.mongo, prefix=self.prefix)
+        return Client(self.mongo, prefix=self.prefix, channel_size=self.channel_size)
 
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -51,10 +52,21 @@ pass_settings = click.make_pass_decorator(Settings)
     show_envvar=True,
     help="Prefix of qworker's collection names.",
 )
+@click.option(
+    "--channel-size",
+    type=click.IntRange(min=65_536),
+    default=CHANNEL_BYTES,
+    show_default=True,
+    envvar=envvar("channel_size"),
+    show_envvar=True,
+    help="Bytes of the capped channel collection, when this process creates it.",
+)
 @click.pass_context
-def main(ctx: click.Context, config: str | None, mongo: str | None, prefix: str) -> None:
+def main(
+    ctx: click.Context, config: str | None, mongo: str | None, prefix: str, channel_size: int
+) -> None:
     """Run and operate a qworker fleet: the manager daemon, jobs, the embedded server."""
-    ctx.obj = Settings(mongo, prefix)
+    ctx.obj = Settings(mongo, prefix, channel_size)
 
 
 def _data(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -247,6 +259,7 @@ def serve(
             prefix=settings.prefix,
             ping_interval=ping_interval,
             lease=lease,
+            channel_size=settings.channel_size,
             **options,
         )
     )

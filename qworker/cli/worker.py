@@ -14,6 +14,7 @@ import click
 from qworker.cli.common import config_option, envvar, reports_errors, sources
 from qworker.config import WorkerSettings, describe
 from qworker.logs import configure
+from qworker.mongo import CHANNEL_BYTES
 from qworker.tasks import select
 from qworker.worker import Worker
 
@@ -101,6 +102,14 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
 )
 @_option("--prefix", name="prefix", default="", help="Prefix of qworker's collection names.")
 @_option(
+    "--channel-size",
+    name="channel_size",
+    type=click.IntRange(min=65_536),
+    default=CHANNEL_BYTES,
+    show_default=True,
+    help="Bytes of the capped channel collection, when this process creates it.",
+)
+@_option(
     "--burst",
     name="burst",
     is_flag=True,
@@ -132,6 +141,7 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
         paths=tuple(Path(p) for p in opts["paths"]), standalone=opts["standalone"],
         concurrency=opts["concurrency"], grace=opts["grace"], lease=opts["lease"],
         poll_interval=opts["poll_interval"], prefix=opts["prefix"], burst=opts["burst"],
+        channel_size=opts["channel_size"],
         sources=sources(ctx),
     )  # fmt: skip
     if print_config:
