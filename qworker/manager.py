@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from pymongo import ASCENDING, UpdateOne
+from pymongo import UpdateOne
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from qworker import protocol
@@ -31,9 +31,8 @@ from qworker.mongo import (
     CHANNEL_BYTES,
     Names,
     async_client,
-    ensure_schema,
+    prepare,
     resolve_url,
-    sync_client,
 )
 from qworker.sinks import Sinks, SinkSettings
 from qworker.store import release
@@ -70,7 +69,7 @@ class Manager:
     async def run(self) -> int:
         url = resolve_url(self.settings.mongo)
         names = Names(self.settings.prefix)
-        await asyncio.to_thread(self._prepare, url, names)
+        await asyncio.to_thread(prepare, url, names, self.settings.channel_size)
         client = async_client(url)
         db = client.get_default_database(default="qworker")
         self.jobs, self.workers, self.tasks = db[names.jobs], db[names.workers], db[names.tasks]
@@ -99,15 +98,6 @@ class Manager:
             await client.close()
         log.info("manager stopped", manager_id=self.id)
         return 0
-
-    def _prepare(self, url: str, names: Names) -> None:
-        client = sync_client(url)
-        try:
-            db = client.get_default_database(default="qworker")
-            ensure_schema(db, names, self.settings.channel_size)
-            db[names.workers].create_index([("state", ASCENDING), ("pingedAt", ASCENDING)])
-        finally:
-            client.close()
 
     async def _lead(self) -> None:
         """Hold (or wait for) the lease; while leading, look for dead workers."""

@@ -103,3 +103,13 @@ def _ensure_schema(db: Database[dict], names: Names, channel_bytes: int) -> None
     jobs.create_index([("lockToken", ASCENDING)], name="lock_token", sparse=True)
     jobs.create_index([("state", ASCENDING), ("lockExpiresAt", ASCENDING)], name="leases")
     jobs.create_index([("createdAt", DESCENDING)], name="recent")
+    db[names.workers].create_index([("state", ASCENDING), ("pingedAt", ASCENDING)], name="pings")
+
+
+def prepare(url: str, names: Names, channel_bytes: int = CHANNEL_BYTES) -> None:
+    """``ensure_schema`` over a short-lived connection, for a daemon's start."""
+    client = sync_client(url)
+    try:
+        ensure_schema(client.get_default_database(default=DEFAULT_DATABASE), names, channel_bytes)
+    finally:
+        client.close()

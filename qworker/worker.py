@@ -33,7 +33,7 @@ from qworker.errors import TaskDefinitionError
 from qworker.job import Job
 from qworker.membership import Membership
 from qworker.model import JobState, check_json, new_job
-from qworker.mongo import Names, async_client, ensure_schema, resolve_url, sync_client
+from qworker.mongo import Names, async_client, prepare, resolve_url
 from qworker.outbox import Outbox
 from qworker.registry import Registry
 from qworker.runner import HandlerError, JobTimeout, call, execute
@@ -127,7 +127,7 @@ class Worker(Registry):
         self._loop = asyncio.get_running_loop()
         url = resolve_url(self.settings.mongo)
         names = Names(self.settings.prefix)
-        await asyncio.to_thread(self._prepare, url, names)
+        await asyncio.to_thread(prepare, url, names, self.settings.channel_size)
         client = async_client(url)
         db = client.get_default_database(default="qworker")
         self.store = WorkerStore(db[names.jobs])
@@ -189,14 +189,6 @@ class Worker(Registry):
         event = protocol.WORKER_TERMINATE if self.refused else protocol.WORKER_STOP
         with contextlib.suppress(PyMongoError):
             await self.channel.publish(event, {"workerId": self.id, "nonce": self.nonce})
-
-    def _prepare(self, url: str, names: Names) -> None:
-        client = sync_client(url)
-        try:
-            db = client.get_default_database(default="qworker")
-            ensure_schema(db, names, self.settings.channel_size)
-        finally:
-            client.close()
 
     def _task_hooks(self, hooks: dict[str, list[Any]]) -> list[list[Any]]:
         return [hooks.get(task_id, []) for task_id in self.metas]

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from conftest import leading
+from helpers import effects_env
 
 from qworker import Client
 
@@ -17,7 +18,7 @@ def test_a_job_schedules_a_sub_task_that_runs(
     if managed:
         leading(spawn_manager())
     spawn_worker("parent", "record", standalone=not managed,
-                 env={"QWORKER_TEST_EFFECTS_URL": mongo_url})  # fmt: skip
+                 env=effects_env(mongo_url))  # fmt: skip
     parent = client.now("parent", {"when": "now"})
     done = client.wait(parent, timeout=60)
     assert done["state"] == "succeeded"

@@ -27,10 +27,13 @@ class Settings:
     def __init__(self, mongo: str | None, prefix: str, channel_size: int) -> None:
         self.mongo, self.prefix, self.channel_size = mongo, prefix, channel_size
 
-    def client(self) -> Client:
+    def url(self) -> str:
         if not self.mongo:
             raise ConfigError("no MongoDB given: use --mongo URL or QWORKER_MONGO (or 'embedded')")
-        return Client(self.mongo, prefix=self.prefix, channel_size=self.channel_size)
+        return self.mongo
+
+    def client(self) -> Client:
+        return Client(self.url(), prefix=self.prefix, channel_size=self.channel_size)
 
 
 pass_settings = click.make_pass_decorator(Settings)
@@ -247,15 +250,14 @@ def serve(
     log_format: str | None,
 ) -> None:
     """Run the manager: accept workers, watch their pings, recover their jobs."""
-    if not settings.mongo:
-        raise ConfigError("no MongoDB given: use --mongo URL or QWORKER_MONGO (or 'embedded')")
+    url = settings.url()
     configure(verbose, log_format)
     options: dict[str, Any] = {"manager_id": manager_id} if manager_id else {}
     if sinks:
         options["sinks"] = read_sinks(Path(sinks))
     manager = Manager(
         ManagerSettings(
-            mongo=settings.mongo,
+            mongo=url,
             prefix=settings.prefix,
             ping_interval=ping_interval,
             lease=lease,
