@@ -60,10 +60,28 @@ class Client:
         return self.schedule(None, task, data, **opts)
 
     def schedule(
-        self, when: str | datetime | None, task: str, data: Any = None, **opts: Any
+        self,
+        when: str | datetime | None,
+        task: str,
+        data: Any = None,
+        *,
+        unique: str | None = None,
+        **opts: Any,
     ) -> str:
-        """Queue a job for ``when`` (``now``, ``in 20 minutes``, an ISO time)."""
-        return self.enqueue_many(task, [data], when=when, **opts)[0]
+        """Queue a job for ``when`` (``now``, ``in 20 minutes``, an ISO time, ``tomorrow 9am``).
+
+        With ``unique=KEY`` there is at most one queued or running job of
+        ``task`` with that key: while one exists, its id is returned instead.
+        """
+        if unique is None:
+            return self.enqueue_many(task, [data], when=when, **opts)[0]
+        now = utcnow()
+        doc = new_job(task, data, now=now, run_at=parse_when(when, now), unique=unique, **opts)
+        holder = self.store.insert_unique(doc)
+        if holder is not None:
+            return str(holder)
+        self._announce_due([doc], now)
+        return str(doc["_id"])
 
     def enqueue_many(
         self,
@@ -85,9 +103,12 @@ class Client:
             for data in items
         ]  # fmt: skip
         self.store.insert(docs)
-        if run_at <= now + HINT_HORIZON:
-            self._announce(docs)
+        self._announce_due(docs, now)
         return [str(doc["_id"]) for doc in docs]
+
+    def _announce_due(self, docs: list[Doc], now: datetime) -> None:
+        if docs and docs[0]["nextRunAt"] <= now + HINT_HORIZON:
+            self._announce(docs)
 
     def _announce(self, docs: list[Doc]) -> None:
         """Wake idle workers; a lost hint only costs latency, never a job."""

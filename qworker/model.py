@@ -11,7 +11,7 @@ import math
 import random
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -23,6 +23,7 @@ from qworker.errors import InvalidJobError
 
 
 class JobState(StrEnum):
+    WAITING = "waiting"  # a chain step whose previous step has not succeeded yet
     QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
@@ -31,6 +32,8 @@ class JobState(StrEnum):
 
 
 FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+# A unique key is held by at most one job of a task in these states.
+ACTIVE_STATES = (JobState.WAITING, JobState.QUEUED, JobState.RUNNING)
 
 PRIORITY_NAMES: dict[str, int] = {
     "lowest": -20,
@@ -106,6 +109,30 @@ class Backoff:
         return base * random.uniform(0.8, 1.2) if self.jitter else base
 
 
+@dataclass(frozen=True)
+class Retention:
+    """Seconds a finished job is kept (``None``: forever); failed ones longer, for post-mortems."""
+
+    finished: float | None = 7 * 86400.0
+    failed: float | None = 30 * 86400.0
+
+    def expire_at(self, state: JobState, now: datetime) -> datetime | None:
+        keep = self.failed if state is JobState.FAILED else self.finished
+        return None if keep is None else now + timedelta(seconds=keep)
+
+
+MAX_UNIQUE_KEY_CHARS = 512
+
+
+def check_unique_key(key: str | None) -> str | None:
+    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_UNIQUE_KEY_CHARS):
+        raise InvalidJobError(
+            f"unique must be a non-empty string of at most {MAX_UNIQUE_KEY_CHARS} characters, "
+            f"not {key!r}"
+        )
+    return key
+
+
 def new_job(
     task: str,
     data: Any,
@@ -116,6 +143,7 @@ def new_job(
     max_attempts: int | None = None,
     timeout: float | None = None,
     description: str | None = None,
+    unique: str | None = None,
 ) -> dict[str, Any]:
     """A validated job document ready to insert; raises ``InvalidJobError``."""
     check_task_id(task)
@@ -150,4 +178,6 @@ def new_job(
         doc["timeout"] = float(timeout)
     if description is not None:
         doc["description"] = description
+    if check_unique_key(unique) is not None:
+        doc["uniqueKey"] = unique
     return doc

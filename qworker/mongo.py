@@ -21,6 +21,7 @@ from pymongo.errors import (
 from pymongo.uri_parser import parse_uri
 
 from qworker.errors import ConfigError
+from qworker.model import ACTIVE_STATES
 
 DEFAULT_DATABASE = "qworker"
 CHANNEL_BYTES = 16 * 1024 * 1024
@@ -103,6 +104,13 @@ def _ensure_schema(db: Database[dict], names: Names, channel_bytes: int) -> None
     jobs.create_index([("lockToken", ASCENDING)], name="lock_token", sparse=True)
     jobs.create_index([("state", ASCENDING), ("lockExpiresAt", ASCENDING)], name="leases")
     jobs.create_index([("createdAt", DESCENDING)], name="recent")
+    active = [s.value for s in ACTIVE_STATES]
+    jobs.create_index(
+        [("name", ASCENDING), ("uniqueKey", ASCENDING)], name="unique_active", unique=True,
+        partialFilterExpression={"uniqueKey": {"$exists": True}, "state": {"$in": active}},
+    )  # fmt: skip
+    jobs.create_index([("fireKey", ASCENDING)], name="fire_key", unique=True, sparse=True)
+    jobs.create_index([("expireAt", ASCENDING)], name="retention", expireAfterSeconds=0)
     db[names.workers].create_index([("state", ASCENDING), ("pingedAt", ASCENDING)], name="pings")
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from pymongo import InsertOne, UpdateOne
 
 from qworker.job import Job
-from qworker.model import JobState
+from qworker.model import JobState, Retention
 from qworker.notifications import notification
 from qworker.store import Outcome, log_update, owned
 from qworker.when import utcnow
@@ -82,8 +82,8 @@ class Outbox:
             self._ops.append(op)
         self._notify()
 
-    def finish(self, job: Job, outcome: Outcome) -> None:
-        update = outcome.update(utcnow())
+    def finish(self, job: Job, outcome: Outcome, retention: Retention) -> None:
+        update = outcome.update(utcnow(), retention)
         view = {**job.doc, **{k: v for k, v in update["$set"].items() if "." not in k}}
         for key in update.get("$inc", {}):
             view[key] = int(job.doc.get(key, 0)) + update["$inc"][key]

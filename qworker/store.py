@@ -20,15 +20,20 @@ from bson.errors import InvalidId
 from pymongo import DESCENDING, InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
 
 from qworker.errors import JobNotFound, JobStateError
-from qworker.model import FINISHED_STATES, MAX_LOG_LINES, JobState
+from qworker.model import ACTIVE_STATES, FINISHED_STATES, MAX_LOG_LINES, JobState, Retention
 
 LOCK_FIELDS = {"lockedBy": "", "lockToken": "", "lockExpiresAt": "", "lockedAt": ""}
 CANDIDATE_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1}
 # A job lost this many times with its worker (crash, kill, lost lease) is
 # failed instead of re-queued, so a job that kills its worker cannot loop.
 MAX_LOST = 5
+# For jobs finished where the task's metadata is not known (client cancel, lost jobs).
+KEEP = Retention()
+# A unique key held by a job that finishes meanwhile is retried this many times.
+UNIQUE_INSERT_TRIES = 5
 
 Doc = dict[str, Any]
 
@@ -52,7 +57,7 @@ class Outcome:
     reason: str | None = None
     retry_at: datetime | None = None
 
-    def update(self, now: datetime) -> Doc:
+    def update(self, now: datetime, retention: Retention = KEEP) -> Doc:
         fields: Doc = {"lastFinishedAt": now}
         inc: Doc = {}
         if self.state is JobState.SUCCEEDED:
@@ -67,6 +72,9 @@ class Outcome:
                 fields.update(state=JobState.QUEUED.value, nextRunAt=self.retry_at)
             else:
                 fields["state"] = JobState.FAILED.value
+        expire_at = retention.expire_at(JobState(fields["state"]), now)
+        if fields["state"] != JobState.QUEUED.value and expire_at is not None:
+            fields["expireAt"] = expire_at
         update: Doc = {"$set": fields, "$unset": LOCK_FIELDS}
         if inc:
             update["$inc"] = inc
@@ -91,6 +99,15 @@ def release(job_id: ObjectId, token: str | None, now: datetime, lost: bool) -> l
         for update in (cancelled, queued):
             update["$inc"] = {"lostCount": 1}
     return [UpdateOne({**claim, "cancelRequested": True}, cancelled), UpdateOne(claim, queued)]
+
+
+def _holding(doc: Doc) -> Doc:
+    """The active job of the same task and ``uniqueKey`` as ``doc``."""
+    return {
+        "name": doc["name"],
+        "uniqueKey": doc["uniqueKey"],
+        "state": {"$in": [s.value for s in ACTIVE_STATES]},
+    }
 
 
 def log_update(entries: Sequence[Doc]) -> Doc:
@@ -185,6 +202,21 @@ class JobStore:
         elif docs:
             self.jobs.insert_many(list(docs), ordered=True)
 
+    def insert_unique(self, doc: Doc) -> ObjectId | None:
+        """Insert a job with a ``uniqueKey``; ``None``, or the id of the active job holding it.
+
+        The partial unique index decides, so this holds with many clients at once.
+        """
+        for _ in range(UNIQUE_INSERT_TRIES):
+            try:
+                self.jobs.insert_one(doc)
+                return None
+            except DuplicateKeyError:
+                holder = self.jobs.find_one(_holding(doc), {"_id": 1})
+            if holder is not None:
+                return ObjectId(holder["_id"])
+        raise JobStateError(f"unique key {doc['uniqueKey']!r} is contended; try again")
+
     def get(self, job_id: str | ObjectId) -> Doc:
         doc = self.jobs.find_one({"_id": object_id(job_id)})
         if doc is None:
@@ -213,10 +245,9 @@ class JobStore:
         """Cancel a queued job at once; ask a running one to stop."""
         oid = object_id(job_id)
         done = self.jobs.update_one(
-            {"_id": oid, "state": JobState.QUEUED.value},
-            {"$set": {"state": JobState.CANCELLED.value, "lastFinishedAt": now,
-                      "failReason": "cancelled"}},
-        )  # fmt: skip
+            {"_id": oid, "state": {"$in": [JobState.QUEUED.value, JobState.WAITING.value]}},
+            Outcome(JobState.CANCELLED).update(now),
+        )
         if not done.modified_count:
             self.jobs.update_one(
                 {"_id": oid, "state": JobState.RUNNING.value}, {"$set": {"cancelRequested": True}}
@@ -229,13 +260,20 @@ class JobStore:
     def retry(self, job_id: str | ObjectId, now: datetime) -> Doc:
         """Queue a finished job again, now, with a fresh attempt budget."""
         oid = object_id(job_id)
-        done = self.jobs.update_one(
-            {"_id": oid, "state": {"$in": [s.value for s in FINISHED_STATES]}},
-            {
-                "$set": {"state": JobState.QUEUED.value, "nextRunAt": now, "failCount": 0},
-                "$unset": {"cancelRequested": "", "failReason": "", "error": "", "result": ""},
-            },
-        )
+        try:
+            done = self.jobs.update_one(
+                {"_id": oid, "state": {"$in": [s.value for s in FINISHED_STATES]}},
+                {
+                    "$set": {"state": JobState.QUEUED.value, "nextRunAt": now, "failCount": 0},
+                    "$unset": {"cancelRequested": "", "failReason": "", "error": "",
+                               "result": "", "expireAt": ""},
+                },
+            )  # fmt: skip
+        except DuplicateKeyError:
+            holder = self.jobs.find_one(_holding(self.get(oid)), {"_id": 1}) or {}
+            raise JobStateError(
+                f"job {job_id} cannot run again while job {holder.get('_id')} holds its unique key"
+            ) from None
         doc = self.get(oid)
         if not done.modified_count:
             raise JobStateError(

@@ -18,10 +18,11 @@ from typing import Any
 
 from qworker.errors import TaskDefinitionError
 from qworker.files import read_mapping
-from qworker.model import PRIORITY_NAMES, Backoff
+from qworker.model import PRIORITY_NAMES, Backoff, Retention
 from qworker.when import parse_duration
 
 METADATA_SUFFIXES = (".json", ".yaml", ".yml")
+KEEP_EXPECTED = "a duration such as '7 days', or 'forever'"
 ISOLATIONS = ("thread", "process")
 DEFAULT_JOB_ATTRIBUTES = ("data", "lastRunAt", "nextRunAt", "lastFinishedAt")
 ATTRIBUTE_FIELDS = (
@@ -48,6 +49,7 @@ class TaskMeta:
     max_attempts: int = 1
     backoff: Backoff = field(default_factory=Backoff)
     isolation: str = "thread"
+    retention: Retention = field(default_factory=Retention)
     attributes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -150,9 +152,16 @@ def _backoff(value: Any) -> Backoff:
     )
 
 
+def _keep(value: Any) -> float | None:
+    """A retention: a duration, or ``"forever"``."""
+    if isinstance(value, str) and value.strip().lower() == "forever":
+        return None
+    return _seconds(value)
+
+
 KNOWN_FIELDS = {
     "id", "name", "description", "disabled", "concurrency", "priority", "timeout",
-    "maxAttempts", "backoff", "isolation", *ATTRIBUTE_FIELDS,
+    "maxAttempts", "backoff", "isolation", "retention", "failedRetention", *ATTRIBUTE_FIELDS,
 }  # fmt: skip
 
 
@@ -201,6 +210,10 @@ def check_metadata(raw: dict[str, Any], path: Path, code: bool) -> TaskMeta | No
             "backoff", _backoff, "seconds, or {delay, factor >= 1, max, jitter}", Backoff()
         ),
         isolation=fields.get("isolation", _isolation, f"one of {list(ISOLATIONS)}", "thread"),
+        retention=Retention(
+            finished=fields.get("retention", _keep, KEEP_EXPECTED, Retention.finished),
+            failed=fields.get("failedRetention", _keep, KEEP_EXPECTED, Retention.failed),
+        ),
         attributes={k: v for k, v in attributes.items() if v is not None},
         raw=raw,
     )

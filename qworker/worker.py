@@ -399,7 +399,7 @@ class Worker(Registry):
         if job.cancelled and running.stop_reason == "cancel":
             outcome = Outcome(JobState.CANCELLED)
         self._count(outcome)
-        self.outbox.finish(job, outcome)
+        self.outbox.finish(job, outcome, meta.retention)
         log.info(
             f"job {outcome.state.value if outcome.retry_at is None else 'will retry'}",
             job_id=job.id, task=job.task, seconds=round(time.monotonic() - started, 3),

@@ -198,6 +198,8 @@ def test_unknown_field(tmp_path: Path, folder: Path) -> None:
         ("backoff", {"delay": 1, "factor": 0.5}, "factor >= 1"),
         ("disabled", "yes", "true or false"),
         ("id", "Not Safe", "url-safe"),
+        ("retention", "a while", "'forever'"),
+        ("failedRetention", -5, "'7 days'"),
     ],
 )
 def test_wrong_type(tmp_path: Path, folder: Path, field: str, value: object, expected: str) -> None:

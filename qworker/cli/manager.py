@@ -87,8 +87,13 @@ def _data(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
 @main.command()
 @click.argument("task")
 @click.option("--data", callback=_data, help="Job data as JSON.")
-@click.option("--when", help="'now' (default), 'in 20 minutes', or an ISO 8601 time.")
+@click.option(
+    "--when", help="'now' (default), 'in 20 minutes', an ISO 8601 time, or 'tomorrow at 9am'."
+)
 @click.option("--priority", help="A number, or lowest/low/normal/high/highest.")
+@click.option(
+    "--unique", help="A key: while a queued or running job of TASK has it, print that job's id."
+)
 @click.option("--max-attempts", type=click.IntRange(min=1), help="Runs allowed to fail.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
 @click.option("--description", help="Free text, searchable with 'jobs list --text'.")
