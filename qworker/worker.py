@@ -29,7 +29,7 @@ from qworker import protocol
 from qworker.candidates import Candidates
 from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
-from qworker.errors import TaskDefinitionError
+from qworker.errors import InvalidJobError, TaskDefinitionError
 from qworker.job import Job
 from qworker.membership import Membership
 from qworker.model import JobState, check_json, new_job
@@ -457,6 +457,8 @@ class Worker(Registry):
         write it themselves. Either way it goes out with the worker's next
         batch of writes, so it costs the handler nothing.
         """
+        if "unique" in opts:
+            raise InvalidJobError("a sub-task cannot be unique: enqueue it with a qworker.Client")
         now = utcnow()
         doc = new_job(task, data, now=now, run_at=parse_when(when, now), **opts)
         if self.membership is None:
