@@ -7,6 +7,8 @@ and of the worker's candidate ordering.
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -167,6 +169,15 @@ def test_schedule_in_20_minutes(client: Client, db: Any) -> None:
 def test_schedule_at_a_time(client: Client, when: str | datetime, expected: datetime) -> None:
     doc = client.get(client.schedule(when, "report"))
     assert doc["nextRunAt"] == expected
+
+
+def test_schedule_with_a_phrase(client: Client) -> None:
+    """An English phrase is read against the client's clock, in UTC."""
+    days = {datetime.now(UTC).date() + timedelta(days=1)}
+    doc = client.get(client.schedule("tomorrow at 9am", "noop"))
+    days.add(datetime.now(UTC).date() + timedelta(days=1))  # the call may straddle midnight
+    assert doc["state"] == "queued"
+    assert doc["nextRunAt"] in {datetime(d.year, d.month, d.day, 9, tzinfo=UTC) for d in days}
 
 
 def test_schedule_in_the_past_runs_now(client: Client, db: Any) -> None:
@@ -361,6 +372,59 @@ def test_parse_when(when: str | datetime | None, expected: datetime) -> None:
     assert parsed.utcoffset() == timedelta(0)
 
 
+# NOW is Thursday 31 January 2030, 09:00 UTC: the last day of a month, where
+# dateparser moves a time that has passed today back to the 1st of the month.
+@pytest.mark.parametrize(
+    ("when", "expected"),
+    [
+        ("5", NOW + timedelta(seconds=5)),  # a bare number stays a duration in seconds
+        ("tomorrow at 9am", datetime(2030, 2, 1, 9, tzinfo=UTC)),
+        ("Tomorrow at 9 a.m.", datetime(2030, 2, 1, 9, tzinfo=UTC)),
+        ("9am tomorrow", datetime(2030, 2, 1, 9, tzinfo=UTC)),
+        ("tomorrow at 21:15", datetime(2030, 2, 1, 21, 15, tzinfo=UTC)),
+        ("midnight", datetime(2030, 2, 1, tzinfo=UTC)),
+        ("8am", datetime(2030, 2, 1, 8, tzinfo=UTC)),
+        ("9am", NOW),
+        ("noon", datetime(2030, 1, 31, 12, tzinfo=UTC)),
+        ("21:15", datetime(2030, 1, 31, 21, 15, tzinfo=UTC)),
+        ("8am EST", datetime(2030, 1, 31, 13, tzinfo=UTC)),
+        ("tonight", datetime(2030, 1, 31, 20, tzinfo=UTC)),
+        ("next monday 10:00", datetime(2030, 2, 4, 10, tzinfo=UTC)),
+        ("friday 5pm", datetime(2030, 2, 1, 17, tzinfo=UTC)),
+        ("thursday", datetime(2030, 2, 7, tzinfo=UTC)),
+        ("june 5 at 10:00", datetime(2030, 6, 5, 10, tzinfo=UTC)),
+        ("5 June 2031", datetime(2031, 6, 5, tzinfo=UTC)),
+        ("in 3 days", NOW + timedelta(days=3)),
+        ("in three days", NOW + timedelta(days=3)),
+        ("in 2 weeks at noon", datetime(2030, 2, 14, 12, tzinfo=UTC)),
+        ("a fortnight", NOW + timedelta(weeks=2)),
+        ("10 minutes from now", NOW + timedelta(minutes=10)),
+        ("next month", datetime(2030, 2, 28, 9, tzinfo=UTC)),
+        ("today", NOW),
+    ],
+)  # fmt: skip
+def test_parse_when_phrases(when: str, expected: datetime) -> None:
+    parsed = parse_when(when, NOW)
+    assert parsed == expected
+    assert parsed.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("now", "when", "expected"),
+    [
+        (datetime(2030, 1, 15, 10, tzinfo=UTC), "8am", datetime(2030, 1, 16, 8, tzinfo=UTC)),
+        (datetime(2030, 2, 28, 23, 30, tzinfo=UTC), "midnight", datetime(2030, 3, 1, tzinfo=UTC)),
+        (datetime(2030, 12, 31, 23, tzinfo=UTC), "midnight", datetime(2031, 1, 1, tzinfo=UTC)),
+        (datetime(2030, 12, 31, 23, tzinfo=UTC), "8am EST", datetime(2031, 1, 1, 13, tzinfo=UTC)),
+        (datetime(2030, 12, 31, 23, tzinfo=UTC), "monday", datetime(2031, 1, 6, tzinfo=UTC)),
+    ],
+)  # fmt: skip
+def test_parse_when_phrases_roll_over_months_and_years(
+    now: datetime, when: str, expected: datetime
+) -> None:
+    assert parse_when(when, now) == expected
+
+
 def test_parse_when_defaults_to_the_current_time() -> None:
     before = datetime.now(UTC)
     parsed = parse_when("in 1 minute")
@@ -375,6 +439,42 @@ def test_parse_when_defaults_to_the_current_time() -> None:
 def test_parse_when_rejects(when: Any) -> None:
     with pytest.raises(InvalidJobError, match="when"):
         parse_when(when, NOW)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        "banana", "soon-ish", "next blursday", "every 5 minutes", "*/5 * * * *", "-5",
+        "-5 minutes", "1 2", "demain", "asap",
+        # numeric dates other than ISO 8601
+        "01/02/2030 9am", "31.01.2030 noon",
+        # times dateparser cannot read, which it would drop
+        "tomorrow at 25:00", "tomorrow at 13pm", "tomorrow 5", "in 2 days at 9.30",
+        # numbers it would read as months or days, and months alone
+        "at 9", "the 5th", "twelve noon", "a 5", "monday 31", "march", "we",
+    ],
+)  # fmt: skip
+def test_parse_when_rejects_phrases(when: str) -> None:
+    with pytest.raises(InvalidJobError, match=r"cannot understand when=.*'tomorrow at 9am'"):
+        parse_when(when, NOW)
+
+
+@pytest.mark.parametrize(
+    "when", ["yesterday", "2 days ago", "last monday", "today at 8am", "in -5 days"]
+)
+def test_parse_when_rejects_a_phrase_in_the_past(when: str) -> None:
+    with pytest.raises(InvalidJobError, match=r"is in the past \(2030-01-"):
+        parse_when(when, NOW)
+
+
+def test_parse_when_imports_dateparser_only_for_a_phrase() -> None:
+    code = (
+        "import sys; from qworker.when import parse_when; "
+        "parse_when('in 5 minutes'); parse_when('2030-01-31T09:00:00Z'); "
+        "assert 'dateparser' not in sys.modules; "
+        "parse_when('tomorrow at 9am'); assert 'dateparser' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_parse_when_rejects_an_aware_time_beyond_the_calendar() -> None:
