@@ -1,12 +1,16 @@
 """qworker: a distributed task worker for Python backed by MongoDB."""
 
+from qworker.chains import Step
 from qworker.client import Client
 from qworker.errors import (
     ConfigError,
     InvalidJobError,
+    InvalidScheduleError,
     JobNotFound,
     JobStateError,
     QworkerError,
+    ScheduleExists,
+    ScheduleNotFound,
     TaskDefinitionError,
 )
 from qworker.job import Job
@@ -18,11 +22,15 @@ __all__ = [
     "Client",
     "ConfigError",
     "InvalidJobError",
+    "InvalidScheduleError",
     "Job",
     "JobNotFound",
     "JobState",
     "JobStateError",
     "QworkerError",
+    "ScheduleExists",
+    "ScheduleNotFound",
+    "Step",
     "TaskDefinitionError",
     "__version__",
 ]

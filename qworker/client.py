@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from functools import cached_property
 from types import TracebackType
 from typing import Any
 
@@ -12,6 +13,7 @@ import structlog
 from pymongo.errors import PyMongoError
 
 from qworker import protocol
+from qworker.chains import Step, chain_jobs
 from qworker.channel import publish_sync
 from qworker.model import FINISHED_STATES, new_job
 from qworker.mongo import (
@@ -22,6 +24,7 @@ from qworker.mongo import (
     resolve_url,
     sync_client,
 )
+from qworker.schedules import Schedule, ScheduleBook, make_schedule
 from qworker.store import Doc, JobStore
 from qworker.when import parse_when, utcnow
 
@@ -51,6 +54,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        if "schedules" in self.__dict__:
+            self.schedules.close()
         self._mongo.close()
 
     # -- enqueueing ------------------------------------------------------
@@ -106,6 +111,23 @@ class Client:
         self._announce_due(docs, now)
         return [str(doc["_id"]) for doc in docs]
 
+    def chain(
+        self, steps: Sequence[Step | str | tuple[str, Any]], when: str | datetime | None = None
+    ) -> str:
+        """Queue steps to run one after another; returns the chain's id (its last job's).
+
+        A step is ``("task", data)``, a bare ``"task"`` whose data is the
+        previous step's result, or a ``Step`` with job options. The chain
+        stops at the first step that fails for good: the steps after it end
+        ``cancelled``, their ``failReason`` naming the step. ``wait(chain_id)``
+        returns the last step.
+        """
+        now = utcnow()
+        docs = chain_jobs(steps, now, parse_when(when, now))
+        self.store.insert(docs)
+        self._announce_due(docs[:1], now)
+        return str(docs[-1]["_id"])
+
     def _announce_due(self, docs: list[Doc], now: datetime) -> None:
         if docs and docs[0]["nextRunAt"] <= now + HINT_HORIZON:
             self._announce(docs)
@@ -119,6 +141,74 @@ class Client:
                 publish_sync(channel, protocol.JOB_QUEUED, protocol.queued(chunk))
         except PyMongoError as exc:
             log.warning("could not announce new jobs; workers will find them", error=str(exc))
+
+    # -- recurring schedules ---------------------------------------------
+
+    def every(
+        self, interval: str | float, task: str, data: Any = None, *,
+        name: str | None = None, start_at: str | datetime | None = None,
+        replace: bool = True, **opts: Any,
+    ) -> Doc:  # fmt: skip
+        """Run ``task`` every ``interval`` (``30 minutes``, ``1 hour``, seconds).
+
+        The first run is one interval from now, or at ``start_at`` (``now``,
+        ``midnight``, an ISO time). The schedule is named ``name`` (default:
+        the task id); an existing one of that name is replaced unless
+        ``replace=False``. ``opts``: ``timezone``, ``misfire`` (``coalesce`` or
+        ``skip``), ``grace``, ``unique``, and the job options of ``now``.
+        """
+        schedule = make_schedule(name or task, task, data, every=interval, start_at=start_at,
+                                 **opts)  # fmt: skip
+        return self.add_schedule(schedule, replace)
+
+    def cron(
+        self, expr: str, task: str, data: Any = None, *, name: str | None = None,
+        tz: str | None = None, replace: bool = True, **opts: Any,
+    ) -> Doc:  # fmt: skip
+        """Run ``task`` on a crontab schedule: five fields, or six with seconds first.
+
+        ``tz`` is the time zone the fields are read in (default UTC).
+        """
+        schedule = make_schedule(name or task, task, data, cron=expr, timezone=tz, **opts)
+        return self.add_schedule(schedule, replace)
+
+    def add_schedule(self, schedule: Schedule, replace: bool = True) -> Doc:
+        view = self.schedules.add(schedule, replace)
+        self._schedules_changed()
+        return view
+
+    def schedule_list(self) -> list[Doc]:
+        """Every schedule, with its next fire and its last job, success and failure."""
+        return self.schedules.list()
+
+    def schedule_info(self, name: str) -> Doc:
+        return self.schedules.show(name)
+
+    def pause_schedule(self, name: str) -> Doc:
+        view = self.schedules.pause(name)
+        self._schedules_changed()
+        return view
+
+    def resume_schedule(self, name: str) -> Doc:
+        view = self.schedules.resume(name)
+        self._schedules_changed()
+        return view
+
+    def remove_schedule(self, name: str) -> None:
+        self.schedules.remove(name)
+        self._schedules_changed()
+
+    @cached_property
+    def schedules(self) -> ScheduleBook:
+        return ScheduleBook.editor(self._mongo, self.db.name, self.names.schedules,
+                                   self.db[self.names.jobs])  # fmt: skip
+
+    def _schedules_changed(self) -> None:
+        """Tell the leader manager to look at the store now (it also looks every few seconds)."""
+        try:
+            publish_sync(self.db[self.names.channel], protocol.SCHEDULES_CHANGED, {})
+        except PyMongoError as exc:
+            log.warning("could not tell the manager; it will see the change", error=str(exc))
 
     # -- looking after jobs ----------------------------------------------
 

@@ -33,3 +33,15 @@ class JobStateError(QworkerError):
 
 class EmbeddedUnavailable(QworkerError):
     """The embedded server was asked for but cannot be started."""
+
+
+class InvalidScheduleError(QworkerError):
+    """A schedule's trigger, time zone or job options are invalid."""
+
+
+class ScheduleNotFound(QworkerError):
+    """No schedule has the given name."""
+
+
+class ScheduleExists(QworkerError):
+    """A schedule with that name exists and replacing it was not asked for."""

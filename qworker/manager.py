@@ -34,6 +34,7 @@ from qworker.mongo import (
     prepare,
     resolve_url,
 )
+from qworker.scheduler import Scheduler
 from qworker.sinks import Sinks, SinkSettings
 from qworker.store import release
 from qworker.tasks import check_metadata
@@ -75,13 +76,14 @@ class Manager:
         self.jobs, self.workers, self.tasks = db[names.jobs], db[names.workers], db[names.tasks]
         self.channel = Channel(db[names.channel])
         self.leadership = Leadership(db[names.leases], self.id, self.settings.lease)
+        self.scheduler = Scheduler(url, names)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         listening = asyncio.Event()
         self.sinks = Sinks(self.settings.sinks)
         self.sinks.start()
-        events = [*protocol.TO_MANAGER, protocol.WORKER_NOTIFICATION]
+        events = [*protocol.TO_MANAGER, protocol.WORKER_NOTIFICATION, protocol.SCHEDULES_CHANGED]
         listener = asyncio.create_task(self.channel.subscribe(events, self._on_message, listening))
         await listening.wait()
         log.info("manager started", manager_id=self.id, ping_interval=self.settings.ping_interval)
@@ -91,6 +93,7 @@ class Manager:
             listener.cancel()
             await asyncio.gather(listener, return_exceptions=True)
             await self.sinks.stop()
+            await asyncio.to_thread(self.scheduler.stop)
             if self.leading:
                 with contextlib.suppress(PyMongoError):
                     await self.channel.publish(protocol.MANAGER_STOP, {"managerId": self.id})
@@ -115,13 +118,22 @@ class Manager:
                     await self.channel.publish(protocol.MANAGER_START, {"managerId": self.id})
                 elif self.leading and not leading:
                     log.warning("lost the lease; standing by", manager_id=self.id)
+                    await asyncio.to_thread(self.scheduler.stop)
                 self.leading = leading
                 if leading:
                     await self._find_dead()
+                    await self._run_schedules()
             except PyMongoError as exc:
                 log.warning("cannot reach MongoDB", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), every)
+
+    async def _run_schedules(self) -> None:
+        """Start the schedules on taking the lead; later, wake them in case a change was missed."""
+        if self.scheduler.running:
+            self.scheduler.wakeup()
+        else:
+            await asyncio.to_thread(self.scheduler.start)
 
     # -- messages --------------------------------------------------------
 
@@ -130,6 +142,9 @@ class Manager:
             return
         if event == protocol.WORKER_NOTIFICATION:
             self.sinks.relay(body)
+            return
+        if event == protocol.SCHEDULES_CHANGED:
+            self.scheduler.wakeup()
             return
         worker_id, nonce = body.get("workerId"), body.get("nonce")
         if not isinstance(worker_id, str) or not isinstance(nonce, str):
@@ -158,13 +173,14 @@ class Manager:
         if not isinstance(tasks, list):
             log.warning("ignoring define:tasks without a task list", worker_id=worker_id)
             return
-        ops = []
+        ops, metas = [], []
         for raw in tasks:
             if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
                 continue
             try:
-                check_metadata(raw, _announced(worker_id, raw["id"]), code=False)
+                meta = check_metadata(raw, _announced(worker_id, raw["id"]), code=False)
                 problems: list[str] = []
+                metas += [meta] if meta else []
             except TaskDefinitionError as exc:
                 problems = str(exc).splitlines()
             fields = {
@@ -180,6 +196,7 @@ class Manager:
             )
         if ops:
             await self.tasks.bulk_write(ops, ordered=False)
+        await asyncio.to_thread(self.scheduler.install, metas)
 
     async def _schedule(self, worker_id: str, job: Any) -> None:
         """Insert a job a worker's handler asked for; checked as the client checks it."""

@@ -37,6 +37,7 @@ class Names:
         self.workers = f"{prefix}workers"
         self.tasks = f"{prefix}tasks"
         self.leases = f"{prefix}leases"
+        self.schedules = f"{prefix}schedules"
 
 
 def resolve_url(url: str) -> str:
@@ -111,6 +112,12 @@ def _ensure_schema(db: Database[dict], names: Names, channel_bytes: int) -> None
     )  # fmt: skip
     jobs.create_index([("fireKey", ASCENDING)], name="fire_key", unique=True, sparse=True)
     jobs.create_index([("expireAt", ASCENDING)], name="retention", expireAfterSeconds=0)
+    jobs.create_index([("scheduleId", ASCENDING), ("scheduledFor", DESCENDING)],
+                      name="schedule_runs", sparse=True)  # fmt: skip
+    jobs.create_index(
+        [("scheduleId", ASCENDING), ("state", ASCENDING), ("scheduledFor", DESCENDING)],
+        name="schedule_outcomes",
+    )  # fmt: skip
     db[names.workers].create_index([("state", ASCENDING), ("pingedAt", ASCENDING)], name="pings")
 
 

@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import InsertOne, UpdateOne
+from pymongo import InsertOne, UpdateMany, UpdateOne
 
+from qworker import chains, protocol
+from qworker.channel import message
 from qworker.job import Job
 from qworker.model import JobState, Retention
 from qworker.notifications import notification
 from qworker.store import Outcome, log_update, owned
 from qworker.when import utcnow
 
-Write = UpdateOne | InsertOne[Any]
+Write = UpdateOne | UpdateMany | InsertOne[Any]
 Attributes = Callable[[str, str], Iterable[str]]  # (task id, event) -> attribute paths
 
 
@@ -83,7 +85,8 @@ class Outbox:
         self._notify()
 
     def finish(self, job: Job, outcome: Outcome, retention: Retention) -> None:
-        update = outcome.update(utcnow(), retention)
+        now = utcnow()
+        update = outcome.update(now, retention)
         view = {**job.doc, **{k: v for k, v in update["$set"].items() if "." not in k}}
         for key in update.get("$inc", {}):
             view[key] = int(job.doc.get(key, 0)) + update["$inc"][key]
@@ -96,7 +99,24 @@ class Outbox:
         if outcome.error:
             extra["error"] = {"type": outcome.error["type"], "message": outcome.error["message"]}
         self.add(UpdateOne(_owned(job), update))
+        self._move_chain(job.doc, outcome, now, retention)
         self.event(job, kind, view, **extra)
+
+    def _move_chain(self, doc: dict[str, Any], outcome: Outcome, now: datetime,
+                    retention: Retention) -> None:  # fmt: skip
+        """Written with the outcome, in the same ordered batch: see ``chains``."""
+        if outcome.state is JobState.SUCCEEDED:
+            follow = chains.advance(doc, outcome.result, now)
+            if follow is not None:
+                self.add(follow)
+                following = doc["chain"]["next"]
+                hint = {"_id": following["id"], "name": following["task"],
+                        "priority": following["priority"], "nextRunAt": now}  # fmt: skip
+                self.publish(message(protocol.JOB_QUEUED, protocol.queued([hint])))
+        elif outcome.retry_at is None:
+            stopped = chains.stop(doc, outcome.reason or outcome.state.value, now, retention)
+            if stopped is not None:
+                self.add(stopped)
 
     def drain(self) -> tuple[list[Write], list[dict[str, Any]]]:
         """Pending writes (progress and logs before the outcomes they precede) and notes."""

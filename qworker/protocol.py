@@ -26,6 +26,8 @@ MANAGER_STOP = "manager:stop"
 JOB_QUEUED = "job:queued"
 SCHEDULE_TASK = "schedule:task"
 JOB_CANCEL = "job:cancel"
+# Client to the leader manager: a schedule was added, changed or removed.
+SCHEDULES_CHANGED = "schedules:changed"
 
 TO_MANAGER = (
     WORKER_CONNECTED, DEFINE_TASKS, WORKER_INITIALIZE, WORKER_START, WORKER_PING,

@@ -17,11 +17,12 @@ from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import DESCENDING, InsertOne, UpdateOne
+from pymongo import DESCENDING, InsertOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
+from qworker import chains
 from qworker.errors import JobNotFound, JobStateError
 from qworker.model import ACTIVE_STATES, FINISHED_STATES, MAX_LOG_LINES, JobState, Retention
 
@@ -151,7 +152,7 @@ class WorkerStore:
             return []
         return await self.jobs.find({"lockToken": token}).to_list()
 
-    async def write(self, updates: Sequence[UpdateOne | InsertOne[Doc]]) -> None:
+    async def write(self, updates: Sequence[UpdateOne | UpdateMany | InsertOne[Doc]]) -> None:
         if updates:
             await self.jobs.bulk_write(list(updates), ordered=True)
 
@@ -255,6 +256,9 @@ class JobStore:
         doc = self.get(oid)
         if not done.modified_count and not doc.get("cancelRequested"):
             raise JobStateError(f"job {job_id} is already {doc['state']}: nothing to cancel")
+        stopped = chains.stop(doc, "cancelled", now, KEEP) if done.modified_count else None
+        if stopped is not None:
+            self.jobs.bulk_write([stopped])
         return doc
 
     def retry(self, job_id: str | ObjectId, now: datetime) -> Doc:
@@ -279,4 +283,7 @@ class JobStore:
             raise JobStateError(
                 f"job {job_id} is {doc['state']}: only finished jobs can be retried"
             )
+        revived = chains.revive(doc)
+        if revived is not None:
+            self.jobs.bulk_write([revived])
         return doc

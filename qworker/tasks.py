@@ -14,12 +14,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qworker.errors import TaskDefinitionError
 from qworker.files import read_mapping
 from qworker.model import PRIORITY_NAMES, Backoff, Retention
 from qworker.when import parse_duration
+
+if TYPE_CHECKING:
+    from qworker.schedules import Schedule
 
 METADATA_SUFFIXES = (".json", ".yaml", ".yml")
 KEEP_EXPECTED = "a duration such as '7 days', or 'forever'"
@@ -50,6 +53,7 @@ class TaskMeta:
     backoff: Backoff = field(default_factory=Backoff)
     isolation: str = "thread"
     retention: Retention = field(default_factory=Retention)
+    schedule: Schedule | None = None  # installed by the manager when a worker defines the task
     attributes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -161,8 +165,46 @@ def _keep(value: Any) -> float | None:
 
 KNOWN_FIELDS = {
     "id", "name", "description", "disabled", "concurrency", "priority", "timeout",
-    "maxAttempts", "backoff", "isolation", "retention", "failedRetention", *ATTRIBUTE_FIELDS,
+    "maxAttempts", "backoff", "isolation", "retention", "failedRetention", "schedule", "every",
+    *ATTRIBUTE_FIELDS,
 }  # fmt: skip
+
+
+SCHEDULE_KEYS = {
+    "cron": "cron", "every": "every", "timezone": "timezone", "startAt": "start_at",
+    "misfire": "misfire", "grace": "grace", "unique": "unique", "priority": "priority",
+    "maxAttempts": "max_attempts", "timeout": "timeout", "description": "description",
+}  # fmt: skip
+
+
+def _task_schedule(fields: _Fields, task_id: str) -> Schedule | None:
+    """``"schedule": "*/15 * * * *"``, ``"every": "30 minutes"``, or ``"schedule": {...}``."""
+    raw = fields.raw
+    if "schedule" not in raw and "every" not in raw:
+        return None
+    from qworker.errors import InvalidScheduleError
+    from qworker.schedules import make_schedule  # APScheduler: only for tasks that need it
+
+    name = "every" if "every" in raw else "schedule"
+    value = raw[name]
+    if "schedule" in raw and "every" in raw:
+        fields.problems.append(f"{fields.path}: give 'schedule' or 'every', not both")
+        return None
+    if name == "every" or isinstance(value, str):
+        spec = {name if name == "every" else "cron": value}
+    elif isinstance(value, dict) and set(value) <= {*SCHEDULE_KEYS, "data"}:
+        spec = value
+    else:
+        keys = sorted({*SCHEDULE_KEYS, "data"})
+        fields.bad(name, f"a cron expression, or a mapping of {keys}")
+        return None
+    options = {SCHEDULE_KEYS[k]: v for k, v in spec.items() if k in SCHEDULE_KEYS}
+    try:
+        return make_schedule(f"task:{task_id}", task_id, spec.get("data"), origin="metadata",
+                             **options)  # fmt: skip
+    except (InvalidScheduleError, TypeError) as exc:
+        fields.problems.append(f"{fields.path}: field '{name}': {exc}")
+        return None
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -214,6 +256,7 @@ def check_metadata(raw: dict[str, Any], path: Path, code: bool) -> TaskMeta | No
             finished=fields.get("retention", _keep, KEEP_EXPECTED, Retention.finished),
             failed=fields.get("failedRetention", _keep, KEEP_EXPECTED, Retention.failed),
         ),
+        schedule=_task_schedule(fields, task_id),
         attributes={k: v for k, v in attributes.items() if v is not None},
         raw=raw,
     )

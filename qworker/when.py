@@ -29,7 +29,7 @@ def utcnow() -> datetime:
 
 def parse_duration(text: str | float | int) -> float:
     """Seconds in ``"20 minutes"``, ``"1h 30m"``, ``"90s"`` or a plain number."""
-    if isinstance(text, bool):
+    if isinstance(text, bool) or not isinstance(text, str | int | float):
         raise ValueError(f"{text!r} is not a duration")
     if isinstance(text, int | float):
         if not math.isfinite(text):
@@ -50,6 +50,18 @@ def parse_duration(text: str | float | int) -> float:
             raise ValueError(f"unknown time unit {unit!r} in {text!r}")
         total += float(number) * _UNITS[unit]
     return total
+
+
+def format_duration(seconds: float) -> str:
+    """``5400`` as ``1h30m``: the short form ``parse_duration`` reads back."""
+    parts, rest = [], seconds
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if rest >= size:
+            count, rest = divmod(rest, size)
+            parts.append(f"{count:g}{unit}")
+    if rest or not parts:
+        parts.append(f"{rest:g}s")
+    return "".join(parts)
 
 
 def parse_when(when: str | datetime | None, now: datetime | None = None) -> datetime:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from typing import Any
 
-from conftest import WorkerProcess, wait_for, worker_ready
+from conftest import ManagerProcess, WorkerProcess, wait_for, worker_ready
 
 EFFECTS = "QWORKER_TEST_EFFECTS_URL"
 FINISHED = ["succeeded", "failed", "cancelled"]
@@ -58,3 +59,71 @@ def pid_alive(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] != "Z"
     except OSError:
         return True
+
+
+# -- reading what the processes did ---------------------------------------
+
+
+def log_events(output: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a process's output (anything else is skipped)."""
+    events = []
+    for line in output.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and "event" in entry:
+            events.append(entry)
+    return events
+
+
+def count_logged(process: WorkerProcess | ManagerProcess, event: str) -> int:
+    """How many log lines say ``event`` (their message starts with it)."""
+    return sum(1 for e in log_events(process.output()) if str(e["event"]).startswith(event))
+
+
+def alive(process: WorkerProcess | ManagerProcess) -> None:
+    if process.process.poll() is not None:
+        raise AssertionError(
+            f"process exited with {process.process.returncode}:\n{process.output()}"
+        )
+
+
+def wait_logged(
+    process: WorkerProcess | ManagerProcess, event: str, timeout: float, times: int = 1
+) -> None:
+    def seen() -> bool:
+        if count_logged(process, event) >= times:
+            return True
+        alive(process)
+        return False
+
+    try:
+        wait_for(seen, timeout, f"{event!r} logged {times} time(s)")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; output:\n{process.output()}") from None
+
+
+def wait_leading(manager: ManagerProcess, timeout: float = 30) -> None:
+    wait_logged(manager, "leading the fleet", timeout)
+
+
+def wait_accepted(worker: WorkerProcess, timeout: float = 30, times: int = 1) -> None:
+    wait_logged(worker, "accepted by the manager", timeout, times)
+
+
+def messages(db: Any, event: str) -> list[dict[str, Any]]:
+    """The bodies of the channel messages of ``event``, oldest first."""
+    return [doc["message"] for doc in db.channel.find({"event": event}).sort("_id", 1)]
+
+
+def managed(
+    spawn_worker: Any, mongo_url: str, *tasks: str, worker_id: str,
+    extra: list[str] | None = None, paths: list[Any] | None = None,
+) -> WorkerProcess:  # fmt: skip
+    """A worker that needs a manager (no --standalone), recording side effects."""
+    worker: WorkerProcess = spawn_worker(
+        *tasks, worker_id=worker_id, standalone=False, env=effects_env(mongo_url),
+        extra=["--lease", "2", "--grace", "5", *(extra or [])], paths=paths,
+    )  # fmt: skip
+    return worker

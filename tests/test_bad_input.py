@@ -200,12 +200,34 @@ def test_unknown_field(tmp_path: Path, folder: Path) -> None:
         ("id", "Not Safe", "url-safe"),
         ("retention", "a while", "'forever'"),
         ("failedRetention", -5, "'7 days'"),
+        ("schedule", "* * *", "expected 5 fields"),
+        ("schedule", "0 9 * * 8", "'8' is not a day"),
+        ("schedule", "0 3 * * *  # nightly", "got 7"),
+        ("every", "soon", "'soon' is not a duration"),
+        ("every", "0.5s", "between 1 second and 10 years"),
+        ("every", None, "one of every or cron"),
+        ("schedule", 5, "a cron expression, or a mapping of"),
+        ("schedule", None, "a cron expression, or a mapping of"),
+        ("schedule", {"cron": "* * * * *", "colour": "red"}, "a cron expression, or a mapping of"),
+        ("schedule", {"cron": "0 3 * * *", "timezone": "Nowhere/Land"}, "unknown time zone"),
+        ("schedule", {"every": "1h", "misfire": "later"}, "misfire must be one of"),
+        ("schedule", {"every": "1h", "startAt": "blah blah"}, "cannot understand"),
+        ("schedule", {"every": "1h", "data": 5, "priority": "urgent"}, "priority 'urgent'"),
+        ("schedule", {}, "one of every or cron"),
+        ("every", [1], "duration"),
+        ("schedule", {"cron": "* * * * *", "grace": {}}, "grace"),
     ],
 )
 def test_wrong_type(tmp_path: Path, folder: Path, field: str, value: object, expected: str) -> None:
     path = write_task(folder, "typed", {field: value})
     result = run_tasks(tmp_path, folder, "typed")
     assert_usage_error(result, str(path), f"field '{field}'", expected)
+
+
+def test_a_schedule_and_every_together_are_refused(tmp_path: Path, folder: Path) -> None:
+    path = write_task(folder, "twice", {"schedule": "*/5 * * * *", "every": "5 minutes"})
+    result = run_tasks(tmp_path, folder, "twice")
+    assert_usage_error(result, str(path), "give 'schedule' or 'every', not both")
 
 
 def test_every_wrong_field_is_reported_in_one_go(tmp_path: Path, folder: Path) -> None:

@@ -9,7 +9,6 @@ tasks, exit codes and log lines. Intervals are short (pings every 0.5 s, a
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from datetime import datetime, timedelta
@@ -17,70 +16,26 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from conftest import LEASE, PING, ManagerProcess, Server, WorkerProcess, leading, wait_for
-from helpers import effects_env, ready, wait_finished
+from conftest import LEASE, PING, Server, WorkerProcess, leading, wait_for
+from helpers import (
+    alive,
+    count_logged,
+    effects_env,
+    log_events,
+    managed,
+    messages,
+    ready,
+    wait_accepted,
+    wait_finished,
+    wait_leading,
+    wait_logged,
+)
 
 from qworker import Client
 from qworker.channel import publish_sync
 
 # Time a process may need beyond the nominal figure on a loaded 2-core machine.
 SLACK = 4.0
-
-
-# -- reading what the processes did ---------------------------------------
-
-
-def log_events(output: str) -> list[dict[str, Any]]:
-    """The JSON log lines of a process's output (anything else is skipped)."""
-    events = []
-    for line in output.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and "event" in entry:
-            events.append(entry)
-    return events
-
-
-def count_logged(process: WorkerProcess | ManagerProcess, event: str) -> int:
-    """How many log lines say ``event`` (their message starts with it)."""
-    return sum(1 for e in log_events(process.output()) if str(e["event"]).startswith(event))
-
-
-def alive(process: WorkerProcess | ManagerProcess) -> None:
-    if process.process.poll() is not None:
-        raise AssertionError(
-            f"process exited with {process.process.returncode}:\n{process.output()}"
-        )
-
-
-def wait_logged(
-    process: WorkerProcess | ManagerProcess, event: str, timeout: float, times: int = 1
-) -> None:
-    def seen() -> bool:
-        if count_logged(process, event) >= times:
-            return True
-        alive(process)
-        return False
-
-    try:
-        wait_for(seen, timeout, f"{event!r} logged {times} time(s)")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; output:\n{process.output()}") from None
-
-
-def wait_leading(manager: ManagerProcess, timeout: float = 30) -> None:
-    wait_logged(manager, "leading the fleet", timeout)
-
-
-def wait_accepted(worker: WorkerProcess, timeout: float = 30, times: int = 1) -> None:
-    wait_logged(worker, "accepted by the manager", timeout, times)
-
-
-def messages(db: Any, event: str) -> list[dict[str, Any]]:
-    """The bodies of the channel messages of ``event``, oldest first."""
-    return [doc["message"] for doc in db.channel.find({"event": event}).sort("_id", 1)]
 
 
 def nonce_of(db: Any, worker: WorkerProcess, worker_id: str) -> str:
@@ -95,16 +50,6 @@ def job(db: Any, job_id: str) -> dict[str, Any]:
     doc = db.jobs.find_one({"_id": ObjectId(job_id)})
     assert doc is not None, job_id
     return doc  # type: ignore[no-any-return]
-
-
-def managed(spawn_worker: Any, mongo_url: str, *tasks: str, worker_id: str,
-            extra: list[str] | None = None) -> WorkerProcess:  # fmt: skip
-    """A worker that needs a manager (no --standalone), recording side effects."""
-    worker: WorkerProcess = spawn_worker(
-        *tasks, worker_id=worker_id, standalone=False, env=effects_env(mongo_url),
-        extra=["--lease", "2", "--grace", "5", *(extra or [])],
-    )  # fmt: skip
-    return worker
 
 
 # -- the handshake ---------------------------------------------------------

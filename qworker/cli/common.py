@@ -1,8 +1,9 @@
-"""What both commands share: the config-file option and error reporting."""
+"""What the commands share: settings, the config-file option, JSON input, error reporting."""
 
 from __future__ import annotations
 
 import functools
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,11 +12,13 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from qworker.client import Client
 from qworker.config import ENV_PREFIX, read_config_file
 from qworker.errors import (
     ConfigError,
     EmbeddedUnavailable,
     InvalidJobError,
+    InvalidScheduleError,
     QworkerError,
     TaskDefinitionError,
 )
@@ -23,7 +26,9 @@ from qworker.errors import (
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Errors in what the user gave us exit 2, like click's usage errors.
-USAGE_ERRORS = (ConfigError, TaskDefinitionError, EmbeddedUnavailable, InvalidJobError)
+USAGE_ERRORS = (
+    ConfigError, TaskDefinitionError, EmbeddedUnavailable, InvalidJobError, InvalidScheduleError,
+)  # fmt: skip
 
 
 def envvar(name: str) -> str:
@@ -117,3 +122,33 @@ def reports_errors(fn: F) -> F:
             fail(exc, click.get_current_context().command_path)
 
     return wrapper  # type: ignore[return-value]
+
+
+class Settings:
+    """The manager CLI's connection settings, for its subcommands."""
+
+    def __init__(self, mongo: str | None, prefix: str, channel_size: int) -> None:
+        self.mongo, self.prefix, self.channel_size = mongo, prefix, channel_size
+
+    def url(self) -> str:
+        if not self.mongo:
+            raise ConfigError("no MongoDB given: use --mongo URL or QWORKER_MONGO (or 'embedded')")
+        return self.mongo
+
+    def client(self) -> Client:
+        return Client(self.url(), prefix=self.prefix, channel_size=self.channel_size)
+
+
+pass_settings = click.make_pass_decorator(Settings)
+
+
+def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """``--data`` as JSON, checked before anything connects to MongoDB."""
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(
+            f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,32 +10,22 @@ from typing import Any
 
 import click
 
-from qworker.cli.common import config_option, envvar, reports_errors
+from qworker.cli.common import (
+    Settings,
+    config_option,
+    envvar,
+    json_data,
+    pass_settings,
+    reports_errors,
+)
 from qworker.cli.output import emit_json, job_detail, job_rows
-from qworker.client import Client
+from qworker.cli.schedules import schedules
 from qworker.embedded import data_dir_from_url, is_embedded, stop_server
-from qworker.errors import ConfigError
 from qworker.logs import configure
 from qworker.manager import Manager, ManagerSettings
 from qworker.model import JobState
 from qworker.mongo import CHANNEL_BYTES
 from qworker.sinks import read_sinks
-
-
-class Settings:
-    def __init__(self, mongo: str | None, prefix: str, channel_size: int) -> None:
-        self.mongo, self.prefix, self.channel_size = mongo, prefix, channel_size
-
-    def url(self) -> str:
-        if not self.mongo:
-            raise ConfigError("no MongoDB given: use --mongo URL or QWORKER_MONGO (or 'embedded')")
-        return self.mongo
-
-    def client(self) -> Client:
-        return Client(self.url(), prefix=self.prefix, channel_size=self.channel_size)
-
-
-pass_settings = click.make_pass_decorator(Settings)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -72,21 +61,9 @@ def main(
     ctx.obj = Settings(mongo, prefix, channel_size)
 
 
-def _data(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    """``--data`` as JSON, checked before anything connects to MongoDB."""
-    if value is None:
-        return None
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise click.BadParameter(
-            f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-        ) from None
-
-
 @main.command()
 @click.argument("task")
-@click.option("--data", callback=_data, help="Job data as JSON.")
+@click.option("--data", callback=json_data, help="Job data as JSON.")
 @click.option(
     "--when", help="'now' (default), 'in 20 minutes', an ISO 8601 time, or 'tomorrow at 9am'."
 )
@@ -290,6 +267,8 @@ def embedded_stop(url: str) -> None:
     folder = data_dir_from_url(url)
     click.echo(f"stopped the server in {folder}" if stop_server(folder) else "none was running")
 
+
+main.add_command(schedules)
 
 if __name__ == "__main__":
     main()

@@ -36,6 +36,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
             click.echo("  ".join("-" * w for w in widths))
 
 
+def labelled(fields: Sequence[tuple[str, Any]]) -> None:
+    """``name:  value`` lines, leaving out the empty ones."""
+    for name, value in fields:
+        if value not in (None, "", "null"):
+            click.echo(f"{name + ':':<14}{value}")
+
+
 def job_rows(jobs: Sequence[dict[str, Any]]) -> None:
     table(
         ["ID", "TASK", "STATE", "PRI", "PROGRESS", "ATTEMPTS", "CREATED", "NEXT RUN", "REASON"],
@@ -61,9 +68,7 @@ def job_detail(job: dict[str, Any]) -> None:
         ("locked by", job.get("lockedBy")), ("result", json.dumps(job.get("result"))),
         ("fail reason", job.get("failReason")),
     ]  # fmt: skip
-    for name, value in fields:
-        if value not in (None, "", "null"):
-            click.echo(f"{name + ':':<14}{value}")
+    labelled(fields)
     error = job.get("error")
     if error and error.get("traceback"):
         click.echo("traceback:")
@@ -75,3 +80,38 @@ def job_detail(job: dict[str, Any]) -> None:
             click.echo(
                 f"  {when(entry.get('ts'))}  {entry.get('level', ''):<5}  {entry.get('msg')}"
             )
+
+
+def _run(job: dict[str, Any] | None, at: str = "scheduledFor") -> str:
+    if not job:
+        return ""
+    return f"{when(job.get(at))} {job.get('state', '')}".strip()
+
+
+def schedule_rows(schedules: Sequence[dict[str, Any]]) -> None:
+    table(
+        ["NAME", "TASK", "TRIGGER", "NEXT RUN", "LAST JOB", "LAST SUCCESS", "LAST FAILURE"],
+        [
+            [s["name"], s["task"], s["trigger"],
+             "paused" if s["paused"] else when(s["nextRunAt"]), _run(s["lastJob"]),
+             when((s["lastSuccess"] or {}).get("lastFinishedAt")),
+             when((s["lastFailure"] or {}).get("lastFinishedAt"))]
+            for s in schedules
+        ],
+    )  # fmt: skip
+
+
+def schedule_detail(s: dict[str, Any]) -> None:
+    failure = s["lastFailure"] or {}
+    fields = [
+        ("name", s["name"]), ("task", s["task"]), ("trigger", s["trigger"]),
+        ("next run", "paused" if s["paused"] else when(s["nextRunAt"])),
+        ("data", json.dumps(s["data"])), ("misfire", f"{s['misfire']} (grace {s['grace']:g}s)"),
+        ("unique", "yes" if s["unique"] else None), ("priority", s["priority"]),
+        ("description", s["description"]), ("origin", s["origin"]),
+        ("last job", f"{s['lastJob']['_id']} {_run(s['lastJob'])}" if s["lastJob"] else None),
+        ("last success", when((s["lastSuccess"] or {}).get("lastFinishedAt"))),
+        ("last failure",
+         f"{when(failure.get('lastFinishedAt'))} {failure.get('failReason', '')}".strip()),
+    ]  # fmt: skip
+    labelled(fields)

@@ -1,0 +1,360 @@
+"""Recurring schedules: what they are, and how they are kept in APScheduler's job store.
+
+A schedule is an APScheduler 3 job in its MongoDB job store (collection
+``schedules``): the trigger (interval or cron, with a time zone) and, as the
+job's keyword arguments, a plain :class:`Schedule` that says which qworker job
+each fire enqueues. Any process may edit the store through a
+:class:`ScheduleBook`; only the leader manager runs it (``scheduler.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
+from apscheduler.jobstores.mongodb import MongoDBJobStore
+from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+from pymongo import DESCENDING, MongoClient
+from pymongo.collection import Collection
+
+from qworker.errors import (
+    InvalidJobError,
+    InvalidScheduleError,
+    ScheduleExists,
+    ScheduleNotFound,
+)
+from qworker.model import JobState, new_job
+from qworker.when import format_duration, parse_duration, parse_when, utcnow
+
+Doc = dict[str, Any]
+
+# The APScheduler job of every schedule calls this; keep the reference stable,
+# since the job store drops jobs whose function it cannot import.
+FIRE = "qworker.scheduler:fire"
+EXECUTOR = "qworker"
+MISFIRE_POLICIES = ("coalesce", "skip")
+DEFAULT_GRACE = 60.0
+MIN_INTERVAL = 1.0
+MAX_INTERVAL = 10 * 366 * 86400.0
+# A start_at this recent (``"now"``, parsed a moment ago) is the first fire.
+START_SLACK = timedelta(seconds=5)
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,199}$")
+
+_MACROS = {
+    "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+    "@hourly": "0 * * * *",
+}  # fmt: skip
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_DAY_NAMES = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
+_DAY_PART = re.compile(r"^(\*|[a-z]+|\d+)(?:-([a-z]+|\d+))?(?:/(\d+))?$")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A recurring schedule: when it fires (``every`` or ``cron``) and the job it enqueues."""
+
+    name: str
+    task: str
+    data: Any = None
+    every: float | None = None  # seconds
+    cron: str | None = None  # five fields, or six with seconds first, or @daily...
+    timezone: str = "UTC"
+    start_at: datetime | None = None
+    misfire: str = "coalesce"  # after downtime: one run for the missed window, or none
+    grace: float = DEFAULT_GRACE  # seconds late that still count as on time
+    unique: bool = False  # skip a fire while the previous run is still queued or running
+    priority: int | str | None = None
+    max_attempts: int | None = None
+    timeout: float | None = None
+    description: str | None = None
+    origin: str = "client"  # or "metadata": installed from a task's metadata
+
+    def trigger(self) -> BaseTrigger:
+        zone = _zone(self.timezone)
+        if self.cron is not None:
+            return cron_trigger(self.cron, zone)
+        assert self.every is not None
+        return IntervalTrigger(seconds=self.every, start_date=self.start_at, timezone=zone)
+
+    def describe(self) -> str:
+        if self.cron is not None:
+            return f"cron {self.cron} ({self.timezone})"
+        assert self.every is not None
+        start = f" from {self.start_at.isoformat()}" if self.start_at else ""
+        return f"every {format_duration(self.every)}{start}"
+
+    def job(self, now: datetime) -> Doc:
+        """A job document for a fire at ``now`` (validated as a client's would be)."""
+        return new_job(
+            self.task, self.data, now=now, run_at=now, priority=self.priority,
+            max_attempts=self.max_attempts, timeout=self.timeout, description=self.description,
+            unique=f"schedule:{self.name}" if self.unique else None,
+        )  # fmt: skip
+
+    def stored(self) -> Doc:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_stored(cls, fields: Doc) -> Schedule:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in fields.items() if k in known})
+
+
+def make_schedule(
+    name: str,
+    task: str,
+    data: Any = None,
+    *,
+    every: str | float | None = None,
+    cron: str | None = None,
+    timezone: str | None = None,
+    start_at: str | datetime | None = None,
+    misfire: str = "coalesce",
+    grace: str | float = DEFAULT_GRACE,
+    unique: bool = False,
+    priority: int | str | None = None,
+    max_attempts: int | None = None,
+    timeout: float | None = None,
+    description: str | None = None,
+    origin: str = "client",
+) -> Schedule:
+    """A validated :class:`Schedule`; every problem is an ``InvalidScheduleError``."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise InvalidScheduleError(
+            f"schedule name {name!r}: use 1-200 letters, digits and '_.:@/-', "
+            "starting with a letter or digit"
+        )
+    if (every is None) == (cron is None):
+        given = "both" if every is not None else "neither"
+        raise InvalidScheduleError(f"schedule {name!r}: give one of every or cron, not {given}")
+    if start_at is not None and cron is not None:
+        raise InvalidScheduleError(f"schedule {name!r}: start_at is for every, not cron")
+    if not isinstance(unique, bool):
+        raise InvalidScheduleError(f"schedule {name!r}: unique must be true or false")
+    seconds = None
+    if every is not None:
+        try:
+            seconds = parse_duration(every)
+        except ValueError as exc:
+            raise InvalidScheduleError(f"schedule {name!r}: every: {exc}") from None
+        if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
+            raise InvalidScheduleError(
+                f"schedule {name!r}: every must be between {MIN_INTERVAL:g} second "
+                "and 10 years"
+            )
+    zone = timezone or "UTC"
+    _zone(zone)
+    if cron is not None:
+        cron = " ".join(str(cron).split())
+        if cron_trigger(cron, ZoneInfo("UTC")).get_next_fire_time(None, utcnow()) is None:
+            raise InvalidScheduleError(f"cron {cron!r} never fires")
+    if misfire not in MISFIRE_POLICIES:
+        raise InvalidScheduleError(
+            f"schedule {name!r}: misfire must be one of {', '.join(MISFIRE_POLICIES)}, "
+            f"not {misfire!r}"
+        )
+    try:
+        grace_seconds = parse_duration(grace)
+    except ValueError as exc:
+        raise InvalidScheduleError(f"schedule {name!r}: grace: {exc}") from None
+    try:
+        start = None if start_at is None else parse_when(start_at)
+        schedule = Schedule(
+            name=name, task=task, data=data, every=seconds, cron=cron, timezone=zone,
+            start_at=start, misfire=misfire, grace=grace_seconds, unique=unique,
+            priority=priority, max_attempts=max_attempts, timeout=timeout,
+            description=description, origin=origin,
+        )  # fmt: skip
+        schedule = dataclasses.replace(schedule, data=schedule.job(utcnow())["data"])
+    except InvalidJobError as exc:
+        raise InvalidScheduleError(f"schedule {name!r}: {exc}") from None
+    return schedule
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError):
+        raise InvalidScheduleError(
+            f"unknown time zone {name!r}: use an IANA name such as 'UTC' or 'Europe/Paris'"
+        ) from None
+
+
+def cron_trigger(expr: str, zone: ZoneInfo) -> CronTrigger:
+    """A trigger for crontab ``expr``: 5 fields, or 6 with seconds first, or a @macro.
+
+    Day-of-week numbers keep crontab's meaning (0 and 7 are Sunday), which
+    APScheduler 3 does not: they are translated to day names.
+    """
+    text = _MACROS.get(expr.strip().lower(), expr)
+    fields = text.split()
+    if len(fields) not in (5, 6):
+        raise InvalidScheduleError(
+            f"cron {expr!r}: expected 5 fields (minute hour day month weekday), "
+            f"or 6 with seconds first; got {len(fields)}"
+        )
+    if len(fields) == 5:
+        fields.insert(0, "0")
+    second, minute, hour, day, month, weekday = fields
+    try:
+        return CronTrigger(
+            second=second, minute=minute, hour=hour, day=day, month=month,
+            day_of_week=_weekdays(weekday), timezone=zone,
+        )  # fmt: skip
+    except ValueError as exc:
+        raise InvalidScheduleError(f"cron {expr!r}: {exc}") from None
+
+
+def _weekdays(field: str) -> str:
+    """Crontab's day-of-week field (``0-7``, names, ranges, steps) as APScheduler day names."""
+    if field == "*":
+        return field
+    days: set[int] = set()
+    for part in field.lower().split(","):
+        match = _DAY_PART.match(part)
+        if match is None:
+            raise InvalidScheduleError(f"cron weekday field {field!r}: cannot read {part!r}")
+        first, last, step = match.groups()
+        if step is not None and int(step) < 1:
+            raise InvalidScheduleError(f"cron weekday field {field!r}: a step must be >= 1")
+        if first == "*":
+            low, high = 0, 6
+        else:
+            low = _day(first, field)
+            high = _day(last, field) if last else (6 if step else low)
+        if high < low:
+            raise InvalidScheduleError(f"cron weekday field {field!r}: {part!r} runs backwards")
+        days.update(d % 7 for d in range(low, high + 1, int(step or 1)))
+    return ",".join(_DAYS[d] for d in sorted(days))
+
+
+def _day(token: str, field: str) -> int:
+    if token.isdigit() and int(token) <= 7:
+        return int(token)
+    if token in _DAYS or token in _DAY_NAMES:
+        return _DAYS.index(token[:3])
+    raise InvalidScheduleError(
+        f"cron weekday field {field!r}: {token!r} is not a day (0-7, sun-sat)"
+    )
+
+
+def job_store(client: MongoClient[Doc], database: str, collection: str) -> MongoDBJobStore:
+    return MongoDBJobStore(database=database, collection=collection, client=client)
+
+
+class _Editor(BaseScheduler):  # type: ignore[misc]
+    """A scheduler that never runs jobs: APScheduler's API for editing its job store."""
+
+    def shutdown(self, wait: bool = True) -> None:
+        super().shutdown(wait)
+
+    def wakeup(self) -> None:
+        """Nothing to wake: the leader manager runs the schedules (it is told separately)."""
+
+
+class ScheduleBook:
+    """Add, list, pause, resume and remove schedules, through an APScheduler scheduler.
+
+    ``ScheduleBook.editor(...)`` edits the store from any process; the leader
+    manager passes the scheduler it runs.
+    """
+
+    def __init__(self, scheduler: BaseScheduler, jobs: Collection[Doc]) -> None:
+        self._scheduler, self.jobs = scheduler, jobs
+
+    @classmethod
+    def editor(cls, client: MongoClient[Doc], database: str, collection: str,
+               jobs: Collection[Doc]) -> ScheduleBook:  # fmt: skip
+        editor = _Editor(timezone=ZoneInfo("UTC"))
+        editor.add_jobstore(job_store(client, database, collection))
+        editor.start(paused=True)
+        return cls(editor, jobs)
+
+    def close(self) -> None:
+        """Stop editing; the MongoDB client stays open (it belongs to the caller)."""
+        if self._scheduler.running:
+            self._scheduler.remove_jobstore("default", shutdown=False)
+            self._scheduler.shutdown(wait=False)
+
+    def wakeup(self) -> None:
+        self._scheduler.wakeup()
+
+    def add(self, schedule: Schedule, replace: bool = True) -> Doc:
+        """Install ``schedule``; one with the same name is replaced, or ``ScheduleExists``."""
+        first = {}
+        if schedule.start_at is not None and schedule.start_at >= utcnow() - START_SLACK:
+            first["next_run_time"] = schedule.start_at  # start_at="now" runs at once
+        try:
+            self._scheduler.add_job(
+                FIRE, trigger=schedule.trigger(), id=schedule.name, name=schedule.name, **first,
+                kwargs={"schedule": schedule.stored()}, executor=EXECUTOR, coalesce=True,
+                misfire_grace_time=None, max_instances=1, replace_existing=replace,
+            )  # fmt: skip
+        except ConflictingIdError:
+            raise ScheduleExists(
+                f"a schedule named {schedule.name!r} exists: remove it, or replace it"
+            ) from None
+        return self.show(schedule.name)
+
+    def names(self) -> list[str]:
+        return [job.id for job in self._scheduler.get_jobs()]
+
+    def get(self, name: str) -> Schedule:
+        return Schedule.from_stored(self.job(name).kwargs["schedule"])
+
+    def show(self, name: str) -> Doc:
+        return self._view(self.job(name))
+
+    def list(self) -> list[Doc]:
+        return [self._view(job) for job in sorted(self._scheduler.get_jobs(), key=lambda j: j.id)]
+
+    def pause(self, name: str) -> Doc:
+        self.job(name).pause()
+        return self.show(name)
+
+    def resume(self, name: str) -> Doc:
+        self.job(name).resume()
+        return self.show(name)
+
+    def remove(self, name: str) -> None:
+        try:
+            self._scheduler.remove_job(name)
+        except JobLookupError:
+            raise ScheduleNotFound(f"no schedule named {name!r}") from None
+
+    def job(self, name: str) -> Any:
+        """The APScheduler job of schedule ``name``."""
+        job = self._scheduler.get_job(name)
+        if job is None:
+            raise ScheduleNotFound(f"no schedule named {name!r}")
+        return job
+
+    def _view(self, job: Any) -> Doc:
+        """A schedule as operators see it: its trigger, next fire and its last jobs."""
+        schedule = Schedule.from_stored(job.kwargs["schedule"])
+        return {
+            **schedule.stored(),
+            "trigger": schedule.describe(),
+            "paused": job.next_run_time is None,
+            "nextRunAt": job.next_run_time and job.next_run_time.astimezone(UTC),
+            "lastJob": self._last(schedule.name),
+            "lastSuccess": self._last(schedule.name, JobState.SUCCEEDED),
+            "lastFailure": self._last(schedule.name, JobState.FAILED),
+        }
+
+    def _last(self, name: str, state: JobState | None = None) -> Doc | None:
+        query: Doc = {"scheduleId": name}
+        if state is not None:
+            query["state"] = state.value
+        fields = {"state": 1, "scheduledFor": 1, "createdAt": 1, "lastFinishedAt": 1,
+                  "failReason": 1}  # fmt: skip
+        return self.jobs.find_one(query, fields, sort=[("scheduledFor", DESCENDING)])
