@@ -95,9 +95,7 @@ def stop(doc: Doc, reason: str, now: datetime, retention: Retention) -> UpdateMa
     expire_at = retention.expire_at(JobState.CANCELLED, now)
     if expire_at is not None:
         fields["expireAt"] = expire_at
-    return UpdateMany(
-        {"chain.id": chain["id"], "state": JobState.WAITING.value}, {"$set": fields}
-    )
+    return UpdateMany({"chain.id": chain["id"], "state": JobState.WAITING.value}, {"$set": fields})
 
 
 def revive(doc: Doc) -> UpdateMany | None:

@@ -114,6 +114,9 @@ class Manager:
                     self._watching_since = now  # newly leading, or away (outage, stall)
                 self._last_round = now
                 if leading and not self.leading:
+                    # Schedules first: workers answer manager:start by defining
+                    # their tasks, whose metadata may carry schedules to install.
+                    await asyncio.to_thread(self.scheduler.start)
                     log.info("leading the fleet", manager_id=self.id)
                     await self.channel.publish(protocol.MANAGER_START, {"managerId": self.id})
                 elif self.leading and not leading:
@@ -122,18 +125,11 @@ class Manager:
                 self.leading = leading
                 if leading:
                     await self._find_dead()
-                    await self._run_schedules()
+                    self.scheduler.wakeup()  # in case a schedules:changed was missed
             except PyMongoError as exc:
                 log.warning("cannot reach MongoDB", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), every)
-
-    async def _run_schedules(self) -> None:
-        """Start the schedules on taking the lead; later, wake them in case a change was missed."""
-        if self.scheduler.running:
-            self.scheduler.wakeup()
-        else:
-            await asyncio.to_thread(self.scheduler.start)
 
     # -- messages --------------------------------------------------------
 

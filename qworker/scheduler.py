@@ -16,7 +16,7 @@ import structlog
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from pymongo import MongoClient
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from qworker import protocol
 from qworker.channel import publish_sync
@@ -28,6 +28,9 @@ from qworker.when import utcnow
 
 log = structlog.get_logger("qworker.scheduler")
 
+# Seconds between attempts while MongoDB cannot be reached.
+OUTAGE_RETRY = 1.0
+
 
 class Firing:
     """Where fires go: the jobs collection, and the channel for the wake-up hint."""
@@ -35,6 +38,14 @@ class Firing:
     def __init__(self, client: MongoClient[Doc], url: str, names: Names) -> None:
         db = client[database_name(url)]
         self.jobs, self.channel = db[names.jobs], db[names.channel]
+        # Fires whose insert failed (MongoDB unreachable): APScheduler has moved
+        # on from them, so they are tried again here until they are stored.
+        self.failed: list[tuple[Schedule, datetime]] = []
+
+    def retry_failed(self) -> None:
+        failed, self.failed = self.failed, []
+        for schedule, fire_time in failed:
+            self.enqueue(schedule, fire_time)
 
     def enqueue(self, schedule: Schedule, fire_time: datetime) -> bool:
         """Insert the job of one fire; False if it exists (or the last run is still active)."""
@@ -44,7 +55,13 @@ class Firing:
         doc.update(scheduleId=schedule.name, scheduledFor=at, fireKey=f"{schedule.name}@{at}")
         try:
             self.jobs.insert_one(doc)
-        except DuplicateKeyError as exc:
+        except PyMongoError as exc:
+            if not isinstance(exc, DuplicateKeyError):
+                log.warning("cannot enqueue a fire; will retry", schedule=schedule.name,
+                            fire_time=at.isoformat(), error=str(exc))  # fmt: skip
+                self.failed.append((schedule, fire_time))
+                return False
+            index = (exc.details or {}).get("keyPattern") or {}
             index = (exc.details or {}).get("keyPattern") or {}
             reason = "already enqueued" if "fireKey" in index else "the last run is still active"
             log.info(
@@ -104,6 +121,29 @@ class FireExecutor(BaseExecutor):  # type: ignore[misc]
             self._run_job_success(job.id, [])
 
 
+class _LeaderScheduler(BackgroundScheduler):  # type: ignore[misc]
+    """APScheduler's background scheduler, kept alive through MongoDB outages.
+
+    Its loop has no error handling of its own: a job store write failing after
+    a fire would end the thread and with it every schedule, silently.
+    """
+
+    def __init__(self, firing: Firing, **options: Any) -> None:
+        super().__init__(**options)
+        self._firing = firing
+
+    def _process_jobs(self) -> float | None:
+        try:
+            self._firing.retry_failed()
+            wait: float | None = super()._process_jobs()
+        except PyMongoError as exc:
+            log.warning("cannot reach the schedules; retrying", error=str(exc))
+            return OUTAGE_RETRY
+        if self._firing.failed:
+            return OUTAGE_RETRY if wait is None else min(wait, OUTAGE_RETRY)
+        return wait
+
+
 class Scheduler:
     """APScheduler over the ``schedules`` store, run while this manager leads."""
 
@@ -111,10 +151,6 @@ class Scheduler:
         self._url, self._names = url, names
         self._client: MongoClient[Doc] | None = None
         self._book: ScheduleBook | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._book is not None
 
     def install(self, metas: list[TaskMeta]) -> None:
         """Bring the schedules of these tasks' metadata into the store.
@@ -142,12 +178,18 @@ class Scheduler:
             return
         client = sync_client(self._url)
         db = client[database_name(self._url)]
-        aps = BackgroundScheduler(
+        firing = Firing(client, self._url, self._names)
+        aps = _LeaderScheduler(
+            firing,
             jobstores={"default": job_store(client, db.name, self._names.schedules)},
-            executors={EXECUTOR: FireExecutor(Firing(client, self._url, self._names))},
+            executors={EXECUTOR: FireExecutor(firing)},
             timezone=ZoneInfo("UTC"),
         )
-        aps.start()
+        try:
+            aps.start()
+        except BaseException:
+            client.close()
+            raise
         self._client, self._book = client, ScheduleBook(aps, db[self._names.jobs])
         log.info("running the schedules")
 

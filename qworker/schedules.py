@@ -148,8 +148,7 @@ def make_schedule(
             raise InvalidScheduleError(f"schedule {name!r}: every: {exc}") from None
         if not MIN_INTERVAL <= seconds <= MAX_INTERVAL:
             raise InvalidScheduleError(
-                f"schedule {name!r}: every must be between {MIN_INTERVAL:g} second "
-                "and 10 years"
+                f"schedule {name!r}: every must be between {MIN_INTERVAL:g} second and 10 years"
             )
     zone = timezone or "UTC"
     _zone(zone)

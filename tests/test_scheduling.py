@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import shutil
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
-from conftest import LEASE, ManagerProcess, wait_for
+import pytest
+from conftest import LEASE, ManagerProcess, Server, wait_for
 from helpers import log_events, managed, wait_accepted, wait_leading, wait_logged
 
 from qworker import Client
@@ -222,3 +223,28 @@ def test_the_scheduler_store_is_apschedulers(client: Client, mongo_url: str) -> 
         mongo.close()
     assert doc is not None and isinstance(doc["next_run_time"], float)
     assert isinstance(doc["job_state"], bytes)
+
+
+def test_schedules_keep_firing_after_the_mongodb_server_restarts(
+    client: Client, db: Any, mongo_server: Server, spawn_manager: Any
+) -> None:
+    if not mongo_server.managed:
+        pytest.skip("QWORKER_TEST_MONGO_URL names an outside server: this test cannot restart it")
+    manager = spawn_manager("m1")
+    wait_leading(manager)
+    client.every(1, "noop", name="tick")
+    wait_fires(db, "tick", 2)
+    try:
+        mongo_server.stop()
+        time.sleep(3)  # fires fall due while the server is down
+    finally:
+        mongo_server.start()
+    restarted = datetime.now(UTC)
+    wait_for(
+        lambda: any(job["scheduledFor"] > restarted + SECOND for job in fires(db, "tick")),
+        30,
+        "fires after the restart",
+    )
+    jobs = fires(db, "tick")  # also: no fire time twice
+    assert all(gap >= SECOND for gap in gaps(jobs))
+    assert manager.process.poll() is None
