@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
+from click.testing import CliRunner
 
 from qworker import Client, InvalidJobError, Step
+from qworker.cli.manager import main
 
 
 def steps_of(db: Any, chain_id: str) -> list[dict[str, Any]]:
@@ -89,3 +91,11 @@ def test_bad_chains_store_nothing(client: Client, db: Any, steps: Any, message: 
     with pytest.raises(InvalidJobError, match=message):
         client.chain(steps)
     assert db.jobs.count_documents({}) == 0
+
+
+def test_jobs_show_names_the_chain_step(client: Client, mongo_url: str) -> None:
+    chain_id = client.chain([("double", {"x": 1}), "double"])
+    shown = CliRunner().invoke(main, ["--mongo", mongo_url, "jobs", "show", chain_id])
+    assert shown.exit_code == 0, shown.output
+    assert f"chain:        step 2 of 2 (chain {chain_id})" in shown.output
+    assert "state:        waiting" in shown.output

@@ -56,7 +56,7 @@ def job_rows(jobs: Sequence[dict[str, Any]]) -> None:
 
 
 def job_detail(job: dict[str, Any]) -> None:
-    progress = job.get("progress") or {}
+    progress, chain = job.get("progress") or {}, job.get("chain") or {}
     fields = [
         ("id", job["_id"]), ("task", job["name"]), ("state", job["state"]),
         ("priority", job.get("priority")), ("description", job.get("description")),
@@ -67,6 +67,11 @@ def job_detail(job: dict[str, Any]) -> None:
         ("last run", when(job.get("lastRunAt"))), ("finished", when(job.get("lastFinishedAt"))),
         ("locked by", job.get("lockedBy")), ("result", json.dumps(job.get("result"))),
         ("fail reason", job.get("failReason")),
+        ("unique key", job.get("uniqueKey")),
+        ("schedule", job.get("scheduleId") and
+         f"{job['scheduleId']} (fire of {when(job.get('scheduledFor'))})"),
+        ("chain", chain and f"step {chain['index'] + 1} of {chain['size']} (chain {chain['id']})"),
+        ("expires", when(job.get("expireAt"))),
     ]  # fmt: skip
     labelled(fields)
     error = job.get("error")
