@@ -12,10 +12,11 @@ from typing import Any
 import structlog
 from pymongo.errors import PyMongoError
 
-from qworker import protocol
+from qworker import fleet, protocol
 from qworker.chains import Step, chain_jobs
 from qworker.channel import publish_sync
-from qworker.model import FINISHED_STATES, new_job
+from qworker.errors import InvalidJobError
+from qworker.model import FINISHED_STATES, JobState, new_job
 from qworker.mongo import (
     CHANNEL_BYTES,
     Names,
@@ -25,7 +26,7 @@ from qworker.mongo import (
     sync_client,
 )
 from qworker.schedules import Schedule, ScheduleBook, make_schedule
-from qworker.store import Doc, JobStore
+from qworker.store import Doc, JobStore, job_query
 from qworker.when import parse_when, utcnow
 
 log = structlog.get_logger("qworker.client")
@@ -217,9 +218,80 @@ class Client:
 
     def jobs(
         self, state: str | None = None, task: str | None = None, text: str | None = None,
-        limit: int = 50, skip: int = 0,
+        limit: int = 50, skip: int = 0, *, worker: str | None = None,
+        since: str | datetime | None = None, until: str | datetime | None = None,
     ) -> list[Doc]:  # fmt: skip
-        return self.store.find(state=state, task=task, text=text, limit=limit, skip=skip)
+        """Jobs newest first, without their logs, ``skip`` and ``limit`` for paging.
+
+        ``worker``: jobs that worker runs or ran last. ``since``/``until``
+        bound the creation time: a datetime, an ISO 8601 time, or a duration
+        meaning that long ago (``"2 hours"``, ``"7d"``).
+        """
+        query = self._job_query(state, task, text, worker, since, until)
+        return self.store.find(query, limit=limit, skip=skip)
+
+    def count_jobs(
+        self, state: str | None = None, task: str | None = None, text: str | None = None, *,
+        worker: str | None = None, since: str | datetime | None = None,
+        until: str | datetime | None = None,
+    ) -> int:  # fmt: skip
+        """How many jobs ``jobs`` would list without a limit: the total, for paging."""
+        return self.store.count(self._job_query(state, task, text, worker, since, until))
+
+    def _job_query(
+        self, state: str | None, task: str | None, text: str | None, worker: str | None,
+        since: str | datetime | None, until: str | datetime | None,
+    ) -> Doc:  # fmt: skip
+        now = utcnow()
+        return job_query(state, task, text, worker, fleet.moment(since, "since", now),
+                         fleet.moment(until, "until", now))  # fmt: skip
+
+    def delete(self, job_id: str) -> Doc:
+        """Delete a job that is not running, and return it; a running one must be cancelled first.
+
+        Deleting a queued or waiting chain step stops its chain, as a cancel would.
+        """
+        return self.store.delete(job_id, utcnow())
+
+    def purge(
+        self, state: str, older_than: str | float | timedelta, *, dry_run: bool = False
+    ) -> int:
+        """Delete finished jobs in ``state`` that ended over ``older_than`` ago; how many.
+
+        ``state`` is succeeded, failed or cancelled, ``older_than`` a duration
+        (``"7 days"``): a clean-up sooner than retention's TTL. Waiting,
+        queued and running jobs are never touched. ``dry_run`` only counts.
+        """
+        finished = [s.value for s in FINISHED_STATES]
+        if state not in finished:
+            raise InvalidJobError(
+                f"purge deletes finished jobs: state must be one of {', '.join(finished)}, "
+                f"not {state!r}", "state",
+            )  # fmt: skip
+        before = utcnow() - fleet.age(older_than, "older_than")
+        return self.store.purge(JobState(state), before, dry_run=dry_run)
+
+    # -- the fleet -------------------------------------------------------
+
+    def workers(self, state: str | None = None) -> list[Doc]:
+        """The worker registry, managed and standalone, live workers first.
+
+        Each has ``status``: its ``state``, or ``lost`` when a running worker
+        has not pinged for 3 ping intervals (a killed standalone worker, or
+        any worker while no manager leads); ``live`` (status is running);
+        and ``runningJobs``, the jobs it holds now. ``state`` filters on
+        ``status``: running, lost, stopped or dead.
+        """
+        return fleet.workers(self.db[self.names.workers], self.db[self.names.jobs], state)
+
+    def tasks(self) -> list[Doc]:
+        """Every task announced by workers or named by jobs, with ``jobs`` counted by state.
+
+        ``liveWorkers`` serve it now; ``valid`` and ``problems`` are the
+        manager's check of its metadata (None for a task never announced).
+        """
+        return fleet.tasks(self.db[self.names.tasks], self.db[self.names.workers],
+                           self.db[self.names.jobs])  # fmt: skip
 
     def wait(self, job_id: str, timeout: float | None = None) -> Doc:
         """Block until the job is finished; ``TimeoutError`` after ``timeout`` seconds."""

@@ -56,7 +56,17 @@ class WorkerSettings:
     prefix: str = ""
     burst: bool = False
     channel_size: int = CHANNEL_BYTES
+    metrics: str | None = None  # HOST:PORT of this worker's own /metrics
     sources: Mapping[str, str] = field(default_factory=dict)
+
+
+def parse_bind(text: str, option: str = "--http") -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8765`` for IPv6); port 0 picks a free one."""
+    host, sep, port = text.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65_535:
+        raise ConfigError(f"{option} {text!r}: expected HOST:PORT such as 127.0.0.1:8765")
+    return host, int(port)
 
 
 def describe(values: Mapping[str, Any], sources: Mapping[str, str]) -> str:

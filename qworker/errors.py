@@ -20,7 +20,11 @@ class TaskDefinitionError(QworkerError):
 
 
 class InvalidJobError(QworkerError):
-    """A job could not be enqueued because its input is invalid."""
+    """A job could not be enqueued because its input is invalid; ``field`` names which."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class JobNotFound(QworkerError):

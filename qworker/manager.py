@@ -13,6 +13,7 @@ import os
 import re
 import signal
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -22,9 +23,10 @@ import structlog
 from pymongo import UpdateOne
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from qworker import protocol
+from qworker import protocol, systemd
 from qworker.channel import Channel
 from qworker.errors import InvalidJobError, TaskDefinitionError
+from qworker.events import WATCHED, EventHub
 from qworker.leadership import Leadership
 from qworker.model import JobState, new_job
 from qworker.mongo import (
@@ -42,6 +44,10 @@ from qworker.when import utcnow
 
 log = structlog.get_logger("qworker.manager")
 
+# Where the API and dashboard are served unless told otherwise: this machine only.
+DEFAULT_HTTP = "127.0.0.1:8765"
+# What the leader acts on; the rest of what it hears is for the event stream.
+TO_LEADER = {*protocol.TO_MANAGER, protocol.WORKER_NOTIFICATION, protocol.SCHEDULES_CHANGED}
 # A worker that misses this many ping intervals is dead.
 MISSED_PINGS = 2
 
@@ -55,6 +61,8 @@ class ManagerSettings:
     lease: float = 10.0
     sinks: SinkSettings = field(default_factory=SinkSettings)
     channel_size: int = CHANNEL_BYTES
+    http: str | None = None  # HOST:PORT of the API and dashboard
+    api_token: str | None = None
 
 
 class Manager:
@@ -66,6 +74,7 @@ class Manager:
         # pings that no leader was there to record (a takeover, an outage).
         self._watching_since = self._last_round = utcnow()
         self._stop = asyncio.Event()
+        self.hub = EventHub()
 
     async def run(self) -> int:
         url = resolve_url(self.settings.mongo)
@@ -83,15 +92,18 @@ class Manager:
         listening = asyncio.Event()
         self.sinks = Sinks(self.settings.sinks)
         self.sinks.start()
-        events = [*protocol.TO_MANAGER, protocol.WORKER_NOTIFICATION, protocol.SCHEDULES_CHANGED]
+        events = {*protocol.TO_MANAGER, *WATCHED, protocol.SCHEDULES_CHANGED}
         listener = asyncio.create_task(self.channel.subscribe(events, self._on_message, listening))
+        supervisor = asyncio.create_task(systemd.supervise(self.status_line))
         await listening.wait()
         log.info("manager started", manager_id=self.id, ping_interval=self.settings.ping_interval)
         try:
-            await self._lead()
+            async with self._http(url):
+                await self._lead()
         finally:
             listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            supervisor.cancel()
+            await asyncio.gather(listener, supervisor, return_exceptions=True)
             await self.sinks.stop()
             await asyncio.to_thread(self.scheduler.stop)
             if self.leading:
@@ -102,8 +114,33 @@ class Manager:
         log.info("manager stopped", manager_id=self.id)
         return 0
 
+    @contextlib.asynccontextmanager
+    async def _http(self, url: str) -> AsyncIterator[None]:
+        """The API and dashboard (``--http``), served while the manager runs."""
+        if not self.settings.http:
+            yield
+            return
+        from qworker.api import create_app  # FastAPI: only for a manager that serves it
+        from qworker.client import Client
+        from qworker.webserver import WebServer, listen
+
+        sock = listen(self.settings.http, self.settings.api_token)
+        client = await asyncio.to_thread(
+            Client, url, self.settings.prefix, self.settings.channel_size
+        )
+        server = WebServer(create_app(client, self.hub, self.settings.api_token), sock)
+        task = asyncio.create_task(server.serve())
+        try:
+            yield
+        finally:
+            self.hub.close()
+            server.stop()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.to_thread(client.close)
+
     async def _lead(self) -> None:
         """Hold (or wait for) the lease; while leading, look for dead workers."""
+        systemd.notify("READY=1")  # listening on the channel (and serving HTTP, if asked)
         every = min(self.settings.lease / 3, self.settings.ping_interval)
         gap = timedelta(seconds=every + self.settings.ping_interval)
         while not self._stop.is_set():
@@ -130,11 +167,19 @@ class Manager:
                 log.warning("cannot reach MongoDB", error=str(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), every)
+        systemd.stopping("stopping: handing over the lease" if self.leading else "stopping")
+
+    def status_line(self) -> str:
+        """One line on this manager's state, for ``systemctl status``."""
+        if self._stop.is_set():
+            return "stopping"
+        return "leading the fleet" if self.leading else "standing by (another manager leads)"
 
     # -- messages --------------------------------------------------------
 
     async def _on_message(self, event: str, body: dict[str, Any]) -> None:
-        if not self.leading:
+        self.hub.publish(event, body)
+        if not self.leading or event not in TO_LEADER:
             return
         if event == protocol.WORKER_NOTIFICATION:
             self.sinks.relay(body)
@@ -226,7 +271,9 @@ class Manager:
             {"_id": worker_id},
             {"$set": {"nonce": nonce, "host": body.get("host"), "pid": body.get("pid"),
                       "tasks": body.get("tasks"), "state": "running", "startedAt": now,
-                      "pingedAt": now, "running": 0}},
+                      "pingedAt": now, "running": 0, "standalone": False,
+                      "pingInterval": self.settings.ping_interval},
+             "$unset": {"stoppedAt": "", "diedAt": ""}},
             upsert=True,
         )  # fmt: skip
         await self.channel.publish(
@@ -265,7 +312,10 @@ class Manager:
         limit = utcnow() - timedelta(seconds=MISSED_PINGS * self.settings.ping_interval)
         if self._watching_since > limit:
             return  # not watched for two intervals yet: the missed pings are not theirs
-        dead = await self.workers.find({"state": "running", "pingedAt": {"$lt": limit}}).to_list()
+        # Standalone workers list themselves and answer to no manager.
+        dead = await self.workers.find(
+            {"state": "running", "pingedAt": {"$lt": limit}, "standalone": {"$ne": True}}
+        ).to_list()
         for worker in dead:
             marked = await self.workers.update_one(
                 {"_id": worker["_id"], "nonce": worker["nonce"], "state": "running",

@@ -57,10 +57,12 @@ def parse_priority(value: int | str | None) -> int:
     if value is None:
         return 0
     if isinstance(value, bool):
-        raise InvalidJobError(f"priority must be a number or one of {list(PRIORITY_NAMES)}")
+        raise InvalidJobError(
+            f"priority must be a number or one of {list(PRIORITY_NAMES)}", "priority"
+        )
     if isinstance(value, int):
         if not -(2**63) <= value < 2**63:
-            raise InvalidJobError(f"priority {value} does not fit in 64 bits")
+            raise InvalidJobError(f"priority {value} does not fit in 64 bits", "priority")
         return value
     text = str(value).strip().lower()
     if text in PRIORITY_NAMES:
@@ -69,29 +71,33 @@ def parse_priority(value: int | str | None) -> int:
         return parse_priority(int(text))
     except ValueError:
         raise InvalidJobError(
-            f"priority {value!r} is not a number or one of {', '.join(PRIORITY_NAMES)}"
+            f"priority {value!r} is not a number or one of {', '.join(PRIORITY_NAMES)}",
+            "priority",
         ) from None
 
 
 def check_task_id(task: str) -> str:
     if not isinstance(task, str) or not TASK_ID_RE.match(task):
         raise InvalidJobError(
-            f"task {task!r} is not a valid task id (lower-case letters, digits, '-' and '_')"
+            f"task {task!r} is not a valid task id (lower-case letters, digits, '-' and '_')",
+            "task",
         )
     return task
 
 
-def check_json(value: Any, what: str) -> Any:
+def check_json(value: Any, what: str, field: str | None = None) -> Any:
     """Reject values that are not plain JSON: nothing else is stored or unpickled."""
     try:
         plain = json.loads(json.dumps(value, allow_nan=False))
         size = len(bson.encode({"value": plain}))  # ints beyond 64 bits are JSON, not BSON
     except (TypeError, ValueError) as exc:
-        raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}") from None
+        raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}", field) from None
     except (OverflowError, InvalidDocument) as exc:
-        raise InvalidJobError(f"{what} cannot be stored in MongoDB: {exc}") from None
+        raise InvalidJobError(f"{what} cannot be stored in MongoDB: {exc}", field) from None
     if size > MAX_VALUE_BYTES:
-        raise InvalidJobError(f"{what} is too large: {size} bytes (at most {MAX_VALUE_BYTES})")
+        raise InvalidJobError(
+            f"{what} is too large: {size} bytes (at most {MAX_VALUE_BYTES})", field
+        )
     return plain
 
 
@@ -128,7 +134,8 @@ def check_unique_key(key: str | None) -> str | None:
     if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_UNIQUE_KEY_CHARS):
         raise InvalidJobError(
             f"unique must be a non-empty string of at most {MAX_UNIQUE_KEY_CHARS} characters, "
-            f"not {key!r}"
+            f"not {key!r}",
+            "unique",
         )
     return key
 
@@ -150,20 +157,24 @@ def new_job(
     if max_attempts is not None and (
         isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
     ):
-        raise InvalidJobError(f"max_attempts must be a whole number >= 1, not {max_attempts!r}")
+        raise InvalidJobError(
+            f"max_attempts must be a whole number >= 1, not {max_attempts!r}", "max_attempts"
+        )
     if timeout is not None and (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
         or not math.isfinite(timeout)
         or timeout <= 0
     ):
-        raise InvalidJobError(f"timeout must be a number of seconds > 0, not {timeout!r}")
+        raise InvalidJobError(
+            f"timeout must be a number of seconds > 0, not {timeout!r}", "timeout"
+        )
     if description is not None and not isinstance(description, str):
-        raise InvalidJobError("description must be a string")
+        raise InvalidJobError("description must be a string", "description")
     doc: dict[str, Any] = {
         "_id": ObjectId(),
         "name": task,
-        "data": check_json(data, "job data"),
+        "data": check_json(data, "job data", "data"),
         "priority": parse_priority(priority),
         "state": JobState.QUEUED.value,
         "nextRunAt": run_at,

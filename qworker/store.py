@@ -115,6 +115,35 @@ def log_update(entries: Sequence[Doc]) -> Doc:
     return {"$push": {"logs": {"$each": list(entries), "$slice": -MAX_LOG_LINES}}}
 
 
+def job_query(
+    state: str | None = None,
+    task: str | None = None,
+    text: str | None = None,
+    worker: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> Doc:
+    """The filter of an operator's job listing; ``worker`` is the one running or last to run it."""
+    query: Doc = {}
+    if state:
+        query["state"] = state
+    if task:
+        query["name"] = task
+    if text:
+        query["description"] = {"$regex": re.escape(text), "$options": "i"}
+    if worker:
+        # lastWorker is set at claim time; lockedBy finds running jobs claimed before it was.
+        query["$or"] = [{"lastWorker": worker}, {"lockedBy": worker}]
+    created: Doc = {}
+    if since is not None:
+        created["$gte"] = since
+    if until is not None:
+        created["$lt"] = until
+    if created:
+        query["createdAt"] = created
+    return query
+
+
 class WorkerStore:
     """What a worker does to jobs, asynchronously."""
 
@@ -140,6 +169,7 @@ class WorkerStore:
                 "$set": {
                     "state": JobState.RUNNING.value,
                     "lockedBy": worker_id,
+                    "lastWorker": worker_id,  # kept once the lock fields are gone
                     "lockToken": token,
                     "lockedAt": now,
                     "lockExpiresAt": now + timedelta(seconds=lease),
@@ -224,23 +254,41 @@ class JobStore:
             raise JobNotFound(f"no job {job_id}")
         return doc
 
-    def find(
-        self,
-        state: str | None = None,
-        task: str | None = None,
-        text: str | None = None,
-        limit: int = 50,
-        skip: int = 0,
-    ) -> list[Doc]:
-        query: Doc = {}
-        if state:
-            query["state"] = state
-        if task:
-            query["name"] = task
-        if text:
-            query["description"] = {"$regex": re.escape(text), "$options": "i"}
+    def find(self, query: Doc, limit: int = 50, skip: int = 0) -> list[Doc]:
+        """Jobs matching ``query`` (see ``job_query``), newest first, without their logs."""
         cursor = self.jobs.find(query, {"logs": 0}).sort("createdAt", DESCENDING)
         return list(cursor.skip(skip).limit(limit))
+
+    def count(self, query: Doc) -> int:
+        return self.jobs.count_documents(query)
+
+    def delete(self, job_id: str | ObjectId, now: datetime) -> Doc:
+        """Delete a job that is not running; a chain it held up is stopped as by a cancel."""
+        oid = object_id(job_id)
+        idle = {"_id": oid, "state": {"$ne": JobState.RUNNING.value}}
+        doc = self.jobs.find_one_and_delete(idle)
+        if doc is None:
+            state = self.get(oid)["state"]
+            if state == JobState.RUNNING.value:
+                raise JobStateError(f"job {job_id} is running: cancel it, then delete it once it "
+                                    "has stopped")  # fmt: skip
+            doc = self.jobs.find_one_and_delete(idle)  # it ended between the two reads
+            if doc is None:
+                raise JobStateError(f"job {job_id} changed while being deleted; try again")
+        if doc["state"] in (JobState.QUEUED.value, JobState.WAITING.value):
+            stopped = chains.stop(doc, "deleted", now, KEEP)
+            if stopped is not None:
+                self.jobs.bulk_write([stopped])
+        return doc
+
+    def purge(self, state: JobState, before: datetime, dry_run: bool = False) -> int:
+        """Delete (``dry_run``: count) the finished ``state`` jobs that ended before ``before``."""
+        if state not in FINISHED_STATES:
+            raise ValueError(f"purge deletes finished jobs only, not {state.value!r} ones")
+        query = {"state": state.value, "lastFinishedAt": {"$lt": before}}
+        if dry_run:
+            return self.jobs.count_documents(query)
+        return self.jobs.delete_many(query).deleted_count
 
     def cancel(self, job_id: str | ObjectId, now: datetime) -> Doc:
         """Cancel a queued job at once; ask a running one to stop."""

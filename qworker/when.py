@@ -78,9 +78,11 @@ def parse_when(when: str | datetime | None, now: datetime | None = None) -> date
         try:
             return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
         except OverflowError:
-            raise InvalidJobError(f"when={when!r} is out of the range of dates") from None
+            raise InvalidJobError(f"when={when!r} is out of the range of dates", "when") from None
     if not isinstance(when, str):
-        raise InvalidJobError(f"when must be a string or a datetime, not {type(when).__name__}")
+        raise InvalidJobError(
+            f"when must be a string or a datetime, not {type(when).__name__}", "when"
+        )
     text = when.strip().lower()
     if text in ("", "now", "immediately"):
         return now
@@ -90,7 +92,7 @@ def parse_when(when: str | datetime | None, now: datetime | None = None) -> date
     except ValueError:
         pass
     except OverflowError:
-        raise InvalidJobError(f"when={when!r} is too far in the future") from None
+        raise InvalidJobError(f"when={when!r} is too far in the future", "when") from None
     try:
         parsed = datetime.fromisoformat(when.strip().replace("Z", "+00:00"))
     except ValueError:
@@ -103,10 +105,11 @@ def parse_when(when: str | datetime | None, now: datetime | None = None) -> date
         raise InvalidJobError(
             f"cannot understand when={when!r}: use 'now', 'in 20 minutes', '20 minutes', "
             "an ISO 8601 time such as 2030-01-31T09:00:00Z or a phrase such as "
-            "'tomorrow at 9am' or 'next monday 10:00'"
+            "'tomorrow at 9am' or 'next monday 10:00'",
+            "when",
         )
     if found < now:
-        raise InvalidJobError(f"when={when!r} is in the past ({found.isoformat()})")
+        raise InvalidJobError(f"when={when!r} is in the past ({found.isoformat()})", "when")
     return found
 
 

@@ -25,11 +25,12 @@ from bson import ObjectId
 from pymongo import InsertOne
 from pymongo.errors import PyMongoError
 
-from qworker import protocol
+from qworker import protocol, systemd
 from qworker.candidates import Candidates
 from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
 from qworker.errors import InvalidJobError, TaskDefinitionError
+from qworker.fleet import Listing
 from qworker.job import Job
 from qworker.membership import Membership
 from qworker.model import JobState, check_json, new_job
@@ -106,6 +107,8 @@ class Worker(Registry):
         )  # fmt: skip
         self._batch_floor = max(1, settings.concurrency // 4)
         self.membership = None if settings.standalone else Membership(self)
+        self._listing = Listing(self.id, self.nonce, self.host, os.getpid(), list(self.metas),
+                                settings.lease / 3)  # fmt: skip
         self.outbox.notifying = self.membership is not None
 
     # -- loading ---------------------------------------------------------
@@ -144,6 +147,7 @@ class Worker(Registry):
             asyncio.create_task(self._publish_loop()),
             asyncio.create_task(self._lease_loop()),
             asyncio.create_task(self.channel.subscribe(events, self._on_message, listening)),
+            asyncio.create_task(systemd.supervise(self.status_line)),
         ]
         try:
             await asyncio.wait_for(listening.wait(), 10)
@@ -153,6 +157,7 @@ class Worker(Registry):
             "worker started", worker_id=self.id, tasks=list(self.metas), pid=os.getpid(),
             concurrency=self.settings.concurrency, standalone=self.settings.standalone,
         )  # fmt: skip
+        systemd.notify("READY=1", f"STATUS={self.status_line()}")
         if self.membership is not None:
             background.append(asyncio.create_task(self.membership.run()))
         try:
@@ -183,8 +188,21 @@ class Worker(Registry):
     def running_count(self) -> int:
         return len(self._running)
 
+    def status_line(self) -> str:
+        """One line on this worker's state, for ``systemctl status``."""
+        c, running = self.counters, len(self._running)
+        done = f"{c.succeeded} succeeded, {c.failed} failed"
+        if self.refused:
+            return f"terminated by the manager: {self.refused}"
+        if self._stopping:
+            return f"stopping: {running} running jobs to finish or hand back ({done})"
+        if self.membership is not None and not self.membership.accepted.is_set():
+            return f"waiting for a manager to accept it ({running} jobs running)"
+        return f"running {running} of {self.settings.concurrency} jobs ({done})"
+
     async def _say_goodbye(self) -> None:
         if self.membership is None:
+            await self._register(stopped=True)
             return
         event = protocol.WORKER_TERMINATE if self.refused else protocol.WORKER_STOP
         with contextlib.suppress(PyMongoError):
@@ -200,6 +218,9 @@ class Worker(Registry):
 
     def request_stop(self, force: bool = False) -> None:
         """First signal: stop claiming and drain; second (or ``force``): stop at once."""
+        if not self._stopping:  # the shutdown begins: tell systemd, if it runs us
+            status = f"stopping: {len(self._running)} running jobs to finish or hand back"
+            systemd.stopping(status, within=self.settings.grace + systemd.STOP_MARGIN)
         if self._stopping or force:
             self._stopping = True
             log.warning("stopping now, returning unfinished jobs to the queue")
@@ -542,9 +563,26 @@ class Worker(Registry):
                 if self._stopping:
                     return
 
+    async def _register(self, stopped: bool = False) -> None:
+        """List a standalone worker in ``workers``, as the manager lists the others.
+
+        Operators look for it there; a registry it cannot reach is logged, never fatal.
+        """
+        if self.membership is not None:
+            return
+        registry = self.store.jobs.database[Names(self.settings.prefix).workers]
+        try:
+            if stopped:
+                await self._listing.stop(registry)
+            else:
+                await self._listing.refresh(registry, self.running_count)
+        except PyMongoError as exc:
+            log.warning("cannot update the worker registry", error=str(exc))
+
     async def _lease_loop(self) -> None:
         every = self.settings.lease / 3
         while True:
+            await self._register()
             await asyncio.sleep(every)
             now = utcnow()
             try:

@@ -7,6 +7,7 @@ must pass against too. Each test gets a database of its own.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -266,6 +267,19 @@ class ManagerProcess:
         self.process.kill()
         self.process.wait()
 
+    def api_url(self, timeout: float = 30) -> str:
+        """The base URL of its HTTP API, from its log (tests bind port 0)."""
+
+        def logged() -> str | None:
+            for line in self.output().splitlines():
+                if '"serving the API and dashboard"' in line:
+                    return str(json.loads(line)["url"])
+            if self.process.poll() is not None:
+                raise AssertionError(f"manager exited:\n{self.output()}")
+            return None
+
+        return wait_for(logged, timeout, "the manager's HTTP API")  # type: ignore[no-any-return]
+
 
 # Managers in tests ping fast and hold a short lease, so detection is quick.
 PING = 0.5
@@ -275,7 +289,7 @@ LEASE = 2.0
 def manager_command(mongo_url: str, manager_id: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve",
             "--ping-interval", str(PING), "--lease", str(LEASE), "--log-format", "json",
-            "--id", manager_id, *extra]  # fmt: skip
+            "--id", manager_id, "--http", "127.0.0.1:0", *extra]  # fmt: skip
 
 
 @pytest.fixture

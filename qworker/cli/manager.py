@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +19,23 @@ from qworker.cli.common import (
     pass_settings,
     reports_errors,
 )
-from qworker.cli.output import emit_json, job_detail, job_rows
+from qworker.cli.output import (
+    emit_json,
+    job_detail,
+    job_rows,
+    page_footer,
+    task_rows,
+    worker_rows,
+)
 from qworker.cli.schedules import schedules
 from qworker.embedded import data_dir_from_url, is_embedded, stop_server
+from qworker.fleet import WORKER_STATES
 from qworker.logs import configure
-from qworker.manager import Manager, ManagerSettings
-from qworker.model import JobState
+from qworker.manager import DEFAULT_HTTP, Manager, ManagerSettings
+from qworker.model import FINISHED_STATES, JobState
 from qworker.mongo import CHANNEL_BYTES
 from qworker.sinks import read_sinks
+from qworker.when import utcnow
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -102,17 +112,25 @@ def jobs_show(settings: Settings, job_id: str, as_json: bool) -> None:
 @jobs.command("list")
 @click.option("--state", type=click.Choice([s.value for s in JobState]))
 @click.option("--task", help="Only jobs of this task.")
+@click.option("--worker", help="Only jobs this worker runs, or ran last.")
 @click.option("--text", help="Only jobs whose description contains this text.")
+@click.option("--since", help="Created at or after: an ISO time, or a duration ago ('2 hours').")
+@click.option("--until", help="Created before: an ISO time, or a duration ago ('1d').")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option("--skip", type=click.IntRange(min=0), default=0, help="Skip this many (paging).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (the list only).")
 @pass_settings
 @reports_errors
-def jobs_list(settings: Settings, /, as_json: bool, **filters: Any) -> None:
-    """List jobs, newest first."""
+def jobs_list(settings: Settings, /, as_json: bool, limit: int, skip: int, **filters: Any) -> None:
+    """List jobs, newest first, and how many match (on stderr)."""
     with settings.client() as client:
-        found = client.jobs(**filters)
-    emit_json(found) if as_json else job_rows(found)
+        found = client.jobs(limit=limit, skip=skip, **filters)
+        total = 0 if as_json else client.count_jobs(**filters)
+    if as_json:
+        emit_json(found)
+        return
+    job_rows(found)
+    page_footer(skip, len(found), total)
 
 
 @jobs.command("cancel")
@@ -135,6 +153,66 @@ def jobs_retry(settings: Settings, job_id: str) -> None:
     with settings.client() as client:
         job = client.retry(job_id)
     click.echo(f"{job['_id']} {job['state']}")
+
+
+@jobs.command("delete")
+@click.argument("job_id")
+@pass_settings
+@reports_errors
+def jobs_delete(settings: Settings, job_id: str) -> None:
+    """Delete a job that is not running (cancel a running one first)."""
+    with settings.client() as client:
+        job = client.delete(job_id)
+    click.echo(f"{job['_id']} deleted (was {job['state']})")
+
+
+@jobs.command("purge")
+@click.option(
+    "--state", required=True, type=click.Choice([s.value for s in FINISHED_STATES]),
+    help="Which finished jobs.",
+)  # fmt: skip
+@click.option("--older-than", required=True, help="Finished longer ago than this: '7 days'.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@pass_settings
+@reports_errors
+def jobs_purge(settings: Settings, state: str, older_than: str, yes: bool) -> None:
+    """Delete the finished jobs in STATE that ended over --older-than ago."""
+
+    def described(n: int) -> str:
+        return f"{n} {state} job{'' if n == 1 else 's'} finished more than {older_than} ago"
+
+    with settings.client() as client:
+        count = client.purge(state, older_than, dry_run=True)
+        if count and not yes:
+            click.confirm(f"delete {described(count)}?", abort=True)
+        deleted = client.purge(state, older_than) if count else 0
+    click.echo(f"deleted {described(deleted)}")
+
+
+@main.command("workers")
+@click.option("--state", type=click.Choice(WORKER_STATES), help="Only workers in this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_settings
+@reports_errors
+def workers_list(settings: Settings, state: str | None, as_json: bool) -> None:
+    """The workers, managed and standalone: state, tasks, running jobs, last ping.
+
+    A running worker silent for 3 ping intervals is shown as lost.
+    """
+    with settings.client() as client:
+        found = client.workers(state)
+    emit_json(found) if as_json else worker_rows(found, utcnow())
+
+
+@main.command("tasks")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_settings
+@reports_errors
+def tasks_list(settings: Settings, as_json: bool) -> None:
+    """The tasks: validity, live workers, and their jobs counted by state."""
+    with settings.client() as client:
+        found = client.tasks()
+    emit_json(found) if as_json else task_rows(found)
 
 
 DEMO_JOBS: list[tuple[str, Any]] = [
@@ -212,6 +290,20 @@ def demo(settings: Settings, paths: str) -> None:
     show_envvar=True,
     help="JSON/YAML file: where notifications go (log: true|false, webhooks: [...]).",
 )
+@click.option(
+    "--http",
+    default=DEFAULT_HTTP,
+    show_default=True,
+    envvar=envvar("http"),
+    show_envvar=True,
+    help="HOST:PORT of the HTTP API, dashboard and /metrics; 'off' to serve none.",
+)
+@click.option(
+    "--api-token",
+    envvar=envvar("api_token"),
+    show_envvar=True,
+    help="Required on every API request (Bearer); needed to serve beyond loopback.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging.")
 @click.option(
     "--log-format",
@@ -228,10 +320,13 @@ def serve(
     ping_interval: float,
     lease: float,
     sinks: str | None,
+    http: str,
+    api_token: str | None,
     verbose: int,
     log_format: str | None,
 ) -> None:
-    """Run the manager: accept workers, watch their pings, recover their jobs."""
+    """Run the manager: accept workers, watch their pings, recover their jobs, run the
+    schedules, and serve the HTTP API, dashboard and metrics (--http)."""
     url = settings.url()
     configure(verbose, log_format)
     options: dict[str, Any] = {"manager_id": manager_id} if manager_id else {}
@@ -244,6 +339,8 @@ def serve(
             ping_interval=ping_interval,
             lease=lease,
             channel_size=settings.channel_size,
+            http=None if http.strip().lower() in ("off", "none", "") else http,
+            api_token=api_token or None,
             **options,
         )
     )
@@ -266,6 +363,24 @@ def embedded_stop(url: str) -> None:
     """Stop the embedded server; its data stays for the next start."""
     folder = data_dir_from_url(url)
     click.echo(f"stopped the server in {folder}" if stop_server(folder) else "none was running")
+
+
+@main.command()
+@click.option(
+    "--for", "seconds", type=click.FloatRange(min=0), help="Stop after this many seconds."
+)
+@pass_settings
+@reports_errors
+def watch(settings: Settings, seconds: float | None) -> None:
+    """Follow the fleet live: running jobs with progress, outcomes, workers coming and going.
+
+    Job events come from managed workers (standalone ones notify no one). On a
+    terminal the view redraws in place; in a pipe each event is one line.
+    """
+    from qworker.watch import watch as follow
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(follow(settings.url(), settings.prefix, seconds, sys.stdout))
 
 
 main.add_command(schedules)

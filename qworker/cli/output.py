@@ -27,6 +27,17 @@ def when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if isinstance(value, datetime) else ""
 
 
+def ago(value: Any, now: datetime) -> str:
+    """``3s ago``, ``5m ago``, ``2h ago``, ``4d ago``; empty for no time."""
+    if not isinstance(value, datetime):
+        return ""
+    seconds = max(0, int((now - value).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     cells = [[str(c) for c in headers], *[["" if c is None else str(c) for c in r] for r in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
@@ -45,12 +56,48 @@ def labelled(fields: Sequence[tuple[str, Any]]) -> None:
 
 def job_rows(jobs: Sequence[dict[str, Any]]) -> None:
     table(
-        ["ID", "TASK", "STATE", "PRI", "PROGRESS", "ATTEMPTS", "CREATED", "NEXT RUN", "REASON"],
+        ["ID", "TASK", "STATE", "PRI", "PROGRESS", "ATTEMPTS", "WORKER", "CREATED", "NEXT RUN",
+         "REASON"],
         [
             [str(j["_id"]), j["name"], j["state"], j.get("priority", 0),
              f"{(j.get('progress') or {}).get('percent', 0):.0f}%", j.get("attempts", 0),
+             j.get("lockedBy") or j.get("lastWorker") or "",
              when(j.get("createdAt")), when(j.get("nextRunAt")), j.get("failReason") or ""]
             for j in jobs
+        ],
+    )  # fmt: skip
+
+
+def page_footer(skip: int, shown: int, total: int) -> None:
+    """``showing 51-100 of 1234``, on stderr: a pipe of the table gets its rows only."""
+    if shown:
+        line = f"showing {skip + 1}-{skip + shown} of {total}"
+    else:
+        line = f"showing none of {total}" + (f" (skipped {skip})" if skip else "")
+    click.echo(line, err=True)
+
+
+def worker_rows(workers: Sequence[dict[str, Any]], now: datetime) -> None:
+    table(
+        ["ID", "HOST", "PID", "STATE", "KIND", "TASKS", "RUNNING", "STARTED", "LAST PING"],
+        [
+            [w["_id"], w.get("host"), w.get("pid"), w["status"],
+             "standalone" if w.get("standalone") else "managed", ",".join(w.get("tasks") or []),
+             w.get("runningJobs", 0), when(w.get("startedAt")), ago(w.get("pingedAt"), now)]
+            for w in workers
+        ],
+    )  # fmt: skip
+
+
+def task_rows(tasks: Sequence[dict[str, Any]]) -> None:
+    states = ["waiting", "queued", "running", "succeeded", "failed", "cancelled"]
+    valid = {True: "yes", False: "no", None: "-"}
+    table(
+        ["ID", "NAME", "VALID", "WORKERS", *(s.upper() for s in states)],
+        [
+            [t["_id"], t.get("name"), valid.get(t.get("valid"), "-"), len(t["liveWorkers"]),
+             *(t["jobs"].get(s, 0) for s in states)]
+            for t in tasks
         ],
     )  # fmt: skip
 
@@ -65,7 +112,9 @@ def job_detail(job: dict[str, Any]) -> None:
         ("progress", f"{progress.get('percent', 0):.0f}% {progress.get('step') or ''}".strip()),
         ("created", when(job.get("createdAt"))), ("next run", when(job.get("nextRunAt"))),
         ("last run", when(job.get("lastRunAt"))), ("finished", when(job.get("lastFinishedAt"))),
-        ("locked by", job.get("lockedBy")), ("result", json.dumps(job.get("result"))),
+        ("locked by", job.get("lockedBy")),
+        ("last worker", None if job.get("lockedBy") else job.get("lastWorker")),
+        ("result", json.dumps(job.get("result"))),
         ("fail reason", job.get("failReason")),
         ("unique key", job.get("uniqueKey")),
         ("schedule", job.get("scheduleId") and

@@ -116,6 +116,12 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
     default=False,
     help="Exit once no job of these tasks is due and none is running.",
 )
+@_option(
+    "--metrics",
+    name="metrics",
+    default=None,
+    help="HOST:PORT to serve this worker's Prometheus /metrics on  [default: none]",
+)
 @_option("-v", "--verbose", name="verbose", count=True, help="More logging (-vv for libraries).")
 @_option(
     "--log-format",
@@ -141,7 +147,7 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
         paths=tuple(Path(p) for p in opts["paths"]), standalone=opts["standalone"],
         concurrency=opts["concurrency"], grace=opts["grace"], lease=opts["lease"],
         poll_interval=opts["poll_interval"], prefix=opts["prefix"], burst=opts["burst"],
-        channel_size=opts["channel_size"],
+        channel_size=opts["channel_size"], metrics=opts["metrics"],
         sources=sources(ctx),
     )  # fmt: skip
     if print_config:
@@ -158,6 +164,10 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
     metas = select(settings.paths, settings.tasks)
     worker = Worker(settings, metas)
     worker.load()
+    if settings.metrics:
+        from qworker.metrics import serve_worker_metrics
+
+        serve_worker_metrics(worker, settings.metrics)
     code = asyncio.run(worker.run())
     if worker.refused:
         click.echo(f"qworker: terminated by the manager: {worker.refused}", err=True)

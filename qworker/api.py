@@ -1,0 +1,281 @@
+"""The HTTP API and dashboard that ``qworker-manager serve`` offers operators.
+
+Every route is a thin layer over ``qworker.Client`` (and ``stats`` for the
+figures): no job logic lives here. JSON in and out, an OpenAPI description
+at ``/api/openapi.json``, server-sent events at ``/api/events``, Prometheus
+metrics at ``/metrics`` and the dashboard at ``/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import unquote
+
+from bson import ObjectId
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
+
+from qworker import stats
+from qworker.client import Client
+from qworker.errors import (
+    ConfigError,
+    InvalidJobError,
+    InvalidScheduleError,
+    JobNotFound,
+    JobStateError,
+    QworkerError,
+    ScheduleExists,
+    ScheduleNotFound,
+)
+from qworker.events import CLOSED, EventHub
+from qworker.metrics import Metrics
+from qworker.model import JobState
+from qworker.schedules import make_schedule
+
+Doc = dict[str, Any]
+WEB = Path(__file__).parent / "web"
+TOKEN_COOKIE = "qworker_token"
+# A comment line this often keeps proxies from closing an idle event stream.
+KEEPALIVE_SECONDS = 15.0
+
+_STATUS: list[tuple[type[QworkerError], int]] = [
+    (JobNotFound, 404), (ScheduleNotFound, 404), (JobStateError, 409), (ScheduleExists, 409),
+    (InvalidJobError, 422), (InvalidScheduleError, 422), (ConfigError, 422),
+]  # fmt: skip
+
+
+def plain(value: Any) -> Any:
+    """Documents as JSON: ids as strings, times as ISO 8601."""
+    return jsonable_encoder(value, custom_encoder={ObjectId: str, datetime: _iso})
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat()
+
+
+class Enqueue(BaseModel):
+    """A job to queue, as ``Client.schedule`` takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    task: str = Field(description="Task id.")
+    data: Any = Field(None, description="JSON data for the handler.")
+    when: str | None = Field(None, description="'now', 'in 20 minutes', an ISO time, a phrase.")
+    priority: int | str | None = Field(None, description="A number or lowest…highest.")
+    max_attempts: int | None = Field(None, ge=1)
+    timeout: float | None = Field(None, gt=0, description="Seconds.")
+    description: str | None = None
+    unique: str | None = Field(None, description="At most one active job of the task per key.")
+
+
+class ScheduleIn(BaseModel):
+    """A recurring schedule, as ``make_schedule`` takes it."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    task: str
+    data: Any = None
+    every: str | float | None = Field(None, description="'30 minutes', '1h', or seconds.")
+    cron: str | None = Field(None, description="5 fields, 6 with seconds first, or @daily.")
+    timezone: str | None = Field(None, description="IANA zone of the cron fields; UTC.")
+    start_at: str | None = None
+    misfire: Literal["coalesce", "skip"] = "coalesce"
+    grace: str | float = 60.0
+    unique: bool = False
+    priority: int | str | None = None
+    max_attempts: int | None = Field(None, ge=1)
+    timeout: float | None = Field(None, gt=0)
+    description: str | None = None
+    replace: bool = Field(True, description="Replace a schedule of the same name, or 409.")
+
+
+def create_app(
+    client: Client, hub: EventHub | None = None, token: str | None = None,
+    metrics: Metrics | None = None,
+) -> FastAPI:  # fmt: skip
+    """The ASGI app; ``token``, when given, is required on every API request."""
+    hub = hub or EventHub()
+    metrics = metrics or Metrics(client)
+    app = FastAPI(
+        title="qworker", version="1", docs_url="/api/docs", redoc_url=None,
+        openapi_url="/api/openapi.json",
+        description="Jobs, workers, tasks and schedules of a qworker fleet.",
+    )  # fmt: skip
+    app.add_exception_handler(QworkerError, _qworker_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    auth = [Depends(_token_check(token))]
+    run = _runner()
+
+    @app.get("/api/health", tags=["fleet"])
+    async def health() -> Any:
+        return {"ok": True}
+
+    @app.get("/api/overview", tags=["fleet"], dependencies=auth)
+    async def overview(window: Annotated[float, Query(gt=0, le=86_400)] = 60.0) -> Any:
+        """Queue depth by task and state, recent throughput and failures, live workers."""
+        workers = await run(client.workers)
+        return plain(await run(stats.overview, client.store.jobs, workers, window))
+
+    @app.get("/api/workers", tags=["fleet"], dependencies=auth)
+    async def workers() -> Any:
+        return plain(await run(client.workers))
+
+    @app.get("/api/tasks", tags=["fleet"], dependencies=auth)
+    async def tasks() -> Any:
+        return plain(await run(client.tasks))
+
+    @app.get("/api/jobs", tags=["jobs"], dependencies=auth)
+    async def jobs(
+        state: JobState | None = None,
+        task: str | None = None,
+        worker: str | None = None,
+        text: Annotated[str | None, Query(description="Text in the description.")] = None,
+        since: Annotated[str | None, Query(description="Created after: ISO, '1 hour'.")] = None,
+        until: Annotated[str | None, Query(description="Created before: ISO time.")] = None,
+        limit: Annotated[int, Query(ge=1, le=1_000)] = 50,
+        skip: Annotated[int, Query(ge=0)] = 0,
+    ) -> Any:  # fmt: skip
+        """Jobs, newest first, with the total that match (for paging)."""
+        filters = {"state": state.value if state else None, "task": task, "worker": worker,
+                   "text": text, "since": since, "until": until}  # fmt: skip
+        found = await run(lambda: client.jobs(**filters, limit=limit, skip=skip))
+        total = await run(lambda: client.count_jobs(**filters))
+        return {"jobs": plain(found), "total": total, "limit": limit, "skip": skip}
+
+    @app.post("/api/jobs", tags=["jobs"], dependencies=auth, status_code=201)
+    async def enqueue(job: Enqueue) -> Any:
+        fields = job.model_dump(exclude_none=True)
+        task, when = fields.pop("task"), fields.pop("when", None)
+        data = fields.pop("data", None)
+        job_id = await run(lambda: client.schedule(when, task, data, **fields))
+        return {"id": job_id}
+
+    @app.get("/api/jobs/{job_id}", tags=["jobs"], dependencies=auth)
+    async def job(job_id: str) -> Any:
+        """One job, with its progress and log lines."""
+        return plain(await run(client.get, job_id))
+
+    @app.post("/api/jobs/{job_id}/retry", tags=["jobs"], dependencies=auth)
+    async def retry(job_id: str) -> Any:
+        return plain(await run(client.retry, job_id))
+
+    @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"], dependencies=auth)
+    async def cancel(job_id: str) -> Any:
+        return plain(await run(client.cancel, job_id))
+
+    @app.delete("/api/jobs/{job_id}", tags=["jobs"], dependencies=auth, status_code=204)
+    async def delete(job_id: str) -> Response:
+        await run(client.delete, job_id)
+        return Response(status_code=204)
+
+    @app.get("/api/schedules", tags=["schedules"], dependencies=auth)
+    async def schedules() -> Any:
+        return plain(await run(client.schedule_list))
+
+    @app.post("/api/schedules", tags=["schedules"], dependencies=auth, status_code=201)
+    async def add_schedule(body: ScheduleIn) -> Any:
+        fields = body.model_dump(exclude_none=True)
+        replace = fields.pop("replace")
+        name, task, data = fields.pop("name"), fields.pop("task"), fields.pop("data", None)
+        schedule = make_schedule(name, task, data, **fields)
+        return plain(await run(client.add_schedule, schedule, replace))
+
+    @app.get("/api/schedules/{name}", tags=["schedules"], dependencies=auth)
+    async def schedule(name: str) -> Any:
+        return plain(await run(client.schedule_info, name))
+
+    @app.post("/api/schedules/{name}/pause", tags=["schedules"], dependencies=auth)
+    async def pause(name: str) -> Any:
+        return plain(await run(client.pause_schedule, name))
+
+    @app.post("/api/schedules/{name}/resume", tags=["schedules"], dependencies=auth)
+    async def resume(name: str) -> Any:
+        return plain(await run(client.resume_schedule, name))
+
+    @app.delete("/api/schedules/{name}", tags=["schedules"], dependencies=auth, status_code=204)
+    async def remove(name: str) -> Response:
+        await run(client.remove_schedule, name)
+        return Response(status_code=204)
+
+    @app.get("/api/events", tags=["fleet"], dependencies=auth)
+    async def events(request: Request) -> StreamingResponse:
+        """Server-sent events: job notifications, workers joining and leaving."""
+        return StreamingResponse(_stream(hub, request), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store"})  # fmt: skip
+
+    @app.get("/metrics", tags=["fleet"], dependencies=auth)
+    async def prometheus() -> Response:
+        body, content_type = await run(metrics.render)
+        return Response(body, media_type=content_type)
+
+    app.mount("/", StaticFiles(directory=WEB, html=True), name="dashboard")
+    return app
+
+
+def _runner() -> Callable[..., Any]:
+    """Runs the client's blocking calls off the event loop."""
+
+    async def run(fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.to_thread(fn, *args)
+
+    return run
+
+
+def _token_check(token: str | None) -> Callable[[Request], None]:
+    def check(request: Request) -> None:
+        if token is None:
+            return
+        given = unquote(request.cookies.get(TOKEN_COOKIE, ""))
+        header = request.headers.get("authorization", "")
+        if header.lower().startswith("bearer "):
+            given = header[7:].strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise HTTPException(401, "a valid API token is required (Authorization: Bearer …)")
+
+    return check
+
+
+async def _stream(hub: EventHub, request: Request) -> AsyncIterator[str]:
+    async with hub.listen() as queue:
+        yield ": connected\n\n"
+        while not await request.is_disconnected():
+            try:
+                event, body = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if (event, body) == CLOSED:
+                return
+            yield f"event: {event}\ndata: {json.dumps(plain(body))}\n\n"
+
+
+async def _qworker_error(request: Request, exc: Exception) -> JSONResponse:
+    status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
+    body = {"error": str(exc)}
+    if isinstance(exc, InvalidJobError) and exc.field:
+        body["field"] = f"body.{exc.field}"
+    return JSONResponse(body, status_code=status)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    """422 with one message per bad field, named by where it is (``body.priority``)."""
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"field": ".".join(str(part) for part in error["loc"]), "error": error["msg"]}
+        for error in exc.errors()
+    ]
+    first = problems[0] if problems else {"field": "", "error": "invalid request"}
+    return JSONResponse(
+        {"error": f"{first['field']}: {first['error']}", "field": first["field"],
+         "problems": problems},
+        status_code=422,
+    )  # fmt: skip

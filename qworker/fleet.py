@@ -1,0 +1,190 @@
+"""The fleet as an operator sees it: workers, tasks, and the filters of job listings.
+
+``workers`` holds one document per worker id: the manager writes those of
+managed workers, and a standalone worker writes its own (``Listing``). A
+worker that stopped pinging is shown ``lost``: a standalone one has no
+manager to mark it dead, and a managed one none while no manager leads.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.collection import Collection
+from pymongo.errors import DuplicateKeyError
+
+from qworker.errors import InvalidJobError
+from qworker.membership import DEFAULT_PING_SECONDS
+from qworker.model import JobState
+from qworker.stats import job_counts
+from qworker.when import parse_duration, parse_when, utcnow
+
+log = structlog.get_logger("qworker.fleet")
+
+Doc = dict[str, Any]
+
+# A worker silent for this many of its ping intervals is shown as lost.
+LOST_AFTER_PINGS = 3
+WORKER_STATES = ("running", "lost", "stopped", "dead")
+
+
+def status(worker: Doc, now: datetime) -> str:
+    """The stored state, or ``lost`` for a running worker whose pings stopped."""
+    state = str(worker.get("state", ""))
+    interval = worker.get("pingInterval") or DEFAULT_PING_SECONDS
+    pinged = worker.get("pingedAt")
+    silent = pinged is None or pinged < now - timedelta(seconds=LOST_AFTER_PINGS * interval)
+    return "lost" if state == "running" and silent else state
+
+
+def workers(
+    registry: Collection[Doc], jobs: Collection[Doc], state: str | None = None
+) -> list[Doc]:
+    """Every listed worker, live ones first, with ``status``, ``live`` and ``runningJobs``.
+
+    ``running`` is what the worker said at its last ping; ``runningJobs``
+    counts the jobs it holds now, from one query grouped over running jobs.
+    """
+    if state is not None and state not in WORKER_STATES:
+        raise InvalidJobError(
+            f"worker state must be one of {', '.join(WORKER_STATES)}, not {state!r}", "state"
+        )
+    query: Doc = {}
+    if state is not None:
+        query["state"] = "running" if state == "lost" else state
+    docs = list(registry.find(query))
+    held = running_jobs(jobs)
+    now = utcnow()
+    for doc in docs:
+        doc["status"] = status(doc, now)
+        doc["live"] = doc["status"] == "running"
+        doc["standalone"] = bool(doc.get("standalone"))
+        doc["runningJobs"] = held.get(doc["_id"], 0)
+    docs = [d for d in docs if state is None or d["status"] == state]
+    order = {name: n for n, name in enumerate(WORKER_STATES)}
+    return sorted(docs, key=lambda d: (order.get(d["status"], len(order)), str(d["_id"])))
+
+
+def running_jobs(jobs: Collection[Doc]) -> dict[str, int]:
+    """Running jobs per worker id: one aggregation, whose cost is that of the running jobs."""
+    pipeline: list[Doc] = [
+        {"$match": {"state": JobState.RUNNING.value}},
+        {"$group": {"_id": "$lockedBy", "n": {"$sum": 1}}},
+    ]
+    return {str(row["_id"]): int(row["n"]) for row in jobs.aggregate(pipeline)}
+
+
+def tasks(
+    announced: Collection[Doc], registry: Collection[Doc], jobs: Collection[Doc]
+) -> list[Doc]:
+    """Every task announced by a worker or named by a job, with its jobs counted by state.
+
+    Tasks that only standalone workers run are never announced, so a task
+    that has jobs but no announcement is listed too, with ``valid`` None.
+    ``liveWorkers`` are the running workers (managed or standalone) that
+    serve it now; ``workers`` are those that ever announced it.
+    """
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: {s.value: 0 for s in JobState})
+    for name, by_state in job_counts(jobs).items():
+        counts[name].update(by_state)
+    now = utcnow()
+    live: dict[str, list[str]] = defaultdict(list)
+    for worker in registry.find({"state": "running"}, {"tasks": 1, "state": 1, "pingedAt": 1,
+                                                       "pingInterval": 1}):  # fmt: skip
+        if status(worker, now) == "running":
+            for task_id in worker.get("tasks") or []:
+                live[task_id].append(str(worker["_id"]))
+    found = {str(doc["_id"]): doc for doc in announced.find()}
+    for name in counts.keys() - found.keys():
+        found[name] = {"_id": name, "name": name, "description": "", "metadata": None,
+                       "valid": None, "problems": [], "workers": [], "definedAt": None}  # fmt: skip
+    for task_id, doc in found.items():
+        doc["jobs"] = counts[task_id]
+        doc["liveWorkers"] = sorted(live.get(task_id, []))
+    return [found[task_id] for task_id in sorted(found)]
+
+
+def moment(value: str | datetime | None, what: str, now: datetime | None = None) -> datetime | None:
+    """A bound of a job listing: a datetime, an ISO time, or a duration meaning that long ago."""
+    if value is None or isinstance(value, datetime):
+        return None if value is None else parse_when(value)
+    now = now or utcnow()
+    text = value.strip().lower().removesuffix("ago").strip()
+    try:
+        return now - timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        parsed = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise InvalidJobError(
+            f"{what}={value!r} is not a time: use an ISO 8601 time such as 2030-01-31T09:00:00Z "
+            "or a duration meaning that long ago, such as '2 hours' or '7d'",
+            what,
+        ) from None
+    return parse_when(parsed)
+
+
+def age(value: str | float | timedelta, what: str = "older_than") -> timedelta:
+    """A duration given as ``'7 days'``, seconds, or a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    try:
+        return timedelta(seconds=parse_duration(value))
+    except (ValueError, OverflowError) as exc:
+        raise InvalidJobError(f"{what}: {exc}", what) from None
+
+
+class Listing:
+    """A standalone worker's own entry in ``workers``, kept as the manager keeps the others'.
+
+    It is refreshed with the worker's lease upkeep (every ``interval``). It
+    takes over the id's entry only from a worker that stopped, died or went
+    silent: two live workers with one id (default ids are ``worker-<pid>``,
+    and pids repeat across hosts and containers) must not hide each other.
+    """
+
+    def __init__(self, worker_id: str, nonce: str, host: str, pid: int, tasks: list[str],
+                 interval: float) -> None:  # fmt: skip
+        self.id, self.nonce, self.interval = worker_id, nonce, interval
+        self.fields: Doc = {"host": host, "pid": pid, "nonce": nonce, "tasks": tasks,
+                            "standalone": True, "pingInterval": interval,
+                            "startedAt": utcnow()}  # fmt: skip
+        self.stopped = self.refused = False
+
+    async def refresh(self, registry: AsyncCollection[Doc], running: int) -> None:
+        """List this worker as running now (taking the entry over if it is free)."""
+        if self.stopped:
+            return
+        now = utcnow()
+        silent = now - timedelta(seconds=LOST_AFTER_PINGS * self.interval)
+        others = {"$ne": self.nonce}
+        query = {"_id": self.id, "$or": [
+            {"nonce": self.nonce, "state": {"$ne": "stopped"}},
+            {"nonce": others, "state": {"$ne": "running"}},
+            {"nonce": others, "pingedAt": {"$lt": silent}},
+        ]}  # fmt: skip
+        update = {"$set": {**self.fields, "state": "running", "pingedAt": now, "running": running},
+                  "$unset": {"stoppedAt": "", "diedAt": ""}}  # fmt: skip
+        try:
+            await registry.update_one(query, update, upsert=True)
+        except DuplicateKeyError:
+            if not self.refused and not self.stopped:
+                log.warning("another live worker is listed under this worker's id; this one is "
+                            "not listed until that one stops (give each worker its own --id)",
+                            worker_id=self.id)  # fmt: skip
+            self.refused = True
+            return
+        self.refused = False
+
+    async def stop(self, registry: AsyncCollection[Doc]) -> None:
+        """Mark the entry stopped, if it is still this instance's."""
+        self.stopped = True
+        await registry.update_one(
+            {"_id": self.id, "nonce": self.nonce},
+            {"$set": {"state": "stopped", "stoppedAt": utcnow(), "running": 0}},
+        )

@@ -1,0 +1,135 @@
+"""Prometheus metrics of the fleet, read from the store when scraped.
+
+Gauges (jobs by task and state, live workers) are counted at each scrape.
+Counters and histograms are fed by the jobs that finished since the last
+scrape, so they cover standalone workers too, which tell no one but MongoDB.
+A job is observed a few seconds after it finished, once its worker's batched
+write has surely landed, and only once.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from qworker import stats
+from qworker.config import parse_bind
+from qworker.errors import ConfigError
+from qworker.model import JobState
+from qworker.when import utcnow
+
+if TYPE_CHECKING:
+    from qworker.client import Client
+    from qworker.worker import Worker
+
+# How long after a job's finish its outcome is surely written (outboxes flush in ms).
+SETTLE = timedelta(seconds=5)
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+
+
+class _Store(Collector):
+    """Gauges counted in the store at scrape time."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        jobs = GaugeMetricFamily("qworker_jobs", "Jobs in the store.", labels=["task", "state"])
+        for task, by_state in sorted(stats.job_counts(self._client.store.jobs).items()):
+            for state in JobState:
+                jobs.add_metric([task, state.value], by_state.get(state.value, 0))
+        yield jobs
+        live = sum(1 for worker in self._client.workers() if worker.get("live"))
+        yield GaugeMetricFamily("qworker_workers_live", "Workers alive now.", value=live)
+
+
+class Metrics:
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._seen_until = utcnow() - SETTLE
+        self.registry = CollectorRegistry()
+        self.succeeded = Counter(
+            "qworker_jobs_succeeded", "Jobs that succeeded.", ["task"], registry=self.registry
+        )
+        self.failed = Counter(
+            "qworker_jobs_failed", "Jobs that failed for good.", ["task"], registry=self.registry
+        )
+        self.duration = Histogram(
+            "qworker_job_duration_seconds", "Run time of finished jobs' last run.", ["task"],
+            buckets=BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.wait = Histogram(
+            "qworker_job_wait_seconds", "Enqueue (or due time) to start of finished jobs.",
+            ["task"], buckets=BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self.registry.register(_Store(client))
+
+    def observe(self) -> None:
+        """Count the jobs that finished since the last call."""
+        with self._lock:
+            until = utcnow() - SETTLE
+            for doc in stats.finished_between(self._client.store.jobs, self._seen_until, until):
+                task = str(doc["name"])
+                if doc["state"] == JobState.SUCCEEDED.value:
+                    self.succeeded.labels(task).inc()
+                elif doc["state"] == JobState.FAILED.value:
+                    self.failed.labels(task).inc()
+                else:
+                    continue  # a failed attempt that will be retried, or a cancel
+                for histogram, seconds in ((self.duration, stats.run_seconds(doc)),
+                                           (self.wait, stats.wait_seconds(doc))):  # fmt: skip
+                    if seconds is not None:
+                        histogram.labels(task).observe(seconds)
+            self._seen_until = until
+
+    def render(self) -> tuple[bytes, str]:
+        self.observe()
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class _WorkerFigures(Collector):
+    """One worker's own counts, read from it at scrape time (nothing in its hot path)."""
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
+        worker = self._worker
+        yield InfoMetricFamily(
+            "qworker_worker", "This worker.",
+            value={"worker_id": worker.id, "tasks": ",".join(sorted(worker.metas))},
+        )  # fmt: skip
+        runs = CounterMetricFamily(
+            "qworker_worker_jobs", "Runs this worker finished, by outcome.", labels=["outcome"]
+        )
+        for outcome, count in vars(worker.counters).items():
+            runs.add_metric([outcome], count)
+        yield runs
+        yield GaugeMetricFamily(
+            "qworker_worker_running", "Jobs running now.", value=worker.running_count
+        )
+
+
+def serve_worker_metrics(worker: Worker, bind: str) -> None:
+    """``/metrics`` of one worker on ``HOST:PORT``, from a background thread."""
+    host, port = parse_bind(bind, "--metrics")
+    registry = CollectorRegistry()
+    registry.register(_WorkerFigures(worker))
+    try:
+        start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise ConfigError(f"--metrics {bind}: cannot listen there: {exc.strerror}") from None

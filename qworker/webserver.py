@@ -1,0 +1,78 @@
+"""Serving the API and dashboard from inside the manager's event loop (uvicorn).
+
+The listening socket is bound before anything else starts, so a port in use
+or an address that needs a token is a clear error at start, not a log line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+from collections.abc import Iterator
+
+import structlog
+import uvicorn
+from fastapi import FastAPI
+
+from qworker.config import parse_bind
+from qworker.errors import ConfigError
+
+log = structlog.get_logger("qworker.web")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def listen(bind: str, token: str | None) -> socket.socket:
+    """The bound socket for ``bind``; refuses a non-loopback address without a token."""
+    host, port = parse_bind(bind)
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"--http {bind}: serving beyond this machine needs an API token "
+            "(--api-token or QWORKER_API_TOKEN)"
+        )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"--http {bind}: cannot listen there: {exc.strerror}") from None
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """The manager handles SIGTERM/SIGINT and stops us itself."""
+        yield
+
+
+class WebServer:
+    def __init__(self, app: FastAPI, sock: socket.socket) -> None:
+        self._sock = sock
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=5)  # fmt: skip
+        self._server = _Server(config)
+
+    @property
+    def url(self) -> str:
+        host, port = self._sock.getsockname()[:2]
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def serve(self) -> None:
+        log.info("serving the API and dashboard", url=self.url)
+        await self._server.serve(sockets=[self._sock])
+
+    def stop(self) -> None:
+        self._server.should_exit = True

@@ -1,0 +1,5 @@
+def setup(worker, task):
+    @worker.task(task.id)
+    def run(job):
+        job.warn("about to fail on purpose")
+        raise ValueError(f"dash failure: {job.data.get('why', 'asked to')}")

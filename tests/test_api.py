@@ -1,0 +1,295 @@
+"""The HTTP API: every route, auth and bad input, in process against the real server.
+
+The event stream and the ``--http`` options are checked against a real
+``qworker-manager serve`` process.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from conftest import wait_for
+from fastapi.testclient import TestClient
+from helpers import managed, wait_accepted, wait_finished, wait_leading
+
+from qworker import Client
+from qworker.api import create_app
+from qworker.events import EventHub
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture
+def api(client: Client) -> Iterator[TestClient]:
+    with TestClient(create_app(client)) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def guarded(client: Client) -> Iterator[TestClient]:
+    with TestClient(create_app(client, token=TOKEN)) as test_client:
+        yield test_client
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, response.text
+    return response.json() if response.content else None
+
+
+# -- jobs --------------------------------------------------------------------
+
+
+def test_enqueue_show_cancel_retry_delete(api: TestClient, db: Any) -> None:
+    created = ok(api.post("/api/jobs", json={
+        "task": "noop", "data": {"n": 1}, "priority": "high", "when": "in 1 hour",
+        "description": "from the API", "max_attempts": 2,
+    }), 201)  # fmt: skip
+    job_id = created["id"]
+    job = ok(api.get(f"/api/jobs/{job_id}"))
+    assert job["_id"] == job_id and job["state"] == "queued" and job["priority"] == 10
+    assert job["data"] == {"n": 1} and job["maxAttempts"] == 2
+    assert job["nextRunAt"].endswith("+00:00")
+
+    assert ok(api.post(f"/api/jobs/{job_id}/cancel"))["state"] == "cancelled"
+    assert ok(api.post(f"/api/jobs/{job_id}/retry"))["state"] == "queued"
+    ok(api.delete(f"/api/jobs/{job_id}"), 204)
+    assert db.jobs.count_documents({}) == 0
+    assert api.get(f"/api/jobs/{job_id}").status_code == 404
+
+
+def test_unique_enqueue_returns_the_holder(api: TestClient) -> None:
+    first = ok(api.post("/api/jobs", json={"task": "noop", "unique": "k"}), 201)
+    again = ok(api.post("/api/jobs", json={"task": "noop", "unique": "k"}), 201)
+    assert first == again
+
+
+def test_jobs_list_filters_and_pages(api: TestClient, client: Client) -> None:
+    ids = client.enqueue_many("noop", [{"n": n} for n in range(5)], description="batch one")
+    client.now("record", description="other")
+    page = ok(api.get("/api/jobs", params={"task": "noop", "limit": 2, "skip": 1}))
+    assert page["total"] == 5 and page["limit"] == 2 and page["skip"] == 1
+    assert len(page["jobs"]) == 2
+    assert {job["_id"] for job in page["jobs"]} <= set(ids)
+    assert ok(api.get("/api/jobs", params={"text": "batch"}))["total"] == 5
+    assert ok(api.get("/api/jobs", params={"state": "failed"}))["total"] == 0
+    listed = ok(api.get("/api/jobs"))["jobs"]
+    assert "logs" not in listed[0]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"data": 1}, 422, "body.task"),
+        ({"task": "noop", "max_attempts": 0}, 422, "body.max_attempts"),
+        ({"task": "noop", "timeout": -1}, 422, "body.timeout"),
+        ({"task": "noop", "colour": "red"}, 422, "body.colour"),
+        ({"task": "Not A Task"}, 422, "body.task"),
+        ({"task": "noop", "priority": "urgent"}, 422, "body.priority"),
+        ({"task": "noop", "when": "next blursday"}, 422, "body.when"),
+        ({"task": "noop", "unique": ""}, 422, "body.unique"),
+    ],
+)
+def test_bad_jobs_get_a_4xx_naming_the_problem(
+    api: TestClient, db: Any, body: dict[str, Any], status: int, field: str
+) -> None:
+    response = api.post("/api/jobs", json=body)
+    assert response.status_code == status, response.text
+    error = response.json()
+    assert isinstance(error["error"], str) and error["error"]
+    assert error["field"] == field
+    assert db.jobs.count_documents({}) == 0
+
+
+def test_unknown_jobs_and_wrong_states(api: TestClient, client: Client) -> None:
+    assert api.get("/api/jobs/0123456789abcdef01234567").status_code == 404
+    assert api.get("/api/jobs/not-an-id").status_code == 404
+    job_id = client.now("noop")
+    response = api.post(f"/api/jobs/{job_id}/retry")
+    assert response.status_code == 409 and "only finished jobs" in response.json()["error"]
+    assert api.get("/api/jobs", params={"limit": 0}).status_code == 422
+    assert api.get("/api/jobs", params={"state": "sleeping"}).status_code == 422
+
+
+# -- schedules ----------------------------------------------------------------
+
+
+def test_schedules_add_list_pause_resume_remove(api: TestClient) -> None:
+    added = ok(api.post("/api/schedules", json={
+        "name": "nightly", "task": "noop", "cron": "0 3 * * *", "timezone": "Europe/Paris",
+        "data": {"full": True},
+    }), 201)  # fmt: skip
+    assert added["trigger"] == "cron 0 3 * * * (Europe/Paris)" and added["paused"] is False
+    assert [s["name"] for s in ok(api.get("/api/schedules"))] == ["nightly"]
+    assert ok(api.post("/api/schedules/nightly/pause"))["paused"] is True
+    assert ok(api.post("/api/schedules/nightly/resume"))["nextRunAt"]
+    assert ok(api.get("/api/schedules/nightly"))["data"] == {"full": True}
+    conflict = api.post(
+        "/api/schedules", json={"name": "nightly", "task": "noop", "every": 60, "replace": False}
+    )
+    assert conflict.status_code == 409
+    ok(api.delete("/api/schedules/nightly"), 204)
+    assert api.get("/api/schedules/nightly").status_code == 404
+    bad = api.post("/api/schedules", json={"name": "x", "task": "noop", "cron": "* * *"})
+    assert bad.status_code == 422 and "5 fields" in bad.json()["error"]
+
+
+# -- fleet views --------------------------------------------------------------
+
+
+def test_workers_tasks_and_overview(
+    api: TestClient, client: Client, db: Any, spawn_worker: Any
+) -> None:
+    worker = spawn_worker("noop", worker_id="solo")
+    done = wait_finished(db, client.now("noop"))
+    assert done["state"] == "succeeded"
+    client.enqueue_many("record", [None] * 3)
+    wait_for(lambda: any(w["_id"] == "solo" for w in ok(api.get("/api/workers"))), 20, "solo")
+    overview = ok(api.get("/api/overview"))
+    assert overview["tasks"]["record"] == {"queued": 3}
+    assert overview["jobs"]["succeeded"] >= 1
+    assert overview["workers"]["live"] >= 1
+    assert isinstance(ok(api.get("/api/tasks")), list)
+    worker.stop()
+
+
+def test_metrics_match_the_store(api: TestClient, client: Client, db: Any) -> None:
+    client.enqueue_many("noop", [None] * 4)
+    client.cancel(client.now("record"))
+    text = api.get("/metrics").text
+    assert 'qworker_jobs{state="queued",task="noop"} 4.0' in text
+    assert 'qworker_jobs{state="cancelled",task="record"} 1.0' in text
+    assert 'qworker_jobs{state="running",task="noop"} 0.0' in text
+    assert "qworker_workers_live" in text
+    assert "# TYPE qworker_job_duration_seconds histogram" in text
+
+
+# -- auth ---------------------------------------------------------------------
+
+
+def test_with_a_token_every_api_request_needs_it(guarded: TestClient, client: Client) -> None:
+    job_id = client.now("noop")
+    for method, path in [("get", "/api/jobs"), ("get", f"/api/jobs/{job_id}"),
+                         ("post", "/api/jobs"), ("get", "/api/schedules"), ("get", "/metrics"),
+                         ("get", "/api/events"), ("delete", f"/api/jobs/{job_id}")]:  # fmt: skip
+        response = getattr(guarded, method)(path)
+        assert response.status_code == 401, (path, response.text)
+        assert "API token" in response.json()["detail"]
+    wrong = guarded.get("/api/jobs", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    bearer = guarded.get("/api/jobs", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok(bearer)["total"] == 1
+    guarded.cookies.set("qworker_token", TOKEN)
+    assert ok(guarded.get(f"/api/jobs/{job_id}"))["_id"] == job_id
+    # The dashboard's files are public (they hold no data) and the health check too.
+    assert guarded.get("/api/health").status_code == 200
+    assert guarded.get("/").status_code == 200
+
+
+def test_openapi_describes_every_route(api: TestClient) -> None:
+    spec = ok(api.get("/api/openapi.json"))
+    paths = set(spec["paths"])
+    assert {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/retry",
+            "/api/jobs/{job_id}/cancel", "/api/schedules", "/api/schedules/{name}",
+            "/api/schedules/{name}/pause", "/api/schedules/{name}/resume", "/api/workers",
+            "/api/tasks", "/api/overview", "/api/events", "/metrics"} <= paths  # fmt: skip
+    assert "delete" in spec["paths"]["/api/jobs/{job_id}"]
+
+
+# -- the real server ------------------------------------------------------------
+
+
+def test_the_managers_event_stream_carries_notifications(
+    client: Client, db: Any, spawn_manager: Any, spawn_worker: Any, mongo_url: str
+) -> None:
+    manager = spawn_manager("m1")
+    wait_leading(manager)
+    base = manager.api_url()
+    events: list[tuple[str, dict[str, Any]]] = []
+    connected = threading.Event()
+
+    def read() -> None:
+        with httpx.stream("GET", f"{base}/api/events", timeout=60) as stream:
+            event = ""
+            for line in stream.iter_lines():
+                if line.startswith(": connected"):
+                    connected.set()
+                elif line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    events.append((event, json.loads(line[6:])))
+                    if event == "worker:notification" and events[-1][1]["type"] == "success":
+                        return
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    assert connected.wait(30), manager.output()
+    worker = managed(spawn_worker, mongo_url, "noop", worker_id="w1")
+    wait_accepted(worker)
+    job_id = client.now("noop")
+    reader.join(60)
+    kinds = [(e, b.get("type")) for e, b in events]
+    assert ("worker:initialize", None) in kinds
+    assert ("worker:notification", "start") in kinds and ("worker:notification", "success") in kinds
+    success = next(b for e, b in events if b.get("type") == "success")
+    assert success["sourceId"] == job_id and success["workerId"] == "w1"
+
+
+def test_serve_refuses_a_public_address_without_a_token(mongo_url: str) -> None:
+    command = [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve",
+               "--http", "0.0.0.0:0"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "needs an API token" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_serve_reports_a_port_in_use(mongo_url: str, spawn_manager: Any) -> None:
+    first = spawn_manager("m1")
+    port = first.api_url().rsplit(":", 1)[1]
+    command = [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve",
+               "--http", f"127.0.0.1:{port}", "--id", "m2"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "cannot listen there" in result.stderr
+
+
+def test_hub_drops_the_oldest_events_of_a_slow_listener() -> None:
+    import asyncio
+
+    async def scenario() -> list[int]:
+        hub = EventHub()
+        async with hub.listen() as queue:
+            for n in range(1_500):
+                hub.publish("worker:notification", {"n": n})
+            hub.publish("job:queued", {"n": -1})  # not watched: never delivered
+            return [queue.get_nowait()[1]["n"] for _ in range(queue.qsize())]
+
+    got = asyncio.run(scenario())
+    assert got == list(range(500, 1_500))
+
+
+def test_an_open_event_stream_does_not_hold_a_stopping_manager(spawn_manager: Any) -> None:
+    manager = spawn_manager("m1")
+    wait_leading(manager)
+    connected, ended = threading.Event(), threading.Event()
+
+    def read() -> None:
+        with httpx.stream("GET", f"{manager.api_url()}/api/events", timeout=60) as stream:
+            for line in stream.iter_lines():
+                if line.startswith(": connected"):
+                    connected.set()
+        ended.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    assert connected.wait(30)
+    started = time.monotonic()
+    assert manager.stop(timeout=20) == 0
+    assert time.monotonic() - started < 10
+    assert ended.wait(10), "the stream was not closed"
