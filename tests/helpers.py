@@ -127,3 +127,14 @@ def managed(
         extra=["--lease", "2", "--grace", "5", *(extra or [])], paths=paths,
     )  # fmt: skip
     return worker
+
+
+def one_error_line(stderr: str, prefix: str, *fragments: str) -> str:
+    """The single line a CLI error prints: ``<prefix>: error: ...`` with ``fragments`` in it."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith(f"{prefix}: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -15,6 +15,7 @@ import pytest
 from bson import ObjectId
 from click.testing import CliRunner
 from conftest import console_command
+from helpers import one_error_line
 
 from qworker import Client
 from qworker.cli.manager import main as manager_main
@@ -46,13 +47,7 @@ def ok(done: subprocess.CompletedProcess[str]) -> str:
 
 def one_line_error(done: subprocess.CompletedProcess[str], command: str, *fragments: str) -> str:
     assert done.returncode != 0
-    assert "Traceback" not in done.stderr, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith(f"qworker-manager {command}: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+    return one_error_line(done.stderr, f"qworker-manager {command}", *fragments)
 
 
 def ids_in(text: str) -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from bson import ObjectId
 from click.testing import CliRunner, Result
-from helpers import wait_finished
+from helpers import one_error_line, wait_finished
 
 from qworker import Client
 from qworker.cli.manager import main
@@ -39,12 +39,7 @@ def ok(result: Result) -> str:
 
 def one_line_error(result: Result, command: str, *fragments: str, code: int = 1) -> str:
     assert result.exit_code == code, result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"main {command}: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+    return one_error_line(result.stderr, f"main {command}", *fragments)
 
 
 def rows(table: str) -> list[list[str]]:

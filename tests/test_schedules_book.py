@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from bson import ObjectId
 from click.testing import CliRunner, Result
+from helpers import one_error_line
 from pymongo import MongoClient
 
 from qworker import Client
@@ -559,12 +560,7 @@ def ok(result: Result) -> str:
 def one_line_error(result: Result, code: int, command: str, *fragments: str) -> str:
     assert result.exit_code == code, (result.exit_code, result.output, result.exception)
     assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(f"qworker-manager schedules {command}: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+    return one_error_line(result.stderr, f"qworker-manager schedules {command}", *fragments)
 
 
 def detail(text: str) -> dict[str, str]:
