@@ -41,6 +41,7 @@ from qworker.events import CLOSED, EventHub
 from qworker.metrics import Metrics
 from qworker.model import JobState
 from qworker.schedules import make_schedule
+from qworker.store import MAX_SKIP
 
 Doc = dict[str, Any]
 WEB = Path(__file__).parent / "web"
@@ -142,7 +143,7 @@ def create_app(
         since: Annotated[str | None, Query(description="Created after: ISO, '1 hour'.")] = None,
         until: Annotated[str | None, Query(description="Created before: ISO time.")] = None,
         limit: Annotated[int, Query(ge=1, le=1_000)] = 50,
-        skip: Annotated[int, Query(ge=0)] = 0,
+        skip: Annotated[int, Query(ge=0, le=MAX_SKIP)] = 0,
     ) -> Any:  # fmt: skip
         """Jobs, newest first, with the total that match (for paging)."""
         filters = {"state": state.value if state else None, "task": task, "worker": worker,

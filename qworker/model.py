@@ -7,7 +7,6 @@ Field names follow DESIGN.md so that task metadata such as
 from __future__ import annotations
 
 import json
-import math
 import random
 import re
 from dataclasses import dataclass
@@ -47,6 +46,8 @@ PRIORITY_NAMES: dict[str, int] = {
 TASK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 MAX_LOG_LINES = 200
+MAX_ATTEMPTS = 2**31 - 1
+MAX_TIMEOUT = 366 * 86400.0
 MAX_LOG_LINE_CHARS = 2_000
 # A job document must fit in MongoDB's 16 MiB; leave room for the job's own fields.
 MAX_VALUE_BYTES = 15 * 1024 * 1024
@@ -155,19 +156,22 @@ def new_job(
     """A validated job document ready to insert; raises ``InvalidJobError``."""
     check_task_id(task)
     if max_attempts is not None and (
-        isinstance(max_attempts, bool) or not isinstance(max_attempts, int) or max_attempts < 1
+        isinstance(max_attempts, bool)
+        or not isinstance(max_attempts, int)
+        or not 1 <= max_attempts <= MAX_ATTEMPTS
     ):
         raise InvalidJobError(
-            f"max_attempts must be a whole number >= 1, not {max_attempts!r}", "max_attempts"
+            f"max_attempts must be a whole number from 1 to {MAX_ATTEMPTS}, not {max_attempts!r}",
+            "max_attempts",
         )
     if timeout is not None and (
         isinstance(timeout, bool)
         or not isinstance(timeout, int | float)
-        or not math.isfinite(timeout)
-        or timeout <= 0
+        or not 0 < timeout <= MAX_TIMEOUT
     ):
         raise InvalidJobError(
-            f"timeout must be a number of seconds > 0, not {timeout!r}", "timeout"
+            f"timeout must be a number of seconds > 0 and at most a year, not {timeout!r}",
+            "timeout",
         )
     if description is not None and not isinstance(description, str):
         raise InvalidJobError("description must be a string", "description")

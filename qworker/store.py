@@ -31,6 +31,8 @@ CANDIDATE_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1}
 # A job lost this many times with its worker (crash, kill, lost lease) is
 # failed instead of re-queued, so a job that kills its worker cannot loop.
 MAX_LOST = 5
+# Paging stops here: MongoDB takes a 64-bit skip, and no one pages a billion jobs.
+MAX_SKIP = 1_000_000_000
 # For jobs finished where the task's metadata is not known (client cancel, lost jobs).
 KEEP = Retention()
 # A unique key held by a job that finishes meanwhile is retried this many times.

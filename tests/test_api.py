@@ -293,3 +293,9 @@ def test_an_open_event_stream_does_not_hold_a_stopping_manager(spawn_manager: An
     assert manager.stop(timeout=20) == 0
     assert time.monotonic() - started < 10
     assert ended.wait(10), "the stream was not closed"
+
+
+def test_paging_beyond_what_mongodb_takes_is_refused(api: TestClient) -> None:
+    """Found by the fuzzer: a skip beyond 64 bits was a 500."""
+    response = api.get("/api/jobs", params={"skip": 2**63})
+    assert response.status_code == 422 and response.json()["field"] == "query.skip"

@@ -35,6 +35,7 @@ from qworker.manager import DEFAULT_HTTP, Manager, ManagerSettings
 from qworker.model import FINISHED_STATES, JobState
 from qworker.mongo import CHANNEL_BYTES
 from qworker.sinks import read_sinks
+from qworker.store import MAX_SKIP
 from qworker.when import utcnow
 
 
@@ -117,7 +118,9 @@ def jobs_show(settings: Settings, job_id: str, as_json: bool) -> None:
 @click.option("--since", help="Created at or after: an ISO time, or a duration ago ('2 hours').")
 @click.option("--until", help="Created before: an ISO time, or a duration ago ('1d').")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
-@click.option("--skip", type=click.IntRange(min=0), default=0, help="Skip this many (paging).")
+@click.option(
+    "--skip", type=click.IntRange(0, MAX_SKIP), default=0, help="Skip this many (paging)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the list only).")
 @pass_settings
 @reports_errors
