@@ -198,8 +198,9 @@ class Manager:
         elif event == protocol.WORKER_INITIALIZE:
             await self._initialize(worker_id, nonce, body)
         elif event == protocol.WORKER_PING:
+            # A ping sent while the worker was saying goodbye must not revive it.
             await self.workers.update_one(
-                {"_id": worker_id, "nonce": nonce},
+                {"_id": worker_id, "nonce": nonce, "state": {"$ne": "stopped"}},
                 {"$set": {"pingedAt": utcnow(), "state": "running",
                           "running": body.get("running", 0)}},
             )  # fmt: skip

@@ -442,3 +442,19 @@ def test_a_cancel_reaches_the_managed_worker_running_the_job(
     assert len(cancels()) == 1 and cancels()[0]["workerId"] == "runner"
     alive(idle)
     alive(runner)
+
+
+def test_a_ping_sent_after_goodbye_does_not_revive_the_worker(
+    db: Any, spawn_manager: Any, spawn_worker: Any, mongo_url: str
+) -> None:
+    """Pings and the goodbye race at a worker's stop; its id must be free at once after."""
+    wait_leading(spawn_manager("m1"))
+    worker = managed(spawn_worker, mongo_url, "noop", worker_id="w1")
+    wait_accepted(worker)
+    nonce = nonce_of(db, worker, "w1")
+    worker.stop()
+    wait_for(lambda: db.workers.find_one({"_id": "w1"})["state"] == "stopped", 10, "stopped")
+    publish_sync(db.channel, "worker:ping", {"workerId": "w1", "nonce": nonce, "running": 0})
+    again = managed(spawn_worker, mongo_url, "noop", worker_id="w1")
+    wait_accepted(again)
+    assert db.workers.find_one({"_id": "w1"})["nonce"] != nonce
