@@ -13,137 +13,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from common import HERE, fresh, machine, percentile, qworker_fleet, server
 from pymongo import MongoClient
-from pymongo.errors import PyMongoError
 
 from qworker import Client
 from qworker.channel import Channel, publish_sync
 from qworker.model import new_job
 from qworker.mongo import Names, async_client
 from qworker.when import utcnow
-
-HERE = Path(__file__).parent
-TASKS = HERE / "tasks"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def server(url: str | None) -> Iterator[str]:
-    """The server to measure: the given URL, or a fresh SecantusDB."""
-    if url:
-        yield url
-        return
-    folder = Path(tempfile.mkdtemp(prefix="qworker-bench-"))
-    port = _free_port()
-    command = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
-    with open(folder / "server.log", "wb") as log:
-        process = subprocess.Popen(
-            [command, "--host", "127.0.0.1", "--port", str(port), "--storage-path",
-             str(folder / "data"), "--log-level", "WARNING"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=folder,
-        )  # fmt: skip
-    url = f"mongodb://127.0.0.1:{port}"
-    mongo: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=60_000)
-    try:
-        mongo.admin.command("ping")
-    except PyMongoError:
-        process.kill()
-        sys.exit(f"the server did not start:\n{(folder / 'server.log').read_text()}")
-    mongo.close()
-    try:
-        yield url
-    finally:
-        process.terminate()
-        process.wait(30)
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-class Fleet:
-    """K real ``qworker --standalone`` processes serving the no-op task."""
-
-    def __init__(self, url: str, count: int, concurrency: int) -> None:
-        self.processes = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "qworker.cli.worker",
-                    "--standalone",
-                    "--mongo",
-                    url,
-                    "--paths",
-                    str(TASKS),
-                    "--id",
-                    f"bench-{n}",
-                    "--concurrency",
-                    str(concurrency),
-                    "--log-format",
-                    "json",
-                    "noop",
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-            )
-            for n in range(count)
-        ]
-        for process in self.processes:
-            assert process.stderr is not None
-            for line in process.stderr:  # wait for "worker started"
-                if b"worker started" in line:
-                    break
-            else:
-                raise RuntimeError("a worker exited before starting")
-            _drain(process)
-
-    def rss_mb(self) -> list[float]:
-        return [_rss_mb(p.pid) for p in self.processes]
-
-    def stop(self) -> None:
-        for process in self.processes:
-            process.send_signal(signal.SIGTERM)
-        for process in self.processes:
-            process.wait(60)
-
-
-def _drain(process: subprocess.Popen[bytes]) -> None:
-    """Keep reading a worker's stderr in the background so it never blocks."""
-    assert process.stderr is not None
-    stream = process.stderr
-    threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _wait_done(db: Any, expected: int, timeout: float) -> None:
@@ -157,19 +41,11 @@ def _wait_done(db: Any, expected: int, timeout: float) -> None:
         raise RuntimeError(f"{done} of {expected} jobs succeeded")
 
 
-def _fresh(url: str, name: str) -> tuple[str, Any]:
-    db_url = f"{url.rstrip('/')}/{name}"
-    mongo: MongoClient[dict[str, Any]] = MongoClient(db_url, tz_aware=True)
-    db = mongo.get_default_database()
-    mongo.drop_database(db.name)
-    return db_url, db
-
-
 def throughput(url: str, jobs: int, workers: int, concurrency: int) -> dict[str, Any]:
     """N no-op jobs, enqueued in batches while K workers wait: end-to-end jobs/s."""
-    db_url, db = _fresh(url, f"bench_tp_{workers}")
+    db_url, db = fresh(url, f"bench_tp_{workers}")
     with Client(db_url) as client:
-        fleet = Fleet(db_url, workers, concurrency)
+        fleet = qworker_fleet(db_url, workers, concurrency)
         started = utcnow()
         for start in range(0, jobs, 500):
             client.enqueue_many("noop", [None] * min(500, jobs - start))
@@ -188,9 +64,9 @@ def throughput(url: str, jobs: int, workers: int, concurrency: int) -> dict[str,
 
 def latency(url: str, samples: int) -> dict[str, Any]:
     """One job at a time to an idle worker: enqueue (before insert) to start."""
-    db_url, _ = _fresh(url, "bench_latency")
+    db_url, _ = fresh(url, "bench_latency")
     with Client(db_url) as client:
-        fleet = Fleet(db_url, 1, 8)
+        fleet = qworker_fleet(db_url, 1, 8)
         time.sleep(1)
         ms = []
         for _ in range(samples):
@@ -201,14 +77,14 @@ def latency(url: str, samples: int) -> dict[str, Any]:
         fleet.stop()
     return {
         "samples": samples, "workers": 1, "queue_depth": 0,
-        "p50_ms": round(statistics.median(ms), 2), "p95_ms": round(_percentile(ms, 0.95), 2),
+        "p50_ms": round(statistics.median(ms), 2), "p95_ms": round(percentile(ms, 0.95), 2),
         "max_ms": round(max(ms), 2), "idle_worker_rss_mb": round(rss, 1),
     }  # fmt: skip
 
 
 def backend(url: str, count: int = 500) -> dict[str, Any]:
     """The server's own rate for one client: the ceiling every figure sits under."""
-    _, db = _fresh(url, "bench_backend")
+    _, db = fresh(url, "bench_backend")
     started = time.perf_counter()
     ids = [db.raw.insert_one({"n": n}).inserted_id for n in range(count)]
     inserted = time.perf_counter()
@@ -228,7 +104,7 @@ def channel_latency(url: str, samples: int, burst: int = 1000) -> dict[str, Any]
     Latency: one message every 50 ms. Rate: ``burst`` messages published back
     to back by one client, from the first publish to the last delivery.
     """
-    db_url, db = _fresh(url, "bench_channel")
+    db_url, db = fresh(url, "bench_channel")
     with Client(db_url):
         pass  # creates the channel
     received: list[float] = []
@@ -266,19 +142,19 @@ def channel_latency(url: str, samples: int, burst: int = 1000) -> dict[str, Any]
     thread.join(60)
     return {
         "samples": len(received), "p50_ms": round(statistics.median(received), 2),
-        "p95_ms": round(_percentile(received, 0.95), 2), "burst": burst,
+        "p95_ms": round(percentile(received, 0.95), 2), "burst": burst,
         "messages_per_second": round(len(burst_done) / (burst_done[-1] - started), 1),
     }  # fmt: skip
 
 
 def depth_cost(url: str, depth: int, measured: int) -> dict[str, Any]:
     """Per-job cost for the first ``measured`` jobs with ``depth`` jobs waiting."""
-    db_url, db = _fresh(url, f"bench_depth_{depth}")
+    db_url, db = fresh(url, f"bench_depth_{depth}")
     now = utcnow()
     db.jobs.insert_many([new_job("noop", None, now=now, run_at=now) for _ in range(depth)])
     with Client(db_url):
         pass  # creates the indexes
-    fleet = Fleet(db_url, 1, 8)
+    fleet = qworker_fleet(db_url, 1, 8)
     count = min(depth, measured)
     deadline = time.monotonic() + 600
     while db.jobs.count_documents({"state": "succeeded"}) < count:
@@ -301,13 +177,6 @@ def _median(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
     """The run with the median ``key``, with every run's value beside it."""
     ordered = sorted(runs, key=lambda run: float(run[key]))
     return {**ordered[len(ordered) // 2], f"{key}_runs": [run[key] for run in runs]}
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cores": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-    }  # fmt: skip
 
 
 def main() -> None:

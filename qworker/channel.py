@@ -15,6 +15,7 @@ from typing import Any
 
 import structlog
 from bson import ObjectId
+from bson.codec_options import DatetimeConversion
 from pymongo import CursorType
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection as SyncCollection
@@ -44,7 +45,13 @@ class Channel:
     """One process's view of the channel: publish, and tail for chosen events."""
 
     def __init__(self, collection: AsyncCollection[dict]) -> None:  # type: ignore[type-arg]
-        self.collection = collection
+        # Any process may write here: a date out of Python's range or invalid UTF-8
+        # in one message must not make the cursor fail for every subscriber.
+        options = collection.codec_options.with_options(
+            datetime_conversion=DatetimeConversion.DATETIME_AUTO,
+            unicode_decode_error_handler="replace",
+        )
+        self.collection = collection.with_options(codec_options=options)
 
     async def publish(self, event: str, body: dict[str, Any]) -> None:
         await self.collection.insert_one(message(event, body))
@@ -85,7 +92,7 @@ class Channel:
                         seen.add(doc["_id"])
                         if len(recent) > SEEN_IDS:
                             seen.discard(recent.popleft())
-                        since = max(since, doc["_id"].generation_time)
+                        since = max(since, self._stamp(doc))
                         await self._deliver(handler, doc)
                     # Caught up: everything older than this has been seen.
                     since = max(since, datetime.now(UTC) - CLOCK_SKEW)
@@ -108,6 +115,20 @@ class Channel:
             )  # fmt: skip
             return datetime.now(UTC)
         return since
+
+    @staticmethod
+    def _stamp(doc: dict[str, Any]) -> datetime:
+        """A message's time, as far as our position may move: never past our own clock.
+
+        An id stamped ahead (a clock far off, or a forged id) would otherwise put
+        the position there, and every message published until then would be skipped.
+        """
+        stamp: datetime = doc["_id"].generation_time
+        now = datetime.now(UTC)
+        if stamp > now + CLOCK_SKEW:
+            log.warning("a channel message is stamped ahead of this host's clock",
+                        id=str(doc["_id"]), ahead=round((stamp - now).total_seconds()))  # fmt: skip
+        return min(stamp, now)
 
     @staticmethod
     async def _deliver(handler: Handler, doc: dict[str, Any]) -> None:

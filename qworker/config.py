@@ -33,7 +33,7 @@ def read_config_file(path: Path, allowed: Iterable[str]) -> dict[str, Any]:
         name = str(key).replace("-", "_")
         if name not in allowed_names:
             raise ConfigError(
-                f"config file {path}: unknown setting '{key}' "
+                f"config file {path}: unknown setting {str(key)!r} "
                 f"(known: {', '.join(sorted(allowed_names))})"
             )
         settings[name] = value

@@ -31,8 +31,18 @@ def read_mapping(path: Path, prefix: str, what: str, error: type[QworkerError]) 
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())  # one line
         raise error(f"{prefix}: invalid YAML{where}: {problem}") from None
+    except (ValueError, LookupError, AttributeError, TypeError, RecursionError) as exc:
+        # What the parsers raise past their own errors: a number of over 4300
+        # digits, a YAML date that does not exist (2001-02-30), a bad tagged
+        # value (!!bool maybe, !!timestamp x), deep nesting.
+        kind = "JSON" if path.suffix == ".json" else "YAML"
+        if isinstance(exc, RecursionError):
+            reason = "nested too deeply"
+        else:
+            reason = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+        raise error(f"{prefix}: invalid {kind}: {' '.join(reason.split())}") from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):

@@ -15,13 +15,15 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
+from bson import ObjectId
+from bson.errors import InvalidDocument
 from pymongo import UpdateOne
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
 
 from qworker import protocol, systemd
 from qworker.channel import Channel
@@ -199,16 +201,25 @@ class Manager:
             await self._initialize(worker_id, nonce, body)
         elif event == protocol.WORKER_PING:
             # A ping sent while the worker was saying goodbye must not revive it.
-            await self.workers.update_one(
+            done = await self.workers.update_one(
                 {"_id": worker_id, "nonce": nonce, "state": {"$ne": "stopped"}},
                 {"$set": {"pingedAt": utcnow(), "state": "running",
                           "running": body.get("running", 0)}},
             )  # fmt: skip
+            self._known(done.matched_count, event, worker_id)
         elif event in (protocol.WORKER_STOP, protocol.WORKER_TERMINATE):
-            await self.workers.update_one(
+            done = await self.workers.update_one(
                 {"_id": worker_id, "nonce": nonce},
                 {"$set": {"state": "stopped", "stoppedAt": utcnow()}},
             )
+            self._known(done.matched_count, event, worker_id)
+
+    @staticmethod
+    def _known(matched: int, event: str, worker_id: str) -> None:
+        """Say so when a worker message names no instance we know (forged, stale, or late)."""
+        if not matched:
+            log.warning("ignoring a message from an unknown or stopped worker instance",
+                        event_name=event, worker_id=worker_id[:200])  # fmt: skip
 
     async def _define(self, worker_id: str, tasks: Any) -> None:
         """Record the tasks a worker announced, checked as the worker checked them."""
@@ -218,6 +229,8 @@ class Manager:
         ops, metas = [], []
         for raw in tasks:
             if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
+                log.warning("ignoring a task definition that is not a mapping with an id",
+                            worker_id=worker_id)  # fmt: skip
                 continue
             try:
                 meta = check_metadata(raw, _announced(worker_id, raw["id"]), code=False)
@@ -237,7 +250,11 @@ class Manager:
                 )
             )
         if ops:
-            await self.tasks.bulk_write(ops, ordered=False)
+            try:
+                await self.tasks.bulk_write(ops, ordered=False)
+            except (BulkWriteError, InvalidDocument) as exc:  # too large, or refused: those only
+                log.warning("some announced tasks could not be recorded", worker_id=worker_id,
+                            error=str(exc)[:500])  # fmt: skip
         await asyncio.to_thread(self.scheduler.install, metas)
 
     async def _schedule(self, worker_id: str, job: Any) -> None:
@@ -245,8 +262,13 @@ class Manager:
         try:
             if not isinstance(job, dict):
                 raise InvalidJobError("schedule:task carries no job")
+            if not isinstance(job.get("_id"), ObjectId):
+                raise InvalidJobError("schedule:task: the job's _id is not an ObjectId")
+            if not isinstance(job.get("nextRunAt"), datetime):
+                raise InvalidJobError("schedule:task: the job's nextRunAt is not a time")
+            task: Any = job.get("name")  # checked by new_job, whatever it is
             doc = new_job(
-                str(job.get("name")), job.get("data"), now=utcnow(), run_at=job["nextRunAt"],
+                task, job.get("data"), now=utcnow(), run_at=job["nextRunAt"],
                 priority=job.get("priority"), max_attempts=job.get("maxAttempts"),
                 timeout=job.get("timeout"), description=job.get("description"),
             )  # fmt: skip

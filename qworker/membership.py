@@ -55,7 +55,9 @@ class Membership:
                 self._answer.set()
             return
         if body.get("nonce") != w.nonce:
-            return  # addressed to another instance with the same id
+            # Addressed to another instance with the same id (a rejected duplicate), or forged.
+            log.info("ignoring a message for another instance of this worker id", event_name=event)
+            return
         if event == protocol.start(w.id):
             interval = body.get("pingInterval")
             if isinstance(interval, int | float) and interval > 0:

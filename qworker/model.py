@@ -51,6 +51,8 @@ MAX_TIMEOUT = 366 * 86400.0
 MAX_LOG_LINE_CHARS = 2_000
 # A job document must fit in MongoDB's 16 MiB; leave room for the job's own fields.
 MAX_VALUE_BYTES = 15 * 1024 * 1024
+# MongoDB stores documents nested at most 100 levels deep; a job keeps a few for itself.
+MAX_DEPTH = 90
 
 
 def parse_priority(value: int | str | None) -> int:
@@ -78,7 +80,7 @@ def parse_priority(value: int | str | None) -> int:
 
 
 def check_task_id(task: str) -> str:
-    if not isinstance(task, str) or not TASK_ID_RE.match(task):
+    if not isinstance(task, str) or not TASK_ID_RE.fullmatch(task):
         raise InvalidJobError(
             f"task {task!r} is not a valid task id (lower-case letters, digits, '-' and '_')",
             "task",
@@ -91,15 +93,35 @@ def check_json(value: Any, what: str, field: str | None = None) -> Any:
     try:
         plain = json.loads(json.dumps(value, allow_nan=False))
         size = len(bson.encode({"value": plain}))  # ints beyond 64 bits are JSON, not BSON
+    except RecursionError:
+        raise InvalidJobError(_too_deep(what), field) from None
     except (TypeError, ValueError) as exc:
         raise InvalidJobError(f"{what} is not JSON-serialisable: {exc}", field) from None
     except (OverflowError, InvalidDocument) as exc:
         raise InvalidJobError(f"{what} cannot be stored in MongoDB: {exc}", field) from None
+    if _depth(plain) > MAX_DEPTH:
+        raise InvalidJobError(_too_deep(what), field)
     if size > MAX_VALUE_BYTES:
         raise InvalidJobError(
             f"{what} is too large: {size} bytes (at most {MAX_VALUE_BYTES})", field
         )
     return plain
+
+
+def _too_deep(what: str) -> str:
+    return f"{what} is nested too deeply (at most {MAX_DEPTH} levels)"
+
+
+def _depth(value: Any) -> int:
+    """How many lists and objects deep ``value`` (plain JSON) nests."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 @dataclass(frozen=True)
@@ -112,7 +134,11 @@ class Backoff:
     jitter: bool = True
 
     def seconds(self, attempt: int) -> float:
-        base = min(self.max, self.delay * self.factor ** max(0, attempt - 1))
+        try:
+            grown = self.delay * self.factor ** max(0, attempt - 1)
+        except OverflowError:  # a large factor, many attempts: capped anyway
+            grown = self.max
+        base = min(self.max, grown)
         return base * random.uniform(0.8, 1.2) if self.jitter else base
 
 
@@ -175,6 +201,12 @@ def new_job(
         )
     if description is not None and not isinstance(description, str):
         raise InvalidJobError("description must be a string", "description")
+    for text, name in ((description, "description"), (unique, "unique")):
+        if isinstance(text, str) and not text.isascii():
+            try:
+                text.encode()  # BSON strings are UTF-8: a lone surrogate cannot be stored
+            except UnicodeEncodeError:
+                raise InvalidJobError(f"{name} is not valid text", name) from None
     doc: dict[str, Any] = {
         "_id": ObjectId(),
         "name": task,

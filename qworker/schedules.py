@@ -128,7 +128,7 @@ def make_schedule(
     origin: str = "client",
 ) -> Schedule:
     """A validated :class:`Schedule`; every problem is an ``InvalidScheduleError``."""
-    if not isinstance(name, str) or not NAME_RE.match(name):
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidScheduleError(
             f"schedule name {name!r}: use 1-200 letters, digits and '_.:@/-', "
             "starting with a letter or digit"
@@ -182,7 +182,7 @@ def make_schedule(
 def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # OSError: "Europe", a folder
         raise InvalidScheduleError(
             f"unknown time zone {name!r}: use an IANA name such as 'UTC' or 'Europe/Paris'"
         ) from None

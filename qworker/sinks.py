@@ -37,8 +37,9 @@ class Webhook:
     timeout: float = 5.0
 
     def wants(self, note: dict[str, Any]) -> bool:
-        return (self.events is None or note.get("type") in self.events) and (
-            self.tasks is None or note.get("task") in self.tasks
+        kind, task = note.get("type"), note.get("task")  # anything: the channel is open to all
+        return (self.events is None or (isinstance(kind, str) and kind in self.events)) and (
+            self.tasks is None or (isinstance(task, str) and task in self.tasks)
         )
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import reprlib
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Sequence
@@ -16,16 +17,20 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+import bson
+
 from qworker.errors import TaskDefinitionError
 from qworker.files import read_mapping
-from qworker.model import PRIORITY_NAMES, Backoff, Retention
+from qworker.model import MAX_TIMEOUT, PRIORITY_NAMES, Backoff, Retention
 from qworker.when import parse_duration
 
 if TYPE_CHECKING:
     from qworker.schedules import Schedule
 
 METADATA_SUFFIXES = (".json", ".yaml", ".yml")
-KEEP_EXPECTED = "a duration such as '7 days', or 'forever'"
+KEEP_EXPECTED = "a duration such as '7 days' (at most 100 years), or 'forever'"
+# Durations become times (expiry, retries): past this they overflow a datetime.
+MAX_DURATION = 100 * 366 * 86400.0
 ISOLATIONS = ("thread", "process")
 DEFAULT_JOB_ATTRIBUTES = ("data", "lastRunAt", "nextRunAt", "lastFinishedAt")
 ATTRIBUTE_FIELDS = (
@@ -80,16 +85,18 @@ class _Fields:
         self.path, self.raw, self.problems = path, raw, list[str]()
 
     def bad(self, name: str, expected: str) -> None:
-        self.problems.append(
-            f"{self.path}: field '{name}': expected {expected}, got {self.raw[name]!r}"
-        )
+        try:
+            got = repr(self.raw[name])
+        except RecursionError:  # nested deeper than repr goes
+            got = reprlib.repr(self.raw[name])
+        self.problems.append(f"{self.path}: field '{name}': expected {expected}, got {got}")
 
     def get(self, name: str, check: Callable[[Any], Any], expected: str, default: Any) -> Any:
         if name not in self.raw:
             return default
         try:
             return check(self.raw[name])
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             self.bad(name, expected)
             return default
 
@@ -112,11 +119,15 @@ def _positive_int(value: Any) -> int:
     return value
 
 
-def _seconds(value: Any) -> float:
+def _seconds(value: Any, limit: float = MAX_DURATION) -> float:
     seconds = parse_duration(value)
-    if seconds <= 0:
+    if not 0 < seconds <= limit:
         raise ValueError
     return seconds
+
+
+def _timeout(value: Any) -> float:
+    return _seconds(value, MAX_TIMEOUT)  # as a job's own timeout: the event loop's bound
 
 
 def _priority(value: Any) -> int:
@@ -205,6 +216,9 @@ def _task_schedule(fields: _Fields, task_id: str) -> Schedule | None:
     except (InvalidScheduleError, TypeError) as exc:
         fields.problems.append(f"{fields.path}: field '{name}': {exc}")
         return None
+    except RecursionError:  # a value nested too deeply to be shown in a message
+        fields.problems.append(f"{fields.path}: field '{name}': a value is nested too deeply")
+        return None
 
 
 def read_metadata(path: Path) -> dict[str, Any]:
@@ -225,7 +239,7 @@ def check_metadata(raw: dict[str, Any], path: Path, code: bool) -> TaskMeta | No
     fields = _Fields(path, raw)
     for unknown in sorted(set(raw) - KNOWN_FIELDS, key=str):
         fields.problems.append(
-            f"{path}: unknown field '{unknown}' (known: {', '.join(sorted(KNOWN_FIELDS))})"
+            f"{path}: unknown field {str(unknown)!r} (known: {', '.join(sorted(KNOWN_FIELDS))})"
         )
     task_id = fields.get("id", _string, "a string", urlify(path.stem))
     if task_id != urlify(task_id) or not task_id:
@@ -246,7 +260,9 @@ def check_metadata(raw: dict[str, Any], path: Path, code: bool) -> TaskMeta | No
         description=fields.get("description", _string, "a string", ""),
         concurrency=fields.get("concurrency", _positive_int, "a whole number >= 1", None),
         priority=fields.get("priority", _priority, f"a number or one of {list(PRIORITY_NAMES)}", 0),
-        timeout=fields.get("timeout", _seconds, "seconds > 0 or a duration like '5 minutes'", None),
+        timeout=fields.get(
+            "timeout", _timeout, "seconds > 0 or a duration like '5 minutes', at most a year", None
+        ),
         max_attempts=fields.get("maxAttempts", _positive_int, "a whole number >= 1", 1),
         backoff=fields.get(
             "backoff", _backoff, "seconds, or {delay, factor >= 1, max, jitter}", Backoff()
@@ -262,6 +278,11 @@ def check_metadata(raw: dict[str, Any], path: Path, code: bool) -> TaskMeta | No
     )
     if code and not meta.code_path.is_file() and not disabled:
         fields.problems.append(f"{path}: missing code file {meta.code_path.name} beside it")
+    for name in sorted(raw) if not fields.problems else ():
+        try:  # workers announce their metadata to the manager in a channel message
+            bson.encode({name: raw[name]})
+        except (bson.errors.InvalidDocument, OverflowError, ValueError) as exc:
+            fields.problems.append(f"{path}: field '{name}': cannot be stored in MongoDB: {exc}")
     if fields.problems:
         raise TaskDefinitionError("\n".join(fields.problems))
     return None if disabled else meta

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from datetime import UTC, datetime, timedelta
 
 from qworker.errors import InvalidJobError
@@ -30,13 +31,17 @@ def utcnow() -> datetime:
 def parse_duration(text: str | float | int) -> float:
     """Seconds in ``"20 minutes"``, ``"1h 30m"``, ``"90s"`` or a plain number."""
     if isinstance(text, bool) or not isinstance(text, str | int | float):
-        raise ValueError(f"{text!r} is not a duration")
+        raise ValueError(f"{reprlib.repr(text)} is not a duration")  # reprlib: any depth
     if isinstance(text, int | float):
-        if not math.isfinite(text):
-            raise ValueError(f"a duration must be a finite number, not {text}")
-        if text < 0:
+        try:
+            seconds = float(text)
+        except OverflowError:  # an int beyond any float
+            seconds = math.inf
+        if not math.isfinite(seconds):
+            raise ValueError(f"a duration must be a finite number, not {reprlib.repr(text)}")
+        if seconds < 0:
             raise ValueError(f"a duration cannot be negative: {text}")
-        return float(text)
+        return seconds
     cleaned = text.strip().lower()
     try:
         return parse_duration(float(cleaned))
@@ -49,6 +54,8 @@ def parse_duration(text: str | float | int) -> float:
         if unit not in _UNITS:
             raise ValueError(f"unknown time unit {unit!r} in {text!r}")
         total += float(number) * _UNITS[unit]
+    if not math.isfinite(total):
+        raise ValueError(f"{text!r} is too long a duration")
     return total
 
 

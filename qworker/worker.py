@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 from bson import ObjectId
+from bson.errors import InvalidId
 from pymongo import InsertOne
 from pymongo.errors import PyMongoError
 
@@ -357,24 +358,32 @@ class Worker(Registry):
             await self.membership.on_message(event, body)
             self._wake.set()
         elif event == protocol.JOB_QUEUED:
-            jobs = body.get("jobs")
+            jobs, tasks = body.get("jobs"), body.get("tasks")
             if isinstance(jobs, list):
                 mine = [self._hint(j) for j in jobs if isinstance(j, dict)]
                 self._candidates.add(doc for doc in mine if doc is not None)
-            elif set(body.get("tasks") or []) & set(self.metas):
-                self._refill_wanted = True
+            elif isinstance(tasks, list) and all(isinstance(t, str) for t in tasks):
+                self._refill_wanted = self._refill_wanted or bool(set(tasks) & set(self.metas))
+            else:
+                log.warning("ignoring a malformed job:queued message")
             self._wake.set()
         elif event == protocol.JOB_CANCEL:
-            self.cancel_job(str(body.get("jobId")))
+            job_id = body.get("jobId")
+            if isinstance(job_id, str):
+                self.cancel_job(job_id)
+            else:
+                log.warning("ignoring a malformed job:cancel")
 
     def _hint(self, entry: dict[str, Any]) -> dict[str, Any] | None:
         try:
             if entry["name"] not in self.metas:
                 return None
+            at = datetime.fromisoformat(entry["nextRunAt"])
+            if at.tzinfo is None:  # compared with aware times when claiming
+                raise ValueError("nextRunAt without a UTC offset")
             return {"_id": ObjectId(entry["id"]), "name": entry["name"],
-                    "priority": int(entry.get("priority", 0)),
-                    "nextRunAt": datetime.fromisoformat(entry["nextRunAt"])}  # fmt: skip
-        except (KeyError, TypeError, ValueError):
+                    "priority": int(entry.get("priority", 0)), "nextRunAt": at}  # fmt: skip
+        except (KeyError, TypeError, ValueError, OverflowError, InvalidId):
             log.warning("ignoring malformed job:queued entry")
             return None
 

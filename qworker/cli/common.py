@@ -152,3 +152,6 @@ def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> 
         raise click.BadParameter(
             f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
         ) from None
+    except (ValueError, RecursionError) as exc:  # a number of over 4300 digits, deep nesting
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise click.BadParameter(f"not valid JSON: {reason}") from None

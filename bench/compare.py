@@ -1,0 +1,756 @@
+"""qworker, Celery (kombu's MongoDB transport) and Agenda, side by side on one server.
+
+    python bench/compare.py --quick        # smoke run: 200 jobs, a few minutes
+    python bench/compare.py                # 1,000 and 10,000 jobs, 1 and 4 workers
+    python bench/compare.py --memory       # also: one worker's memory over 100,000 jobs
+
+Starts ONE fresh SecantusDB (or uses --mongo URL), measures the three on it in
+the same run, prints a table, and writes bench/results/compare-<time>.json and
+one PNG per figure beside it. Needs `pip install -e '.[bench]'` and node >= 18
+(bench/agenda's packages are installed with `npm ci` when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from bson import ObjectId
+from common import HERE, Fleet, fresh, loadavg, machine, percentile, qworker_fleet, rss_mb, server
+from pymongo import MongoClient, UpdateOne
+
+from qworker import Client
+from qworker.model import new_job
+from qworker.when import utcnow
+
+AGENDA = HERE / "agenda"
+BATCH = 500  # jobs per bulk enqueue
+POLL = 0.01  # seconds between reads of a latency job
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)
+
+
+def summary(ms: list[float]) -> dict[str, Any]:
+    return {
+        "samples": len(ms),
+        "p50_ms": round(statistics.median(ms), 2),
+        "p95_ms": round(percentile(ms, 0.95), 2),
+        "p99_ms": round(percentile(ms, 0.99), 2),
+        "max_ms": round(max(ms), 2),
+    }
+
+
+class System(Protocol):
+    """What the comparison needs from each queue."""
+
+    name: str
+    variant: str
+
+    def fleet(self, db_url: str, workers: int) -> Fleet: ...
+    def enqueue(self, db_url: str, jobs: int, batch: int) -> float: ...
+    def finished(self, db: Any) -> int: ...
+    def last_finish(self, db: Any) -> float: ...
+    def latency(self, db_url: str, db: Any, samples: int) -> list[float]: ...
+    def settings(self) -> dict[str, Any]: ...
+
+
+def _wait_doc(find: Callable[[], dict[str, Any] | None], timeout: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (doc := find()) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError("a latency job did not finish")
+        time.sleep(POLL)
+    return doc
+
+
+class Qworker:
+    name, variant = "qworker", "defaults"
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "command": "qworker --standalone --mongo URL --paths bench/tasks noop",
+            "concurrency": 16,
+            "poll_interval_s": 1.0,
+            "lease_s": 30.0,
+            "enqueue": f"Client.enqueue_many, {BATCH} a call; Client.now one at a time",
+            "wake-ups": "the client publishes job:queued on the channel",
+        }
+
+    def fleet(self, db_url: str, workers: int) -> Fleet:
+        return qworker_fleet(db_url, workers)
+
+    def enqueue(self, db_url: str, jobs: int, batch: int) -> float:
+        with Client(db_url) as client:
+            started = time.perf_counter()
+            if batch == 1:
+                for _ in range(jobs):
+                    client.now("noop")
+            else:
+                for start in range(0, jobs, batch):
+                    client.enqueue_many("noop", [None] * min(batch, jobs - start))
+            return time.perf_counter() - started
+
+    def finished(self, db: Any) -> int:
+        return int(db.jobs.count_documents({"state": "succeeded"}))
+
+    def last_finish(self, db: Any) -> float:
+        doc = db.jobs.find_one({"state": "succeeded"}, sort=[("lastFinishedAt", -1)])
+        return float(doc["lastFinishedAt"].timestamp()) if doc else float("nan")
+
+    def latency(self, db_url: str, db: Any, samples: int) -> list[float]:
+        ms = []
+        with Client(db_url) as client:
+            for _ in range(samples):
+                enqueued = time.time()
+                query = {"_id": ObjectId(client.now("noop")), "state": "succeeded"}
+                doc = _wait_doc(lambda: db.jobs.find_one(query, {"lastRunAt": 1}))  # noqa: B023
+                ms.append(_ms(doc["lastRunAt"].timestamp() - enqueued))
+                time.sleep(0.05)
+        return ms
+
+
+class Celery_:
+    """Celery workers (``--pool solo -c 1``) on kombu's ``mongodb://`` transport."""
+
+    name = "celery"
+
+    def __init__(self, poll: float | None) -> None:
+        self.poll = poll
+        self.variant = "polling 1 s (default)" if poll is None else f"polling {poll} s"
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "command": "celery -A celery_noop worker --pool solo -c 1 --without-gossip "
+            "--without-mingle --without-heartbeat -l WARNING",
+            "polling_interval_s": self.poll or 1.0,
+            "prefetch_multiplier": 4,
+            "remote_control": False,
+            "result_backend": None,
+            "completion": "the task inserts one document into `done` (no result backend)",
+            "enqueue": "send_task, one message at a time (Celery has no bulk publish)",
+        }
+
+    def _env(self, db_url: str) -> dict[str, str]:
+        env = {**os.environ, "BENCH_BROKER": db_url}
+        if self.poll is not None:
+            env["BENCH_POLL"] = str(self.poll)
+        return env
+
+    def fleet(self, db_url: str, workers: int) -> Fleet:
+        command = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "celery_noop",
+            "worker",
+            "--pool",
+            "solo",
+            "-c",
+            "1",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+            "-l",
+            "WARNING",
+        ]
+        return Fleet(
+            [[*command, "-n", f"bench{n}@%h"] for n in range(workers)],
+            b"bench-ready",
+            cwd=HERE,
+            env=self._env(db_url),
+        )
+
+    def _app(self, db_url: str) -> Any:
+        from celery import Celery
+
+        app = Celery("bench-client", broker=db_url)
+        app.conf.task_ignore_result = True
+        return app
+
+    def enqueue(self, db_url: str, jobs: int, batch: int) -> float:
+        app = self._app(db_url)
+        with app.producer_or_acquire() as producer:
+            started = time.perf_counter()
+            for _ in range(jobs):
+                app.send_task("noop", args=[time.time()], producer=producer)
+            seconds = time.perf_counter() - started
+        app.close()
+        return seconds
+
+    def finished(self, db: Any) -> int:
+        return int(db.done.count_documents({}))
+
+    def last_finish(self, db: Any) -> float:
+        doc = db.done.find_one(sort=[("finished", -1)])
+        return float(doc["finished"]) if doc else float("nan")
+
+    def latency(self, db_url: str, db: Any, samples: int) -> list[float]:
+        app = self._app(db_url)
+        ms = []
+        with app.producer_or_acquire() as producer:
+            for _ in range(samples):
+                enqueued = time.time()
+                task_id = app.send_task("noop", args=[enqueued], producer=producer).id
+                doc = _wait_doc(lambda: db.done.find_one({"_id": task_id}))  # noqa: B023
+                ms.append(_ms(doc["started"] - enqueued))
+                time.sleep(0.05)
+        app.close()
+        return ms
+
+
+class Agenda:
+    """Agenda 6 (the npm package) with its MongoDB backend, in node."""
+
+    name = "agenda"
+
+    def __init__(self, process_every_ms: int) -> None:
+        self.process_every = process_every_ms
+        default = " (default)" if process_every_ms == 5000 else ""
+        self.variant = f"processEvery {process_every_ms} ms{default}"
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "command": f"node bench/agenda/bench.mjs worker URL {self.process_every}",
+            "processEvery_ms": self.process_every,
+            "maxConcurrency": 20,
+            "defaultConcurrency": 5,
+            "lockLimit": 0,
+            "enqueue": f"agenda.now(), {BATCH} in flight at once; or one at a time",
+        }
+
+    def _node(self, *args: str) -> list[str]:
+        return [node(), str(AGENDA / "bench.mjs"), *args]
+
+    def fleet(self, db_url: str, workers: int) -> Fleet:
+        command = self._node("worker", db_url, str(self.process_every))
+        return Fleet([command] * workers, b"ready", stream="stdout")
+
+    def _run(self, *args: str) -> Any:
+        done = subprocess.run(self._node(*args), capture_output=True, text=True, timeout=3600)
+        if done.returncode:
+            raise RuntimeError(f"node bench.mjs {args[0]} failed:\n{done.stderr[-2000:]}")
+        return json.loads(done.stdout)
+
+    def enqueue(self, db_url: str, jobs: int, batch: int) -> float:
+        return float(self._run("enqueue", db_url, str(jobs), str(batch))["seconds"])
+
+    def finished(self, db: Any) -> int:
+        return int(db.agendaJobs.count_documents({"lastFinishedAt": {"$ne": None}}))
+
+    def last_finish(self, db: Any) -> float:
+        doc = db.agendaJobs.find_one(
+            {"lastFinishedAt": {"$ne": None}}, sort=[("lastFinishedAt", -1)]
+        )
+        return float(doc["lastFinishedAt"].timestamp()) if doc else float("nan")
+
+    def latency(self, db_url: str, db: Any, samples: int) -> list[float]:
+        return [float(v) for v in self._run("latency", db_url, str(samples))["ms"]]
+
+
+def node() -> str:
+    found = shutil.which("node")
+    if not found:
+        sys.exit("node is needed for Agenda (>= 18)")
+    return found
+
+
+def install_agenda() -> None:
+    if not (AGENDA / "node_modules").is_dir():
+        print("installing bench/agenda's packages (npm ci)", flush=True)
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=AGENDA, check=True)
+
+
+# -- figures -------------------------------------------------------------------
+
+
+def _drop(db: Any) -> None:
+    db.client.drop_database(db.name)
+    db.client.close()
+
+
+def throughput(system: System, url: str, jobs: int, workers: int, timeout: float) -> dict[str, Any]:
+    """N no-op jobs enqueued (in bulk where the system has it) while K workers wait.
+
+    Throughput: jobs finished ÷ (last finish - first enqueue). A run that has
+    not finished within ``timeout`` is reported with the jobs it did finish.
+    """
+    db_url, db = fresh(url, f"cmp_{system.name}_{jobs}_{workers}")
+    if system.name == "qworker":
+        Client(db_url).close()  # the indexes, as a deployment has them
+    with system.fleet(db_url, workers) as fleet:
+        started = time.time()
+        enqueue_seconds = system.enqueue(db_url, jobs, BATCH)
+        deadline = time.monotonic() + timeout
+        while True:
+            before = time.monotonic()
+            done = system.finished(db)
+            if done >= jobs or time.monotonic() > deadline:
+                break
+            time.sleep(max(1.0, 10 * (time.monotonic() - before)))  # polls: <= 10 % of the server
+        rss = fleet.rss_mb()
+    last = system.last_finish(db)
+    seconds = last - started if done else time.time() - started
+    _drop(db)
+    return {
+        "system": system.name,
+        "variant": system.variant,
+        "jobs": jobs,
+        "workers": workers,
+        "queue_depth_at_start": jobs,
+        "finished": done,
+        "complete": done >= jobs,
+        "seconds": round(seconds, 3),
+        "jobs_per_second": round(done / seconds, 1),
+        "enqueue_seconds": round(enqueue_seconds, 3),
+        "enqueue_per_second": round(jobs / enqueue_seconds, 1),
+        "worker_rss_mb": [round(r, 1) for r in rss],
+    }
+
+
+def enqueue_single(system: System, url: str, jobs: int) -> dict[str, Any]:
+    """One job per call, no worker running: the client's own rate."""
+    db_url, db = fresh(url, f"cmp_{system.name}_enqueue")
+    if system.name == "qworker":
+        Client(db_url).close()
+    seconds = system.enqueue(db_url, jobs, 1)
+    _drop(db)
+    return {
+        "system": system.name,
+        "jobs": jobs,
+        "queue_depth_at_end": jobs,
+        "enqueue_per_second": round(jobs / seconds, 1),
+    }
+
+
+def latency(system: System, url: str, samples: int) -> dict[str, Any]:
+    """One job at a time to one idle worker: enqueue call → the job's start."""
+    db_url, db = fresh(url, f"cmp_{system.name}_latency")
+    if system.name == "qworker":
+        Client(db_url).close()
+    with system.fleet(db_url, 1) as fleet:
+        time.sleep(1)
+        ms = system.latency(db_url, db, samples)
+        rss = fleet.rss_mb()[0]
+    _drop(db)
+    return {
+        "system": system.name,
+        "variant": system.variant,
+        "workers": 1,
+        "queue_depth": 0,
+        **summary(ms),
+        "idle_worker_rss_mb": round(rss, 1),
+        "ms": ms,
+    }
+
+
+def ceiling(url: str, count: int) -> dict[str, Any]:
+    """The server's own rate for the writes one job needs, from one client.
+
+    Single: insert_one, a claim-like conditional update_one by _id, a
+    complete-like update_one by _id and token. Batched: the same three as
+    qworker sends them (insert_many of 500, update_many of 16 ids plus the read
+    back of the claimed documents, one bulk_write of 16 outcomes).
+    """
+    _, db = fresh(url, "cmp_ceiling")
+    now = utcnow()
+    docs = [new_job("noop", None, now=now, run_at=now) for _ in range(count)]
+    rates: dict[str, float] = {}
+
+    def timed(name: str, ops: int, run: Callable[[], None]) -> None:
+        started = time.perf_counter()
+        run()
+        rates[name] = round(ops / (time.perf_counter() - started), 1)
+
+    single = db.single
+    timed("insert_one", count, lambda: [single.insert_one(d) for d in docs])
+    timed(
+        "claim_update_one",
+        count,
+        lambda: [
+            single.update_one(
+                {"_id": d["_id"], "state": "queued"},
+                {"$set": {"state": "running", "lockToken": "t", "lastRunAt": utcnow()}},
+            )
+            for d in docs
+        ],
+    )
+    timed(
+        "complete_update_one",
+        count,
+        lambda: [
+            single.update_one(
+                {"_id": d["_id"], "lockToken": "t"},
+                {"$set": {"state": "succeeded", "lastFinishedAt": utcnow()}},
+            )
+            for d in docs
+        ],
+    )
+    for d in docs:
+        d.pop("_id")
+    batched = db.batched
+    timed(
+        "insert_many_500",
+        count,
+        lambda: [batched.insert_many(docs[i : i + BATCH]) for i in range(0, count, BATCH)],
+    )
+    ids = [d["_id"] for d in docs]
+    groups = [ids[i : i + 16] for i in range(0, count, 16)]
+
+    def claim() -> None:
+        for group in groups:
+            batched.update_many(
+                {"_id": {"$in": group}, "state": "queued"},
+                {"$set": {"state": "running", "lockToken": str(group[0])}},
+            )
+            list(batched.find({"lockToken": str(group[0])}))
+
+    def complete() -> None:
+        for group in groups:
+            batched.bulk_write(
+                [
+                    UpdateOne(
+                        {"_id": i, "lockToken": str(group[0])}, {"$set": {"state": "succeeded"}}
+                    )
+                    for i in group
+                ]
+            )
+
+    timed("claim_update_many_16", count, claim)
+    timed("complete_bulk_16", count, complete)
+    _drop(db)
+
+    def model(*keys: str) -> float:
+        return round(1 / sum(1 / rates[k] for k in keys), 1)
+
+    return {
+        "operations": count,
+        "per_second": rates,
+        "single_ceiling_jobs_per_second": model(
+            "insert_one", "claim_update_one", "complete_update_one"
+        ),
+        "batched_ceiling_jobs_per_second": model(
+            "insert_many_500", "claim_update_many_16", "complete_bulk_16"
+        ),
+    }
+
+
+def scheduler(url: str, schedules: int, window: float, workers: int, depth: int) -> dict[str, Any]:
+    """Lateness of interval fires (every 1 s) while the fleet works through a queue.
+
+    A ``qworker-manager serve`` runs ``schedules`` schedules of the no-op task;
+    a feeder keeps about ``depth`` jobs queued for the whole window.
+    """
+    db_url, db = fresh(url, "cmp_scheduler")
+    serve = [sys.executable, "-m", "qworker.cli.manager", "--mongo", db_url, "serve"]
+    stop = threading.Event()
+    depths: list[int] = []
+    with (
+        Client(db_url) as client,
+        qworker_fleet(db_url, workers),
+        Fleet([[*serve, "--http", "off", "--log-format", "json"]], b"running the schedules"),
+    ):
+
+        def feed() -> None:
+            while not stop.is_set():
+                queued = db.jobs.count_documents({"state": "queued", "scheduleId": None})
+                depths.append(queued)
+                if queued < depth:
+                    client.enqueue_many("noop", [None] * min(BATCH, depth - queued))
+                stop.wait(0.5)
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        if depth:
+            feeder.start()
+            time.sleep(3)  # the queue is full before the first fire
+        begin = utcnow()
+        for n in range(schedules):
+            client.every(1, "noop", name=f"bench-{n}")
+        time.sleep(window)
+        end = utcnow()
+        stop.set()
+        if depth:
+            feeder.join()
+        query = {"scheduleId": {"$ne": None}, "scheduledFor": {"$gte": begin, "$lte": end}}
+        for _ in range(60):  # the fires of the window start (they queue behind the load)
+            time.sleep(1)
+            if not db.jobs.count_documents({**query, "state": "queued"}):
+                break
+        fires = list(db.jobs.find(query, {"scheduledFor": 1, "createdAt": 1, "lastRunAt": 1}))
+    _drop(db)
+    fire = [_ms((f["createdAt"] - f["scheduledFor"]).total_seconds()) for f in fires]
+    start = [
+        _ms((f["lastRunAt"] - f["scheduledFor"]).total_seconds())
+        for f in fires
+        if f.get("lastRunAt")
+    ]
+    return {
+        "schedules": schedules,
+        "every_s": 1,
+        "window_s": window,
+        "workers": workers,
+        "queue_depth_target": depth,
+        "queue_depth_seen": [min(depths), max(depths)] if depths else [0, 0],
+        "fires": len(fires),
+        "expected_fires": round(schedules * window),
+        "fire_late": summary(fire) if fire else None,
+        "start_late": summary(start) if start else None,
+        "not_started": len(fire) - len(start),
+        "fire_ms": fire,
+        "start_ms": start,
+    }
+
+
+def memory(url: str, total: int, sample_every: int = 5_000) -> dict[str, Any]:
+    """One worker's resident memory, idle and then over ``total`` no-op jobs."""
+    db_url, db = fresh(url, "cmp_memory")
+    with Client(db_url) as client, qworker_fleet(db_url, 1) as fleet:
+        time.sleep(5)
+        pid = fleet.pids[0]
+        samples = [(0, round(rss_mb(pid), 1))]
+        started = time.monotonic()
+        enqueued = 0
+        while True:
+            waiting = db.jobs.count_documents({"state": {"$in": ["queued", "running"]}})
+            done = enqueued - waiting
+            if done >= samples[-1][0] + sample_every or (done >= total > samples[-1][0]):
+                samples.append((done, round(rss_mb(pid), 1)))
+                print(f"memory: {done} jobs run, {samples[-1][1]} MB", flush=True)
+            if done >= total:
+                break
+            if waiting < 2_000 and enqueued < total:
+                count = min(2_000, total - enqueued)
+                for start in range(0, count, BATCH):
+                    client.enqueue_many("noop", [None] * min(BATCH, count - start))
+                enqueued += count
+            time.sleep(1)
+        seconds = time.monotonic() - started
+    _drop(db)
+    warm = next((rss for done, rss in samples if done >= 10_000), samples[-1][1])
+    return {
+        "jobs": total,
+        "workers": 1,
+        "queue_depth": "kept between 0 and 4,000",
+        "seconds": round(seconds, 1),
+        "idle_rss_mb": samples[0][1],
+        "final_rss_mb": samples[-1][1],
+        "rss_after_10000_mb": warm,
+        "growth_after_10000_mb": round(samples[-1][1] - warm, 1),
+        "samples": samples,
+    }
+
+
+def wait_quiet(threshold: float, hold: float, limit: float) -> dict[str, Any]:
+    """Wait until the 1-minute load average stays under ``threshold`` for ``hold`` s."""
+    started = time.monotonic()
+    quiet_since: float | None = None
+    seen = []
+    while time.monotonic() - started < limit:
+        load = loadavg()
+        seen.append(load)
+        if load < threshold:
+            quiet_since = quiet_since or time.monotonic()
+            if time.monotonic() - quiet_since >= hold:
+                return {
+                    "quiet": True,
+                    "waited_s": round(time.monotonic() - started),
+                    "loadavg": load,
+                }
+        else:
+            quiet_since = None
+        time.sleep(2)
+    return {
+        "quiet": False,
+        "waited_s": round(limit),
+        "loadavg": loadavg(),
+        "loadavg_min_seen": min(seen),
+    }
+
+
+# -- the run -------------------------------------------------------------------
+
+
+@dataclass
+class Plan:
+    jobs: list[int]
+    workers: list[int]
+    latency_samples: int
+    slow_latency_samples: int  # for the 1 s / 5 s pollers
+    enqueue_jobs: int
+    timeout: float
+    depths: list[int]
+    schedules: int
+    schedule_window: float
+    ceiling_ops: int
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    if args.quick:
+        return Plan([200], [1, 4], 20, 5, 100, 120, [100, 1000], 10, 10, 300)
+    return Plan(
+        args.jobs or [1000, 10000],
+        args.workers or [1, 4],
+        args.latency_samples,
+        args.slow_latency_samples,
+        500,
+        args.timeout,
+        [100, 3000, 10000],
+        20,
+        30,
+        1000,
+    )
+
+
+def versions() -> dict[str, str]:
+    found = {p: md.version(p) for p in ("qworker", "celery", "kombu", "pymongo", "secantusdb")}
+    lock = json.loads((AGENDA / "package-lock.json").read_text())["packages"]
+    for name in ("agenda", "@agendajs/mongo-backend", "mongodb"):
+        found[f"npm {name}"] = lock[f"node_modules/{name}"]["version"]
+    found["node"] = subprocess.run(
+        [node(), "--version"], capture_output=True, text=True
+    ).stdout.strip()
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--mongo", help="server URL (default: start SecantusDB for the run)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 200 jobs, few samples")
+    parser.add_argument("--jobs", type=int, action="append", help="N (repeat; default 1000, 10000)")
+    parser.add_argument("--workers", type=int, action="append", help="K (repeat; default 1, 4)")
+    parser.add_argument("--latency-samples", type=int, default=100)
+    parser.add_argument(
+        "--slow-latency-samples",
+        type=int,
+        default=20,
+        help="samples for the default 1 s / 5 s pollers",
+    )
+    parser.add_argument("--timeout", type=float, default=300, help="seconds a throughput run gets")
+    parser.add_argument("--agenda-process-every", type=int, default=100, help="ms, tuned value")
+    parser.add_argument(
+        "--agenda-throughput-every",
+        type=int,
+        default=5000,
+        help="ms, processEvery of Agenda's throughput runs (shorter ones never finished here)",
+    )
+    parser.add_argument("--celery-poll", type=float, default=0.1, help="s, tuned value")
+    parser.add_argument("--only", action="append", choices=["qworker", "celery", "agenda"])
+    parser.add_argument("--memory", action="store_true", help="also run 100,000 jobs on one worker")
+    parser.add_argument("--memory-jobs", type=int, default=100_000)
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to this long for load average < 0.6 for 30 s",
+    )
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    p = plan(args)
+    install_agenda()
+    only = set(args.only or ["qworker", "celery", "agenda"])
+    tuned: list[System] = [Qworker(), Celery_(args.celery_poll), Agenda(args.agenda_process_every)]
+    tuned = [s for s in tuned if s.name in only]
+    defaults: list[System] = [s for s in (Celery_(None), Agenda(5000)) if s.name in only]
+
+    result: dict[str, Any] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "command": " ".join(["python", "bench/compare.py", *sys.argv[1:]]),
+        "versions": versions(),
+        "quick": args.quick,
+        "plan": p.__dict__,
+        "settings": {f"{s.name} {s.variant}": s.settings() for s in [*tuned, *defaults]},
+        "throughput": [],
+        "enqueue_single": [],
+        "latency": [],
+    }
+    if args.wait_quiet:
+        print("waiting for a quiet machine", flush=True)
+        result["load_before"] = wait_quiet(0.6, 30, args.wait_quiet)
+    else:
+        result["load_before"] = {"loadavg": loadavg()}
+    print("load before the run:", result["load_before"], flush=True)
+    clock = time.monotonic()
+    with server(args.mongo) as url:
+        mongo: MongoClient[dict[str, Any]] = MongoClient(url)
+        result["server"] = args.mongo or f"SecantusDB {md.version('secantusdb')}"
+        result["server_version"] = mongo.server_info().get("version")
+        mongo.close()
+
+        partial = args.out / "compare-partial.json"
+        args.out.mkdir(parents=True, exist_ok=True)
+
+        def step(key: str, measure: Callable[..., dict[str, Any]], *given: Any) -> None:
+            try:
+                value = measure(*given)
+            except Exception as exc:  # one figure failing does not lose the others
+                print(key, "FAILED:", repr(exc), flush=True)
+                result.setdefault("errors", []).append({"figure": key, "error": repr(exc)})
+                return
+            shown = {k: v for k, v in value.items() if not isinstance(v, list) or len(v) < 8}
+            print(key, shown, flush=True)
+            if isinstance(result.get(key), list):
+                result[key].append(value)
+            else:
+                result[key] = value
+            partial.write_text(json.dumps(result, indent=2, default=str))
+
+        step("ceiling", ceiling, url, p.ceiling_ops)
+        for system in tuned:
+            step("latency", latency, system, url, p.latency_samples)
+        for system in defaults:
+            step("latency", latency, system, url, p.slow_latency_samples)
+        for system in tuned:
+            step("enqueue_single", enqueue_single, system, url, p.enqueue_jobs)
+        loaded = [Agenda(args.agenda_throughput_every) if s.name == "agenda" else s for s in tuned]
+        result["settings"].update({f"{s.name} {s.variant}": s.settings() for s in loaded})
+        for jobs in p.jobs:
+            for workers in p.workers:
+                for system in loaded:
+                    step("throughput", throughput, system, url, jobs, workers, p.timeout)
+        if "qworker" in only:
+            from throughput import channel_latency, depth_cost
+
+            step("channel", channel_latency, url, p.latency_samples, 100)
+            result["depth"] = []
+            for depth in p.depths:
+                step("depth", depth_cost, url, depth, 300)
+            step("scheduler_idle", scheduler, url, p.schedules, p.schedule_window, 1, 0)
+            step("scheduler", scheduler, url, p.schedules, p.schedule_window, 1, 500)
+            if args.memory:
+                step("memory", memory, url, args.memory_jobs)
+    result["seconds"] = round(time.monotonic() - clock)
+    result["load_after"] = loadavg()
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = f"compare-{result['when'].replace(':', '')}"
+    path = args.out / f"{stem}.json"
+    path.write_text(json.dumps(result, indent=2, default=str))  # kept if a plot fails
+    from plots import plot_all
+
+    result["plots"] = [str(p) for p in plot_all(result, args.out, stem)]
+    path.write_text(json.dumps(result, indent=2, default=str))
+    from report import report
+
+    report(result, path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,218 @@
+"""The table that bench/compare.py prints (and that docs/benchmarks.md copies)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+PEERS = ("celery", "agenda")
+
+
+def _ratio(ours: float | None, theirs: float | None) -> str:
+    if not ours or not theirs:
+        return "-"
+    return f"{ours / theirs:.2f}x"
+
+
+def _row(*cells: object) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def rows(result: dict[str, Any]) -> list[str]:
+    """Markdown rows: every figure with its queue depth and worker count."""
+    out = [
+        _row(
+            "figure",
+            "queue depth",
+            "workers",
+            "qworker",
+            "Celery",
+            "Agenda",
+            "qworker/Celery",
+            "qworker/Agenda",
+        ),
+        _row(*["---"] * 8),
+    ]
+    tp = result["throughput"]
+    for jobs, workers in sorted({(r["jobs"], r["workers"]) for r in tp}):
+        runs = {r["system"]: r for r in tp if (r["jobs"], r["workers"]) == (jobs, workers)}
+
+        def cell(name: str, key: str, runs: dict[str, Any] = runs) -> str:
+            r = runs.get(name)
+            if r is None:
+                return "-"
+            if r["complete"]:
+                return f"{r[key]:,}"
+            return f"{r[key]:,} ({r['finished']:,} of {r['jobs']:,} in {r['seconds']:.0f} s)"
+
+        def ratio(peer: str, key: str, runs: dict[str, Any] = runs) -> str:
+            return _ratio(runs.get("qworker", {}).get(key), runs.get(peer, {}).get(key))
+
+        for key, label in (
+            ("jobs_per_second", "throughput, jobs/s"),
+            ("enqueue_per_second", "enqueue (bulk), jobs/s"),
+        ):
+            out.append(
+                _row(
+                    f"{label}, N={jobs:,}",
+                    f"{jobs:,} at start",
+                    workers,
+                    cell("qworker", key),
+                    cell("celery", key),
+                    cell("agenda", key),
+                    ratio("celery", key),
+                    ratio("agenda", key),
+                )
+            )
+    single = {r["system"]: r["enqueue_per_second"] for r in result["enqueue_single"]}
+    if single:
+        out.append(
+            _row(
+                "enqueue one at a time, jobs/s",
+                "0 → " + str(result["enqueue_single"][0]["jobs"]),
+                "0",
+                *(single.get(s, "-") for s in ("qworker", *PEERS)),
+                *(_ratio(single.get("qworker"), single.get(p)) for p in PEERS),
+            )
+        )
+    lat = result["latency"]
+    q = next((r for r in lat if r["system"] == "qworker"), None)
+    for r in lat:
+        if r["system"] == "qworker":
+            continue
+        for key in ("p50_ms", "p95_ms", "p99_ms"):
+            cells = {"celery": "-", "agenda": "-", r["system"]: r[key]}
+            out.append(
+                _row(
+                    f"enqueue→start {key[:3]} ms, {r['system']} {r['variant']}",
+                    0,
+                    1,
+                    q[key] if q else "-",
+                    cells["celery"],
+                    cells["agenda"],
+                    *(
+                        _ratio(q[key] if q else None, r[key]) if p == r["system"] else "-"
+                        for p in PEERS
+                    ),
+                )
+            )
+    for r in lat:
+        if r["system"] == "qworker":
+            out.append(
+                _row(
+                    "idle worker RSS, MB",
+                    0,
+                    1,
+                    r["idle_worker_rss_mb"],
+                    *(
+                        next((x["idle_worker_rss_mb"] for x in lat if x["system"] == p), "-")
+                        for p in PEERS
+                    ),
+                    "",
+                    "",
+                )
+            )
+    return out
+
+
+def extra_rows(result: dict[str, Any]) -> list[str]:
+    """qworker's own figures: the ceiling, channel, depth, scheduler, memory."""
+    out = [_row("figure", "queue depth", "workers", "result"), _row(*["---"] * 4)]
+    c = result.get("ceiling")
+    if c:
+        rates = ", ".join(f"{k} {v:,}/s" for k, v in c["per_second"].items())
+        out.append(_row("server, one client", "-", "-", rates))
+        single, batched = c["single_ceiling_jobs_per_second"], c["batched_ceiling_jobs_per_second"]
+        out.append(
+            _row("ceiling: single ops / batched ops", "-", "-", f"{single:,} / {batched:,} jobs/s")
+        )
+        for r in result["throughput"]:
+            out.append(
+                _row(
+                    f"{r['system']} N={r['jobs']:,} as a fraction of the ceilings",
+                    f"{r['jobs']:,} at start",
+                    r["workers"],
+                    f"{r['jobs_per_second'] / single:.0%} of single, "
+                    f"{r['jobs_per_second'] / batched:.0%} of batched",
+                )
+            )
+    if "channel" in result:
+        ch = result["channel"]
+        out.append(
+            _row(
+                "qworker channel publish→receive",
+                "-",
+                "-",
+                f"p50 {ch['p50_ms']} ms, p95 {ch['p95_ms']} ms",
+            )
+        )
+    for d in result.get("depth", []):
+        out.append(
+            _row(
+                "qworker per-job cost (concurrency 8)",
+                f"{d['queue_depth']:,}",
+                d["workers"],
+                f"{d['ms_per_job']} ms",
+            )
+        )
+    for name in ("scheduler_idle", "scheduler"):
+        s = result.get(name)
+        if not s:
+            continue
+        depth = (
+            f"~{s['queue_depth_target']:,} (seen {s['queue_depth_seen'][0]}"
+            f"-{s['queue_depth_seen'][1]})"
+            if s["queue_depth_target"]
+            else "0 (idle)"
+        )
+        for key in ("fire_late", "start_late"):
+            if s[key]:
+                out.append(
+                    _row(
+                        f"schedule {key.replace('_', ' ')} ({s['fires']} of {s['expected_fires']} "
+                        f"fires: {s['schedules']} schedules every {s['every_s']} s)",
+                        depth,
+                        s["workers"],
+                        f"p50 {s[key]['p50_ms']} ms, p99 {s[key]['p99_ms']} ms, "
+                        f"max {s[key]['max_ms']} ms",
+                    )
+                )
+    m = result.get("memory")
+    if m:
+        out.append(
+            _row(
+                f"worker RSS over {m['jobs']:,} jobs",
+                m["queue_depth"],
+                1,
+                f"idle {m['idle_rss_mb']} MB, after 10,000 {m['rss_after_10000_mb']} MB, "
+                f"after {m['jobs']:,} {m['final_rss_mb']} MB "
+                f"(+{m['growth_after_10000_mb']} MB); {m['seconds']:.0f} s",
+            )
+        )
+    return out
+
+
+def report(result: dict[str, Any], path: Path) -> None:
+    m = result["machine"]
+    v = result["versions"]
+    print(
+        f"\n{result['server']} (reports MongoDB {result['server_version']}), {m['cores']} "
+        f"cores, Python {m['python']}, load before {result['load_before']['loadavg']}"
+    )
+    print(", ".join(f"{k} {val}" for k, val in v.items()))
+    print()
+    print("\n".join(rows(result)))
+    print()
+    print("\n".join(extra_rows(result)))
+    for error in result.get("errors", []):
+        print(f"FAILED: {error['figure']}: {error['error']}")
+    for name in result.get("plots", []):
+        print("plot:", name)
+    print(f"\nwritten to {path} in {result['seconds']} s")
+
+
+if __name__ == "__main__":  # python bench/report.py bench/results/compare-....json
+    source = Path(sys.argv[1])
+    report(json.loads(source.read_text()), source)

@@ -1,0 +1,100 @@
+"""Fault injection: workers SIGKILLed at random, and restarted, through 2,000 jobs.
+
+Four standalone workers with a 5 s lease run 2,000 short jobs of ``chaos_record``
+while the test kills one of them with SIGKILL at seeded random moments and starts
+it again under the same id. What must hold (``chaos_support.audit``): every job
+ends ``succeeded`` with the outcome of its last run; no two runs of a job ever
+overlap, counting a killed run as lasting until its process was dead; a job's
+work completes more than once only when a kill fell after a run's work and
+before its outcome was recorded (at least once, README "Guarantees"), which is
+counted and reported.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import pytest
+from chaos_support import audit, dead_now
+from helpers import FINISHED, effects_env, ready
+
+from qworker import Client
+from qworker.store import MAX_LOST
+
+pytestmark = pytest.mark.timeout(240)
+
+JOBS = 2_000
+WORKERS = 4
+SEED = 20261122
+# Short, so a killed worker's jobs are back within seconds, but not 2 s: on this
+# 2-core machine under load a finished run's outcome has been seen to wait 2.4 s
+# for its write, and nothing renews its lease meanwhile (the product bug shown by
+# test_chaos_outage.py's xfail test), so with 2 s a live worker's run could be
+# taken for lost and run again.
+LEASE = 5
+# 25 kills, one every 0.5-2 s (seeded). With four workers of four slots, a run
+# is cut by a given kill with a chance of a few percent, so being lost MAX_LOST
+# (5) times in a row, which fails a job by design, has a chance of about 1e-7
+# per job; the audit counts such jobs apart, and the test expects none.
+KILL_EVERY = (0.5, 2.0)
+MAX_KILLS = 25
+FINISH_WITHIN = 180.0
+
+
+def test_random_sigkills_of_workers_lose_nothing_and_never_overlap_runs(
+    client: Client, db: Any, spawn_worker: Any, mongo_url: str
+) -> None:
+    rng = random.Random(SEED)
+    env = effects_env(mongo_url)
+    extra = ["--lease", str(LEASE), "--concurrency", "4", "--grace", "1"]
+
+    spawned = []
+
+    def start(worker_id: str) -> Any:
+        spawned.append(spawn_worker("chaos_record", worker_id=worker_id, env=env, extra=extra))
+        return spawned[-1]
+
+    workers = {f"k{n}": start(f"k{n}") for n in range(WORKERS)}
+    ready(*workers.values())
+    ids = client.enqueue_many("chaos_record", [{"n": n, "sleeps": [0.05]} for n in range(JOBS)])
+    began = time.monotonic()
+
+    def unfinished() -> int:
+        return JOBS - db.jobs.count_documents({"state": {"$in": FINISHED}})
+
+    deaths: dict[int, float] = {}
+    kills_while_busy = 0
+    while unfinished() and len(deaths) < MAX_KILLS:
+        time.sleep(rng.uniform(*KILL_EVERY))
+        worker_id = rng.choice(sorted(workers))
+        victim = workers[worker_id]
+        busy = db.jobs.count_documents({"state": "running", "lockedBy": worker_id}) > 0
+        deaths[victim.pid] = dead_now(victim)
+        kills_while_busy += busy
+        workers[worker_id] = start(worker_id)
+        assert time.monotonic() - began < FINISH_WITHIN, f"{unfinished()} jobs left"
+
+    deadline = began + FINISH_WITHIN
+    while unfinished():
+        assert time.monotonic() < deadline, f"{unfinished()} of {JOBS} jobs never finished"
+        time.sleep(0.5)
+    took = time.monotonic() - began
+
+    report = audit(db, ids, deaths, spawned)
+    window = max(report.unrecorded_for, default=0.0)
+    print(
+        f"\n{JOBS} jobs in {took:.0f}s, {len(deaths)} kills ({kills_while_busy} of a busy "
+        f"worker), {report.runs} runs, {report.interrupted} cut short, "
+        f"{len(report.completed_twice)} jobs completed twice (worker killed up to "
+        f"{window:.2f}s after the run, before its outcome was written), "
+        f"{len(report.lost_for_good)} lost {MAX_LOST} times"
+    )
+    # The faults really were injected into running work.
+    assert len(deaths) >= 10 and kills_while_busy >= 5, (len(deaths), kills_while_busy)
+    assert report.interrupted >= 1
+    assert report.lost_for_good == [], "see KILL_EVERY: a 1e-7 event happened, or a bug"
+    assert db.jobs.count_documents({"state": "succeeded"}) == JOBS
+    for worker in workers.values():  # every restarted worker is still serving
+        assert worker.process.poll() is None, worker.output()
