@@ -37,6 +37,7 @@ from qworker.model import new_job
 from qworker.when import utcnow
 
 AGENDA = HERE / "agenda"
+PARTS = ("ceiling", "latency", "enqueue", "throughput", "channel", "depth", "scheduler")
 BATCH = 500  # jobs per bulk enqueue
 POLL = 0.01  # seconds between reads of a latency job
 
@@ -652,6 +653,11 @@ def main() -> None:
     )
     parser.add_argument("--celery-poll", type=float, default=0.1, help="s, tuned value")
     parser.add_argument("--only", action="append", choices=["qworker", "celery", "agenda"])
+    parser.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help=f"figures to measure, comma-separated (default: all of {','.join(PARTS)})",
+    )
     parser.add_argument("--memory", action="store_true", help="also run 100,000 jobs on one worker")
     parser.add_argument("--memory-jobs", type=int, default=100_000)
     parser.add_argument(
@@ -713,29 +719,33 @@ def main() -> None:
                 result[key] = value
             partial.write_text(json.dumps(result, indent=2, default=str))
 
-        step("ceiling", ceiling, url, p.ceiling_ops)
-        for system in tuned:
+        parts = set(args.parts.split(","))
+        if "ceiling" in parts:
+            step("ceiling", ceiling, url, p.ceiling_ops)
+        for system in tuned if "latency" in parts else []:
             step("latency", latency, system, url, p.latency_samples)
-        for system in defaults:
+        for system in defaults if "latency" in parts else []:
             step("latency", latency, system, url, p.slow_latency_samples)
-        for system in tuned:
+        for system in tuned if "enqueue" in parts else []:
             step("enqueue_single", enqueue_single, system, url, p.enqueue_jobs)
         loaded = [Agenda(args.agenda_throughput_every) if s.name == "agenda" else s for s in tuned]
         result["settings"].update({f"{s.name} {s.variant}": s.settings() for s in loaded})
-        for jobs in p.jobs:
+        for jobs in p.jobs if "throughput" in parts else []:
             for workers in p.workers:
                 for system in loaded:
                     step("throughput", throughput, system, url, jobs, workers, p.timeout)
         if "qworker" in only:
             from throughput import channel_latency, depth_cost
 
-            step("channel", channel_latency, url, p.latency_samples, 100)
+            if "channel" in parts:
+                step("channel", channel_latency, url, p.latency_samples, 100)
             result["depth"] = []
-            for depth in p.depths:
+            for depth in p.depths if "depth" in parts else []:
                 step("depth", depth_cost, url, depth, 300)
-            step("scheduler_idle", scheduler, url, p.schedules, p.schedule_window, 1, 0)
-            step("scheduler", scheduler, url, p.schedules, p.schedule_window, 1, 500)
-            if args.memory:
+            if "scheduler" in parts:
+                step("scheduler_idle", scheduler, url, p.schedules, p.schedule_window, 1, 0)
+                step("scheduler", scheduler, url, p.schedules, p.schedule_window, 1, 500)
+            if args.memory or "memory" in parts:
                 step("memory", memory, url, args.memory_jobs)
     result["seconds"] = round(time.monotonic() - clock)
     result["load_after"] = loadavg()

@@ -213,6 +213,28 @@ def report(result: dict[str, Any], path: Path) -> None:
     print(f"\nwritten to {path} in {result['seconds']} s")
 
 
-if __name__ == "__main__":  # python bench/report.py bench/results/compare-....json
-    source = Path(sys.argv[1])
-    report(json.loads(source.read_text()), source)
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs as one: lists are joined, other figures taken from the first run having them."""
+    merged: dict[str, Any] = {"runs": []}
+    for result in results:
+        merged["runs"].append({k: result.get(k) for k in ("when", "command", "load_before")})
+        for key, value in result.items():
+            if isinstance(value, list) and key != "plots":
+                merged.setdefault(key, []).extend(value)
+            elif key not in merged or merged[key] in (None, {}, []):
+                merged[key] = value
+    merged["seconds"] = sum(int(r.get("seconds", 0)) for r in results)
+    return merged
+
+
+if __name__ == "__main__":
+    # python bench/report.py RESULT.json [MORE.json ...] [--plots]: the table again; several
+    # results (of runs on the same machine) are merged, and --plots draws the merged figures.
+    files = [Path(a) for a in sys.argv[1:] if a != "--plots"]
+    result = merge([json.loads(f.read_text()) for f in files])
+    if "--plots" in sys.argv:
+        from plots import plot_all
+
+        stem = f"{files[0].stem}-merged"
+        result["plots"] = [str(p) for p in plot_all(result, files[0].parent, stem)]
+    report(result, files[0])
