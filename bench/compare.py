@@ -39,6 +39,7 @@ from qworker.when import utcnow
 AGENDA = HERE / "agenda"
 PARTS = ("ceiling", "latency", "enqueue", "throughput", "channel", "depth", "scheduler")
 BATCH = 500  # jobs per bulk enqueue
+ENQUEUE_LIMIT = 120.0  # seconds the one-at-a-time enqueue gets
 POLL = 0.01  # seconds between reads of a latency job
 
 
@@ -63,7 +64,10 @@ class System(Protocol):
     variant: str
 
     def fleet(self, db_url: str, workers: int) -> Fleet: ...
-    def enqueue(self, db_url: str, jobs: int, batch: int) -> float: ...
+    def enqueue(self, db_url: str, jobs: int, batch: int, limit: float) -> tuple[int, float]:
+        """Enqueue up to ``jobs``, stopping after ``limit`` seconds: (enqueued, seconds)."""
+        ...
+
     def finished(self, db: Any) -> int: ...
     def last_finish(self, db: Any) -> float: ...
     def latency(self, db_url: str, db: Any, samples: int) -> list[float]: ...
@@ -95,16 +99,17 @@ class Qworker:
     def fleet(self, db_url: str, workers: int) -> Fleet:
         return qworker_fleet(db_url, workers)
 
-    def enqueue(self, db_url: str, jobs: int, batch: int) -> float:
+    def enqueue(self, db_url: str, jobs: int, batch: int, limit: float) -> tuple[int, float]:
         with Client(db_url) as client:
             started = time.perf_counter()
-            if batch == 1:
-                for _ in range(jobs):
+            done = 0
+            while done < jobs and time.perf_counter() - started < limit:
+                if batch == 1:
                     client.now("noop")
-            else:
-                for start in range(0, jobs, batch):
-                    client.enqueue_many("noop", [None] * min(batch, jobs - start))
-            return time.perf_counter() - started
+                    done += 1
+                else:
+                    done += len(client.enqueue_many("noop", [None] * min(batch, jobs - done)))
+            return done, time.perf_counter() - started
 
     def finished(self, db: Any) -> int:
         return int(db.jobs.count_documents({"state": "succeeded"}))
@@ -184,15 +189,17 @@ class Celery_:
         app.conf.task_ignore_result = True
         return app
 
-    def enqueue(self, db_url: str, jobs: int, batch: int) -> float:
+    def enqueue(self, db_url: str, jobs: int, batch: int, limit: float) -> tuple[int, float]:
         app = self._app(db_url)
         with app.producer_or_acquire() as producer:
             started = time.perf_counter()
-            for _ in range(jobs):
+            done = 0
+            while done < jobs and time.perf_counter() - started < limit:
                 app.send_task("noop", args=[time.time()], producer=producer)
+                done += 1
             seconds = time.perf_counter() - started
         app.close()
-        return seconds
+        return done, seconds
 
     def finished(self, db: Any) -> int:
         return int(db.done.count_documents({}))
@@ -248,8 +255,9 @@ class Agenda:
             raise RuntimeError(f"node bench.mjs {args[0]} failed:\n{done.stderr[-2000:]}")
         return json.loads(done.stdout)
 
-    def enqueue(self, db_url: str, jobs: int, batch: int) -> float:
-        return float(self._run("enqueue", db_url, str(jobs), str(batch))["seconds"])
+    def enqueue(self, db_url: str, jobs: int, batch: int, limit: float) -> tuple[int, float]:
+        out = self._run("enqueue", db_url, str(jobs), str(batch), str(limit))
+        return int(out["jobs"]), float(out["seconds"])
 
     def finished(self, db: Any) -> int:
         return int(db.agendaJobs.count_documents({"lastFinishedAt": {"$ne": None}}))
@@ -296,12 +304,13 @@ def throughput(system: System, url: str, jobs: int, workers: int, timeout: float
         Client(db_url).close()  # the indexes, as a deployment has them
     with system.fleet(db_url, workers) as fleet:
         started = time.time()
-        enqueue_seconds = system.enqueue(db_url, jobs, BATCH)
         deadline = time.monotonic() + timeout
+        enqueued, enqueue_seconds = system.enqueue(db_url, jobs, BATCH, timeout)
+        deadline = max(deadline, time.monotonic() + 10)
         while True:
             before = time.monotonic()
             done = system.finished(db)
-            if done >= jobs or time.monotonic() > deadline:
+            if done >= enqueued or time.monotonic() > deadline:
                 break
             time.sleep(max(1.0, 10 * (time.monotonic() - before)))  # polls: <= 10 % of the server
         rss = fleet.rss_mb()
@@ -314,12 +323,13 @@ def throughput(system: System, url: str, jobs: int, workers: int, timeout: float
         "jobs": jobs,
         "workers": workers,
         "queue_depth_at_start": jobs,
+        "enqueued": enqueued,
         "finished": done,
         "complete": done >= jobs,
         "seconds": round(seconds, 3),
         "jobs_per_second": round(done / seconds, 1),
         "enqueue_seconds": round(enqueue_seconds, 3),
-        "enqueue_per_second": round(jobs / enqueue_seconds, 1),
+        "enqueue_per_second": round(enqueued / enqueue_seconds, 1),
         "worker_rss_mb": [round(r, 1) for r in rss],
     }
 
@@ -329,13 +339,13 @@ def enqueue_single(system: System, url: str, jobs: int) -> dict[str, Any]:
     db_url, db = fresh(url, f"cmp_{system.name}_enqueue")
     if system.name == "qworker":
         Client(db_url).close()
-    seconds = system.enqueue(db_url, jobs, 1)
+    done, seconds = system.enqueue(db_url, jobs, 1, ENQUEUE_LIMIT)
     _drop(db)
     return {
         "system": system.name,
-        "jobs": jobs,
-        "queue_depth_at_end": jobs,
-        "enqueue_per_second": round(jobs / seconds, 1),
+        "jobs": done,
+        "queue_depth_at_end": done,
+        "enqueue_per_second": round(done / seconds, 1),
     }
 
 
@@ -373,7 +383,7 @@ def ceiling(url: str, count: int) -> dict[str, Any]:
     docs = [new_job("noop", None, now=now, run_at=now) for _ in range(count)]
     rates: dict[str, float] = {}
 
-    def timed(name: str, ops: int, run: Callable[[], None]) -> None:
+    def timed(name: str, ops: int, run: Callable[[], object]) -> None:
         started = time.perf_counter()
         run()
         rates[name] = round(ops / (time.perf_counter() - started), 1)

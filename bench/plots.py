@@ -68,8 +68,8 @@ def enqueue(result: dict[str, Any], path: Path) -> Path:
         if r["workers"] == min(result["plan"]["workers"])
         and r["jobs"] == min(result["plan"]["jobs"])
     ]
-    labels = [f"{r['system']}\nbulk ({r['jobs']:,} jobs)" for r in bulk]
-    labels += [f"{r['system']}\none at a time" for r in result["enqueue_single"]]
+    labels = [f"{r['system']}\nbulk, N={r['jobs']:,}\nworkers running" for r in bulk]
+    labels += [f"{r['system']}\none at a time\nno worker" for r in result["enqueue_single"]]
     values = [r["enqueue_per_second"] for r in [*bulk, *result["enqueue_single"]]]
     systems = [r["system"] for r in [*bulk, *result["enqueue_single"]]]
     fig, ax = plt.subplots(figsize=(8, 4.5))

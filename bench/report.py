@@ -45,7 +45,13 @@ def rows(result: dict[str, Any]) -> list[str]:
                 return "-"
             if r["complete"]:
                 return f"{r[key]:,}"
-            return f"{r[key]:,} ({r['finished']:,} of {r['jobs']:,} in {r['seconds']:.0f} s)"
+            enqueued = r.get("enqueued", r["jobs"])
+            if key == "enqueue_per_second":
+                if enqueued >= r["jobs"]:
+                    return f"{r[key]:,}"
+                return f"{r[key]:,} ({enqueued:,} of {r['jobs']:,} in {r['enqueue_seconds']:.0f} s)"
+            short = "" if enqueued >= r["jobs"] else f", {enqueued:,} enqueued"
+            return f"{r[key]:,} ({r['finished']:,} of {r['jobs']:,} in {r['seconds']:.0f} s{short})"
 
         def ratio(peer: str, key: str, runs: dict[str, Any] = runs) -> str:
             return _ratio(runs.get("qworker", {}).get(key), runs.get(peer, {}).get(key))

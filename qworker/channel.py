@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Collection
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import bson
 import structlog
 from bson import ObjectId
 from bson.codec_options import DatetimeConversion
@@ -28,12 +29,19 @@ log = structlog.get_logger("qworker.channel")
 # less than this lose nothing. Hosts are expected to run NTP.
 CLOCK_SKEW = timedelta(seconds=2)
 SEEN_IDS = 4096
+# The channel holds 16 MiB by default: a message near that size would evict
+# the rest of it, and every tailing read of it costs seconds on some servers.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 
 def message(event: str, body: dict[str, Any]) -> dict[str, Any]:
     return {"_id": ObjectId(), "event": event, "message": body, "ts": datetime.now(UTC)}
+
+
+def oversized(doc: dict[str, Any]) -> bool:
+    return len(bson.encode(doc)) > MAX_MESSAGE_BYTES
 
 
 def publish_sync(channel: SyncCollection[dict], event: str, body: dict[str, Any]) -> None:  # type: ignore[type-arg]
@@ -136,6 +144,10 @@ class Channel:
         event = doc.get("event")
         if not isinstance(event, str) or not isinstance(body, dict):
             log.warning("ignoring malformed channel message", id=str(doc.get("_id")))
+            return
+        if oversized(doc):
+            log.warning("ignoring an oversized channel message", id=str(doc.get("_id")),
+                        event_name=event[:200], limit=MAX_MESSAGE_BYTES)  # fmt: skip
             return
         try:
             await handler(event, body)

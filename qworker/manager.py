@@ -196,7 +196,11 @@ class Manager:
         if event == protocol.DEFINE_TASKS:
             await self._define(worker_id, body.get("tasks"))
         elif event == protocol.SCHEDULE_TASK:
-            await self._schedule(worker_id, body.get("job"))
+            # Only a worker instance we accepted asks for sub-tasks.
+            known = await self.workers.find_one({"_id": worker_id, "nonce": nonce}, {"_id": 1})
+            self._known(known is not None, event, worker_id)
+            if known is not None:
+                await self._schedule(worker_id, body.get("job"))
         elif event == protocol.WORKER_INITIALIZE:
             await self._initialize(worker_id, nonce, body)
         elif event == protocol.WORKER_PING:
@@ -215,7 +219,7 @@ class Manager:
             self._known(done.matched_count, event, worker_id)
 
     @staticmethod
-    def _known(matched: int, event: str, worker_id: str) -> None:
+    def _known(matched: int | bool, event: str, worker_id: str) -> None:
         """Say so when a worker message names no instance we know (forged, stale, or late)."""
         if not matched:
             log.warning("ignoring a message from an unknown or stopped worker instance",

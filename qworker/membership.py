@@ -35,6 +35,7 @@ class Membership:
         self._answer = asyncio.Event()
         self._rejoin = asyncio.Event()
         self._paused = False
+        self.leader: str | None = None  # the manager that accepted us or announced itself last
 
     def events(self) -> list[str]:
         w = self.worker.id
@@ -44,6 +45,13 @@ class Membership:
     async def on_message(self, event: str, body: dict[str, Any]) -> None:
         w = self.worker
         if event in (protocol.MANAGER_START, protocol.MANAGER_STOP):
+            sender = body.get("managerId")
+            if event == protocol.MANAGER_START and isinstance(sender, str):
+                self.leader = sender
+            elif self.leader is not None and sender != self.leader:
+                log.warning("ignoring manager:stop from a manager that does not lead",
+                            manager_id=str(sender)[:200], leader=self.leader)  # fmt: skip
+                return
             if event == protocol.MANAGER_STOP and self.accepted.is_set():
                 log.warning("manager stopped: pausing (running jobs finish, none are claimed)")
                 self.accepted.clear()
@@ -62,6 +70,8 @@ class Membership:
             interval = body.get("pingInterval")
             if isinstance(interval, int | float) and interval > 0:
                 self.ping_interval = float(interval)
+            if isinstance(body.get("managerId"), str):
+                self.leader = body["managerId"]
             self.accepted.set()
             self._paused = False
             self._answer.set()

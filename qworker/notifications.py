@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from qworker import protocol
-from qworker.channel import message
+from qworker.channel import MAX_MESSAGE_BYTES, message, oversized
 from qworker.when import utcnow
 
 _MISSING = object()
@@ -45,4 +45,7 @@ def notification(
         "task": job.get("name"), "type": kind, "triggeredAt": utcnow(),
         "job": pick(job, paths), **extra,
     }  # fmt: skip
-    return message(protocol.WORKER_NOTIFICATION, body)
+    note = message(protocol.WORKER_NOTIFICATION, body)
+    if oversized(note):  # the selected attributes are too big to travel: say so instead
+        body["job"], body["jobOmitted"] = {}, f"over {MAX_MESSAGE_BYTES} bytes"
+    return note

@@ -47,6 +47,10 @@ class Outbox:
         self._logs: dict[str, tuple[Job, list[dict[str, Any]]]] = {}
         self._ops: list[Write] = []
         self._notes: list[dict[str, Any]] = []
+        # Outcomes not yet written, by claim token: their leases must still be
+        # renewed, or a slow or unreachable server would let the job be
+        # recovered as lost and run again although it finished.
+        self._unwritten: dict[str, Write] = {}
         self.notifying = False
 
     def progress(self, job: Job, percent: float, step: str | None) -> None:
@@ -98,7 +102,10 @@ class Outbox:
         extra: dict[str, Any] = {"retry": outcome.retry_at is not None} if kind == "fail" else {}
         if outcome.error:
             extra["error"] = {"type": outcome.error["type"], "message": outcome.error["message"]}
-        self.add(UpdateOne(_owned(job), update))
+        op = UpdateOne(_owned(job), update)
+        with self._lock:
+            self._unwritten[job.doc["lockToken"]] = op
+        self.add(op)
         self._move_chain(job.doc, outcome, now, retention)
         self.event(job, kind, view, **extra)
 
@@ -145,6 +152,18 @@ class Outbox:
         ]
         first += [UpdateOne(_owned(job), log_update(entries)) for job, entries in logs.values()]
         return first + ops, notes
+
+    def unwritten(self) -> list[str]:
+        """Claim tokens of finished runs whose outcome is still to be written."""
+        with self._lock:
+            return list(self._unwritten)
+
+    def written(self, ops: Sequence[Write]) -> None:
+        """These writes reached the server: their runs need no lease any more."""
+        done = {id(op) for op in ops}
+        with self._lock:
+            for token in [t for t, op in self._unwritten.items() if id(op) in done]:
+                del self._unwritten[token]
 
     def restore(self, ops: Sequence[Write], notes: Sequence[dict[str, Any]] = ()) -> None:
         """Put back writes that failed, ahead of newer ones, to try again."""

@@ -41,6 +41,9 @@ class Firing:
         # Fires whose insert failed (MongoDB unreachable): APScheduler has moved
         # on from them, so they are tried again here until they are stored.
         self.failed: list[tuple[Schedule, datetime]] = []
+        # Jobs inserted in this round of fires, announced together by ``announce``:
+        # a channel insert can cost more than the fire itself.
+        self._unannounced: list[Doc] = []
 
     def retry_failed(self) -> None:
         failed, self.failed = self.failed, []
@@ -77,8 +80,17 @@ class Firing:
             fire_time=at.isoformat(),
             job_id=str(doc["_id"]),
         )
-        publish_sync(self.channel, protocol.JOB_QUEUED, protocol.queued([doc]))
+        self._unannounced.append(doc)
         return True
+
+    def announce(self) -> None:
+        """Wake idle workers for this round's fires, in one message; a lost one costs latency."""
+        docs, self._unannounced = self._unannounced, []
+        if docs:
+            try:
+                publish_sync(self.channel, protocol.JOB_QUEUED, protocol.queued(docs))
+            except PyMongoError as exc:
+                log.warning("cannot announce fired jobs; workers will find them", error=str(exc))
 
 
 def fire(
@@ -139,6 +151,8 @@ class _LeaderScheduler(BackgroundScheduler):  # type: ignore[misc]
         except PyMongoError as exc:
             log.warning("cannot reach the schedules; retrying", error=str(exc))
             return OUTAGE_RETRY
+        finally:
+            self._firing.announce()
         if self._firing.failed:
             return OUTAGE_RETRY if wait is None else min(wait, OUTAGE_RETRY)
         return wait

@@ -208,18 +208,21 @@ class WorkerStore:
             {"state": JobState.RUNNING.value, "lockExpiresAt": {"$lt": now}},
             {"lockToken": 1, "lostCount": 1},
         ).to_list()
-        ops, recovered = [], []
+        recovered = []
         for doc in expired:
             lost = int(doc.get("lostCount", 0)) + 1
             if lost < MAX_LOST:
-                ops += release(doc["_id"], doc.get("lockToken"), now, lost=True)
+                ops = release(doc["_id"], doc.get("lockToken"), now, lost=True)
+            else:
+                update = Outcome(JobState.FAILED, reason=f"lost with its worker {lost} times")
+                failed = update.update(now)
+                failed["$inc"]["lostCount"] = 1
+                ops = [UpdateOne(owned(doc["_id"], doc.get("lockToken")), failed)]
+            # One job at a time: its owner may renew or finish it meanwhile, and
+            # only a write that matched is a recovery.
+            result = await self.jobs.bulk_write(ops, ordered=True)
+            if result.modified_count and lost < MAX_LOST:
                 recovered.append(doc["_id"])
-                continue
-            update = Outcome(JobState.FAILED, reason=f"lost with its worker {lost} times")
-            failed = update.update(now)
-            failed["$inc"]["lostCount"] = 1
-            ops.append(UpdateOne(owned(doc["_id"], doc.get("lockToken")), failed))
-        await self.write(ops)
         return recovered
 
 

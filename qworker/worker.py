@@ -28,7 +28,7 @@ from pymongo.errors import PyMongoError
 
 from qworker import protocol, systemd
 from qworker.candidates import Candidates
-from qworker.channel import Channel, message
+from qworker.channel import MAX_MESSAGE_BYTES, Channel, message, oversized
 from qworker.config import WorkerSettings
 from qworker.errors import InvalidJobError, TaskDefinitionError
 from qworker.fleet import Listing
@@ -102,6 +102,7 @@ class Worker(Registry):
         self._rescan_every = 5.0
         self._last_read_started = 0.0
         self._last_finished = 0.0
+        self._reachable_since: float | None = None  # monotonic; None after a failed write
         self.outbox = Outbox(
             settings.lease, self._notify_outbox, self.id,
             lambda task, event: self.metas[task].attributes_for(event),
@@ -496,7 +497,13 @@ class Worker(Registry):
             self.outbox.publish(message(protocol.JOB_QUEUED, protocol.queued([doc])))
         else:
             body = {"workerId": self.id, "nonce": self.nonce, "job": doc}
-            self.outbox.publish(message(protocol.SCHEDULE_TASK, body))
+            ask = message(protocol.SCHEDULE_TASK, body)
+            if oversized(ask):
+                raise InvalidJobError(
+                    f"a sub-task of over {MAX_MESSAGE_BYTES} bytes cannot go through the "
+                    "manager: enqueue it with a qworker.Client"
+                )
+            self.outbox.publish(ask)
         return str(doc["_id"])
 
     def cancel_job(self, job_id: str) -> bool:
@@ -533,8 +540,10 @@ class Worker(Registry):
         while ops:
             try:
                 await self.store.write(ops)
+                self.outbox.written(ops)
                 break
             except PyMongoError as exc:
+                self._reachable_since = None
                 log.warning("cannot record job updates; retrying", error=str(exc), pending=len(ops))
                 if self._force.is_set() and delay > 5:
                     self.outbox.restore(ops, notes)
@@ -588,6 +597,20 @@ class Worker(Registry):
         except PyMongoError as exc:
             log.warning("cannot update the worker registry", error=str(exc))
 
+    async def _recover_expired(self, now: datetime) -> list[ObjectId]:
+        """Take back expired leases, but only once the server has answered for a lease.
+
+        After an outage every lease looks expired; the workers that are alive
+        renew theirs (and write the outcomes they held) within a lease of the
+        server coming back, so waiting that long takes back only the dead ones.
+        """
+        reached = time.monotonic()
+        if self._reachable_since is None:
+            self._reachable_since = reached
+        if reached - self._reachable_since < self.settings.lease:
+            return []
+        return await self.store.recover_expired(now)
+
     async def _lease_loop(self) -> None:
         every = self.settings.lease / 3
         while True:
@@ -597,10 +620,11 @@ class Worker(Registry):
             try:
                 tokens = [r.job.doc["lockToken"] for r in self._running.values()]
                 until = now + timedelta(seconds=self.settings.lease)
-                for job_id in await self.store.renew(tokens, until):
+                for job_id in await self.store.renew([*tokens, *self.outbox.unwritten()], until):
                     self.cancel_job(job_id)
-                recovered = await self.store.recover_expired(now)
+                recovered = await self._recover_expired(now)
             except PyMongoError as exc:
+                self._reachable_since = None
                 log.warning("lease upkeep failed", error=str(exc))
                 continue
             if recovered:

@@ -653,7 +653,7 @@ def test_enqueue_many_stores_all_or_nothing(
 
 
 @FAST
-@given(text=st.one_of(FILE_TEXTS, DATA.map(_json_text).filter(bool)))
+@given(text=st.one_of(FILE_TEXTS, mostly(PLAIN_JSON, JSON_LIKE).map(_json_text).filter(bool)))
 @example(text='{"n": ' + "1" * 5_000 + "}")
 @example(text="[" * 10_000 + "]" * 10_000)
 def test_cli_data_is_json_or_a_usage_error(text: str) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from bson import ObjectId
 from conftest import leading, wait_for
 
 from qworker import Client
-from qworker.notifications import pick
+from qworker.channel import MAX_MESSAGE_BYTES, oversized
+from qworker.notifications import notification, pick
 
 
 def test_pick_takes_dotted_paths_and_leaves_out_missing_ones() -> None:
@@ -68,3 +70,12 @@ def test_a_standalone_worker_publishes_no_notifications(
     # Its log line is still stored on the job; no manager, so nothing is announced.
     assert [entry["msg"] for entry in client.get(job_id)["logs"]] == ["writing to a@b"]
     assert db.channel.count_documents({"event": "worker:notification"}) == 0
+
+
+def test_attributes_too_big_for_the_channel_are_left_out_and_said_so() -> None:
+    job = {"_id": ObjectId(), "name": "t", "data": {"blob": "x" * MAX_MESSAGE_BYTES, "to": "a"}}
+    note = notification("w1", job, "success", ["data.blob"])
+    assert not oversized(note)
+    assert note["message"]["job"] == {} and "bytes" in note["message"]["jobOmitted"]
+    small = notification("w1", job, "success", ["data.to"])
+    assert small["message"]["job"] == {"data": {"to": "a"}} and "jobOmitted" not in small["message"]

@@ -457,6 +457,24 @@ def test_last_job_success_and_failure(client: Client, db: Any, firing: Firing) -
 # -- 4. firing -------------------------------------------------------------------------
 
 
+def test_a_round_of_fires_is_announced_in_one_message(
+    client: Client, db: Any, firing: Firing
+) -> None:
+    schedules = [make_schedule(f"s{n}", "noop", None, every="1 minute") for n in range(3)]
+    fire_time = at("2026-11-22T09:00")
+    before = db.channel.count_documents({"event": "job:queued"})
+    for schedule in schedules:
+        assert firing.enqueue(schedule, fire_time)
+    assert db.channel.count_documents({"event": "job:queued"}) == before  # not yet
+    firing.announce()
+    firing.announce()  # nothing more to say
+    messages = list(db.channel.find({"event": "job:queued"}).skip(before))
+    assert len(messages) == 1
+    announced = {entry["id"] for entry in messages[0]["message"]["jobs"]}
+    assert announced == {str(job["_id"]) for job in db.jobs.find({"fireKey": {"$exists": True}})}
+    assert len(announced) == 3
+
+
 def test_a_fire_enqueues_one_job(client: Client, db: Any, firing: Firing) -> None:
     schedule = make_schedule(
         "report", "noop", {"n": 1}, every="1 hour", priority="high", max_attempts=3,

@@ -1,7 +1,7 @@
 // Agenda's side of bench/compare.py: a worker with a no-op job, and the enqueuers.
 //
 //   node bench.mjs worker URL PROCESS_EVERY_MS [LOCK_LIMIT]   prints "ready", runs until SIGTERM
-//   node bench.mjs enqueue URL N BATCH             prints {"seconds": ...}
+//   node bench.mjs enqueue URL N BATCH LIMIT_S     prints {"jobs": enqueued, "seconds": ...}
 //   node bench.mjs latency URL SAMPLES             prints {"ms": [...]}
 //
 // URL is mongodb://host:port/db; jobs go to Agenda's default collection
@@ -10,7 +10,7 @@ import { Agenda } from 'agenda';
 import { MongoBackend } from '@agendajs/mongo-backend';
 import { MongoClient, ObjectId } from 'mongodb';
 
-const [mode, url, arg1, arg2 = '0'] = process.argv.slice(2);
+const [mode, url, arg1, arg2 = '0', arg3 = 'Infinity'] = process.argv.slice(2);
 
 function open(options = {}) {
   return new Agenda({ backend: new MongoBackend({ address: url }), ...options });
@@ -31,16 +31,18 @@ async function worker(processEvery, lockLimit) {
 }
 
 // N jobs with agenda.now(), BATCH of them in flight at once (1: one at a time).
-async function enqueue(count, batch) {
+async function enqueue(count, batch, limitSeconds) {
   const agenda = open();
   await agenda.ready;
   const started = performance.now();
-  for (let start = 0; start < count; start += batch) {
-    const size = Math.min(batch, count - start);
+  let done = 0;
+  while (done < count && (performance.now() - started) / 1000 < limitSeconds) {
+    const size = Math.min(batch, count - done);
     await Promise.all(Array.from({ length: size }, () => agenda.now('noop', { enq: Date.now() })));
+    done += size;
   }
   const seconds = (performance.now() - started) / 1000;
-  console.log(JSON.stringify({ jobs: count, batch, seconds }));
+  console.log(JSON.stringify({ jobs: done, batch, seconds }));
 }
 
 // One job at a time to an idle fleet: agenda.now() to the job's lastRunAt, in ms.
@@ -73,12 +75,12 @@ async function latency(samples) {
 if (mode === 'worker') {
   await worker(Number(arg1), Number(arg2));
 } else if (mode === 'enqueue') {
-  await enqueue(Number(arg1), Number(arg2));
+  await enqueue(Number(arg1), Number(arg2), Number(arg3));
   process.exit(0);
 } else if (mode === 'latency') {
   await latency(Number(arg1));
   process.exit(0);
 } else {
-  console.error('usage: node bench.mjs worker URL MS | enqueue URL N BATCH | latency URL SAMPLES');
+  console.error('usage: node bench.mjs worker URL MS | enqueue URL N BATCH [LIMIT_S] | latency URL SAMPLES');
   process.exit(2);
 }

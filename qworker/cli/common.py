@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,7 @@ from qworker.errors import (
     QworkerError,
     TaskDefinitionError,
 )
+from qworker.model import MAX_TIMEOUT
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -29,6 +31,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 USAGE_ERRORS = (
     ConfigError, TaskDefinitionError, EmbeddedUnavailable, InvalidJobError, InvalidScheduleError,
 )  # fmt: skip
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds: ``nan`` and ``inf`` pass a plain FloatRange."""
+
+    name = "seconds"
+
+    def __init__(self, min: float, min_open: bool = False, max: float = MAX_TIMEOUT) -> None:
+        super().__init__(min=min, max=max, min_open=min_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number of seconds.", param, ctx)
+        return number
 
 
 def envvar(name: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from qworker.cli.common import (
+    Seconds,
     Settings,
     config_option,
     envvar,
@@ -83,7 +84,7 @@ def main(
     "--unique", help="A key: while a queued or running job of TASK has it, print that job's id."
 )
 @click.option("--max-attempts", type=click.IntRange(min=1), help="Runs allowed to fail.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
+@click.option("--timeout", type=Seconds(min=0, min_open=True), help="Seconds.")
 @click.option("--description", help="Free text, searchable with 'jobs list --text'.")
 @pass_settings
 @reports_errors
@@ -270,7 +271,7 @@ def demo(settings: Settings, paths: str) -> None:
 )
 @click.option(
     "--ping-interval",
-    type=click.FloatRange(min=0.1),
+    type=Seconds(min=0.1),
     default=5.0,
     show_default=True,
     envvar=envvar("ping_interval"),
@@ -279,7 +280,7 @@ def demo(settings: Settings, paths: str) -> None:
 )
 @click.option(
     "--lease",
-    type=click.FloatRange(min=1),
+    type=Seconds(min=1),
     default=10.0,
     show_default=True,
     envvar=envvar("manager_lease"),
@@ -369,9 +370,7 @@ def embedded_stop(url: str) -> None:
 
 
 @main.command()
-@click.option(
-    "--for", "seconds", type=click.FloatRange(min=0), help="Stop after this many seconds."
-)
+@click.option("--for", "seconds", type=Seconds(min=0), help="Stop after this many seconds.")
 @pass_settings
 @reports_errors
 def watch(settings: Settings, seconds: float | None) -> None:

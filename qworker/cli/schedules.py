@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from qworker.cli.common import Settings, json_data, pass_settings, reports_errors
+from qworker.cli.common import Seconds, Settings, json_data, pass_settings, reports_errors
 from qworker.cli.output import emit_json, schedule_detail, schedule_rows
 from qworker.schedules import MISFIRE_POLICIES, make_schedule
 
@@ -35,7 +35,7 @@ def schedules() -> None:
 @click.option("--unique", is_flag=True, help="Skip a fire while the last run is unfinished.")
 @click.option("--priority", help="A number, or lowest/low/normal/high/highest.")
 @click.option("--max-attempts", type=click.IntRange(min=1), help="Runs allowed to fail.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
+@click.option("--timeout", type=Seconds(min=0, min_open=True), help="Seconds.")
 @click.option("--description", help="Free text on each job, searchable with 'jobs list --text'.")
 @click.option(
     "--replace/--no-replace",

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from qworker.cli.common import config_option, envvar, reports_errors, sources
+from qworker.cli.common import Seconds, config_option, envvar, reports_errors, sources
 from qworker.config import WorkerSettings, describe
 from qworker.logs import configure
 from qworker.mongo import CHANNEL_BYTES
@@ -79,7 +79,7 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
 @_option(
     "--grace",
     name="grace",
-    type=click.FloatRange(min=0),
+    type=Seconds(min=0),
     default=25.0,
     show_default=True,
     help="Seconds running jobs get to finish on SIGTERM/SIGINT.",
@@ -87,7 +87,7 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
 @_option(
     "--lease",
     name="lease",
-    type=click.FloatRange(min=1),
+    type=Seconds(min=1),
     default=30.0,
     show_default=True,
     help="Seconds a claim lasts unless renewed; a dead worker's jobs return after it.",
@@ -95,7 +95,7 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
 @_option(
     "--poll-interval",
     name="poll_interval",
-    type=click.FloatRange(min=0.05),
+    type=Seconds(min=0.05),
     default=1.0,
     show_default=True,
     help="Seconds between queue reads when no wake-up arrives.",

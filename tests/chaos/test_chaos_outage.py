@@ -37,9 +37,10 @@ from qworker import Client
 pytestmark = pytest.mark.timeout(240)
 
 OUTAGE = 10.0
-# Longer than the outage, plus the up to 5 s a worker waits between retries of its
-# writes. With a lease shorter than an outage, see the last test of this file.
-LEASE = 30
+# Half the outage: every lease runs out while the server is down, so the workers
+# must renew theirs (running and finished-but-unwritten runs alike) before anyone
+# takes them back once it answers again.
+LEASE = 5
 
 
 def test_a_10s_mongodb_outage_mid_run_loses_nothing_and_everyone_recovers(
@@ -50,7 +51,7 @@ def test_a_10s_mongodb_outage_mid_run_loses_nothing_and_everyone_recovers(
         pytest.skip("QWORKER_TEST_MONGO_URL names an outside server: this test cannot restart it")
     manager = spawn_manager("m1")
     wait_leading(manager)
-    # Leases outlast the outage (see the module doc and the test below for shorter ones).
+    # Leases shorter than the outage (see LEASE).
     lease = ["--lease", str(LEASE)]
     member = managed(spawn_worker, mongo_url, "chaos_record", worker_id="w1", extra=lease)
     solo = spawn_worker("chaos_record", worker_id="s1", env=effects_env(mongo_url), extra=lease)
@@ -123,13 +124,6 @@ def _oids(ids: list[str]) -> list[ObjectId]:
     return [ObjectId(i) for i in ids]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="product bug: a finished run whose outcome is still waiting to be written is "
-    "not covered by lease renewal (Worker._lease_loop renews self._running only), so once "
-    "MongoDB is unreachable for longer than --lease the worker recovers the job as lost "
-    "and runs it again",
-)
 def test_an_outcome_waiting_out_an_outage_is_not_taken_for_a_lost_run(
     client: Client, db: Any, mongo_server: Server, spawn_worker: Any, mongo_url: str
 ) -> None:
@@ -137,12 +131,11 @@ def test_an_outcome_waiting_out_an_outage_is_not_taken_for_a_lost_run(
 
     The server is frozen (SIGSTOP) rather than stopped so that it answers again the
     moment it is resumed. The run's success cannot be written meanwhile; the worker
-    retries the write, backing off up to 5 s. The server is resumed just as that
-    back-off reaches 5 s (the 7th failed try): the worker's lease upkeep, which runs
-    every lease/3, then finds the job's lease expired (it renews running jobs only,
-    and this one has finished) and returns the job to the queue before the success
-    is written; the success is then discarded by the token check and the job runs
-    a second time, on the same worker.
+    retries the write, backing off up to 5 s, and the server is resumed as that
+    back-off reaches 5 s (the 7th failed try), long after the 2 s lease ran out.
+    The worker must keep renewing the lease of the finished run whose outcome it
+    holds, and must not take back expired leases until the server has answered for
+    a whole lease: the success is written, and the job runs once.
     """
     if not mongo_server.managed or mongo_server.process is None:
         pytest.skip("QWORKER_TEST_MONGO_URL names an outside server: this test cannot freeze it")
