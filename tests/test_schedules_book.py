@@ -495,8 +495,9 @@ def test_a_fire_enqueues_one_job(client: Client, db: Any, firing: Firing) -> Non
     assert job["maxAttempts"] == 3 and job["timeout"] == 5.0
     assert job["description"] == "hourly report"
     assert "uniqueKey" not in job
-    # Due now (a fire is enqueued when it is due), and announced to workers once.
+    # Due now (a fire is enqueued when it is due), and announced once the round ends.
     assert job["nextRunAt"] <= datetime.now(UTC)
+    firing.announce()
     assert db.channel.count_documents({"event": JOB_QUEUED}) == 1
     # The next fire time is another job.
     assert firing.enqueue(schedule, fire_time + timedelta(hours=1)) is True
