@@ -551,6 +551,8 @@ def memory(url: str, total: int, sample_every: int = 5_000) -> dict[str, Any]:
                 enqueued += count
             time.sleep(1)
         seconds = time.monotonic() - started
+        time.sleep(5)
+        idle_after = round(rss_mb(pid), 1)
     _drop(db)
     warm = next((rss for done, rss in samples if done >= 10_000), samples[-1][1])
     return {
@@ -560,6 +562,7 @@ def memory(url: str, total: int, sample_every: int = 5_000) -> dict[str, Any]:
         "seconds": round(seconds, 1),
         "idle_rss_mb": samples[0][1],
         "final_rss_mb": samples[-1][1],
+        "idle_after_rss_mb": idle_after,
         "rss_after_10000_mb": warm,
         "growth_after_10000_mb": round(samples[-1][1] - warm, 1),
         "samples": samples,

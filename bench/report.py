@@ -194,7 +194,9 @@ def extra_rows(result: dict[str, Any]) -> list[str]:
                 1,
                 f"idle {m['idle_rss_mb']} MB, after 10,000 {m['rss_after_10000_mb']} MB, "
                 f"after {m['jobs']:,} {m['final_rss_mb']} MB "
-                f"(+{m['growth_after_10000_mb']} MB); {m['seconds']:.0f} s",
+                f"(+{m['growth_after_10000_mb']} MB), "
+                f"idle again {m.get('idle_after_rss_mb', '-')} MB; "
+                f"{m['seconds']:.0f} s",
             )
         )
     return out

@@ -153,6 +153,9 @@ class Outbox:
         first += [UpdateOne(_owned(job), log_update(entries)) for job, entries in logs.values()]
         return first + ops, notes
 
+    def pending_outcomes(self) -> int:
+        return len(self._unwritten)
+
     def unwritten(self) -> list[str]:
         """Claim tokens of finished runs whose outcome is still to be written."""
         with self._lock:

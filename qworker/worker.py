@@ -274,7 +274,7 @@ class Worker(Registry):
             if self.membership is not None and not self.membership.accepted.is_set():
                 await self._wait(self.settings.poll_interval)  # not accepted, or paused
                 continue
-            free = self.settings.concurrency - len(self._running)
+            free = self._free()
             if free <= 0:
                 await self._wait(self.settings.poll_interval)
                 continue
@@ -282,7 +282,7 @@ class Worker(Registry):
                 # A slot or two just freed while others run: let a few more
                 # finish, so that one claim takes a batch instead of one job.
                 await self._wait(COALESCE_SECONDS)
-                free = self.settings.concurrency - len(self._running)
+                free = self._free()
             if self._should_refill():
                 await self._refill()
             now = utcnow()
@@ -294,6 +294,15 @@ class Worker(Registry):
                 log.info("burst mode: no job left to run")
                 return
             await self._sleep(now)
+
+    def _free(self) -> int:
+        """Slots to claim for. Outcomes still to be written hold theirs beyond one batch:
+
+        a server slower to write than the handlers are to run would otherwise
+        let finished-but-unwritten runs pile up without bound.
+        """
+        behind = max(0, self.outbox.pending_outcomes() - self.settings.concurrency)
+        return self.settings.concurrency - len(self._running) - behind
 
     def _queue_empty(self) -> bool:
         """Nothing runs, and a read made since the last run ended found nothing due soon."""
@@ -541,6 +550,7 @@ class Worker(Registry):
             try:
                 await self.store.write(ops)
                 self.outbox.written(ops)
+                self._wake.set()  # slots held by unwritten outcomes are free again
                 break
             except PyMongoError as exc:
                 self._reachable_since = None
