@@ -109,6 +109,7 @@ class Qworker:
                     done += 1
                 else:
                     done += len(client.enqueue_many("noop", [None] * min(batch, jobs - done)))
+            client.flush()  # the wake-ups too: they are part of an enqueue
             return done, time.perf_counter() - started
 
     def finished(self, db: Any) -> int:
@@ -175,6 +176,13 @@ class Celery_:
             "-l",
             "WARNING",
         ]
+        # kombu creates its broadcast collection when a connection first opens, with
+        # a check-then-create that fails for one of several workers starting at once
+        # ("collection messages.broadcast already exists"): open one here first.
+        app = self._app(db_url)
+        with app.connection_for_write() as connection:
+            connection.default_channel.client  # noqa: B018 (creates the collections)
+        app.close()
         return Fleet(
             [[*command, "-n", f"bench{n}@%h"] for n in range(workers)],
             b"bench-ready",

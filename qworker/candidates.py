@@ -19,6 +19,15 @@ from bson import ObjectId
 Key = tuple[int, datetime, int, ObjectId]
 
 
+def priority_of(doc: dict[str, Any]) -> int:
+    """A job's priority; one that is not a whole number (a malformed job) counts as 0.
+
+    Such a job is claimed in turn, then failed with the reason (``model.malformed``).
+    """
+    priority = doc.get("priority", 0)
+    return priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
+
+
 class Candidates:
     """Claim order: higher priority, then earlier ``nextRunAt``.
 
@@ -41,8 +50,12 @@ class Candidates:
 
     def add(self, docs: Iterable[dict[str, Any]]) -> None:
         for doc in docs:
+            if not isinstance(doc.get("nextRunAt"), datetime) or not isinstance(
+                doc.get("_id"), ObjectId
+            ):
+                continue  # not a job qworker wrote (and a string id is not comparable)
             tie = zlib.crc32(f"{self._salt}{doc['_id']}".encode()) if self._salt else 0
-            key: Key = (-int(doc.get("priority", 0)), doc["nextRunAt"], tie, doc["_id"])
+            key: Key = (-priority_of(doc), doc["nextRunAt"], tie, doc["_id"])
             if self._keys.get(doc["_id"]) != key:
                 self._keys[doc["_id"]] = key
                 heapq.heappush(self._heap, (key, doc["name"]))

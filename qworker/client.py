@@ -27,6 +27,7 @@ from qworker.mongo import (
 )
 from qworker.schedules import Schedule, ScheduleBook, make_schedule
 from qworker.store import Doc, JobStore, job_query
+from qworker.wakeups import Wakeups
 from qworker.when import parse_when, utcnow
 
 log = structlog.get_logger("qworker.client")
@@ -34,7 +35,6 @@ log = structlog.get_logger("qworker.client")
 # Jobs due within this window are announced to workers with their ids, so an
 # idle worker claims them at once; later ones are found by the workers' reads.
 HINT_HORIZON = timedelta(seconds=60)
-HINT_CHUNK = 1_000
 
 
 class Client:
@@ -55,6 +55,8 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        if "_wakeups" in self.__dict__:
+            self._wakeups.close()
         if "schedules" in self.__dict__:
             self.schedules.close()
         self._mongo.close()
@@ -134,14 +136,20 @@ class Client:
             self._announce(docs)
 
     def _announce(self, docs: list[Doc]) -> None:
-        """Wake idle workers; a lost hint only costs latency, never a job."""
-        channel = self.db[self.names.channel]
-        try:
-            for start in range(0, len(docs), HINT_CHUNK):
-                chunk = docs[start : start + HINT_CHUNK]
-                publish_sync(channel, protocol.JOB_QUEUED, protocol.queued(chunk))
-        except PyMongoError as exc:
-            log.warning("could not announce new jobs; workers will find them", error=str(exc))
+        """Wake idle workers, from the wake-up thread (see ``qworker.wakeups``)."""
+        self._wakeups.announce(docs)
+
+    @cached_property
+    def _wakeups(self) -> Wakeups:
+        return Wakeups(self.db[self.names.channel])
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the wake-ups of the jobs enqueued so far are on the channel.
+
+        Jobs are stored when ``now``/``schedule``/``enqueue_many`` return; their
+        wake-ups follow a moment later. ``close`` flushes too. True if all went out.
+        """
+        return "_wakeups" not in self.__dict__ or self._wakeups.flush(timeout)
 
     # -- recurring schedules ---------------------------------------------
 

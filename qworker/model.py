@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -228,3 +229,41 @@ def new_job(
     if check_unique_key(unique) is not None:
         doc["uniqueKey"] = unique
     return doc
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(value: Any) -> bool:
+    return (
+        isinstance(value, int | float) and not isinstance(value, bool) and 0 < value <= MAX_TIMEOUT
+    )
+
+
+_STORED_FIELDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("_id", lambda v: isinstance(v, ObjectId), "an ObjectId"),
+    ("priority", _whole, "a whole number"),
+    ("attempts", _whole, "a whole number"),
+    ("failCount", _whole, "a whole number"),
+    ("lostCount", _whole, "a whole number"),
+    ("maxAttempts", lambda v: _whole(v) and 1 <= v <= MAX_ATTEMPTS, "a whole number from 1"),
+    ("timeout", _seconds, "seconds, more than 0 and at most a year"),
+    ("nextRunAt", lambda v: isinstance(v, datetime), "a date"),
+    ("description", lambda v: isinstance(v, str), "a string"),
+    ("chain", lambda v: isinstance(v, dict), "a chain"),
+    ("logs", lambda v: isinstance(v, list), "a list"),
+)
+
+
+def malformed(doc: dict[str, Any]) -> str | None:
+    """Why a stored job cannot be run, or None.
+
+    Jobs made by qworker are always well formed; this catches documents
+    written into the collection some other way, which must fail visibly
+    instead of crashing or blocking a worker.
+    """
+    for field, valid, expected in _STORED_FIELDS:
+        if field in doc and not valid(doc[field]):
+            return f"field {field!r}: expected {expected}, not {type(doc[field]).__name__}"
+    return None

@@ -84,6 +84,16 @@ class Outcome:
         return update
 
 
+def refusal(reason: str, now: datetime, retention: Retention = KEEP) -> Doc:
+    """The update that fails a malformed job: ``$set`` only, as its counters may be junk."""
+    fields: Doc = {"state": JobState.FAILED.value, "failReason": f"malformed job: {reason}",
+                   "failedAt": now, "lastFinishedAt": now}  # fmt: skip
+    expire_at = retention.expire_at(JobState.FAILED, now)
+    if expire_at is not None:
+        fields["expireAt"] = expire_at
+    return {"$set": fields, "$unset": LOCK_FIELDS}
+
+
 def owned(job_id: ObjectId, token: str | None) -> Doc:
     return {"_id": job_id, "lockToken": token, "state": JobState.RUNNING.value}
 
@@ -183,6 +193,12 @@ class WorkerStore:
         if result.modified_count == 0:
             return []
         return await self.jobs.find({"lockToken": token}).to_list()
+
+    async def refuse(self, job_id: Any, reason: str, now: datetime) -> None:
+        """Fail a queued job that cannot even be claimed (its counters are not numbers)."""
+        await self.jobs.update_one(
+            {"_id": job_id, "state": JobState.QUEUED.value}, refusal(reason, now)
+        )
 
     async def write(self, updates: Sequence[UpdateOne | UpdateMany | InsertOne[Doc]]) -> None:
         if updates:

@@ -23,23 +23,23 @@ from typing import Any
 import structlog
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import InsertOne
-from pymongo.errors import PyMongoError
+from pymongo import InsertOne, UpdateOne
+from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from qworker import protocol, systemd
-from qworker.candidates import Candidates
+from qworker.candidates import Candidates, priority_of
 from qworker.channel import MAX_MESSAGE_BYTES, Channel, message, oversized
 from qworker.config import WorkerSettings
 from qworker.errors import InvalidJobError, TaskDefinitionError
 from qworker.fleet import Listing
 from qworker.job import Job
 from qworker.membership import Membership
-from qworker.model import JobState, check_json, new_job
+from qworker.model import JobState, check_json, malformed, new_job
 from qworker.mongo import Names, async_client, prepare, resolve_url
 from qworker.outbox import Outbox
 from qworker.registry import Registry
 from qworker.runner import HandlerError, JobTimeout, call, execute
-from qworker.store import Outcome, WorkerStore, release
+from qworker.store import Outcome, WorkerStore, owned, refusal, release
 from qworker.tasks import TaskMeta, import_code, run_setup
 from qworker.when import parse_when, utcnow
 
@@ -336,16 +336,39 @@ class Worker(Registry):
         self._rescan_every = max(5 * self.settings.poll_interval, 20 * took)
         self._next_refill = time.monotonic() + self.settings.poll_interval
 
+    def _token(self) -> str:
+        return f"{self.id}:{self.nonce}:{next(self._tokens)}"
+
     async def _claim(self, ids: list[ObjectId], now: datetime) -> None:
-        token = f"{self.id}:{self.nonce}:{next(self._tokens)}"
         try:
-            docs = await self.store.claim(ids, self.id, token, now, self.settings.lease)
+            docs = await self.store.claim(ids, self.id, self._token(), now, self.settings.lease)
+        except OperationFailure as exc:  # the server refused the update: a malformed job
+            docs = await self._claim_apart(ids, now, exc)
         except PyMongoError as exc:
             log.warning("claim failed", error=str(exc))
             await asyncio.sleep(min(self.settings.poll_interval, 1.0))
             return
-        for doc in sorted(docs, key=lambda d: (-d.get("priority", 0), d["nextRunAt"])):
+        for doc in sorted(docs, key=lambda d: (-priority_of(d), d["nextRunAt"])):
             self._start(doc)
+
+    async def _claim_apart(
+        self, ids: list[ObjectId], now: datetime, exc: OperationFailure
+    ) -> list[dict[str, Any]]:
+        """Claim one at a time, failing the jobs whose claim the server refuses."""
+        log.warning("a claim was refused; claiming one job at a time", error=str(exc)[:300])
+        docs: list[dict[str, Any]] = []
+        lease = self.settings.lease
+        for job_id in ids:
+            try:
+                docs += await self.store.claim([job_id], self.id, self._token(), now, lease)
+            except OperationFailure as refused:
+                reason = f"it cannot be claimed: {str(refused)[:300]}"
+                log.error("failing a malformed job", job_id=str(job_id), reason=reason)
+                with contextlib.suppress(PyMongoError):
+                    await self.store.refuse(job_id, reason, now)
+            except PyMongoError:
+                break  # unreachable: the rest stay queued
+        return docs
 
     async def _sleep(self, now: datetime) -> None:
         timeout = self.settings.poll_interval
@@ -401,6 +424,12 @@ class Worker(Registry):
 
     def _start(self, doc: dict[str, Any]) -> None:
         meta = self.metas[doc["name"]]
+        problem = malformed(doc)
+        if problem is not None:
+            log.error("failing a malformed job", job_id=str(doc["_id"]), reason=problem)
+            refused = refusal(problem, utcnow(), meta.retention)
+            self.outbox.add(UpdateOne(owned(doc["_id"], doc["lockToken"]), refused))
+            return
         running = Running(Job(doc, self.outbox), meta)
         self._running[running.key] = running
         self._per_task[meta.id] += 1
@@ -553,6 +582,10 @@ class Worker(Registry):
                 self._wake.set()  # slots held by unwritten outcomes are free again
                 break
             except PyMongoError as exc:
+                rest = self._skip_refused(ops, exc) if isinstance(exc, BulkWriteError) else None
+                if rest is not None:
+                    ops = rest
+                    continue
                 self._reachable_since = None
                 log.warning("cannot record job updates; retrying", error=str(exc), pending=len(ops))
                 if self._force.is_set() and delay > 5:
@@ -563,6 +596,22 @@ class Worker(Registry):
         if notes:  # after the writes they announce
             self._notes.extend(notes)
             self._notes_wanted.set()
+
+    def _skip_refused(self, ops: list[Any], exc: BulkWriteError) -> list[Any] | None:
+        """After a write the server refused, the writes still to make; None to retry all.
+
+        The batch is ordered: the writes before the refused one were made, and
+        the refused one would be refused again (a malformed job's counters),
+        so it is dropped and said, instead of blocking every later write.
+        """
+        errors = exc.details.get("writeErrors") or []
+        if not errors:
+            return None  # a write concern problem: try the whole batch again
+        index = int(errors[0]["index"])
+        self.outbox.written(ops[: index + 1])
+        log.error("a job write was refused; dropped", error=str(errors[0].get("errmsg"))[:300],
+                  write=str(ops[index])[:300])  # fmt: skip
+        return ops[index + 1 :]
 
     async def _publish_loop(self) -> None:
         """Channel messages go out on their own, never holding up job writes.

@@ -31,8 +31,9 @@ def jobs_count(db: Any) -> int:
     return int(db.jobs.count_documents({}))
 
 
-def hints(db: Any) -> list[dict[str, Any]]:
-    """The job ids announced to workers on the channel."""
+def hints(client: Client, db: Any) -> list[dict[str, Any]]:
+    """The job ids announced to workers on the channel, once the client's wake-ups are out."""
+    assert client.flush()
     return [j for m in db.channel.find({"event": "job:queued"}) for j in m["message"]["jobs"]]
 
 
@@ -95,14 +96,14 @@ def test_bad_input_raises_and_stores_nothing(
     assert message in str(raised.value)
     assert "\n" not in str(raised.value)
     assert jobs_count(db) == 0
-    assert hints(db) == []
+    assert hints(client, db) == []
 
 
 def test_enqueue_many_is_all_or_nothing(client: Client, db: Any) -> None:
     with pytest.raises(InvalidJobError, match="not JSON-serialisable"):
         client.enqueue_many("t", [{"n": 1}, {"n": 2}, {"n": {3}}, {"n": 4}])
     assert jobs_count(db) == 0
-    assert hints(db) == []
+    assert hints(client, db) == []
 
 
 def test_data_too_large_for_a_document(client: Client, db: Any) -> None:
@@ -133,7 +134,7 @@ def test_now_stores_a_queued_job_due_now_and_announces_it(client: Client, db: An
     assert before <= doc["createdAt"] <= after
     assert abs(doc["nextRunAt"] - doc["createdAt"]) <= MS
     assert "maxAttempts" not in doc and "timeout" not in doc
-    assert [h["id"] for h in hints(db)] == [job_id]
+    assert [h["id"] for h in hints(client, db)] == [job_id]
 
 
 def test_data_is_optional(client: Client, db: Any) -> None:
@@ -153,7 +154,7 @@ def test_schedule_in_20_minutes(client: Client, db: Any) -> None:
     assert doc["state"] == "queued"
     assert abs(doc["nextRunAt"] - doc["createdAt"] - timedelta(minutes=20)) <= 2 * MS
     # Beyond the hint horizon: workers find it by reading, not by a wake-up.
-    assert hints(db) == []
+    assert hints(client, db) == []
 
 
 @pytest.mark.parametrize(
@@ -183,7 +184,7 @@ def test_schedule_with_a_phrase(client: Client) -> None:
 def test_schedule_in_the_past_runs_now(client: Client, db: Any) -> None:
     job_id = client.schedule("2001-01-01T00:00:00Z", "t")
     assert client.get(job_id)["nextRunAt"] == datetime(2001, 1, 1, tzinfo=UTC)
-    assert [h["id"] for h in hints(db)] == [job_id]
+    assert [h["id"] for h in hints(client, db)] == [job_id]
 
 
 def test_options_are_stored(client: Client) -> None:
@@ -251,7 +252,7 @@ def test_retry_a_cancelled_job(client: Client, db: Any) -> None:
     assert doc["state"] == "queued"
     assert before <= doc["nextRunAt"] <= datetime.now(UTC) + MS
     assert "failReason" not in doc
-    assert job_id in [h["id"] for h in hints(db)]
+    assert job_id in [h["id"] for h in hints(client, db)]
 
 
 def test_retry_refuses_a_queued_job(client: Client) -> None:
@@ -297,6 +298,20 @@ def test_retry_a_failed_job_runs_it_again(
     assert done["result"] == {"attempt": 2} and done["data"] == {"k": "v"}
 
 
+def test_wake_ups_follow_one_at_a_time_enqueues_and_close_sends_the_last(
+    mongo_url: str, db: Any
+) -> None:
+    """Wake-ups go out from a thread of their own; every job is named once, none lost."""
+    quick = Client(mongo_url)
+    ids = [quick.now("send-mail", {"n": n}) for n in range(60)]
+    quick.close()  # flushes what is still pending
+    named = [
+        j["id"] for m in db.channel.find({"event": "job:queued"}) for j in m["message"]["jobs"]
+    ]
+    assert sorted(named) == sorted(ids)
+    assert db.jobs.count_documents({"state": "queued"}) == 60
+
+
 def test_enqueue_many(client: Client, db: Any) -> None:
     items = [{"n": n} for n in range(5)]
     ids = client.enqueue_many("batch", items, priority="low", description="bulk")
@@ -306,7 +321,7 @@ def test_enqueue_many(client: Client, db: Any) -> None:
     assert {d["priority"] for d in docs} == {-10}
     assert {d["description"] for d in docs} == {"bulk"}
     assert len({d["nextRunAt"] for d in docs}) == 1
-    assert sorted(h["id"] for h in hints(db)) == sorted(ids)
+    assert sorted(h["id"] for h in hints(client, db)) == sorted(ids)
 
 
 def test_enqueue_many_later_and_empty(client: Client, db: Any) -> None:

@@ -235,3 +235,23 @@ def test_a_single_folder_or_task_may_be_written_as_a_string(tmp_path: Path, fmt:
     shown = settings(tmp_path, "--config", str(path), "--mongo", UNREACHABLE)
     assert shown["paths"] == (["only-here"], f"file {path}")
     assert shown["tasks"][0] == ["one-task"]
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-inf", "1e400"])
+@pytest.mark.parametrize("source", ["flag", "environment", "file"])
+def test_seconds_must_be_finite_from_every_source(tmp_path: Path, value: str, source: str) -> None:
+    """``nan`` passes a plain range check and used to crash the worker at its first claim."""
+    args: list[str] = ["--print-config", "--mongo", UNREACHABLE, "--id", "w1", "some-task"]
+    env: dict[str, str] = {}
+    if source == "flag":
+        args += ["--lease", value]
+    elif source == "environment":
+        env["QWORKER_LEASE"] = value
+    else:
+        (tmp_path / "settings.yaml").write_text(f"lease: {value}\n")
+        args += ["--config", str(tmp_path / "settings.yaml")]
+    done = run(tmp_path, *args, env=env)
+    assert done.returncode == 2, done.stdout
+    assert "lease" in done.stderr
+    assert "finite" in done.stderr or "range" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
