@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +57,8 @@ def throughput(result: dict[str, Any], path: Path) -> Path:
     ]
     title = "No-op jobs, enqueued while the workers wait (queue depth at start = N)"
     if partial:
-        title += "\nunfinished within the time limit: " + "; ".join(partial)
+        unfinished = "unfinished within the time limit: " + "; ".join(partial)
+        title += "\n" + textwrap.fill(unfinished, 110)
     ax.set_title(title, fontsize=9)
     return _save(fig, result, path)
 
