@@ -135,7 +135,10 @@ async def watch(url: str, prefix: str, seconds: float | None, out: TextIO) -> Fl
                 print("watching the fleet (Ctrl-C to stop)", file=out, flush=True)
             await asyncio.sleep(seconds if seconds is not None else float("inf"))
     finally:
+        # Bounded: Ctrl-C must end the watch even if the server is slow to let
+        # go of the tailing cursor (seen once in CI: the process outlived 30 s).
         follower.cancel()
-        await asyncio.gather(follower, return_exceptions=True)
-        await client.close()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(follower, return_exceptions=True), 5)
+            await asyncio.wait_for(client.close(), 5)
     return view
