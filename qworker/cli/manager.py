@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -381,6 +382,9 @@ def watch(settings: Settings, seconds: float | None) -> None:
     """
     from qworker.watch import watch as follow
 
+    # A command started in the background by a non-interactive shell inherits
+    # SIGINT ignored; Ctrl-C (or SIGINT from a supervisor) must still end a watch.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(follow(settings.url(), settings.prefix, seconds, sys.stdout))
 
