@@ -18,12 +18,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from pymongo import MongoClient
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from qworker import protocol
-from qworker.channel import publish_sync
 from qworker.mongo import Names, database_name, sync_client
 from qworker.schedules import EXECUTOR, Schedule, ScheduleBook, job_store
 from qworker.store import Doc
 from qworker.tasks import TaskMeta
+from qworker.wakeups import publish_now
 from qworker.when import utcnow
 
 log = structlog.get_logger("qworker.scheduler")
@@ -86,11 +85,7 @@ class Firing:
     def announce(self) -> None:
         """Wake idle workers for this round's fires, in one message; a lost one costs latency."""
         docs, self._unannounced = self._unannounced, []
-        if docs:
-            try:
-                publish_sync(self.channel, protocol.JOB_QUEUED, protocol.queued(docs))
-            except PyMongoError as exc:
-                log.warning("cannot announce fired jobs; workers will find them", error=str(exc))
+        publish_now(self.channel, docs)
 
 
 def fire(

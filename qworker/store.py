@@ -85,13 +85,10 @@ class Outcome:
 
 
 def refusal(reason: str, now: datetime, retention: Retention = KEEP) -> Doc:
-    """The update that fails a malformed job: ``$set`` only, as its counters may be junk."""
-    fields: Doc = {"state": JobState.FAILED.value, "failReason": f"malformed job: {reason}",
-                   "failedAt": now, "lastFinishedAt": now}  # fmt: skip
-    expire_at = retention.expire_at(JobState.FAILED, now)
-    if expire_at is not None:
-        fields["expireAt"] = expire_at
-    return {"$set": fields, "$unset": LOCK_FIELDS}
+    """The update that fails a malformed job: no ``$inc``, as its counters may be junk."""
+    update = Outcome(JobState.FAILED, reason=f"malformed job: {reason}").update(now, retention)
+    del update["$inc"]
+    return update
 
 
 def owned(job_id: ObjectId, token: str | None) -> Doc:

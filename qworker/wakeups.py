@@ -13,7 +13,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import structlog
 from pymongo.collection import Collection
@@ -21,11 +20,11 @@ from pymongo.errors import PyMongoError
 
 from qworker import protocol
 from qworker.channel import publish_sync
+from qworker.store import Doc
 
 log = structlog.get_logger("qworker.client")
 
 CHUNK = 1_000  # jobs named in one message
-Doc = dict[str, Any]
 
 
 class Wakeups:
@@ -43,7 +42,7 @@ class Wakeups:
             return
         with self._cond:
             if self._closed:
-                self._publish(list(docs))
+                publish_now(self._channel, docs)
                 return
             self._pending.extend(docs)
             if self._thread is None:
@@ -83,17 +82,18 @@ class Wakeups:
                 docs, self._pending = self._pending, []
                 self._busy = True
             try:
-                self._publish(docs)
+                publish_now(self._channel, docs)
             finally:
                 with self._cond:
                     self._busy = False
                     self._cond.notify_all()
 
-    def _publish(self, docs: list[Doc]) -> None:
-        """A lost wake-up only costs latency, never a job."""
-        try:
-            for start in range(0, len(docs), CHUNK):
-                chunk = docs[start : start + CHUNK]
-                publish_sync(self._channel, protocol.JOB_QUEUED, protocol.queued(chunk))
-        except PyMongoError as exc:
-            log.warning("could not announce new jobs; workers will find them", error=str(exc))
+
+def publish_now(channel: Collection[Doc], docs: Sequence[Doc]) -> None:
+    """``job:queued`` for these jobs, in this thread. A lost wake-up only costs latency."""
+    try:
+        for start in range(0, len(docs), CHUNK):
+            chunk = docs[start : start + CHUNK]
+            publish_sync(channel, protocol.JOB_QUEUED, protocol.queued(chunk))
+    except PyMongoError as exc:
+        log.warning("could not announce new jobs; workers will find them", error=str(exc))

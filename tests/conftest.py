@@ -192,6 +192,13 @@ def qworker_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "qworker.cli.worker", *args]
 
 
+def process_env(**more: str) -> dict[str, str]:
+    """The environment of a spawned qworker process: unbuffered output, and
+    ``tests/`` importable (test tasks import the side-effect log, tests/effects.py)."""
+    pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath, **more}
+
+
 @pytest.fixture
 def spawn_worker(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     """Start ``qworker --standalone`` for tasks in tests/tasks; stopped at the end."""
@@ -210,9 +217,7 @@ def spawn_worker(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., Worke
             args += ["--paths", str(path)]
         args += [*(extra or []), *tasks]
         out, err = tmp_path / f"{worker_id}-{n}.out", tmp_path / f"{worker_id}-{n}.err"
-        # Test tasks import the side-effect log (tests/effects.py) from here.
-        pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath, **(env or {})}
+        full_env = process_env(**(env or {}))
         with open(out, "wb") as o, open(err, "wb") as e:
             process = subprocess.Popen(
                 qworker_command(*args), stdout=o, stderr=e, cwd=tmp_path, env=full_env

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from conftest import REPO, TASKS, TESTS, WorkerProcess, qworker_command, wait_for
+from conftest import REPO, TASKS, WorkerProcess, process_env, qworker_command, wait_for
 from helpers import alive, effects_env, log_events, ready, wait_logged
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
@@ -164,9 +164,7 @@ def start_worker(
         if inside:
             command = ["ip", "netns", "exec", link.namespace, *command]
         out, err = tmp_path / f"{worker_id}.out", tmp_path / f"{worker_id}.err"
-        pythonpath = os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))
-        env = {**os.environ, **effects_env(server.url), "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": pythonpath}  # fmt: skip
+        env = process_env(**effects_env(server.url))
         with open(out, "wb") as o, open(err, "wb") as e:
             process = subprocess.Popen(command, stdout=o, stderr=e, cwd=REPO, env=env)
         worker = WorkerProcess(process, out, err, args)
