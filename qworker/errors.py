@@ -49,3 +49,18 @@ class ScheduleNotFound(QworkerError):
 
 class ScheduleExists(QworkerError):
     """A schedule with that name exists and replacing it was not asked for."""
+
+
+# -- raised by the helpers that task code calls ------------------------------
+
+
+class JobFailed(Exception):
+    """``job.fail(msg)``: the run failed with ``msg`` as its reason, and no traceback."""
+
+
+class WorkerFailed(Exception):
+    """``worker.fail(msg)``: task code stopped the worker; the job it ran is handed back."""
+
+
+class TaskRejected(Exception):
+    """``task.fail(msg)`` in ``setup``: the task's definition is invalid."""

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import structlog
 
+from qworker.errors import JobFailed
+from qworker.logs import message
 from qworker.model import MAX_LOG_LINE_CHARS
 
 log = structlog.get_logger("qworker.job")
@@ -20,17 +22,21 @@ class Reporter(Protocol):
     def log(self, job: Job, level: str, text: str) -> None: ...
 
 
-def percent(value: float, step: str | None = None) -> float:
-    """0-100, or a float fraction in [0, 1] (``0.5`` is 50%, ``1`` is 1%)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"progress must be a number, not {type(value).__name__}")
-    if isinstance(value, float) and 0.0 <= value <= 1.0:
-        value = value * 100.0
-    if not 0 <= value <= 100:
-        raise ValueError(f"progress must be within 0-100 or a fraction 0.0-1.0, not {value}")
-    if step is not None and not isinstance(step, str):
-        raise TypeError("the progress step label must be a string")
-    return float(value)
+def percent(current: float, total: float | None = None) -> float:
+    """0-100: ``current`` percent, or ``current`` out of ``total``.
+
+    No number is guessed at: ``0.5`` alone is half a percent, never half.
+    """
+    for name, value in (("progress", current), ("total", total)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise TypeError(f"{name} must be a number, not {type(value).__name__}")
+    if total is None:
+        if not 0 <= current <= 100:
+            raise ValueError(f"progress must be a percentage from 0 to 100, not {current}")
+        return float(current)
+    if not total > 0 or not 0 <= current <= total:
+        raise ValueError(f"progress must be from 0 to total > 0, not {current} of {total}")
+    return 100.0 * current / total
 
 
 class Job:
@@ -56,12 +62,29 @@ class Job:
     def cancel(self) -> None:
         self._cancelled.set()
 
-    def progress(self, value: float, step: str | None = None) -> None:
-        self._reporter.progress(self, percent(value, step), step)
+    def progress(
+        self, current: float, total: float | str | None = None, step: str | None = None
+    ) -> None:
+        """How far the run is: ``progress(40)`` is 40%, ``progress(3, total=12)`` is 25%.
+
+        ``step`` labels what runs now. A string second argument is the step, as
+        in ``progress(50, "loading")``.
+        """
+        if isinstance(total, str):
+            total, step = None, total
+        if step is not None and not isinstance(step, str):
+            raise TypeError("the progress step label must be a string")
+        self._reporter.progress(self, percent(current, total), step)
+
+    def fail(self, msg: object, *args: object) -> NoReturn:
+        """End this run as a failure, with ``msg % args`` as its reason and no traceback.
+
+        The task's retry rules apply as to any failure.
+        """
+        raise JobFailed(message(msg, args)[:MAX_LOG_LINE_CHARS])
 
     def _log(self, level: str, msg: object, args: tuple[object, ...]) -> None:
-        text = str(msg) % args if args else str(msg)
-        text = text[:MAX_LOG_LINE_CHARS]
+        text = message(msg, args)[:MAX_LOG_LINE_CHARS]
         getattr(log, "warning" if level == "warn" else level if level != "log" else "info")(
             text, job_id=self.id, task=self.task
         )

@@ -1,21 +1,48 @@
-"""structlog set-up: console lines on a terminal, JSON lines otherwise."""
+"""structlog set-up: console lines on a terminal, JSON lines otherwise.
+
+A process-isolated job's child process logs as its worker does: the worker
+hands it the ``LogSettings`` it was configured with.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
 
 import structlog
+from bson import ObjectId
 
 
-def configure(verbosity: int = 0, fmt: str | None = None) -> None:
-    """``verbosity`` 0 is INFO, 1 DEBUG for qworker, 2 DEBUG for the libraries too."""
-    level = logging.DEBUG if verbosity > 0 else logging.INFO
-    fmt = fmt or ("console" if sys.stderr.isatty() else "json")
+@dataclass(frozen=True)
+class LogSettings:
+    verbosity: int = 0  # 0 is INFO, 1 DEBUG for qworker, 2 DEBUG for the libraries too
+    fmt: str = "json"  # or "console"
+
+
+_current = LogSettings()
+
+
+def log_settings() -> LogSettings:
+    """What this process's logs were configured with."""
+    return _current
+
+
+def configure(verbosity: int | LogSettings = 0, fmt: str | None = None) -> None:
+    """Log at ``verbosity`` in ``fmt`` (default: console on a terminal, else JSON)."""
+    global _current
+    if isinstance(verbosity, LogSettings):
+        settings = verbosity
+    else:
+        settings = LogSettings(verbosity, fmt or ("console" if sys.stderr.isatty() else "json"))
+    _current = settings
+    level = logging.DEBUG if settings.verbosity > 0 else logging.INFO
     renderer: structlog.typing.Processor = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-        if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        if settings.fmt == "console"
+        else structlog.processors.JSONRenderer(default=_plain)
     )
     structlog.configure(
         processors=[
@@ -29,4 +56,18 @@ def configure(verbosity: int = 0, fmt: str | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=logging.DEBUG if verbosity > 1 else logging.WARNING)
+    logging.basicConfig(level=logging.DEBUG if settings.verbosity > 1 else logging.WARNING)
+
+
+def _plain(value: Any) -> Any:
+    """Times as ISO 8601 and ids as strings, as the API shows them; anything else as text."""
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, ObjectId):
+        return str(value)
+    return repr(value)
+
+
+def message(msg: object, args: tuple[object, ...]) -> str:
+    """``msg % args``, as the logging module formats a call such as ``info("%s done", n)``."""
+    return str(msg) % args if args else str(msg)

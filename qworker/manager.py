@@ -15,22 +15,21 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
-from bson import ObjectId
 from bson.errors import InvalidDocument
 from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError, PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from qworker import protocol, systemd
 from qworker.channel import Channel
-from qworker.errors import InvalidJobError, TaskDefinitionError
+from qworker.errors import TaskDefinitionError
 from qworker.events import WATCHED, EventHub
 from qworker.leadership import Leadership
-from qworker.model import JobState, new_job
+from qworker.model import JobState
 from qworker.mongo import (
     CHANNEL_BYTES,
     Names,
@@ -195,12 +194,6 @@ class Manager:
             return
         if event == protocol.DEFINE_TASKS:
             await self._define(worker_id, body.get("tasks"))
-        elif event == protocol.SCHEDULE_TASK:
-            # Only a worker instance we accepted asks for sub-tasks.
-            known = await self.workers.find_one({"_id": worker_id, "nonce": nonce}, {"_id": 1})
-            self._known(known is not None, event, worker_id)
-            if known is not None:
-                await self._schedule(worker_id, body.get("job"))
         elif event == protocol.WORKER_INITIALIZE:
             await self._initialize(worker_id, nonce, body)
         elif event == protocol.WORKER_PING:
@@ -260,30 +253,6 @@ class Manager:
                 log.warning("some announced tasks could not be recorded", worker_id=worker_id,
                             error=str(exc)[:500])  # fmt: skip
         await asyncio.to_thread(self.scheduler.install, metas)
-
-    async def _schedule(self, worker_id: str, job: Any) -> None:
-        """Insert a job a worker's handler asked for; checked as the client checks it."""
-        try:
-            if not isinstance(job, dict):
-                raise InvalidJobError("schedule:task carries no job")
-            if not isinstance(job.get("_id"), ObjectId):
-                raise InvalidJobError("schedule:task: the job's _id is not an ObjectId")
-            if not isinstance(job.get("nextRunAt"), datetime):
-                raise InvalidJobError("schedule:task: the job's nextRunAt is not a time")
-            task: Any = job.get("name")  # checked by new_job, whatever it is
-            doc = new_job(
-                task, job.get("data"), now=utcnow(), run_at=job["nextRunAt"],
-                priority=job.get("priority"), max_attempts=job.get("maxAttempts"),
-                timeout=job.get("timeout"), description=job.get("description"),
-            )  # fmt: skip
-            doc["_id"] = job["_id"]
-            await self.jobs.insert_one(doc)
-        except (InvalidJobError, KeyError, TypeError) as exc:
-            log.warning("ignoring a bad schedule:task", worker_id=worker_id, error=str(exc))
-            return
-        except DuplicateKeyError:
-            return  # already inserted: a repeated message
-        await self.channel.publish(protocol.JOB_QUEUED, protocol.queued([doc]))
 
     async def _initialize(self, worker_id: str, nonce: str, body: dict[str, Any]) -> None:
         reason = await self._rejection(worker_id, nonce, body.get("tasks"))

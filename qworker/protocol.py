@@ -24,14 +24,13 @@ MANAGER_START = "manager:start"
 MANAGER_STOP = "manager:stop"
 
 JOB_QUEUED = "job:queued"
-SCHEDULE_TASK = "schedule:task"
 JOB_CANCEL = "job:cancel"
 # Client to the leader manager: a schedule was added, changed or removed.
 SCHEDULES_CHANGED = "schedules:changed"
 
 TO_MANAGER = (
     WORKER_CONNECTED, DEFINE_TASKS, WORKER_INITIALIZE, WORKER_START, WORKER_PING,
-    WORKER_STOP, WORKER_TERMINATE, SCHEDULE_TASK,
+    WORKER_STOP, WORKER_TERMINATE,
 )  # fmt: skip
 
 

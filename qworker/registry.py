@@ -6,6 +6,8 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from qworker.threads import call
+
 if TYPE_CHECKING:
     from qworker.job import Job
 
@@ -84,8 +86,6 @@ class Registry:
         names = [_step_name(step) for step in chain]
         handler: Handler
         if any(inspect.iscoroutinefunction(step) for step in chain):
-            from qworker.runner import call  # runner imports this module
-
             async def composed_async(job: Job) -> Any:
                 given = value = job.data
                 try:
@@ -170,7 +170,6 @@ def _stop_before(job: Job, n: int, names: list[str]) -> bool:
             n + 1, len(names), names[n],
         )  # fmt: skip
         return True
-    # A whole number: percent() reads a float up to 1.0 as a fraction.
     job.progress(100 * n // len(names), step=names[n])
     return False
 

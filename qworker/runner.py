@@ -9,22 +9,26 @@ cancelled there; a thread cannot be killed, so it is told through
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import multiprocessing
 import os
+import signal
 import threading
 import traceback
 from collections.abc import Awaitable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from typing import Any
 
+from qworker.errors import JobFailed, WorkerFailed
 from qworker.job import Job, Reporter
-from qworker.registry import Handler, Registry
-from qworker.tasks import TaskMeta, import_code, run_setup
-from qworker.threads import CachedThreads
-
-THREADS = CachedThreads()
+from qworker.logs import LogSettings, log_settings
+from qworker.logs import configure as configure_logs
+from qworker.registry import Handler
+from qworker.taskapi import Engine, TaskHandle, TaskSetup, run_setup
+from qworker.tasks import TaskMeta, import_code
+from qworker.threads import in_thread
 
 
 class JobTimeout(Exception):
@@ -40,53 +44,21 @@ class HandlerError(Exception):
 
 
 async def execute(
-    handler: Handler, job: Job, meta: TaskMeta, timeout: float | None, reporter: Reporter
-) -> Any:
+    handler: Handler, job: Job, meta: TaskMeta, timeout: float | None, reporter: Reporter,
+    engine: Engine,
+) -> Any:  # fmt: skip
     run: Awaitable[Any]
     if meta.isolation == "process":
-        run = _in_process(meta, job, reporter)
+        run = _in_process(meta, job, reporter, engine)
     elif inspect.iscoroutinefunction(handler):
         run = handler(job)
     else:
-        run = _in_thread(handler, job)
+        run = in_thread(handler, job)
     try:
         return await asyncio.wait_for(run, timeout)
     except TimeoutError:
         job.cancel()
         raise JobTimeout(f"timeout after {timeout:g}s") from None
-
-
-async def call(fn: Any, *args: Any) -> Any:
-    """Call a sync or async hook; sync ones run in a thread so the loop stays free."""
-    if inspect.iscoroutinefunction(fn):
-        return await fn(*args)
-    return await _in_thread(fn, *args)
-
-
-def _in_thread(fn: Any, *args: Any) -> asyncio.Future[Any]:
-    """Run in a worker thread (see ``threads``), settling a future on the loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(value: Any, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(value)
-
-    def target() -> None:
-        try:
-            value, error = fn(*args), None
-        except BaseException as exc:
-            value, error = None, exc
-        # The loop may have closed while a timed-out handler was still running.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(settle, value, error)
-
-    THREADS.submit(target)
-    return future
 
 
 class _PipeReporter:
@@ -100,6 +72,31 @@ class _PipeReporter:
 
     def log(self, job: Job, level: str, text: str) -> None:
         self.conn.send(("log", level, text))
+
+
+class _PipeEngine:
+    """In the child: what task code asks of the worker goes to the parent, in order."""
+
+    def __init__(self, conn: Connection, worker_id: str) -> None:
+        self.conn, self._worker_id = conn, worker_id
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    def add_subtask(self, doc: dict[str, Any]) -> None:
+        self.conn.send(("subtask", doc))
+
+    def fail_worker(self, reason: str) -> None:
+        self.conn.send(("worker-fail", reason))
+
+
+@dataclass(frozen=True)
+class ChildContext:
+    """What a child process needs besides the task and the job: who it works for, how to log."""
+
+    worker_id: str
+    log_settings: LogSettings
 
 
 def _exit_with_parent() -> None:
@@ -116,46 +113,67 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="qworker-parent-watch", daemon=True).start()
 
 
-def _child_main(meta: TaskMeta, doc: dict[str, Any], conn: Connection) -> None:
+def _ignore_interrupts() -> None:
+    """In the child: Ctrl-C reaches the terminal's whole process group, but only the
+    worker decides what becomes of a job (finish within the grace, or hand it back).
+    The child started with SIGINT blocked (see ``_start``), so none slipped in."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _child_main(meta: TaskMeta, doc: dict[str, Any], conn: Connection,
+                context: ChildContext) -> None:  # fmt: skip
+    _ignore_interrupts()
     _exit_with_parent()
+    configure_logs(context.log_settings)
     try:
-        registry = Registry()
-        run_setup(import_code(meta), registry, meta)
-        handler = registry.handlers[meta.id]
+        worker = TaskSetup(_PipeEngine(conn, context.worker_id))
+        run_setup(import_code(meta), worker, TaskHandle(meta, context.worker_id))
+        handler = worker.handlers[meta.id]
         job = Job(doc, _PipeReporter(conn))
         result = asyncio.run(handler(job)) if inspect.iscoroutinefunction(handler) else handler(job)
         conn.send(("ok", result))
+    except JobFailed as exc:
+        conn.send(("fail", str(exc)))
+    except WorkerFailed as exc:
+        conn.send(("stopped", str(exc)))
     except BaseException as exc:
         conn.send(("error", type(exc).__name__, str(exc), traceback.format_exc()))
     finally:
         conn.close()
 
 
-def _pump(conn: Connection, job: Job, reporter: Reporter) -> tuple[Any, ...]:
+def _pump(conn: Connection, job: Job, reporter: Reporter, engine: Engine) -> tuple[Any, ...]:
     """In a parent thread: relay the child's messages until its final one."""
     while True:
         try:
             message = conn.recv()
         except (EOFError, OSError):
             return ("error", "ProcessDied", "the job's process exited without a result", "")
-        if message[0] == "progress":
+        kind = message[0]
+        if kind == "progress":
             reporter.progress(job, message[1], message[2])
-        elif message[0] == "log":
+        elif kind == "log":
             reporter.log(job, message[1], message[2])
+        elif kind == "subtask":
+            engine.add_subtask(message[1])
+        elif kind == "worker-fail":
+            engine.fail_worker(message[1])
         else:
             return tuple(message)
 
 
-async def _in_process(meta: TaskMeta, job: Job, reporter: Reporter) -> Any:
+async def _in_process(meta: TaskMeta, job: Job, reporter: Reporter, engine: Engine) -> Any:
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe(duplex=False)
     process = context.Process(
-        target=_child_main, args=(meta, job.doc, child), name=f"qworker-job-{job.id}", daemon=True
-    )
-    process.start()
+        target=_child_main, name=f"qworker-job-{job.id}", daemon=True,
+        args=(meta, job.doc, child, ChildContext(engine.worker_id, log_settings())),
+    )  # fmt: skip
+    _start(process)
     child.close()
     try:
-        final = await _in_thread(_pump, parent, job, reporter)
+        final = await in_thread(_pump, parent, job, reporter, engine)
     finally:
         if process.is_alive():
             process.kill()
@@ -163,4 +181,18 @@ async def _in_process(meta: TaskMeta, job: Job, reporter: Reporter) -> Any:
         parent.close()
     if final[0] == "ok":
         return final[1]
+    if final[0] == "fail":
+        raise JobFailed(final[1])
+    if final[0] == "stopped":
+        raise WorkerFailed(final[1])
     raise HandlerError(final[1], final[2], final[3])
+
+
+def _start(process: BaseProcess) -> None:
+    """Start the child with SIGINT blocked: it inherits the mask, and a Ctrl-C that
+    arrives while its interpreter starts stays pending until it ignores SIGINT."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)

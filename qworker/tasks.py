@@ -339,9 +339,11 @@ def select(paths: Sequence[Path], wanted: Sequence[str]) -> list[TaskMeta]:
             path = found.disabled[task_id]
             problems.append(f"{path}: task '{task_id}' is disabled (field 'disabled' is true)")
         else:
-            where = ", ".join(str(p) for p in paths)
+            folders = ", ".join(str(p) for p in paths)
             note = f" (missing folder: {', '.join(missing_dirs)})" if missing_dirs else ""
-            problems.append(f"task '{task_id}' not found: no {task_id}.json/.yaml in {where}{note}")
+            problems.append(
+                f"task '{task_id}' not found: no {task_id}.json/.yaml in {folders}{note}"
+            )
     if problems:
         raise TaskDefinitionError("\n".join(problems))
     return selected
@@ -359,7 +361,7 @@ def import_code(meta: TaskMeta) -> ModuleType:
         spec.loader.exec_module(module)
     except Exception as exc:
         sys.modules.pop(module_name, None)
-        raise TaskDefinitionError(f"{_where(exc, meta.code_path)}: {_describe(exc)}") from None
+        raise TaskDefinitionError(f"{where(exc, meta.code_path)}: {describe(exc)}") from None
     if not callable(getattr(module, "setup", None)):
         raise TaskDefinitionError(
             f"{meta.code_path}: defines no setup(worker, task) function to register the handler"
@@ -367,24 +369,14 @@ def import_code(meta: TaskMeta) -> ModuleType:
     return module
 
 
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _where(exc: BaseException, path: Path) -> str:
+def where(exc: BaseException, path: Path) -> str:
     """``path:line`` of the deepest frame of ``exc`` in ``path``."""
     line = getattr(exc, "lineno", None) if isinstance(exc, SyntaxError) else None
     for frame in traceback.extract_tb(exc.__traceback__):
         if Path(frame.filename).resolve() == path.resolve():
             line = frame.lineno
     return f"{path}:{line}" if line else str(path)
-
-
-def run_setup(module: ModuleType, registry: Any, meta: TaskMeta) -> None:
-    """Call the module's ``setup``; failures are reported like import failures."""
-    try:
-        module.setup(registry, meta)
-    except Exception as exc:
-        raise TaskDefinitionError(
-            f"{_where(exc, meta.code_path)}: setup() raised {_describe(exc)}"
-        ) from None

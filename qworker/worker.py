@@ -28,20 +28,21 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from qworker import protocol, systemd
 from qworker.candidates import Candidates, priority_of
-from qworker.channel import MAX_MESSAGE_BYTES, Channel, message, oversized
+from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
-from qworker.errors import InvalidJobError, TaskDefinitionError
+from qworker.errors import JobFailed, TaskDefinitionError, WorkerFailed
 from qworker.fleet import Listing
 from qworker.job import Job
 from qworker.membership import Membership
-from qworker.model import JobState, check_json, malformed, new_job
+from qworker.model import JobState, check_json, malformed
 from qworker.mongo import Names, async_client, prepare, resolve_url
 from qworker.outbox import Outbox
-from qworker.registry import Registry
-from qworker.runner import HandlerError, JobTimeout, call, execute
+from qworker.runner import HandlerError, JobTimeout, execute
 from qworker.store import Outcome, WorkerStore, owned, refusal, release
-from qworker.tasks import TaskMeta, import_code, run_setup
-from qworker.when import parse_when, utcnow
+from qworker.taskapi import TaskHandle, TaskSetup, run_setup
+from qworker.tasks import TaskMeta, import_code
+from qworker.threads import call
+from qworker.when import utcnow
 
 log = structlog.get_logger("qworker.worker")
 
@@ -75,11 +76,10 @@ class Counters:
     released: int = 0
 
 
-class Worker(Registry):
-    """What ``setup(worker, task)`` receives, and the loop that runs the jobs."""
+class Worker:
+    """The loop that runs the jobs; task code sees it through ``registry`` (a ``TaskSetup``)."""
 
     def __init__(self, settings: WorkerSettings, metas: list[TaskMeta]) -> None:
-        super().__init__()
         self.settings = settings
         self.id = settings.worker_id
         self.metas = {meta.id: meta for meta in metas}
@@ -112,14 +112,16 @@ class Worker(Registry):
         self._listing = Listing(self.id, self.nonce, self.host, os.getpid(), list(self.metas),
                                 settings.lease / 3)  # fmt: skip
         self.outbox.notifying = self.membership is not None
+        self.registry = TaskSetup(self)
+        self.failure: str | None = None  # why task code stopped the worker (worker.fail)
 
     # -- loading ---------------------------------------------------------
 
     def load(self) -> None:
         """Import every task's code and run its ``setup``; all before MongoDB."""
         for meta in self.metas.values():
-            run_setup(import_code(meta), self, meta)
-            if meta.id not in self.handlers:
+            run_setup(import_code(meta), self.registry, TaskHandle(meta, self.id))
+            if meta.id not in self.registry.handlers:
                 raise TaskDefinitionError(
                     f"{meta.code_path}: setup() registered no handler for task '{meta.id}' "
                     f"(call worker.task('{meta.id}', handler))"
@@ -139,7 +141,12 @@ class Worker(Registry):
         self.channel = Channel(db[names.channel])
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)
-        await self._run_hooks(self.initializers, *self._task_hooks(self.task_initializers))
+        hooks = self.registry
+        try:
+            await self._run_hooks(hooks.initializers, *self._task_hooks(hooks.task_initializers))
+        except WorkerFailed:  # worker.fail() in an initializer: nothing was claimed yet
+            await client.close()
+            return 1
         listening = asyncio.Event()
         events = [protocol.JOB_QUEUED, protocol.JOB_CANCEL]
         if self.membership is not None:
@@ -172,14 +179,14 @@ class Worker(Registry):
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await self._run_hooks(*self._task_hooks(self.task_finalizers), self.finalizers)
+            await self._run_hooks(*self._task_hooks(hooks.task_finalizers), hooks.finalizers)
             await client.close()
         c = self.counters
         log.info(
             "worker stopped", worker_id=self.id, succeeded=c.succeeded, failed=c.failed,
             retried=c.retried, cancelled=c.cancelled, released=c.released,
         )  # fmt: skip
-        return 3 if self.refused else 0
+        return 3 if self.refused else 1 if self.failure else 0
 
     @property
     def refused(self) -> str | None:
@@ -442,21 +449,27 @@ class Worker(Registry):
         log.info("job started", job_id=job.id, task=job.task, attempt=job.attempt)
         self.outbox.event(job, "start")
         observed = False
+        hooks = self.registry
         try:
-            for observer in self.before:
+            for observer in hooks.before:
                 await call(observer, job)
+            handler = hooks.handlers[meta.id]
             result = check_json(
-                await execute(self.handlers[meta.id], job, meta, timeout, self.outbox),
+                await execute(handler, job, meta, timeout, self.outbox, self),
                 "the handler's return value",
             )
             observed = True
-            for observer in self.after:
+            for observer in hooks.after:
                 await call(observer, job, result, None)
             outcome = Outcome(JobState.SUCCEEDED, result=result)
         except asyncio.CancelledError:
             if running.stop_reason != "cancel":
                 raise  # shutdown: the job was already handed back to the queue
             outcome = Outcome(JobState.CANCELLED)
+        except WorkerFailed:
+            self._done(running)
+            self._hand_back(running)
+            return
         except Exception as exc:
             outcome = self._failure(
                 running, exc, "timeout" if isinstance(exc, JobTimeout) else None
@@ -469,14 +482,16 @@ class Worker(Registry):
             outcome = Outcome(JobState.CANCELLED)
         self._count(outcome)
         self.outbox.finish(job, outcome, meta.retention)
-        log.info(
+        said = log.info if outcome.state is not JobState.FAILED else (
+            log.warning if outcome.retry_at is not None else log.error)  # fmt: skip
+        said(
             f"job {outcome.state.value if outcome.retry_at is None else 'will retry'}",
             job_id=job.id, task=job.task, seconds=round(time.monotonic() - started, 3),
             reason=outcome.reason,
         )  # fmt: skip
 
     async def _observe_failure(self, job: Job, exc: BaseException) -> None:
-        for observer in self.after:
+        for observer in self.registry.after:
             try:
                 await call(observer, job, None, exc)
             except Exception:
@@ -484,7 +499,9 @@ class Worker(Registry):
 
     def _failure(self, running: Running, exc: BaseException, reason: str | None) -> Outcome:
         job, meta = running.job, running.meta
-        if isinstance(exc, HandlerError):
+        if isinstance(exc, JobFailed):  # job.fail(reason): the reason alone, no traceback
+            error, reason = {"type": "JobFailed", "message": str(exc)}, reason or str(exc)
+        elif isinstance(exc, HandlerError):
             error = {"type": exc.kind, "message": exc.message, "traceback": exc.trace}
         else:
             error = {"type": type(exc).__name__, "message": str(exc),
@@ -518,31 +535,44 @@ class Worker(Registry):
             self._per_task[running.meta.id] -= 1
             self._wake.set()
 
-    def schedule_task(self, when: str | datetime | None, task: str, data: Any = None,
-                      **opts: Any) -> str:  # fmt: skip
-        """Queue a job from inside a handler (a sub-task); returns its id at once.
+    # -- what task code asks of the worker (taskapi.Engine) ----------------
 
-        Managed workers ask the manager (``schedule:task``); standalone ones
-        write it themselves. Either way it goes out with the worker's next
-        batch of writes, so it costs the handler nothing.
+    @property
+    def worker_id(self) -> str:
+        return self.id
+
+    def add_subtask(self, doc: dict[str, Any]) -> None:
+        """Write a sub-task with the next batch, ahead of the outcome of the job that asked.
+
+        From any thread: a handler's, a child process's relay, or the loop.
         """
-        if "unique" in opts:
-            raise InvalidJobError("a sub-task cannot be unique: enqueue it with a qworker.Client")
-        now = utcnow()
-        doc = new_job(task, data, now=now, run_at=parse_when(when, now), **opts)
-        if self.membership is None:
-            self.outbox.add(InsertOne(doc))
-            self.outbox.publish(message(protocol.JOB_QUEUED, protocol.queued([doc])))
+        self.outbox.add(InsertOne(doc))
+        self.outbox.publish(message(protocol.JOB_QUEUED, protocol.queued([doc])))
+
+    def fail_worker(self, reason: str) -> None:
+        """``worker.fail(reason)``: stop as on SIGTERM, then exit 1 with the reason."""
+        loop = self._loop
+        if self.failure is None:
+            self.failure = reason
+            log.error("stopping: the task code said the worker cannot go on", reason=reason)
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running_here = asyncio.get_running_loop() is loop
+        except RuntimeError:
+            running_here = False
+        if running_here:
+            self.request_stop()
         else:
-            body = {"workerId": self.id, "nonce": self.nonce, "job": doc}
-            ask = message(protocol.SCHEDULE_TASK, body)
-            if oversized(ask):
-                raise InvalidJobError(
-                    f"a sub-task of over {MAX_MESSAGE_BYTES} bytes cannot go through the "
-                    "manager: enqueue it with a qworker.Client"
-                )
-            self.outbox.publish(ask)
-        return str(doc["_id"])
+            loop.call_soon_threadsafe(self.request_stop)
+
+    def _hand_back(self, running: Running) -> None:
+        """Return a job whose run task code cut short with ``worker.fail`` to the queue."""
+        doc = running.job.doc
+        for op in release(doc["_id"], doc["lockToken"], utcnow(), lost=False):
+            self.outbox.add(op)
+        self.counters.released += 1
+        log.info("job returned to queue", job_id=running.job.id, task=running.job.task)
 
     def cancel_job(self, job_id: str) -> bool:
         """Stop a running job: ``job.cancelled`` turns true; async and process jobs are cut."""
@@ -552,7 +582,7 @@ class Worker(Registry):
             running.job.cancel()
             if running.task is not None and (
                 running.meta.isolation == "process"
-                or asyncio.iscoroutinefunction(self.handlers[running.meta.id])
+                or asyncio.iscoroutinefunction(self.registry.handlers[running.meta.id])
             ):
                 running.task.cancel()
             log.info("job cancel requested", job_id=job_id)

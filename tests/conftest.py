@@ -158,6 +158,10 @@ class WorkerProcess:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def worker_id(self) -> str:
+        return self.args[self.args.index("--id") + 1]
+
     def output(self) -> str:
         return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
 

@@ -13,6 +13,7 @@ import click
 
 from qworker.cli.common import Seconds, config_option, envvar, reports_errors, sources
 from qworker.config import WorkerSettings, describe
+from qworker.errors import WorkerFailed
 from qworker.logs import configure
 from qworker.mongo import CHANNEL_BYTES
 from qworker.tasks import select
@@ -163,7 +164,10 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
     configure(opts["verbose"], opts["log_format"])
     metas = select(settings.paths, settings.tasks)
     worker = Worker(settings, metas)
-    worker.load()
+    try:
+        worker.load()
+    except WorkerFailed as exc:
+        _stopped_by_task_code(str(exc))
     if settings.metrics:
         from qworker.metrics import serve_worker_metrics
 
@@ -171,7 +175,14 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
     code = asyncio.run(worker.run())
     if worker.refused:
         click.echo(f"qworker: terminated by the manager: {worker.refused}", err=True)
+    if worker.failure:
+        _stopped_by_task_code(worker.failure)
     sys.exit(code)
+
+
+def _stopped_by_task_code(reason: str) -> None:
+    click.echo(f"qworker: stopped by its task code: {reason}", err=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

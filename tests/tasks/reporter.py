@@ -12,7 +12,7 @@ def setup(worker, task):
         job.error("error line")
         for n in range(int(job.data.get("lines", 0))):
             job.info("line %d", n)
-        job.progress(0.75, "waiting for go")
+        job.progress(3, total=4, step="waiting for go")
         go = Path(job.data["go"])
         deadline = time.monotonic() + 30
         while not go.exists() and time.monotonic() < deadline:
