@@ -6,12 +6,14 @@ end when it finishes, so a run cut short shows as a start without an end.
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from typing import Any
 
 from bson import ObjectId
-from conftest import wait_for
+from conftest import TASKS, WorkerProcess, process_env, qworker_command, wait_for
 from helpers import effects_env, pid_alive, ready, wait_finished
 
 from qworker import Client
@@ -233,3 +235,35 @@ def test_sigterm_kills_a_process_isolated_job_and_returns_it(
     for name in LOCK_FIELDS:
         assert name not in released, name
     wait_for(lambda: not pid_alive(child), 10, f"the job's process {child} to be gone")
+
+
+def _sigint_at_default() -> None:
+    """In the worker about to start: SIGINT as in a terminal (a test runner may ignore it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def test_ctrl_c_is_the_workers_alone_and_a_process_isolated_job_still_finishes(
+    client: Client, db: Any, mongo_url: str, tmp_path: Any
+) -> None:
+    """Ctrl-C in a terminal signals the whole foreground process group, the job's
+    child process too; only the worker may decide: finish within the grace."""
+    out, err = tmp_path / "w.out", tmp_path / "w.err"
+    args = qworker_command("--standalone", "--mongo", mongo_url, "--paths", str(TASKS),
+                           "--grace", "20", "--log-format", "json", "--id", "ctrl-c", "isolated")
+    with open(out, "wb") as o, open(err, "wb") as e:
+        process = subprocess.Popen(args, stdout=o, stderr=e, env=process_env(), cwd=tmp_path,
+                                   process_group=0, preexec_fn=_sigint_at_default)  # fmt: skip
+    worker = WorkerProcess(process, out, err, args)
+    try:
+        ready(worker)
+        pidfile = tmp_path / "child.pid"
+        job_id = client.now("isolated", {"pidfile": str(pidfile), "sleep": 4}, timeout=60)
+        wait_for(lambda: pidfile.exists() and pidfile.read_text(), 30, "the child's pid")
+        os.killpg(process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        assert worker.wait(30) == 0, worker.output()
+    finally:
+        worker.stop()
+    done = db.jobs.find_one({"_id": ObjectId(job_id)})
+    assert done["state"] == "succeeded", done
+    assert done["attempts"] == 1 and done["failCount"] == 0
+    assert "KeyboardInterrupt" not in worker.output()
