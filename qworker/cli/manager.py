@@ -220,6 +220,7 @@ def tasks_list(settings: Settings, as_json: bool) -> None:
     emit_json(found) if as_json else task_rows(found)
 
 
+DEMO_TASKS = Path(__file__).parent.parent / "demo"
 DEMO_JOBS: list[tuple[str, Any]] = [
     ("hello", {"name": "world"}),
     ("hello", {"name": "qworker"}),
@@ -232,8 +233,8 @@ DEMO_JOBS: list[tuple[str, Any]] = [
 @main.command()
 @click.option(
     "--paths",
-    default="tasks_example",
-    show_default=True,
+    default=str(DEMO_TASKS),
+    show_default="the demo tasks shipped with qworker",
     type=click.Path(file_okay=False, exists=True),
     help="Folder of the example tasks.",
 )

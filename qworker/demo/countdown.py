@@ -11,7 +11,7 @@ def setup(worker, task):
             if job.cancelled:
                 job.warn("cancelled at step %d", done)
                 return {"stoppedAt": done}
-            job.progress(100 * done / steps, step=f"{steps - done} to go")
+            job.progress(done, total=steps, step=f"{steps - done} to go")
             await asyncio.sleep(delay)
         job.progress(100, step="lift-off")
         return {"steps": steps}
