@@ -260,8 +260,10 @@ def test_jobs_cancel_unknown(mongo_url: str) -> None:
 # -- demo --------------------------------------------------------------------------
 
 
-def test_demo_runs_every_job_to_its_end(mongo_url: str, db: Any) -> None:
-    done = run("--mongo", mongo_url, "demo", timeout=120)
+def test_demo_runs_every_job_to_its_end_from_any_folder(
+    mongo_url: str, db: Any, tmp_path: Path
+) -> None:
+    done = run("--mongo", mongo_url, "demo", cwd=tmp_path, timeout=120)  # not the repo's root
     out = ok(done)
     jobs = list(db.jobs.find({"description": "demo"}))
     assert len(jobs) == 5
