@@ -22,6 +22,8 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection as SyncCollection
 from pymongo.errors import PyMongoError
 
+from qworker.aio import check_cancelled
+
 log = structlog.get_logger("qworker.channel")
 
 # Message ids carry the publisher's clock; a subscriber reads this far back
@@ -107,6 +109,7 @@ class Channel:
                     await asyncio.sleep(0)
                 await asyncio.sleep(0.05)
             except PyMongoError as exc:
+                check_cancelled()
                 log.warning("channel cursor broken, resuming", error=str(exc), retry_in=delay)
                 resuming = True
                 await asyncio.sleep(delay)

@@ -34,6 +34,7 @@ from qworker.mongo import (
     CHANNEL_BYTES,
     Names,
     async_client,
+    close_async,
     prepare,
     resolve_url,
 )
@@ -111,7 +112,7 @@ class Manager:
                 with contextlib.suppress(PyMongoError):
                     await self.channel.publish(protocol.MANAGER_STOP, {"managerId": self.id})
                     await self.leadership.release()
-            await client.close()
+            await close_async(client)
         log.info("manager stopped", manager_id=self.id)
         return 0
 

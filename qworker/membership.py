@@ -15,6 +15,7 @@ import structlog
 from pymongo.errors import PyMongoError
 
 from qworker import protocol
+from qworker.aio import check_cancelled
 
 if TYPE_CHECKING:
     from qworker.worker import Worker
@@ -122,6 +123,7 @@ class Membership:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._answer.wait(), ANSWER_SECONDS)
             except PyMongoError as exc:
+                check_cancelled()
                 log.warning("cannot reach MongoDB", error=str(exc))
             if self.accepted.is_set() or self.refused is not None:
                 waiting_logged = False

@@ -11,6 +11,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qs
 
+import pymongo
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, MongoClient
 from pymongo.database import Database
 from pymongo.errors import (
@@ -25,6 +26,7 @@ from qworker.model import ACTIVE_STATES
 
 DEFAULT_DATABASE = "qworker"
 CHANNEL_BYTES = 16 * 1024 * 1024
+CLOSE_WAIT = 1.0  # seconds
 
 
 class Names:
@@ -74,6 +76,13 @@ def sync_client(url: str) -> MongoClient[dict]:  # type: ignore[type-arg]
 
 def async_client(url: str) -> AsyncMongoClient[dict]:  # type: ignore[type-arg]
     return AsyncMongoClient(url, **_options(url))
+
+
+async def close_async(client: AsyncMongoClient[dict]) -> None:  # type: ignore[type-arg]
+    """Close a connection, waiting for the server at most ``CLOSE_WAIT``: closing ends
+    the sessions used there, which waits for a server that is gone as for any operation."""
+    with pymongo.timeout(CLOSE_WAIT):
+        await client.close()
 
 
 def ensure_schema(

@@ -51,6 +51,9 @@ class Outbox:
         # renewed, or a slow or unreachable server would let the job be
         # recovered as lost and run again although it finished.
         self._unwritten: dict[str, Write] = {}
+        # What each pending write is, for the log of a worker that stops without
+        # being able to write them: by id() of the write, while it is pending.
+        self._what: dict[int, str] = {}
         self.notifying = False
 
     def progress(self, job: Job, percent: float, step: str | None) -> None:
@@ -83,9 +86,11 @@ class Outbox:
             self._notes.append(note)
         self._notify()
 
-    def add(self, op: Write) -> None:
+    def add(self, op: Write, what: str) -> None:
+        """A write to make with the next batch; ``what`` says what it is ("outcome of job …")."""
         with self._lock:
             self._ops.append(op)
+            self._what[id(op)] = what
         self._notify()
 
     def finish(self, job: Job, outcome: Outcome, retention: Retention) -> None:
@@ -105,7 +110,7 @@ class Outbox:
         op = UpdateOne(_owned(job), update)
         with self._lock:
             self._unwritten[job.doc["lockToken"]] = op
-        self.add(op)
+        self.add(op, f"outcome of job {job.id} ({kind})")
         self._move_chain(job.doc, outcome, now, retention)
         self.event(job, kind, view, **extra)
 
@@ -115,7 +120,7 @@ class Outbox:
         if outcome.state is JobState.SUCCEEDED:
             follow = chains.advance(doc, outcome.result, now)
             if follow is not None:
-                self.add(follow)
+                self.add(follow, f"chain step after job {doc['_id']}")
                 following = doc["chain"]["next"]
                 hint = {"_id": following["id"], "name": following["task"],
                         "priority": following["priority"], "nextRunAt": now}  # fmt: skip
@@ -123,7 +128,7 @@ class Outbox:
         elif outcome.retry_at is None:
             stopped = chains.stop(doc, outcome.reason or outcome.state.value, now, retention)
             if stopped is not None:
-                self.add(stopped)
+                self.add(stopped, f"chain stop after job {doc['_id']}")
 
     def drain(self) -> tuple[list[Write], list[dict[str, Any]]]:
         """Pending writes (progress and logs before the outcomes they precede) and notes."""
@@ -138,19 +143,16 @@ class Outbox:
                            "progress", percent=value, step=step)
                 for job, value, step in progress.values()
             ]  # fmt: skip
-        first = [
-            UpdateOne(
-                _owned(job),
-                {
-                    "$set": {
-                        "progress": {"percent": value, "step": step},
-                        "lockExpiresAt": now + timedelta(seconds=self.lease),
-                    }
-                },
-            )
-            for job, value, step in progress.values()
-        ]
-        first += [UpdateOne(_owned(job), log_update(entries)) for job, entries in logs.values()]
+        first: list[Write] = []
+        with self._lock:
+            for job, value, step in progress.values():
+                lease = now + timedelta(seconds=self.lease)
+                fields = {"progress": {"percent": value, "step": step}, "lockExpiresAt": lease}
+                first.append(UpdateOne(_owned(job), {"$set": fields}))
+                self._what[id(first[-1])] = f"progress of job {job.id}"
+            for job, entries in logs.values():
+                first.append(UpdateOne(_owned(job), log_update(entries)))
+                self._what[id(first[-1])] = f"log lines of job {job.id}"
         return first + ops, notes
 
     def pending_outcomes(self) -> int:
@@ -167,6 +169,13 @@ class Outbox:
         with self._lock:
             for token in [t for t, op in self._unwritten.items() if id(op) in done]:
                 del self._unwritten[token]
+            for key in done:
+                self._what.pop(key, None)
+
+    def describe(self, ops: Sequence[Write]) -> list[str]:
+        """What these pending writes are, in order."""
+        with self._lock:
+            return [self._what.get(id(op), "a write") for op in ops]
 
     def restore(self, ops: Sequence[Write], notes: Sequence[dict[str, Any]] = ()) -> None:
         """Put back writes that failed, ahead of newer ones, to try again."""

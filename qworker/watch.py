@@ -23,9 +23,10 @@ from rich.table import Table
 from rich.text import Text
 
 from qworker import protocol
+from qworker.aio import cancel_and_wait
 from qworker.channel import Channel
 from qworker.events import WATCHED
-from qworker.mongo import Names, async_client, database_name, resolve_url
+from qworker.mongo import Names, async_client, close_async, database_name, resolve_url
 
 Doc = dict[str, Any]
 RECENT = 12
@@ -137,8 +138,7 @@ async def watch(url: str, prefix: str, seconds: float | None, out: TextIO) -> Fl
     finally:
         # Bounded: Ctrl-C must end the watch even if the server is slow to let
         # go of the tailing cursor (seen once in CI: the process outlived 30 s).
-        follower.cancel()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(follower, return_exceptions=True), 5)
-            await asyncio.wait_for(client.close(), 5)
+            await asyncio.wait_for(cancel_and_wait([follower]), 5)
+        await close_async(client)
     return view

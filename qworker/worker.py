@@ -27,6 +27,7 @@ from pymongo import InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from qworker import protocol, systemd
+from qworker.aio import cancel_and_wait, check_cancelled
 from qworker.candidates import Candidates, priority_of
 from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
@@ -35,7 +36,7 @@ from qworker.fleet import Listing
 from qworker.job import Job
 from qworker.membership import Membership
 from qworker.model import JobState, check_json, malformed
-from qworker.mongo import Names, async_client, prepare, resolve_url
+from qworker.mongo import Names, async_client, close_async, prepare, resolve_url
 from qworker.outbox import Outbox
 from qworker.runner import HandlerError, JobTimeout, execute
 from qworker.store import Outcome, WorkerStore, owned, refusal, release
@@ -50,6 +51,12 @@ CANDIDATE_CAP = 20_000
 NOTES_BATCH = 500
 MAX_PENDING_NOTES = 20_000  # notifications, not jobs: bounded, oldest dropped
 COALESCE_SECONDS = 0.005
+# Seconds a stopping worker waits for MongoDB to take what it has not written yet.
+STOP_WAIT = 10.0
+# Seconds a claim in flight when a stop begins may take; beyond, it is abandoned
+# (a claim the server made anyway returns its jobs with their lease).
+CLAIM_WAIT = 2.0
+UNWRITTEN_SHOWN = 50  # writes named in the log of a stop that could not make them
 
 
 @dataclass
@@ -92,6 +99,8 @@ class Worker:
         self._candidates = Candidates(salt=self.nonce)
         self._stopping = False
         self._force = asyncio.Event()
+        self._stop_asked = asyncio.Event()
+        self._signalled = asyncio.Event()  # any stop request, cleared to wait for the next
         self._wake = asyncio.Event()
         self._flush_wanted = asyncio.Event()
         self._notes_wanted = asyncio.Event()
@@ -145,7 +154,7 @@ class Worker:
         try:
             await self._run_hooks(hooks.initializers, *self._task_hooks(hooks.task_initializers))
         except WorkerFailed:  # worker.fail() in an initializer: nothing was claimed yet
-            await client.close()
+            await close_async(client)
             return 1
         listening = asyncio.Event()
         events = [protocol.JOB_QUEUED, protocol.JOB_CANCEL]
@@ -170,17 +179,15 @@ class Worker:
         if self.membership is not None:
             background.append(asyncio.create_task(self.membership.run()))
         try:
-            await self._claim_loop()
+            await self._claim_until_stopped()
             await self._drain_running()
-            await self._say_goodbye()
         finally:
-            await self._flush()
-            await self._publish_notes()
-            for task in background:
-                task.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
+            flushing, *others = background
+            await cancel_and_wait([flushing])  # the last writes take over what it holds
+            await self._last_writes()
+            await cancel_and_wait(others)
             await self._run_hooks(*self._task_hooks(hooks.task_finalizers), hooks.finalizers)
-            await client.close()
+            await close_async(client)
         c = self.counters
         log.info(
             "worker stopped", worker_id=self.id, succeeded=c.succeeded, failed=c.failed,
@@ -209,6 +216,33 @@ class Worker:
             return f"waiting for a manager to accept it ({running} jobs running)"
         return f"running {running} of {self.settings.concurrency} jobs ({done})"
 
+    async def _last_writes(self) -> None:
+        """Outcomes and hand-backs, notifications, the goodbye: what a stopping worker
+        still owes MongoDB, waiting for it at most ``STOP_WAIT`` (or until another
+        signal). What could not be written is logged: the leases of those jobs
+        expire, and the jobs return to the queue."""
+        self._signalled.clear()
+        writing = asyncio.ensure_future(self._write_all())
+        signalled = asyncio.ensure_future(self._signalled.wait())
+        await asyncio.wait([writing, signalled], timeout=STOP_WAIT,
+                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+        signalled.cancel()
+        if writing.done():
+            return
+        await cancel_and_wait([writing])
+        ops, notes = self.outbox.drain()
+        unwritten = self.outbox.describe(ops)
+        log.error(
+            "stopping without writing to MongoDB; their leases return these jobs to the queue",
+            unwritten=unwritten[:UNWRITTEN_SHOWN], more=max(0, len(unwritten) - UNWRITTEN_SHOWN),
+            notifications=len(notes) + len(self._notes),
+        )  # fmt: skip
+
+    async def _write_all(self) -> None:
+        await self._flush()
+        await self._publish_notes()
+        await self._say_goodbye()
+
     async def _say_goodbye(self) -> None:
         if self.membership is None:
             await self._register(stopped=True)
@@ -226,7 +260,11 @@ class Worker:
                 await call(hook)
 
     def request_stop(self, force: bool = False) -> None:
-        """First signal: stop claiming and drain; second (or ``force``): stop at once."""
+        """First signal: stop claiming and drain; second (or ``force``): stop at once.
+
+        A signal while the last writes wait for MongoDB ends that wait too.
+        """
+        self._signalled.set()
         if not self._stopping:  # the shutdown begins: tell systemd, if it runs us
             status = f"stopping: {len(self._running)} running jobs to finish or hand back"
             systemd.stopping(status, within=self.settings.grace + systemd.STOP_MARGIN)
@@ -238,7 +276,20 @@ class Worker:
             log.info("stopping: finishing running jobs", grace=self.settings.grace,
                      running=len(self._running))  # fmt: skip
             self._stopping = True
+        self._stop_asked.set()
         self._wake.set()
+
+    async def _claim_until_stopped(self) -> None:
+        """The claim loop, ended by a stop: a read or claim that waits for an unreachable
+        server is not waited for beyond ``CLAIM_WAIT``."""
+        claiming = asyncio.ensure_future(self._claim_loop())
+        asked = asyncio.ensure_future(self._stop_asked.wait())
+        await asyncio.wait([claiming, asked], return_when=asyncio.FIRST_COMPLETED)
+        asked.cancel()
+        await asyncio.wait([claiming], timeout=CLAIM_WAIT)
+        await cancel_and_wait([claiming])
+        if not claiming.cancelled():
+            claiming.result()  # what the loop raised, it raises here
 
     async def _drain_running(self) -> None:
         """Let running jobs finish within the grace period (or until a second signal)."""
@@ -258,17 +309,21 @@ class Worker:
         if not self._running:
             return
         now = utcnow()
-        ops = []
         for running in list(self._running.values()):
             running.stop_reason = "shutdown"
             running.job.cancel()
             if running.task is not None:
                 running.task.cancel()
-            ops += release(running.job.doc["_id"], running.job.doc["lockToken"], now, lost=False)
-            self.counters.released += 1
-            log.info("job returned to queue", job_id=running.job.id, task=running.job.task)
-        self.outbox.restore(ops)
+            self._release(running, now)
         self._running.clear()
+
+    def _release(self, running: Running, now: datetime) -> None:
+        """Hand a job back to ``queued`` with the next batch: not a failed attempt."""
+        doc = running.job.doc
+        for op in release(doc["_id"], doc["lockToken"], now, lost=False):
+            self.outbox.add(op, f"hand-back of job {running.job.id}")
+        self.counters.released += 1
+        log.info("job returned to queue", job_id=running.job.id, task=running.job.task)
 
     # -- claiming --------------------------------------------------------
 
@@ -435,7 +490,8 @@ class Worker:
         if problem is not None:
             log.error("failing a malformed job", job_id=str(doc["_id"]), reason=problem)
             refused = refusal(problem, utcnow(), meta.retention)
-            self.outbox.add(UpdateOne(owned(doc["_id"], doc["lockToken"]), refused))
+            what = f"failure of malformed job {doc['_id']}"
+            self.outbox.add(UpdateOne(owned(doc["_id"], doc["lockToken"]), refused), what)
             return
         running = Running(Job(doc, self.outbox), meta)
         self._running[running.key] = running
@@ -468,7 +524,7 @@ class Worker:
             outcome = Outcome(JobState.CANCELLED)
         except WorkerFailed:
             self._done(running)
-            self._hand_back(running)
+            self._release(running, utcnow())  # worker.fail(): not the job's fault
             return
         except Exception as exc:
             outcome = self._failure(
@@ -546,7 +602,7 @@ class Worker:
 
         From any thread: a handler's, a child process's relay, or the loop.
         """
-        self.outbox.add(InsertOne(doc))
+        self.outbox.add(InsertOne(doc), f"sub-task {doc['_id']} ({doc['name']})")
         self.outbox.publish(message(protocol.JOB_QUEUED, protocol.queued([doc])))
 
     def fail_worker(self, reason: str) -> None:
@@ -565,14 +621,6 @@ class Worker:
             self.request_stop()
         else:
             loop.call_soon_threadsafe(self.request_stop)
-
-    def _hand_back(self, running: Running) -> None:
-        """Return a job whose run task code cut short with ``worker.fail`` to the queue."""
-        doc = running.job.doc
-        for op in release(doc["_id"], doc["lockToken"], utcnow(), lost=False):
-            self.outbox.add(op)
-        self.counters.released += 1
-        log.info("job returned to queue", job_id=running.job.id, task=running.job.task)
 
     def cancel_job(self, job_id: str) -> bool:
         """Stop a running job: ``job.cancelled`` turns true; async and process jobs are cut."""
@@ -603,26 +651,31 @@ class Worker:
             await self._flush()
 
     async def _flush(self) -> None:
+        """Write what the outbox holds, retrying until it is written (or cancelled:
+        then it is put back, for the last writes of a stop to try or to report)."""
         ops, notes = self.outbox.drain()
         delay = 0.1
-        while ops:
-            try:
-                await self.store.write(ops)
-                self.outbox.written(ops)
-                self._wake.set()  # slots held by unwritten outcomes are free again
-                break
-            except PyMongoError as exc:
-                rest = self._skip_refused(ops, exc) if isinstance(exc, BulkWriteError) else None
-                if rest is not None:
-                    ops = rest
-                    continue
-                self._reachable_since = None
-                log.warning("cannot record job updates; retrying", error=str(exc), pending=len(ops))
-                if self._force.is_set() and delay > 5:
-                    self.outbox.restore(ops, notes)
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        try:
+            while ops:
+                try:
+                    await self.store.write(ops)
+                    self.outbox.written(ops)
+                    self._wake.set()  # slots held by unwritten outcomes are free again
+                    break
+                except PyMongoError as exc:
+                    rest = self._skip_refused(ops, exc) if isinstance(exc, BulkWriteError) else None
+                    if rest is not None:
+                        ops = rest
+                        continue
+                    check_cancelled()
+                    self._reachable_since = None
+                    log.warning("cannot record job updates; retrying", error=str(exc),
+                                pending=len(ops))  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        except asyncio.CancelledError:
+            self.outbox.restore(ops, notes)
+            raise
         if notes:  # after the writes they announce
             self._notes.extend(notes)
             self._notes_wanted.set()
@@ -661,6 +714,7 @@ class Worker:
                 await self.channel.collection.insert_many(batch, ordered=True)
             except PyMongoError as exc:
                 self._notes[:0] = batch
+                check_cancelled()
                 if len(self._notes) > MAX_PENDING_NOTES:
                     dropped = len(self._notes) - MAX_PENDING_NOTES
                     del self._notes[:dropped]
@@ -713,6 +767,7 @@ class Worker:
                     self.cancel_job(job_id)
                 recovered = await self._recover_expired(now)
             except PyMongoError as exc:
+                check_cancelled()
                 self._reachable_since = None
                 log.warning("lease upkeep failed", error=str(exc))
                 continue

@@ -115,6 +115,20 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[Server]:
+    """A server of this test's own, to stop and start (outage tests) without
+    disturbing the others; SecantusDB even when QWORKER_TEST_MONGO_URL is set."""
+    port = _free_port()
+    server = Server(
+        url=f"mongodb://127.0.0.1:{port}", storage=tmp_path / "own-mongo", port=port,
+        log_path=tmp_path / "own-mongo.log",
+    )  # fmt: skip
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
 def mongo_url(mongo_server: Server) -> Iterator[str]:
     """A URL whose database is this test's own; dropped afterwards."""
     name = f"qwt_{uuid.uuid4().hex[:12]}"

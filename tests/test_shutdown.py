@@ -13,10 +13,12 @@ import time
 from typing import Any
 
 from bson import ObjectId
-from conftest import TASKS, WorkerProcess, process_env, qworker_command, wait_for
-from helpers import effects_env, pid_alive, ready, wait_finished
+from conftest import TASKS, Server, WorkerProcess, process_env, qworker_command, wait_for
+from helpers import effects_env, log_events, pid_alive, ready, wait_finished
 
 from qworker import Client
+from qworker.mongo import CLOSE_WAIT
+from qworker.worker import CLAIM_WAIT, STOP_WAIT
 
 LOCK_FIELDS = ("lockedBy", "lockToken", "lockedAt", "lockExpiresAt")
 
@@ -267,3 +269,68 @@ def test_ctrl_c_is_the_workers_alone_and_a_process_isolated_job_still_finishes(
     assert done["state"] == "succeeded", done
     assert done["attempts"] == 1 and done["failCount"] == 0
     assert "KeyboardInterrupt" not in worker.output()
+
+
+def test_sigterm_stops_a_worker_whose_mongodb_is_gone_and_says_what_it_could_not_write(
+    own_server: Server, tmp_path: Any
+) -> None:
+    """A job finishes while MongoDB is down: its outcome cannot be written. SIGTERM must
+    still stop the worker, within the grace and a bounded wait for the server, and the
+    job, still held by the dead worker's lease, runs again once the server is back."""
+    url = f"{own_server.url}/outage"
+    worker = _plain_worker(url, tmp_path, "a", "--lease", "3", "--grace", "5")
+    with Client(url) as client:
+        ready(worker)
+        job_id = client.now("slow_thread", {"sleep": 2}, timeout=30)
+        wait_for(lambda: client.get(job_id)["state"] == "running", 30, "the job to start")
+    own_server.stop()
+    wait_for(lambda: "job succeeded" in worker.output(), 30, "the run to end, unrecorded")
+    asked = time.monotonic()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(40) == 0, worker.output()
+    # The grace was not needed (nothing ran); the wait for the server is bounded.
+    assert time.monotonic() - asked < CLAIM_WAIT + STOP_WAIT + CLOSE_WAIT + 5, worker.output()
+    (said,) = [e for e in log_events(worker.output()) if e["event"].startswith("stopping without")]
+    assert said["level"] == "error"
+    assert f"outcome of job {job_id} (success)" in said["unwritten"], said
+
+    own_server.start()
+    other = _plain_worker(url, tmp_path, "b")
+    with Client(url) as client:
+        done = client.wait(job_id, timeout=60)  # after the first worker's lease expired
+    other.stop()
+    assert done["state"] == "succeeded" and done["attempts"] == 2, done
+
+
+def test_a_second_signal_ends_the_wait_for_an_unreachable_server(
+    own_server: Server, tmp_path: Any
+) -> None:
+    url = f"{own_server.url}/outage"
+    worker = _plain_worker(url, tmp_path, "a", "--grace", "30")
+    with Client(url) as client:
+        ready(worker)
+        job_id = client.now("slow_thread", {"sleep": 60}, timeout=90)
+        wait_for(lambda: client.get(job_id)["state"] == "running", 30, "the job to start")
+    own_server.stop()
+    worker.signal(signal.SIGTERM)
+    wait_for(lambda: "finishing running jobs" in worker.output(), 20, "the first signal")
+    asked = time.monotonic()
+    worker.signal(signal.SIGINT)  # skip the grace: the job is handed back, unwritten
+    wait_for(lambda: "stopping now" in worker.output(), 20, "the second signal")
+    worker.signal(signal.SIGINT)  # and do not wait for the server either
+    assert worker.wait(20) == 0, worker.output()
+    assert time.monotonic() - asked < 8, worker.output()
+    (said,) = [e for e in log_events(worker.output()) if e["event"].startswith("stopping without")]
+    assert f"hand-back of job {job_id}" in said["unwritten"], said
+
+
+def _plain_worker(url: str, folder: Any, worker_id: str, *extra: str) -> WorkerProcess:
+    """A standalone worker of ``slow_thread`` on ``url``, with SIGINT at its default."""
+    args = qworker_command("--standalone", "--mongo", url, "--paths", str(TASKS), "--id",
+                           worker_id, "--log-format", "json", "--poll-interval", "0.2", *extra,
+                           "slow_thread")  # fmt: skip
+    out, err = folder / f"{worker_id}.out", folder / f"{worker_id}.err"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        process = subprocess.Popen(args, stdout=o, stderr=e, env=process_env(), cwd=folder,
+                                   preexec_fn=_sigint_at_default)  # fmt: skip
+    return WorkerProcess(process, out, err, args)
