@@ -3,20 +3,25 @@
 It lets a new user run qworker with no MongoDB installed. SecantusDB is a
 beta under the GPL, so it is an optional extra and never used in production.
 The first process that needs it starts it detached, under a file lock, and
-records its port; later processes reuse it.
+records its port; later processes reuse it. The port stays the folder's own
+across stops and starts, so running processes reconnect to a restarted server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 from pymongo import MongoClient
@@ -26,6 +31,7 @@ from qworker.errors import EmbeddedUnavailable
 
 SCHEME = "embedded"
 START_TIMEOUT = 60.0
+STOP_TIMEOUT = 30.0  # then it is killed
 INSTALL_HINT = "install it with: pip install 'qworker[embedded]'"
 
 
@@ -51,10 +57,29 @@ def _server_command() -> str:
     return found
 
 
-def _free_port() -> int:
+def _port_for(state: dict[str, Any]) -> int:
+    """The folder's own port, if it is free; a new one if something else holds it.
+
+    Keeping one address per folder lets running workers and managers reconnect
+    to a server that was stopped and started again.
+    """
+    recorded = state.get("port")
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", int(recorded) if isinstance(recorded, int) else 0))
+        except OSError:
+            sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """``server.json``: the port, and the pid while a server runs; garbage is ignored."""
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return state if isinstance(state, dict) else {}
 
 
 def _answers(url: str, timeout_ms: int = 1_000) -> bool:
@@ -76,17 +101,12 @@ def ensure_server(folder: Path) -> str:
     """The URL of the running embedded server for ``folder``, starting it if needed."""
     folder.mkdir(parents=True, exist_ok=True)
     state_path = folder / "server.json"
-    with open(folder / "server.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if state_path.exists():
-            try:
-                state = json.loads(state_path.read_text())
-                if _answers(_url(int(state["port"]))):
-                    return _url(int(state["port"]))
-            except (ValueError, KeyError, TypeError):
-                pass
+    with _locked(folder):
+        state = _read_state(state_path)
+        if "pid" in state and isinstance(state.get("port"), int) and _answers(_url(state["port"])):
+            return _url(state["port"])
         command = _server_command()
-        port = _free_port()
+        port = _port_for(state)
         with open(folder / "server.log", "ab") as log:
             process = subprocess.Popen(
                 [command, "--host", "127.0.0.1", "--port", str(port),
@@ -107,21 +127,39 @@ def ensure_server(folder: Path) -> str:
 
 
 def stop_server(folder: Path) -> bool:
-    """Stop the embedded server of ``folder``; ``False`` when none was running."""
+    """Stop the embedded server of ``folder`` and wait until it has exited (its storage
+    is free for the next start); ``False`` when none was running. Its port is kept."""
     state_path = folder / "server.json"
     if not state_path.exists():
         return False
-    try:
-        pid = int(json.loads(state_path.read_text())["pid"])
-    except (ValueError, KeyError, TypeError):
-        pid = 0
-    state_path.unlink()
-    # After a reboot the recorded pid may belong to an unrelated process.
+    with _locked(folder):
+        state = _read_state(state_path)
+        pid = state.pop("pid", None)
+        state_path.write_text(json.dumps(state))
+        if not isinstance(pid, int) or not _is_server(pid):
+            return False  # after a reboot the recorded pid may be an unrelated process
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while _is_server(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.05)
+        return True
+
+
+def _is_server(pid: int) -> bool:
+    """A SecantusDB process that is still running (a zombie is not)."""
     try:
         command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return False
-    if b"secantusd" not in command:
-        return False
-    os.kill(pid, 15)
-    return True
+    return b"secantusd" in command and stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """The folder's start/stop lock: one process at a time starts or stops its server."""
+    with open(folder / "server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield

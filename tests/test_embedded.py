@@ -179,7 +179,7 @@ def test_data_survives_a_restart_and_a_stale_state_file(own: Path) -> None:
         job_id = client.schedule("in 1 hour", "noop", {"keep": True})
     first = state(own)
     stop(own)
-    assert not (own / "server.json").exists()
+    assert state(own) == {"port": first["port"]}  # stopped; the folder keeps its address
     assert not alive(first["pid"])
 
     # Nor is a state file left by a server that is gone: a new one starts on the same data.
@@ -250,3 +250,42 @@ def test_missing_server_on_the_command_line(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("qworker: error: ")
     assert "SecantusDB" in lines[0] and INSTALL_HINT in lines[0]
     assert not servers_under(folder)
+
+
+def test_a_stopped_server_comes_back_on_its_address_and_running_workers_reconnect(
+    own: Path, tmp_path: Path
+) -> None:
+    """``embedded stop`` returns once the server has exited, and the next command
+    starts it again at once on the same port, where the running worker finds it."""
+    url = f"embedded://{own}"
+    with Client(url) as client:
+        before = client.url
+    out, err = tmp_path / "w.out", tmp_path / "w.err"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "qworker.cli.worker", "--standalone", "--mongo", url,
+             "--paths", str(TASKS), "--poll-interval", "0.2", "--log-format", "json", "noop"],
+            stdout=o, stderr=e,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "worker started" not in err.read_text():
+            assert worker.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+        stopped = manager_cli("embedded", "stop", "--url", url)
+        assert stopped.returncode == 0 and str(own) in stopped.stdout, stopped.stderr
+        assert not servers_under(own)  # gone by the time the command returned
+        queued = manager_cli("--mongo", url, "enqueue", "noop")  # starts it again
+        assert queued.returncode == 0, queued.stderr
+        with Client(url) as client:
+            assert client.url == before
+            done = client.wait(queued.stdout.strip(), timeout=60)
+        assert done["state"] == "succeeded" and done["lastWorker"].startswith("worker-")
+    finally:
+        worker.terminate()
+        worker.wait(30)
+
+
+def manager_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "qworker.cli.manager", *args],
+                          capture_output=True, text=True, timeout=90)  # fmt: skip
