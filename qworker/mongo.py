@@ -42,6 +42,21 @@ class Names:
         self.schedules = f"{prefix}schedules"
 
 
+_USERINFO = re.compile(r"^(?P<scheme>mongodb(?:\+srv)?://)(?P<user>[^:@/]*):(?P<password>[^/]*)@")
+
+
+def redact(url: str) -> str:
+    """``url`` with its password shown as ``***``: for every place a URL is printed or logged."""
+    return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
+
+
+def require_url(url: str | None) -> str:
+    """The MongoDB URL a command was given, or a ``ConfigError`` saying how to give one."""
+    if not url:
+        raise ConfigError("no MongoDB given: use --mongo URL or QWORKER_MONGO (or 'embedded')")
+    return url
+
+
 def resolve_url(url: str) -> str:
     """A ``mongodb://`` URL; ``embedded`` starts or reuses the local embedded server."""
     from qworker import embedded
@@ -51,8 +66,10 @@ def resolve_url(url: str) -> str:
     try:
         parse_uri(url)
     except (ConfigurationError, ValueError) as exc:
+        reason = str(exc).replace(url, redact(url))
         raise ConfigError(
-            f"--mongo {url!r} is not a MongoDB URL (mongodb://host:port/db) or 'embedded': {exc}"
+            f"--mongo {redact(url)!r} is not a MongoDB URL (mongodb://host:port/db) or "
+            f"'embedded': {reason}"
         ) from None
     return url
 

@@ -387,7 +387,7 @@ def test_config_file_with_an_unknown_key(tmp_path: Path) -> None:
         ({"concurrency": 0}, "concurrency", "range"),
         ({"standalone": 5}, "standalone", "true or false"),
         ({"paths": [1]}, "paths", "list of strings"),
-        ({"grace": "long"}, "grace", "number"),
+        ({"grace": "long"}, "grace", "duration"),
         ({"log-format": "xml"}, "log_format", "'xml'"),
         ({"id": {"name": "w1"}}, "id", "string"),
     ],

@@ -255,3 +255,69 @@ def test_seconds_must_be_finite_from_every_source(tmp_path: Path, value: str, so
     assert "lease" in done.stderr
     assert "finite" in done.stderr or "range" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_print_config_needs_no_mongodb_url(tmp_path: Path) -> None:
+    shown = settings(tmp_path, "some-task")
+    assert shown["mongo"] == (None, "default")
+    done = run(tmp_path, "--standalone", "some-task")  # running does need one
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "qworker: error: no MongoDB given: use --mongo URL or QWORKER_MONGO (or 'embedded')"
+    )
+
+
+SECRET_URL = "mongodb://app:s3cr%40t-pw@db1.example.com:27017,db2:27017/app?authSource=admin"
+MASKED_URL = "mongodb://app:***@db1.example.com:27017,db2:27017/app?authSource=admin"
+
+
+@pytest.mark.parametrize("source", ["flag", "environment", "file"])
+def test_print_config_masks_the_mongodb_password(tmp_path: Path, source: str) -> None:
+    args: list[str] = []
+    env: dict[str, str] = {}
+    if source == "flag":
+        args = ["--mongo", SECRET_URL]
+    elif source == "environment":
+        env = {"QWORKER_MONGO": SECRET_URL}
+    else:
+        args = ["--config", str(write_config(tmp_path, "yaml", {"mongo": SECRET_URL}))]
+    done = run(tmp_path, *args, "--print-config", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "s3cr" not in done.stdout
+    assert settings(tmp_path, *args, env=env)["mongo"][0] == MASKED_URL
+
+
+def test_a_bad_url_is_reported_without_its_password(tmp_path: Path) -> None:
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "t.json").write_text("{}")
+    code = "def setup(worker, task):\n    worker.task(task.id, print)\n"
+    (tmp_path / "tasks" / "t.py").write_text(code)
+    done = run(tmp_path, "--standalone", "--mongo", "mongodb://app:s3cret@db1:99999/app", "t")
+    assert done.returncode == 2
+    assert "s3cret" not in done.stderr and "mongodb://app:***@db1:99999/app" in done.stderr
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_a_string_of_several_tasks_or_folders_splits_as_in_the_environment(
+    tmp_path: Path, fmt: str
+) -> None:
+    path = write_config(tmp_path, fmt, {"tasks": "send-report hello", "paths": "a:b"})
+    shown = settings(tmp_path, "--config", str(path))
+    assert shown["tasks"][0] == ["send-report", "hello"]
+    assert shown["paths"][0] == ["a", "b"]
+    env = {"QWORKER_TASKS": "send-report hello", "QWORKER_PATHS": "a:b"}
+    from_env = settings(tmp_path, env=env)
+    assert (from_env["tasks"][0], from_env["paths"][0]) == (shown["tasks"][0], shown["paths"][0])
+
+
+@pytest.mark.parametrize("source", ["flag", "environment", "file"])
+def test_durations_are_seconds_from_every_source(tmp_path: Path, source: str) -> None:
+    values = {"grace": "30 seconds", "lease": "1m 30s", "poll_interval": "500ms"}
+    if source == "flag":
+        args = [f"--{k.replace('_', '-')}={v}" for k, v in values.items()]
+        shown = settings(tmp_path, *args)
+    elif source == "environment":
+        shown = settings(tmp_path, env={f"QWORKER_{k.upper()}": v for k, v in values.items()})
+    else:
+        shown = settings(tmp_path, "--config", str(write_config(tmp_path, "yaml", values)))
+    assert (shown["grace"][0], shown["lease"][0], shown["poll_interval"][0]) == (30.0, 90.0, 0.5)

@@ -24,6 +24,8 @@ from qworker.errors import (
     TaskDefinitionError,
 )
 from qworker.model import MAX_TIMEOUT
+from qworker.mongo import require_url
+from qworker.when import parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -34,7 +36,8 @@ USAGE_ERRORS = (
 
 
 class Seconds(click.FloatRange):
-    """A finite number of seconds: ``nan`` and ``inf`` pass a plain FloatRange."""
+    """Seconds, as a number or a duration (``30``, ``"30 seconds"``, ``"1m 30s"``), finite:
+    ``nan`` and ``inf`` pass a plain FloatRange."""
 
     name = "seconds"
 
@@ -42,10 +45,23 @@ class Seconds(click.FloatRange):
         super().__init__(min=min, max=max, min_open=min_open)
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not _is_float(value):
+            try:
+                value = parse_duration(value)
+            except ValueError as exc:
+                self.fail(str(exc), param, ctx)
         number = super().convert(value, param, ctx)
         if not math.isfinite(number):
             self.fail(f"{value!r} is not a finite number of seconds.", param, ctx)
         return number
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def envvar(name: str) -> str:
@@ -63,7 +79,8 @@ def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) 
             params = {p.name: p for p in ctx.command.params}
             for name, setting in settings.items():
                 if params[name].multiple and isinstance(setting, str):
-                    settings[name] = setting = [setting]  # "paths: tasks" means one folder
+                    # As in the environment: "tasks: a b" is two tasks, "paths: x:y" two folders.
+                    settings[name] = setting = list(params[name].type.split_envvar_value(setting))
                 problem = _setting_problem(ctx, params[name], setting)
                 if problem:
                     raise ConfigError(f"config file {value}: setting '{name}': {problem}")
@@ -83,6 +100,8 @@ def _setting_problem(ctx: click.Context, param: click.Parameter, value: Any) -> 
         kind, one, many = bool, "true or false", "true/false values"
     elif isinstance(param.type, click.types.IntParamType):
         kind, one, many = int, "a whole number", "whole numbers"
+    elif isinstance(param.type, Seconds):
+        kind, one, many = (int, float, str), "seconds or a duration", "durations"
     elif isinstance(param.type, click.types.FloatParamType):
         kind, one, many = (int, float), "a number", "numbers"
     else:
@@ -148,9 +167,7 @@ class Settings:
         self.mongo, self.prefix, self.channel_size = mongo, prefix, channel_size
 
     def url(self) -> str:
-        if not self.mongo:
-            raise ConfigError("no MongoDB given: use --mongo URL or QWORKER_MONGO (or 'embedded')")
-        return self.mongo
+        return require_url(self.mongo)
 
     def client(self) -> Client:
         return Client(self.url(), prefix=self.prefix, channel_size=self.channel_size)

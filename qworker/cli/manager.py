@@ -35,7 +35,7 @@ from qworker.fleet import WORKER_STATES
 from qworker.logs import configure
 from qworker.manager import DEFAULT_HTTP, Manager, ManagerSettings
 from qworker.model import FINISHED_STATES, JobState
-from qworker.mongo import CHANNEL_BYTES
+from qworker.mongo import CHANNEL_BYTES, redact
 from qworker.sinks import read_sinks
 from qworker.store import MAX_SKIP
 from qworker.when import utcnow
@@ -248,7 +248,7 @@ def demo(settings: Settings, paths: str) -> None:
     settings.mongo = settings.mongo or "embedded"
     with settings.client() as client:
         ids = [client.now(task, data, description="demo") for task, data in DEMO_JOBS]
-        click.echo(f"queued {len(ids)} jobs on {client.url}; starting a worker\n")
+        click.echo(f"queued {len(ids)} jobs on {redact(client.url)}; starting a worker\n")
         tasks = sorted({task for task, _ in DEMO_JOBS})
         worker = [sys.executable, "-m", "qworker.cli.worker", "--standalone", "--burst",
                   "--mongo", client.url, "--paths", str(Path(paths)), "--id", "demo-worker",

@@ -15,7 +15,7 @@ from qworker.cli.common import Seconds, config_option, envvar, reports_errors, s
 from qworker.config import WorkerSettings, describe
 from qworker.errors import WorkerFailed
 from qworker.logs import configure
-from qworker.mongo import CHANNEL_BYTES
+from qworker.mongo import CHANNEL_BYTES, redact, require_url
 from qworker.tasks import select
 from qworker.worker import Worker
 
@@ -41,7 +41,6 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
     "-m",
     "--mongo",
     name="mongo",
-    required=True,
     help="MongoDB URL (mongodb://host:port/db), or 'embedded' for the local server.",
 )
 @_option(
@@ -144,7 +143,7 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
     """
     wanted = tuple(dict.fromkeys([*task, *opts["tasks"]]))
     settings = WorkerSettings(
-        mongo=opts["mongo"], worker_id=opts["id"], tasks=wanted,
+        mongo=opts["mongo"] or "", worker_id=opts["id"], tasks=wanted,
         paths=tuple(Path(p) for p in opts["paths"]), standalone=opts["standalone"],
         concurrency=opts["concurrency"], grace=opts["grace"], lease=opts["lease"],
         poll_interval=opts["poll_interval"], prefix=opts["prefix"], burst=opts["burst"],
@@ -154,6 +153,7 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
     if print_config:
         shown = {k: v for k, v in ctx.params.items() if k not in ("print_config", "task")}
         shown["tasks"] = list(wanted)
+        shown["mongo"] = opts["mongo"] and redact(opts["mongo"])
         # TASK arguments and --tasks are one setting: say where each part came from.
         origin = dict(settings.sources)
         if task:
@@ -161,6 +161,7 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
             origin["tasks"] = " + ".join(["arguments", *extra])
         click.echo(describe(shown, origin))
         return
+    require_url(settings.mongo)
     configure(opts["verbose"], opts["log_format"])
     metas = select(settings.paths, settings.tasks)
     worker = Worker(settings, metas)
