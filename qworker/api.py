@@ -23,7 +23,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
+from pymongo.errors import PyMongoError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qworker import stats
 from qworker.client import Client
@@ -40,6 +43,7 @@ from qworker.errors import (
 from qworker.events import CLOSED, EventHub
 from qworker.metrics import Metrics
 from qworker.model import JobState
+from qworker.mongo import mongo_problem
 from qworker.schedules import make_schedule
 from qworker.store import MAX_SKIP
 
@@ -106,18 +110,22 @@ def create_app(
     """The ASGI app; ``token``, when given, is required on every API request."""
     hub = hub or EventHub()
     metrics = metrics or Metrics(client)
-    app = FastAPI(
+    app = FastAPIOffline(  # Swagger UI's assets come from that package: no CDN
         title="qworker", version="1", docs_url="/api/docs", redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url="/api/openapi.json", static_url="/api/docs/assets",
         description="Jobs, workers, tasks and schedules of a qworker fleet.",
     )  # fmt: skip
     app.add_exception_handler(QworkerError, _qworker_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(PyMongoError, _mongo_error)
     auth = [Depends(_token_check(token))]
     run = _runner()
 
-    @app.get("/api/health", tags=["fleet"])
+    @app.get("/api/health", tags=["fleet"], responses={503: {"description": "MongoDB is down"}})
     async def health() -> Any:
+        """200 while MongoDB answers (within a few seconds), else 503 naming the cause."""
+        await run(client.ping)
         return {"ok": True}
 
     @app.get("/api/overview", tags=["fleet"], dependencies=auth)
@@ -265,6 +273,18 @@ async def _qworker_error(request: Request, exc: Exception) -> JSONResponse:
     if isinstance(exc, InvalidJobError) and exc.field:
         body["field"] = f"body.{exc.field}"
     return JSONResponse(body, status_code=status)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """401, 404 and 405 in the shape of every other error: ``{"error": ...}``."""
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
+                        headers=exc.headers)  # fmt: skip
+
+
+async def _mongo_error(request: Request, exc: Exception) -> JSONResponse:
+    """MongoDB unreachable or failing: 503, so a probe or a proxy can tell it apart."""
+    return JSONResponse({"error": mongo_problem(exc)}, status_code=503)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -9,6 +9,7 @@ from functools import cached_property
 from types import TracebackType
 from typing import Any
 
+import pymongo
 import structlog
 from pymongo.errors import PyMongoError
 
@@ -35,6 +36,7 @@ log = structlog.get_logger("qworker.client")
 # Jobs due within this window are announced to workers with their ids, so an
 # idle worker claims them at once; later ones are found by the workers' reads.
 HINT_HORIZON = timedelta(seconds=60)
+PING_SECONDS = 3.0
 
 
 class Client:
@@ -218,6 +220,11 @@ class Client:
             publish_sync(self.db[self.names.channel], protocol.SCHEDULES_CHANGED, {})
         except PyMongoError as exc:
             log.warning("could not tell the manager; it will see the change", error=str(exc))
+
+    def ping(self, timeout: float = PING_SECONDS) -> None:
+        """Return if MongoDB answers within ``timeout`` seconds; else raise pymongo's error."""
+        with pymongo.timeout(timeout):
+            self.db.command("ping")
 
     # -- looking after jobs ----------------------------------------------
 

@@ -17,6 +17,7 @@ from pymongo.database import Database
 from pymongo.errors import (
     CollectionInvalid,
     ConfigurationError,
+    ConnectionFailure,
     ServerSelectionTimeoutError,
 )
 from pymongo.uri_parser import parse_uri
@@ -115,8 +116,15 @@ def ensure_schema(
     try:
         _ensure_schema(db, names, channel_bytes)
     except ServerSelectionTimeoutError as exc:
-        reason = re.split(r" \(configured timeouts|, Timeout: ", str(exc))[0]
-        raise ConfigError(f"cannot reach MongoDB (database '{db.name}'): {reason}") from None
+        raise ConfigError(f"{mongo_problem(exc)} (database '{db.name}')") from None
+
+
+def mongo_problem(exc: BaseException) -> str:
+    """One line on what went wrong with MongoDB, without pymongo's topology dump."""
+    reason = re.split(r" \(configured timeouts|, Timeout: ", str(exc))[0].strip()
+    if isinstance(exc, ConnectionFailure):
+        return f"cannot reach MongoDB: {reason}"
+    return f"MongoDB refused the operation: {reason}"
 
 
 def _ensure_schema(db: Database[dict], names: Names, channel_bytes: int) -> None:  # type: ignore[type-arg]

@@ -7,6 +7,7 @@ The event stream and the ``--http`` options are checked against a real
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -16,7 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import wait_for
+from conftest import Server, wait_for
 from fastapi.testclient import TestClient
 from helpers import managed, wait_accepted, wait_finished, wait_leading
 
@@ -181,7 +182,7 @@ def test_with_a_token_every_api_request_needs_it(guarded: TestClient, client: Cl
                          ("get", "/api/events"), ("delete", f"/api/jobs/{job_id}")]:  # fmt: skip
         response = getattr(guarded, method)(path)
         assert response.status_code == 401, (path, response.text)
-        assert "API token" in response.json()["detail"]
+        assert "API token" in response.json()["error"]  # the shape of every error
     wrong = guarded.get("/api/jobs", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     bearer = guarded.get("/api/jobs", headers={"Authorization": f"Bearer {TOKEN}"})
@@ -191,6 +192,41 @@ def test_with_a_token_every_api_request_needs_it(guarded: TestClient, client: Cl
     # The dashboard's files are public (they hold no data) and the health check too.
     assert guarded.get("/api/health").status_code == 200
     assert guarded.get("/").status_code == 200
+
+
+def test_unknown_routes_and_methods_answer_in_the_error_shape(api: TestClient) -> None:
+    assert api.get("/api/nothing-here").json() == {"error": "Not Found"}
+    wrong = api.put("/api/jobs")
+    assert wrong.status_code == 405 and wrong.json() == {"error": "Method Not Allowed"}
+
+
+def test_with_mongodb_down_health_overview_and_metrics_answer_503_naming_the_cause(
+    own_server: Server,
+) -> None:
+    client = Client(f"{own_server.url}/down?serverSelectionTimeoutMS=2000")
+    with client, TestClient(create_app(client)) as api:
+        assert ok(api.get("/api/health")) == {"ok": True}
+        own_server.stop()
+        for path in ("/api/health", "/api/overview", "/metrics", "/api/jobs"):
+            response = api.get(path)
+            assert response.status_code == 503, (path, response.text)
+            error = response.json()["error"]
+            assert error.startswith("cannot reach MongoDB: "), (path, error)
+            assert "Topology" not in error  # one line, not pymongo's dump
+        own_server.start()
+        assert ok(api.get("/api/health")) == {"ok": True}
+
+
+def test_the_api_docs_page_loads_only_its_own_assets(api: TestClient) -> None:
+    page = api.get("/api/docs")
+    assert page.status_code == 200
+    sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert sources and not [s for s in sources if not s.startswith("/api/docs/assets/")], sources
+    assert "https://" not in page.text
+    for source in sources:
+        asset = api.get(source)
+        assert asset.status_code == 200 and len(asset.content) > 1000, source
+    assert "SwaggerUIBundle" in api.get("/api/docs/assets/swagger-ui-bundle.js").text
 
 
 def test_openapi_describes_every_route(api: TestClient) -> None:
