@@ -26,6 +26,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from qworker import protocol, systemd
 from qworker.channel import Channel
+from qworker.definitions import Conflicts, differences, refusal
 from qworker.errors import TaskDefinitionError
 from qworker.events import WATCHED, EventHub
 from qworker.leadership import Leadership
@@ -77,6 +78,7 @@ class Manager:
         self._watching_since = self._last_round = utcnow()
         self._stop = asyncio.Event()
         self.hub = EventHub()
+        self.conflicts = Conflicts()
 
     async def run(self) -> int:
         url = resolve_url(self.settings.mongo)
@@ -194,7 +196,7 @@ class Manager:
             log.warning("ignoring a message without workerId/nonce", event_name=event)
             return
         if event == protocol.DEFINE_TASKS:
-            await self._define(worker_id, body.get("tasks"))
+            await self._define(worker_id, nonce, body.get("tasks"))
         elif event == protocol.WORKER_INITIALIZE:
             await self._initialize(worker_id, nonce, body)
         elif event == protocol.WORKER_PING:
@@ -219,16 +221,24 @@ class Manager:
             log.warning("ignoring a message from an unknown or stopped worker instance",
                         event_name=event, worker_id=worker_id[:200])  # fmt: skip
 
-    async def _define(self, worker_id: str, tasks: Any) -> None:
-        """Record the tasks a worker announced, checked as the worker checked them."""
+    async def _define(self, worker_id: str, nonce: str, tasks: Any) -> None:
+        """Record the tasks a worker announced, checked as the worker checked them.
+
+        A definition that differs from one a live worker holds is not recorded:
+        the instance that announced it is refused when it initializes.
+        """
         if not isinstance(tasks, list):
             log.warning("ignoring define:tasks without a task list", worker_id=worker_id)
             return
-        ops, metas = [], []
+        ops, metas, clashes = [], [], []
         for raw in tasks:
             if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
                 log.warning("ignoring a task definition that is not a mapping with an id",
                             worker_id=worker_id)  # fmt: skip
+                continue
+            clash = await self._clash(worker_id, raw)
+            if clash is not None:
+                clashes.append(clash)
                 continue
             try:
                 meta = check_metadata(raw, _announced(worker_id, raw["id"]), code=False)
@@ -253,14 +263,35 @@ class Manager:
             except (BulkWriteError, InvalidDocument) as exc:  # too large, or refused: those only
                 log.warning("some announced tasks could not be recorded", worker_id=worker_id,
                             error=str(exc)[:500])  # fmt: skip
+        self.conflicts.record(worker_id, nonce, clashes)
         await asyncio.to_thread(self.scheduler.install, metas)
+
+    async def _clash(self, worker_id: str, raw: dict[str, Any]) -> str | None:
+        """Why ``raw`` may not replace the definition that live workers hold, or None."""
+        standing = await self.tasks.find_one({"_id": raw["id"]}, {"metadata": 1})
+        if standing is None or not isinstance(standing.get("metadata"), dict):
+            return None
+        fields = differences(standing["metadata"], raw)
+        if not fields:
+            return None
+        holders = await self.workers.find(
+            {"tasks": raw["id"], "state": "running", "standalone": {"$ne": True},
+             "_id": {"$ne": worker_id}},
+            {"state": 1, "pingedAt": 1},
+        ).to_list()  # fmt: skip
+        live = [str(holder["_id"]) for holder in holders if self._alive(holder)]
+        return refusal(raw["id"], live, fields) if live else None
 
     async def _initialize(self, worker_id: str, nonce: str, body: dict[str, Any]) -> None:
         reason = await self._rejection(worker_id, nonce, body.get("tasks"))
+        clashes = self.conflicts.take(worker_id, nonce)
+        # A definition that clashes is refused for now: it may run once the others stop.
+        retry = reason is None and bool(clashes)
+        reason = reason or "; ".join(clashes) or None
         if reason:
             log.warning("worker rejected", worker_id=worker_id, reason=reason)
             await self.channel.publish(
-                protocol.terminate(worker_id), {"nonce": nonce, "reason": reason}
+                protocol.terminate(worker_id), {"nonce": nonce, "reason": reason, "retry": retry}
             )
             return
         now = utcnow()

@@ -32,6 +32,7 @@ class Membership:
         self.worker = worker
         self.accepted = asyncio.Event()
         self.refused: str | None = None
+        self.refused_for_now = False  # the reason may pass: exit so that a supervisor retries
         self.ping_interval = DEFAULT_PING_SECONDS
         self._answer = asyncio.Event()
         self._rejoin = asyncio.Event()
@@ -80,6 +81,7 @@ class Membership:
             await w.channel.publish(protocol.WORKER_START, self._identity())
         elif event == protocol.terminate(w.id):
             self.refused = str(body.get("reason") or "terminated by the manager")
+            self.refused_for_now = body.get("retry") is True
             log.error("terminated by the manager", reason=self.refused)
             self._answer.set()
             w.request_stop(force=True)

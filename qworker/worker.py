@@ -56,7 +56,10 @@ STOP_WAIT = 10.0
 # Seconds a claim in flight when a stop begins may take; beyond, it is abandoned
 # (a claim the server made anyway returns its jobs with their lease).
 CLAIM_WAIT = 2.0
-UNWRITTEN_SHOWN = 50  # writes named in the log of a stop that could not make them
+UNWRITTEN_SHOWN = 50
+# The exit code of a worker refused for a reason that may pass (a task defined
+# differently by live workers): unlike 3, a supervisor should start it again later.
+REFUSED_FOR_NOW = 4  # writes named in the log of a stop that could not make them
 
 
 @dataclass
@@ -193,7 +196,9 @@ class Worker:
             "worker stopped", worker_id=self.id, succeeded=c.succeeded, failed=c.failed,
             retried=c.retried, cancelled=c.cancelled, released=c.released,
         )  # fmt: skip
-        return 3 if self.refused else 1 if self.failure else 0
+        if self.refused:
+            return REFUSED_FOR_NOW if self.membership and self.membership.refused_for_now else 3
+        return 1 if self.failure else 0
 
     @property
     def refused(self) -> str | None:
