@@ -11,6 +11,7 @@ from qworker.errors import (
     QworkerError,
     ScheduleExists,
     ScheduleNotFound,
+    ScheduleOwnedByTask,
     TaskDefinitionError,
 )
 from qworker.job import Job
@@ -30,6 +31,7 @@ __all__ = [
     "QworkerError",
     "ScheduleExists",
     "ScheduleNotFound",
+    "ScheduleOwnedByTask",
     "Step",
     "TaskDefinitionError",
     "__version__",

@@ -39,6 +39,7 @@ from qworker.errors import (
     QworkerError,
     ScheduleExists,
     ScheduleNotFound,
+    ScheduleOwnedByTask,
 )
 from qworker.events import CLOSED, EventHub
 from qworker.metrics import Metrics
@@ -55,6 +56,7 @@ KEEPALIVE_SECONDS = 15.0
 
 _STATUS: list[tuple[type[QworkerError], int]] = [
     (JobNotFound, 404), (ScheduleNotFound, 404), (JobStateError, 409), (ScheduleExists, 409),
+    (ScheduleOwnedByTask, 409),
     (InvalidJobError, 422), (InvalidScheduleError, 422), (ConfigError, 422),
 ]  # fmt: skip
 

@@ -51,6 +51,10 @@ class ScheduleExists(QworkerError):
     """A schedule with that name exists and replacing it was not asked for."""
 
 
+class ScheduleOwnedByTask(QworkerError):
+    """The schedule comes from a task's metadata: removed, it would be installed again."""
+
+
 # -- raised by the helpers that task code calls ------------------------------
 
 

@@ -24,6 +24,7 @@ from helpers import managed, wait_accepted, wait_finished, wait_leading
 from qworker import Client
 from qworker.api import create_app
 from qworker.events import EventHub
+from qworker.schedules import make_schedule
 
 TOKEN = "s3cret-token"
 
@@ -120,6 +121,13 @@ def test_unknown_jobs_and_wrong_states(api: TestClient, client: Client) -> None:
 
 
 # -- schedules ----------------------------------------------------------------
+
+
+def test_a_schedule_from_task_metadata_cannot_be_removed(api: TestClient, client: Client) -> None:
+    client.add_schedule(make_schedule("task:tick", "tick", every="1 hour", origin="metadata"))
+    refused = api.delete("/api/schedules/task:tick")
+    assert refused.status_code == 409 and "pause it instead" in refused.json()["error"]
+    assert ok(api.get("/api/schedules/task:tick"))["name"] == "task:tick"
 
 
 def test_schedules_add_list_pause_resume_remove(api: TestClient) -> None:

@@ -19,6 +19,7 @@ from helpers import one_error_line
 
 from qworker import Client
 from qworker.cli.manager import main as manager_main
+from qworker.schedules import make_schedule
 
 REPO = Path(__file__).parent.parent
 UNREACHABLE = "mongodb://127.0.0.1:1/x"
@@ -153,6 +154,44 @@ def test_unreachable_mongo() -> None:
 
 def test_malformed_mongo_url() -> None:
     one_line_error(run("--mongo", "http://x/y", "jobs", "list"), "jobs list", "not a MongoDB URL")
+
+
+def test_connection_options_may_follow_the_subcommand(mongo_url: str, client: Client) -> None:
+    job_id = client.now("noop")
+    listed = json.loads(ok(run("jobs", "list", "--mongo", mongo_url, "--json")))
+    assert [job["_id"] for job in listed] == [job_id]
+    # After the subcommand wins over before it (and over the environment).
+    env = {"QWORKER_MONGO": UNREACHABLE}
+    listed = json.loads(ok(run("--mongo", UNREACHABLE, "jobs", "list", "-m", mongo_url, "--json",
+                               env=env)))  # fmt: skip
+    assert [job["_id"] for job in listed] == [job_id]
+    queued = ok(run("enqueue", "noop", "--mongo", mongo_url, "--prefix", "other_")).strip()
+    assert Client(mongo_url, prefix="other_").get(queued)["name"] == "noop"
+
+
+def test_retry_cancel_and_delete_print_json_when_asked(mongo_url: str, client: Client) -> None:
+    job_id = client.now("noop", {"n": 1})
+    cancelled = json.loads(ok(run("--mongo", mongo_url, "jobs", "cancel", job_id, "--json")))
+    assert cancelled["_id"] == job_id and cancelled["state"] == "cancelled"
+    retried = json.loads(ok(run("--mongo", mongo_url, "jobs", "retry", job_id, "--json")))
+    assert retried["state"] == "queued" and retried["data"] == {"n": 1}
+    client.cancel(job_id)
+    deleted = json.loads(ok(run("--mongo", mongo_url, "jobs", "delete", job_id, "--json")))
+    assert deleted["_id"] == job_id and deleted["state"] == "cancelled"
+    assert client.count_jobs() == 0
+
+
+def test_a_schedule_from_task_metadata_is_not_removed_but_can_be_paused(
+    mongo_url: str, client: Client
+) -> None:
+    """Removed, it would come back as soon as a worker defines the task again."""
+    client.add_schedule(make_schedule("task:tick", "tick", every="1 hour", origin="metadata"))
+    done = run("--mongo", mongo_url, "schedules", "remove", "task:tick")
+    line = one_line_error(done, "schedules remove", "comes from the metadata of task 'tick'")
+    assert "pause it instead (schedules pause task:tick)" in line and done.returncode == 1
+    assert client.schedule_info("task:tick")["paused"] is False
+    ok(run("--mongo", mongo_url, "schedules", "pause", "task:tick"))
+    assert client.schedule_info("task:tick")["paused"] is True
 
 
 # -- jobs show -------------------------------------------------------------------

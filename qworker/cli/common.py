@@ -8,7 +8,7 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 from click.core import ParameterSource
@@ -173,7 +173,29 @@ class Settings:
         return Client(self.url(), prefix=self.prefix, channel_size=self.channel_size)
 
 
-pass_settings = click.make_pass_decorator(Settings)
+_pass_settings = click.make_pass_decorator(Settings)
+
+
+def _override(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A connection option given after the subcommand wins over the one before it."""
+    if value is not None and param.name:
+        setattr(ctx.ensure_object(Settings), param.name, value)
+
+
+def pass_settings(fn: F) -> F:
+    """Pass the connection settings; ``--mongo``, ``--prefix`` and ``--channel-size`` are
+    also taken after the subcommand (``qworker-manager jobs list --mongo URL``)."""
+    for option in (
+        click.option("-m", "--mongo", "mongo", expose_value=False, callback=_override,
+                     help="MongoDB URL, or 'embedded' (as before the subcommand)."),
+        click.option("--prefix", "prefix", expose_value=False, callback=_override,
+                     help="Prefix of qworker's collection names (as before the subcommand)."),
+        click.option("--channel-size", "channel_size", type=click.IntRange(min=65_536),
+                     expose_value=False, callback=_override,
+                     help="Bytes of the capped channel (as before the subcommand)."),
+    )[::-1]:  # fmt: skip
+        fn = option(fn)
+    return cast(F, _pass_settings(fn))
 
 
 def json_data(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:

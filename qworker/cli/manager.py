@@ -140,35 +140,39 @@ def jobs_list(settings: Settings, /, as_json: bool, limit: int, skip: int, **fil
 
 @jobs.command("cancel")
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the job document as JSON.")
 @pass_settings
 @reports_errors
-def jobs_cancel(settings: Settings, job_id: str) -> None:
+def jobs_cancel(settings: Settings, job_id: str, as_json: bool) -> None:
     """Cancel a queued job, or ask a running one to stop."""
     with settings.client() as client:
         job = client.cancel(job_id)
-    click.echo(f"{job['_id']} {'cancel requested' if job.get('cancelRequested') else job['state']}")
+    said = "cancel requested" if job.get("cancelRequested") else job["state"]
+    emit_json(job) if as_json else click.echo(f"{job['_id']} {said}")
 
 
 @jobs.command("retry")
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the job document as JSON.")
 @pass_settings
 @reports_errors
-def jobs_retry(settings: Settings, job_id: str) -> None:
+def jobs_retry(settings: Settings, job_id: str, as_json: bool) -> None:
     """Queue a finished job again."""
     with settings.client() as client:
         job = client.retry(job_id)
-    click.echo(f"{job['_id']} {job['state']}")
+    emit_json(job) if as_json else click.echo(f"{job['_id']} {job['state']}")
 
 
 @jobs.command("delete")
 @click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the deleted job as JSON.")
 @pass_settings
 @reports_errors
-def jobs_delete(settings: Settings, job_id: str) -> None:
+def jobs_delete(settings: Settings, job_id: str, as_json: bool) -> None:
     """Delete a job that is not running (cancel a running one first)."""
     with settings.client() as client:
         job = client.delete(job_id)
-    click.echo(f"{job['_id']} deleted (was {job['state']})")
+    emit_json(job) if as_json else click.echo(f"{job['_id']} deleted (was {job['state']})")
 
 
 @jobs.command("purge")
