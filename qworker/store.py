@@ -328,15 +328,17 @@ class JobStore:
         return doc
 
     def retry(self, job_id: str | ObjectId, now: datetime) -> Doc:
-        """Queue a finished job again, now, with a fresh attempt budget."""
+        """Queue a finished job again, now, with a fresh attempt budget: its counts of
+        runs, failures and losses start again from zero."""
         oid = object_id(job_id)
         try:
             done = self.jobs.update_one(
                 {"_id": oid, "state": {"$in": [s.value for s in FINISHED_STATES]}},
                 {
-                    "$set": {"state": JobState.QUEUED.value, "nextRunAt": now, "failCount": 0},
+                    "$set": {"state": JobState.QUEUED.value, "nextRunAt": now, "failCount": 0,
+                             "attempts": 0},
                     "$unset": {"cancelRequested": "", "failReason": "", "error": "",
-                               "result": "", "expireAt": ""},
+                               "result": "", "expireAt": "", "lostCount": ""},
                 },
             )  # fmt: skip
         except DuplicateKeyError:

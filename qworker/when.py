@@ -77,6 +77,8 @@ def parse_when(when: str | datetime | None, now: datetime | None = None) -> date
     ``now``, ``in 20 minutes``, ``20 minutes``, ISO 8601, or else an English
     phrase such as ``tomorrow at 9am`` or ``next monday 10:00``, read by
     dateparser relative to ``now``. Naive ISO times and datetimes are taken as UTC.
+    A time in the past, in any of these forms, is due at once (as Celery's and
+    Sidekiq's are); only a negative duration is refused.
     """
     now = now or utcnow()
     if when is None:
@@ -106,7 +108,7 @@ def parse_when(when: str | datetime | None, now: datetime | None = None) -> date
         pass
     else:
         return parse_when(parsed, now)
-    now = parse_when(now)  # aware UTC, to compare with
+    now = parse_when(now)  # aware UTC: what phrases are read relative to
     found = _parse_phrase(text, now)
     if found is None:
         raise InvalidJobError(
@@ -115,8 +117,6 @@ def parse_when(when: str | datetime | None, now: datetime | None = None) -> date
             "'tomorrow at 9am' or 'next monday 10:00'",
             "when",
         )
-    if found < now:
-        raise InvalidJobError(f"when={when!r} is in the past ({found.isoformat()})", "when")
     return found
 
 
@@ -157,7 +157,7 @@ def _parse_phrase(text: str, now: datetime) -> datetime | None:
     absolute one ("next monday 10:00", "midnight", "june 5") are tried one
     after the other, as each has its own flaws, checked for below.
     """
-    if _NUMERIC_DATE.search(text) or _SIGNED.match(text):
+    if _NUMERIC_DATE.search(text) or _SIGNED.match(text.removeprefix("in ").strip()):
         return None
     if not (_WORD.search(text) or _CLOCK.fullmatch(text)):
         return None

@@ -494,6 +494,14 @@ def test_parse_duration_gives_finite_seconds_or_a_value_error(value: Any) -> Non
     assert math.isfinite(seconds) and seconds >= 0, seconds
 
 
+def _is_duration(value: Any) -> bool:
+    try:
+        parse_duration(str(value).strip().lower().removeprefix("in "))
+    except (ValueError, OverflowError):
+        return False
+    return True
+
+
 def _is_iso(value: Any) -> bool:
     if isinstance(value, datetime):
         return True
@@ -522,8 +530,8 @@ def test_parse_when_gives_an_aware_utc_time_or_an_invalid_job_error(
         return
     assert isinstance(found, datetime)
     assert found.tzinfo is not None and found.utcoffset() == timedelta(0), found
-    if not _is_iso(when):
-        # Relative forms and phrases: never in the past (an ISO time may be).
+    if not _is_iso(when) and _is_duration(when):
+        # A duration is never in the past (a time may be: it is then due at once).
         assert found >= now, (when, now, found)
 
 
