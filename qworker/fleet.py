@@ -29,7 +29,15 @@ Doc = dict[str, Any]
 
 # A worker silent for this many of its ping intervals is shown as lost.
 LOST_AFTER_PINGS = 3
+# A worker's entry is removed (TTL index) this long after it was last heard from:
+# stopped, dead and lost workers leave the list, which otherwise grows forever.
+KEEP_WORKER = timedelta(days=1)
 WORKER_STATES = ("running", "lost", "stopped", "dead")
+
+
+def kept_until(now: datetime | None = None) -> datetime:
+    """When the entry of a worker heard from at ``now`` expires."""
+    return (now or utcnow()) + KEEP_WORKER
 
 
 def status(worker: Doc, now: datetime) -> str:
@@ -168,7 +176,8 @@ class Listing:
             {"nonce": others, "state": {"$ne": "running"}},
             {"nonce": others, "pingedAt": {"$lt": silent}},
         ]}  # fmt: skip
-        update = {"$set": {**self.fields, "state": "running", "pingedAt": now, "running": running},
+        update = {"$set": {**self.fields, "state": "running", "pingedAt": now, "running": running,
+                           "expireAt": kept_until(now)},
                   "$unset": {"stoppedAt": "", "diedAt": ""}}  # fmt: skip
         try:
             await registry.update_one(query, update, upsert=True)
@@ -186,5 +195,6 @@ class Listing:
         self.stopped = True
         await registry.update_one(
             {"_id": self.id, "nonce": self.nonce},
-            {"$set": {"state": "stopped", "stoppedAt": utcnow(), "running": 0}},
+            {"$set": {"state": "stopped", "stoppedAt": utcnow(), "running": 0,
+                      "expireAt": kept_until()}},
         )

@@ -29,6 +29,7 @@ from qworker.channel import Channel
 from qworker.definitions import Conflicts, differences, refusal
 from qworker.errors import TaskDefinitionError
 from qworker.events import WATCHED, EventHub
+from qworker.fleet import kept_until
 from qworker.leadership import Leadership
 from qworker.model import JobState
 from qworker.mongo import (
@@ -203,14 +204,14 @@ class Manager:
             # A ping sent while the worker was saying goodbye must not revive it.
             done = await self.workers.update_one(
                 {"_id": worker_id, "nonce": nonce, "state": {"$ne": "stopped"}},
-                {"$set": {"pingedAt": utcnow(), "state": "running",
+                {"$set": {"pingedAt": utcnow(), "state": "running", "expireAt": kept_until(),
                           "running": body.get("running", 0)}},
             )  # fmt: skip
             self._known(done.matched_count, event, worker_id)
         elif event in (protocol.WORKER_STOP, protocol.WORKER_TERMINATE):
             done = await self.workers.update_one(
                 {"_id": worker_id, "nonce": nonce},
-                {"$set": {"state": "stopped", "stoppedAt": utcnow()}},
+                {"$set": {"state": "stopped", "stoppedAt": utcnow(), "expireAt": kept_until()}},
             )
             self._known(done.matched_count, event, worker_id)
 
@@ -298,6 +299,7 @@ class Manager:
         await self.workers.update_one(
             {"_id": worker_id},
             {"$set": {"nonce": nonce, "host": body.get("host"), "pid": body.get("pid"),
+                      "expireAt": kept_until(now),
                       "tasks": body.get("tasks"), "state": "running", "startedAt": now,
                       "pingedAt": now, "running": 0, "standalone": False,
                       "pingInterval": self.settings.ping_interval},

@@ -28,6 +28,7 @@ from helpers import (
 )
 
 from qworker import Client
+from qworker.fleet import KEEP_WORKER
 from qworker.when import utcnow
 
 # Standalone workers refresh their entry every third of the lease: every second here.
@@ -145,6 +146,27 @@ def test_managed_and_standalone_workers_are_listed_together(
     assert workers["solo-1"]["standalone"] is True and workers["solo-1"]["pid"] == solo.pid
     tasks = {t["_id"]: t for t in client.tasks()}
     assert tasks["record"]["valid"] is True and "managed-1" in tasks["record"]["liveWorkers"]
+
+
+def test_worker_entries_expire_a_day_after_the_worker_was_last_heard_from(
+    client: Client, db: Any, spawn_manager: Any, spawn_worker: Any, mongo_url: str
+) -> None:
+    """A TTL index removes them, so stopped and lost workers leave the list."""
+    wait_leading(spawn_manager())
+    member = managed(spawn_worker, mongo_url, "record", worker_id="managed-2")
+    wait_accepted(member)
+    solo = spawn_worker("noop", worker_id="solo-3", extra=FAST)
+    listed(client, "solo-3")
+    (index,) = [i for i in db.workers.list_indexes() if i["name"] == "forget"]
+    assert dict(index["key"]) == {"expireAt": 1} and index["expireAfterSeconds"] == 0
+    for worker_id in ("managed-2", "solo-3"):
+        running = listed(client, worker_id)
+        assert running["expireAt"] - running["pingedAt"] == KEEP_WORKER
+    member.stop()
+    solo.stop()
+    for worker_id in ("managed-2", "solo-3"):
+        stopped = listed(client, worker_id, "stopped")
+        assert abs(stopped["expireAt"] - stopped["stoppedAt"] - KEEP_WORKER) < timedelta(seconds=1)
 
 
 def test_a_leading_manager_leaves_standalone_workers_alone(
