@@ -1,7 +1,10 @@
 """Where the manager relays notifications: its structured log, and webhooks.
 
 A webhook gets an HTTP POST of the notification as JSON, for the event types
-and tasks it asked for, retried with backoff. Deliveries run beside the
+and tasks it asked for, retried with backoff, with the headers its settings
+give (an ``Authorization``, say) and, given a shared ``secret``, an HMAC-SHA256
+signature of the body in ``X-Qworker-Signature-256`` (``sha256=<hex>``, as
+GitHub signs its webhooks) so that the receiver can tell it came from us. Deliveries run beside the
 manager through a bounded queue per webhook, so a slow or dead endpoint never
 blocks it; when a queue is full the oldest notification is dropped, and said.
 """
@@ -9,10 +12,14 @@ blocks it; when a queue is full the oldest notification is dropped, and said.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
+import re
 import urllib.error
+import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +34,11 @@ log = structlog.get_logger("qworker.sinks")
 QUEUE_SIZE = 1_000
 
 
+SIGNATURE_HEADER = "X-Qworker-Signature-256"
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110)
+KNOWN = {"url", "events", "tasks", "retries", "backoff", "timeout", "headers", "secret"}
+
+
 @dataclass(frozen=True)
 class Webhook:
     url: str
@@ -35,6 +47,22 @@ class Webhook:
     retries: int = 5
     backoff: float = 1.0
     timeout: float = 5.0
+    headers: tuple[tuple[str, str], ...] = ()
+    secret: str | None = field(default=None, repr=False)
+
+    @property
+    def shown(self) -> str:
+        """The URL as logs show it: scheme and host only (paths and queries carry tokens)."""
+        parts = urllib.parse.urlsplit(self.url)
+        return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+
+    def request_headers(self, body: bytes) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": "qworker-manager",
+                   **dict(self.headers)}  # fmt: skip
+        if self.secret is not None:
+            digest = hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
+            headers[SIGNATURE_HEADER] = f"sha256={digest}"
+        return headers
 
     def wants(self, note: dict[str, Any]) -> bool:
         kind, task = note.get("type"), note.get("task")  # anything: the channel is open to all
@@ -72,9 +100,9 @@ def _webhook(path: Path, n: int, raw: Any) -> Webhook:
         raise ConfigError(f"{where}: expected a mapping with a 'url'")
     if not raw["url"].startswith(("http://", "https://")):
         raise ConfigError(f"{where}: 'url' must be an http(s) URL, got {raw['url']!r}")
-    unknown = set(raw) - {"url", "events", "tasks", "retries", "backoff", "timeout"}
+    unknown = set(raw) - KNOWN
     if unknown:
-        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)}")
+        raise ConfigError(f"{where}: unknown setting(s) {sorted(unknown)} (known: {sorted(KNOWN)})")
     chosen = {}
     for key in ("events", "tasks"):
         value = raw.get(key)
@@ -92,8 +120,26 @@ def _webhook(path: Path, n: int, raw: Any) -> Webhook:
     return Webhook(
         url=raw["url"], events=chosen["events"], tasks=chosen["tasks"],
         retries=int(numbers["retries"]), backoff=float(numbers["backoff"]),
-        timeout=float(numbers["timeout"]),
+        timeout=float(numbers["timeout"]), headers=_headers(where, raw.get("headers", {})),
+        secret=_secret(where, raw.get("secret")),
     )  # fmt: skip
+
+
+def _headers(where: str, raw: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: 'headers' must be a mapping of header names to values")
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            raise ConfigError(f"{where}: headers: {name!r} is not an HTTP header name")
+        if not isinstance(value, str) or any(c in value for c in "\r\n"):
+            raise ConfigError(f"{where}: headers: the value of {name!r} must be one line of text")
+    return tuple(raw.items())
+
+
+def _secret(where: str, raw: Any) -> str | None:
+    if raw is not None and (not isinstance(raw, str) or not raw):
+        raise ConfigError(f"{where}: 'secret' must be a non-empty string (the shared HMAC key)")
+    return raw
 
 
 def _default(value: Any) -> Any:
@@ -128,7 +174,8 @@ class Sinks:
                 continue
             if queue.full():
                 queue.get_nowait()
-                log.warning("webhook queue full: dropped the oldest notification", url=hook.url)
+                log.warning("webhook queue full: dropped the oldest notification",
+                            webhook=hook.shown)  # fmt: skip
             queue.put_nowait(note)
 
     async def _deliver(self, hook: Webhook, queue: asyncio.Queue[dict[str, Any]]) -> None:
@@ -140,19 +187,20 @@ class Sinks:
                 if error is None:
                     break
                 if attempt == hook.retries:
-                    log.error("webhook gave up", url=hook.url, error=error, attempts=attempt + 1)
+                    log.error("webhook gave up", webhook=hook.shown, error=error,
+                              attempts=attempt + 1)  # fmt: skip
                     break
                 delay = hook.backoff * 2**attempt
-                log.warning("webhook failed; retrying", url=hook.url, error=error, retry_in=delay)
+                log.warning("webhook failed; retrying", webhook=hook.shown, error=error,
+                            retry_in=delay)  # fmt: skip
                 await asyncio.sleep(delay)
 
 
 def _post(hook: Webhook, body: bytes) -> str | None:
     """POST ``body``; the error, or None on a 2xx answer."""
     request = urllib.request.Request(
-        hook.url, data=body, method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "qworker-manager"},
-    )  # fmt: skip
+        hook.url, data=body, method="POST", headers=hook.request_headers(body)
+    )
     try:
         with urllib.request.urlopen(request, timeout=hook.timeout) as answer:
             return None if 200 <= answer.status < 300 else f"HTTP {answer.status}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import threading
 from collections.abc import Iterator
@@ -11,9 +13,12 @@ from typing import Any
 
 import pytest
 from conftest import ManagerProcess, leading, wait_for
+from helpers import log_events
 
 from qworker import Client, ConfigError
 from qworker.sinks import read_sinks
+
+SECRET = "shared-hmac-key"
 
 
 class Hook:
@@ -21,6 +26,7 @@ class Hook:
 
     def __init__(self) -> None:
         self.bodies: list[dict[str, Any]] = []
+        self.raw: list[tuple[bytes, dict[str, str]]] = []  # what arrived, with its headers
         self.requests = 0
         hook = self
 
@@ -32,6 +38,7 @@ class Hook:
                     self.send_response(500)
                 else:
                     hook.bodies.append(json.loads(body))
+                    hook.raw.append((body, dict(self.headers)))
                     self.send_response(204)
                 self.end_headers()
 
@@ -39,7 +46,7 @@ class Hook:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook?token=in-the-url"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
@@ -56,6 +63,7 @@ def manager(tmp_path: Path, hook: Hook, spawn_manager: Any) -> ManagerProcess:
     sinks.write_text(
         f"log: true\nwebhooks:\n  - url: {hook.url}\n    events: [fail]\n"
         "    tasks: [notify]\n    backoff: 0.2\n"
+        f"    headers: {{Authorization: Bearer hook-token, X-Team: ops}}\n    secret: {SECRET}\n"
     )
     return leading(spawn_manager("m1", ["--sinks", str(sinks)]))
 
@@ -73,6 +81,14 @@ def test_a_webhook_receives_failures_of_its_task_after_a_retry(
 
     assert hook.requests == 2, "the first POST failed with 500 and was retried once"
     [note] = hook.bodies
+    [(body, headers)] = hook.raw
+    assert headers["Authorization"] == "Bearer hook-token" and headers["X-Team"] == "ops"
+    expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["X-Qworker-Signature-256"], expected)
+    # The failed POST was logged with the webhook's host only: URLs carry tokens.
+    (retried,) = [e for e in log_events(manager.output()) if e["event"].startswith("webhook")]
+    assert retried["webhook"] == hook.url.split("/hook")[0]
+    assert "in-the-url" not in manager.output() and SECRET not in manager.output()
     assert note["type"] == "fail" and note["sourceId"] == bad and note["task"] == "notify"
     assert note["error"] == {"type": "ValueError", "message": "asked to fail"}
     assert note["job"]["failReason"] == "ValueError: asked to fail"
@@ -91,6 +107,10 @@ def test_a_webhook_receives_failures_of_its_task_after_a_retry(
         ("webhooks: [{url: 'http://x', colour: red}]", "unknown setting"),
         ("hooks: []", "unknown setting"),
         ("log: maybe", "'log' must be true or false"),
+        ("webhooks: [{url: 'http://x', headers: [a]}]", "'headers' must be a mapping"),
+        ("webhooks: [{url: 'http://x', headers: {'a b': c}}]", "not an HTTP header name"),
+        ("webhooks: [{url: 'http://x', headers: {A: 5}}]", "must be one line of text"),
+        ("webhooks: [{url: 'http://x', secret: ''}]", "'secret' must be a non-empty string"),
     ],
 )
 def test_bad_sinks_files_are_clear_errors(tmp_path: Path, text: str, problem: str) -> None:
