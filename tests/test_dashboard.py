@@ -199,13 +199,26 @@ def test_a_failed_job_is_listed_and_retried(
 
     page.go_back()
     expect(row).to_be_visible()
+    first_run = job_doc(db, job_id)["lastRunAt"]
     row.get_by_test_id("retry").click()
     expect(page.get_by_test_id("toast").first).to_contain_text("requeued")
-    # The worker runs it again: a second attempt, failed again.
-    wait_for(lambda: job_doc(db, job_id)["attempts"] >= 2, 60, "the retried job to run again")
+    # The worker runs it again, with a fresh budget: attempt 1 again, failed again.
+    wait_for(lambda: job_doc(db, job_id)["lastRunAt"] > first_run, 60, "the retried job to run")
     assert wait_finished(db, job_id)["state"] == "failed"
     page.goto(f"{base}/#/jobs/{job_id}")
-    expect(page.get_by_test_id("job-attempts")).to_have_text(re.compile(r"^2\b"))
+    expect(page.get_by_test_id("job-attempts")).to_have_text(re.compile(r"^1\b"))
+
+    # A succeeded job has no Retry in the lists; its own page can run it again.
+    done = enqueue(base, task="dash_fail", data={"why": "never", "ok": True})
+    assert wait_finished(db, done)["state"] == "succeeded"
+    page.goto(f"{base}/#/jobs")
+    listed = page.locator(f'[data-testid="job-row"][data-job-id="{done}"]')
+    expect(listed).to_be_visible()
+    expect(listed.get_by_test_id("retry")).to_have_count(0)
+    page.goto(f"{base}/#/jobs/{done}")
+    again = page.get_by_test_id("retry")
+    expect(again).to_have_text("Run again")
+    assert "btn-primary" not in (again.get_attribute("class") or "")
 
 
 def test_the_token_form_unlocks_a_guarded_manager(
@@ -270,6 +283,22 @@ def test_the_overview_shows_workers_and_queue_depth(
     queued.locator("a").click()
     expect(page.get_by_test_id("job-row")).to_have_count(3)
     expect(page).to_have_url(re.compile(r"#/jobs\?task=dash_fail&state=queued$"))
+
+    # A worker with a long id and many tasks still fits its card at 1400 px.
+    wide = managed(spawn_worker, mongo_url, "dash_slow", "record", "noop", "notify",
+                   "tracked", "cooperative", worker_id="dash-worker-with-a-long-id-on-host-b7")
+    wait_accepted(wide)
+    page.set_viewport_size({"width": 1400, "height": 900})
+    page.goto(f"{base}/#/overview")
+    expect(page.locator('[data-worker-id="dash-worker-with-a-long-id-on-host-b7"]')).to_be_visible()
+    sizes = page.evaluate("""() => {
+        const table = document.querySelector("#workers-table");
+        const right = (element) => element.getBoundingClientRect().right;
+        return {table: right(table), card: right(table.closest(".card")),
+                page: document.documentElement.scrollWidth, window: window.innerWidth};
+    }""")
+    assert sizes["table"] <= sizes["card"] + 1 and sizes["page"] <= sizes["window"], sizes
+    shot(page, tmp_path, "overview-1400")
 
 
 def test_the_schedules_view_lists_and_pauses_a_schedule(

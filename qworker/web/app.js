@@ -8,6 +8,8 @@
 const STATES = ["waiting", "queued", "running", "succeeded", "failed", "cancelled"];
 const ACTIVE = new Set(["waiting", "queued", "running"]);
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+// What an operator retries; a succeeded job can be run again from its own page.
+const RETRYABLE = new Set(["failed", "cancelled"]);
 const TOKEN_COOKIE = "qworker_token";
 const SINCE_CHOICES = [
   ["", "any time"], ["5 minutes", "last 5 minutes"], ["1 hour", "last hour"],
@@ -525,21 +527,22 @@ function overviewView() {
     banner.el,
     h("div", { class: "stats" }, workersStat.el, rateStat.el, failedWindowStat.el, queuedStat.el,
       runningStat.el, failedStat.el),
+    // The workers table has the most columns: it gets the page's whole width.
+    section("Workers", {}, h("table", { class: "table", id: "workers-table" },
+      h("thead", {}, h("tr", {}, ["Worker", "Host", "State", "Tasks", "Running", "Last ping"]
+        .map((t) => h("th", { class: t === "Running" ? "num" : "" }, t)))),
+      workersBody)),
+    section("Queue by task", {}, h("table", { class: "table", id: "queue-table" },
+      h("thead", {}, queueHead), queueBody)),
     h("div", { class: "grid-2" },
-      section("Workers", {}, h("table", { class: "table", id: "workers-table" },
-        h("thead", {}, h("tr", {}, ["Worker", "Host", "State", "Tasks", "Running", "Last ping"]
-          .map((t) => h("th", { class: t === "Running" ? "num" : "" }, t)))),
-        workersBody)),
       section("Recent failures", {}, h("table", { class: "table", id: "failures-table" },
         h("thead", {}, h("tr", {}, ["Job", "Task", "Reason", "Failed"].map((t) => h("th", {}, t)))),
         failuresBody),
-      h("div", { class: "card-foot" }, h("a", { href: "#/failed" }, "All failed jobs →")))),
-    section("Queue by task", {}, h("table", { class: "table", id: "queue-table" },
-      h("thead", {}, queueHead), queueBody)),
-    section("Tasks", {}, h("table", { class: "table", id: "tasks-table" },
-      h("thead", {}, h("tr", {}, ["Task", "Description", "Live workers", "Metadata"]
-        .map((t) => h("th", {}, t)))),
-      tasksBody)),
+      h("div", { class: "card-foot" }, h("a", { href: "#/failed" }, "All failed jobs →"))),
+      section("Tasks", {}, h("table", { class: "table", id: "tasks-table" },
+        h("thead", {}, h("tr", {}, ["Task", "Description", "Live workers", "Metadata"]
+          .map((t) => h("th", {}, t)))),
+        tasksBody))),
   );
 
   function renderStats(ov) {
@@ -789,7 +792,7 @@ function jobsView(params, { failed = false } = {}) {
 
   function actions(job) {
     const cell = h("td", { class: "actions" });
-    if (FINISHED.has(job.state)) {
+    if (RETRYABLE.has(job.state)) {
       const retry = h("button", { type: "button", class: "btn btn-primary btn-sm", "data-testid": "retry",
         title: "Queue this job again, now" }, "Retry");
       retry.addEventListener("click", (event) => {
@@ -1001,7 +1004,9 @@ function jobView(id) {
     actionsKey = key;
     const buttons = [];
     if (FINISHED.has(job.state)) {
-      const retry = h("button", { type: "button", class: "btn btn-primary", "data-testid": "retry" }, "Retry");
+      const again = job.state === "succeeded";
+      const retry = h("button", { type: "button", class: again ? "btn" : "btn btn-primary",
+        "data-testid": "retry", title: "Queue this job again, now" }, again ? "Run again" : "Retry");
       retry.addEventListener("click", () => act(retry, "Job requeued", async () => {
         show(await api(`jobs/${encodeURIComponent(id)}/retry`, { method: "POST" }));
       }));
