@@ -7,6 +7,7 @@ import hmac
 import json
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,9 @@ def test_a_webhook_receives_failures_of_its_task_after_a_retry(
     logged = [json.loads(line) for line in manager.output().splitlines()
               if '"notification"' in line]  # fmt: skip
     assert {(n["sourceId"], n["type"]) for n in logged} >= {(good, "success"), (bad, "fail")}
+    # Times in the JSON log are ISO 8601, as in the API (not Python reprs).
+    for entry in logged:
+        assert datetime.fromisoformat(entry["triggeredAt"]).tzinfo is not None, entry
 
 
 @pytest.mark.parametrize(
