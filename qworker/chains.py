@@ -12,7 +12,7 @@ chain's id is its last step's id, so ``client.wait(chain_id)`` waits for it.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -26,14 +26,34 @@ Doc = dict[str, Any]
 Write = UpdateOne | UpdateMany
 
 
-@dataclass(frozen=True)
+STEP_OPTIONS = ("priority", "max_attempts", "timeout", "description")
+
+
+@dataclass(frozen=True, init=False)
 class Step:
-    """One step of a chain: a task, and either its data or the previous step's result."""
+    """One step of a chain: a task, and either its data or the previous step's result.
+
+    ``Step("store", {"table": "pages"}, priority="high")``: job options are
+    keywords, as ``Client.now`` takes them.
+    """
 
     task: str
-    data: Any = None
-    previous_result: bool = False  # the data is what the step before returned
-    options: dict[str, Any] = field(default_factory=dict)  # priority, timeout, ...
+    data: Any
+    previous_result: bool  # the data is what the step before returned
+    options: dict[str, Any]  # priority, max_attempts, timeout, description
+
+    def __init__(
+        self, task: str, data: Any = None, *, previous_result: bool = False, **options: Any
+    ) -> None:
+        unknown = sorted(set(options) - set(STEP_OPTIONS))
+        if unknown:
+            raise InvalidJobError(
+                f"Step({task!r}): unknown option(s) {', '.join(unknown)} "
+                f"(a step takes {', '.join(STEP_OPTIONS)})"
+            )
+        for name, value in (("task", task), ("data", data), ("previous_result", previous_result),
+                            ("options", options)):  # fmt: skip
+            object.__setattr__(self, name, value)
 
 
 def step(value: Step | str | tuple[str, Any]) -> Step:
