@@ -103,7 +103,8 @@ class Worker:
         self._stopping = False
         self._force = asyncio.Event()
         self._stop_asked = asyncio.Event()
-        self._signalled = asyncio.Event()  # any stop request, cleared to wait for the next
+        self._give_up = asyncio.Event()  # the last writes wait for MongoDB no longer
+        self._writing_last = False
         self._wake = asyncio.Event()
         self._flush_wanted = asyncio.Event()
         self._notes_wanted = asyncio.Event()
@@ -226,12 +227,12 @@ class Worker:
         still owes MongoDB, waiting for it at most ``STOP_WAIT`` (or until another
         signal). What could not be written is logged: the leases of those jobs
         expire, and the jobs return to the queue."""
-        self._signalled.clear()
+        self._writing_last = True
         writing = asyncio.ensure_future(self._write_all())
-        signalled = asyncio.ensure_future(self._signalled.wait())
-        await asyncio.wait([writing, signalled], timeout=STOP_WAIT,
+        given_up = asyncio.ensure_future(self._give_up.wait())
+        await asyncio.wait([writing, given_up], timeout=STOP_WAIT,
                            return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-        signalled.cancel()
+        given_up.cancel()
         if writing.done():
             return
         await cancel_and_wait([writing])
@@ -267,9 +268,12 @@ class Worker:
     def request_stop(self, force: bool = False) -> None:
         """First signal: stop claiming and drain; second (or ``force``): stop at once.
 
-        A signal while the last writes wait for MongoDB ends that wait too.
+        A third signal, or any while the last writes wait for MongoDB, ends that wait.
         """
-        self._signalled.set()
+        if self._force.is_set() or self._writing_last:
+            log.warning("stopping without waiting for MongoDB any longer")
+            self._give_up.set()
+            return
         if not self._stopping:  # the shutdown begins: tell systemd, if it runs us
             status = f"stopping: {len(self._running)} running jobs to finish or hand back"
             systemd.stopping(status, within=self.settings.grace + systemd.STOP_MARGIN)

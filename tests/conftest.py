@@ -103,26 +103,22 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if override:
         yield Server(url=override.rstrip("/"))
         return
-    root = tmp_path_factory.mktemp("mongo")
-    port = _free_port()
-    server = Server(
-        url=f"mongodb://127.0.0.1:{port}", storage=root / "data", port=port,
-        log_path=root / "server.log",
-    )  # fmt: skip
-    server.start()
-    yield server
-    server.stop()
+    yield from _serving(tmp_path_factory.mktemp("mongo"))
 
 
 @pytest.fixture
 def own_server(tmp_path: Path) -> Iterator[Server]:
     """A server of this test's own, to stop and start (outage tests) without
     disturbing the others; SecantusDB even when QWORKER_TEST_MONGO_URL is set."""
+    yield from _serving(tmp_path / "own-mongo")
+
+
+def _serving(root: Path) -> Iterator[Server]:
+    """A SecantusDB server with its data in ``root``, running until the generator ends."""
     port = _free_port()
-    server = Server(
-        url=f"mongodb://127.0.0.1:{port}", storage=tmp_path / "own-mongo", port=port,
-        log_path=tmp_path / "own-mongo.log",
-    )  # fmt: skip
+    server = Server(url=f"mongodb://127.0.0.1:{port}", storage=root / "data", port=port,
+                    log_path=root / "server.log")  # fmt: skip
+    root.mkdir(parents=True, exist_ok=True)
     server.start()
     yield server
     server.stop()
