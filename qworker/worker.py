@@ -271,7 +271,7 @@ class Worker:
         A third signal, or any while the last writes wait for MongoDB, ends that wait.
         """
         if self._force.is_set() or self._writing_last:
-            log.warning("stopping without waiting for MongoDB any longer")
+            log.warning("no longer waiting for MongoDB: stopping at once")
             self._give_up.set()
             return
         if not self._stopping:  # the shutdown begins: tell systemd, if it runs us
