@@ -28,24 +28,34 @@ def priority_of(doc: dict[str, Any]) -> int:
     return priority if isinstance(priority, int) and not isinstance(priority, bool) else 0
 
 
+def lost_before(doc: dict[str, Any]) -> bool:
+    """Whether this job was lost with a worker before: it may be what killed it."""
+    lost = doc.get("lostCount", 0)
+    return isinstance(lost, int) and lost > 0
+
+
 class Candidates:
     """Claim order: higher priority, then earlier ``nextRunAt``.
 
     Jobs due at the same instant (a batch enqueued at once) are in no order
     of their own; with a ``salt`` each worker walks them in an order of its own,
     so that workers sharing a queue do not all try to claim the same ids.
+
+    A job lost with a worker before is taken alone, by a worker that runs
+    nothing else: if it kills its worker again, it takes no other job with it.
     """
 
     def __init__(self, salt: str = "") -> None:
         self._salt = salt
         self._heap: list[tuple[Key, str]] = []
         self._keys: dict[ObjectId, Key] = {}
+        self._lost: set[ObjectId] = set()
 
     def __len__(self) -> int:
         return len(self._keys)
 
     def replace(self, docs: Iterable[dict[str, Any]]) -> None:
-        self._heap, self._keys = [], {}
+        self._heap, self._keys, self._lost = [], {}, set()
         self.add(docs)
 
     def add(self, docs: Iterable[dict[str, Any]]) -> None:
@@ -59,25 +69,35 @@ class Candidates:
             if self._keys.get(doc["_id"]) != key:
                 self._keys[doc["_id"]] = key
                 heapq.heappush(self._heap, (key, doc["name"]))
+            if lost_before(doc):
+                self._lost.add(doc["_id"])
 
-    def take(self, n: int, now: datetime, room: Callable[[str], int]) -> list[ObjectId]:
-        """Up to ``n`` due ids in claim order, within each task's ``room``."""
+    def take(
+        self, n: int, now: datetime, room: Callable[[str], int], alone: bool = False
+    ) -> tuple[list[ObjectId], bool]:
+        """Up to ``n`` due ids in claim order, within each task's ``room``; and whether
+        the one id is a job lost before, which only a worker running nothing (``alone``)
+        takes, and alone."""
         picked: list[ObjectId] = []
         kept: list[tuple[Key, str]] = []
         taken: dict[str, int] = {}
-        while self._heap and len(picked) < n:
+        solo = False
+        while self._heap and len(picked) < n and not solo:
             key, task = heapq.heappop(self._heap)
             if self._keys.get(key[3]) != key:
                 continue  # superseded or discarded
-            if key[1] > now or taken.get(task, 0) >= room(task):
+            lost = key[3] in self._lost
+            if key[1] > now or taken.get(task, 0) >= room(task) or (lost and (picked or not alone)):
                 kept.append((key, task))
                 continue
             taken[task] = taken.get(task, 0) + 1
             del self._keys[key[3]]
+            self._lost.discard(key[3])
             picked.append(key[3])
+            solo = lost
         for item in kept:
             heapq.heappush(self._heap, item)
-        return picked
+        return picked, solo
 
     def next_due(self) -> datetime | None:
         return min((key[1] for key in self._keys.values()), default=None)

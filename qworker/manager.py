@@ -42,7 +42,7 @@ from qworker.mongo import (
 )
 from qworker.scheduler import Scheduler
 from qworker.sinks import Sinks, SinkSettings
-from qworker.store import release
+from qworker.store import LOST_FIELDS, take_back
 from qworker.tasks import check_metadata
 from qworker.when import utcnow
 
@@ -356,24 +356,22 @@ class Manager:
                 await self._recover(worker)
 
     async def _recover(self, worker: dict[str, Any]) -> None:
-        """Return the dead instance's running jobs to ``queued`` now, not at lease expiry."""
+        """Take the dead instance's running jobs back now, not at lease expiry."""
         prefix = f"^{re.escape(worker['_id'])}:{re.escape(worker['nonce'])}:"
         held = await self.jobs.find(
-            {"state": JobState.RUNNING.value, "lockToken": {"$regex": prefix}},
-            {"lockToken": 1, "name": 1, "priority": 1},
+            {"state": JobState.RUNNING.value, "lockToken": {"$regex": prefix}}, LOST_FIELDS
         ).to_list()
         now = utcnow()
-        ops = [op for doc in held for op in release(doc["_id"], doc["lockToken"], now, lost=True)]
-        if ops:
-            await self.jobs.bulk_write(ops, ordered=True)
-        ids = [str(doc["_id"]) for doc in held]
+        requeued = await take_back(self.jobs, held, now)
+        ids = [str(job_id) for job_id in requeued]
         log.warning("worker dead", worker_id=worker["_id"], recovered=ids)
         await self.channel.publish(
             protocol.WORKER_DEAD,
             {"workerId": worker["_id"], "nonce": worker["nonce"], "recovered": ids},
         )
-        if held:
-            await self.channel.publish(protocol.JOB_QUEUED, protocol.queued(held, now))
+        if requeued:
+            again = [doc for doc in held if doc["_id"] in set(requeued)]
+            await self.channel.publish(protocol.JOB_QUEUED, protocol.queued(again, now))
 
 
 def _announced(worker_id: str, task_id: str) -> Path:

@@ -48,6 +48,8 @@ TASK_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 MAX_LOG_LINES = 200
 MAX_ATTEMPTS = 2**31 - 1
+# Jobs at once, of a task per worker or of a worker: beyond this, a typo.
+MAX_CONCURRENCY = 100_000
 MAX_TIMEOUT = 366 * 86400.0
 MAX_LOG_LINE_CHARS = 2_000
 # A job document must fit in MongoDB's 16 MiB; leave room for the job's own fields.

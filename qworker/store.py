@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import DESCENDING, InsertOne, UpdateMany, UpdateOne
@@ -27,7 +28,7 @@ from qworker.errors import JobNotFound, JobStateError
 from qworker.model import ACTIVE_STATES, FINISHED_STATES, MAX_LOG_LINES, JobState, Retention
 
 LOCK_FIELDS = {"lockedBy": "", "lockToken": "", "lockExpiresAt": "", "lockedAt": ""}
-CANDIDATE_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1}
+CANDIDATE_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1, "lostCount": 1}
 # A job lost this many times with its worker (crash, kill, lost lease) is
 # failed instead of re-queued, so a job that kills its worker cannot loop.
 MAX_LOST = 5
@@ -39,6 +40,7 @@ KEEP = Retention()
 UNIQUE_INSERT_TRIES = 5
 
 Doc = dict[str, Any]
+log = structlog.get_logger("qworker.store")
 
 
 def object_id(job_id: str | ObjectId) -> ObjectId:
@@ -169,11 +171,20 @@ class WorkerStore:
         return await self.jobs.find(query, CANDIDATE_FIELDS).limit(cap).to_list()
 
     async def claim(
-        self, ids: Sequence[ObjectId], worker_id: str, token: str, now: datetime, lease: float
-    ) -> list[Doc]:
-        """Atomically take whichever of ``ids`` are still queued and due; return them."""
+        self, ids: Sequence[ObjectId], worker_id: str, token: str, now: datetime, lease: float,
+        lost_too: bool = False,
+    ) -> list[Doc]:  # fmt: skip
+        """Atomically take whichever of ``ids`` are still queued and due; return them.
+
+        Jobs lost with a worker before are left out unless ``lost_too`` (they are
+        claimed alone: see ``candidates``), whatever a wake-up said of them.
+        """
+        query: Doc = {"_id": {"$in": list(ids)}, "state": JobState.QUEUED.value,
+                      "nextRunAt": {"$lte": now}}  # fmt: skip
+        if not lost_too:
+            query["lostCount"] = {"$not": {"$gt": 0}}
         result = await self.jobs.update_many(
-            {"_id": {"$in": list(ids)}, "state": JobState.QUEUED.value, "nextRunAt": {"$lte": now}},
+            query,
             {
                 "$set": {
                     "state": JobState.RUNNING.value,
@@ -216,27 +227,46 @@ class WorkerStore:
         return {str(doc["_id"]): True async for doc in cancelled}
 
     async def recover_expired(self, now: datetime) -> list[ObjectId]:
-        """Return jobs whose lease ran out (their worker died) to ``queued``."""
+        """Take back jobs whose lease ran out (their worker died); the ids re-queued."""
         expired = await self.jobs.find(
-            {"state": JobState.RUNNING.value, "lockExpiresAt": {"$lt": now}},
-            {"lockToken": 1, "lostCount": 1},
+            {"state": JobState.RUNNING.value, "lockExpiresAt": {"$lt": now}}, LOST_FIELDS
         ).to_list()
-        recovered = []
-        for doc in expired:
-            lost = int(doc.get("lostCount", 0)) + 1
-            if lost < MAX_LOST:
-                ops = release(doc["_id"], doc.get("lockToken"), now, lost=True)
-            else:
-                update = Outcome(JobState.FAILED, reason=f"lost with its worker {lost} times")
-                failed = update.update(now)
-                failed["$inc"]["lostCount"] = 1
-                ops = [UpdateOne(owned(doc["_id"], doc.get("lockToken")), failed)]
-            # One job at a time: its owner may renew or finish it meanwhile, and
-            # only a write that matched is a recovery.
-            result = await self.jobs.bulk_write(ops, ordered=True)
-            if result.modified_count and lost < MAX_LOST:
-                recovered.append(doc["_id"])
-        return recovered
+        return await take_back(self.jobs, expired, now)
+
+
+LOST_FIELDS = {"lockToken": 1, "lostCount": 1, "name": 1, "priority": 1}
+
+
+def lost_writes(doc: Doc, now: datetime) -> list[UpdateOne]:
+    """Take a job back from a run that was lost (its worker died, or its lease ran out):
+    queued again, or failed once lost ``MAX_LOST`` times, so that a job that kills its
+    worker cannot loop. The one rule for every path that recovers jobs."""
+    lost = int(doc.get("lostCount", 0)) + 1
+    if lost < MAX_LOST:
+        return release(doc["_id"], doc.get("lockToken"), now, lost=True)
+    failed = Outcome(JobState.FAILED, reason=f"lost with its worker {lost} times").update(now)
+    failed["$inc"]["lostCount"] = 1
+    return [UpdateOne(owned(doc["_id"], doc.get("lockToken")), failed)]
+
+
+async def take_back(
+    jobs: AsyncCollection[Doc], held: Iterable[Doc], now: datetime
+) -> list[ObjectId]:
+    """``lost_writes`` for each of ``held`` (with ``LOST_FIELDS``); the ids re-queued.
+
+    One job at a time: its owner may renew or finish it meanwhile, and only a
+    write that matched is a recovery.
+    """
+    requeued = []
+    for doc in held:
+        ops = lost_writes(doc, now)
+        result = await jobs.bulk_write(ops, ordered=True)
+        if result.modified_count and len(ops) > 1:  # a release, not the final failure
+            requeued.append(doc["_id"])
+        elif result.modified_count:
+            log.error("failing a job lost with its worker too often", job_id=str(doc["_id"]),
+                      task=doc.get("name"), times=MAX_LOST)  # fmt: skip
+    return requeued
 
 
 class JobStore:

@@ -19,9 +19,17 @@ from typing import TYPE_CHECKING, Any
 
 import bson
 
-from qworker.errors import TaskDefinitionError
+from qworker.errors import InvalidJobError, TaskDefinitionError
 from qworker.files import read_mapping
-from qworker.model import MAX_TIMEOUT, PRIORITY_NAMES, Backoff, Retention
+from qworker.model import (
+    MAX_ATTEMPTS,
+    MAX_CONCURRENCY,
+    MAX_TIMEOUT,
+    PRIORITY_NAMES,
+    Backoff,
+    Retention,
+    parse_priority,
+)
 from qworker.when import parse_duration
 
 if TYPE_CHECKING:
@@ -113,10 +121,18 @@ def _boolean(value: Any) -> bool:
     return value
 
 
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+def _positive_int(value: Any, limit: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
         raise ValueError
     return value
+
+
+def _concurrency(value: Any) -> int:
+    return _positive_int(value, MAX_CONCURRENCY)
+
+
+def _max_attempts(value: Any) -> int:
+    return _positive_int(value, MAX_ATTEMPTS)  # the bound of a job's own max_attempts
 
 
 def _seconds(value: Any, limit: float = MAX_DURATION) -> float:
@@ -131,11 +147,12 @@ def _timeout(value: Any) -> float:
 
 
 def _priority(value: Any) -> int:
-    if isinstance(value, str) and value.lower() in PRIORITY_NAMES:
-        return PRIORITY_NAMES[value.lower()]
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not isinstance(value, str | int) or isinstance(value, bool):
         raise TypeError
-    return value
+    try:
+        return parse_priority(value)  # as a job's: a name, or a 64-bit number
+    except InvalidJobError:
+        raise ValueError from None
 
 
 def _attributes(value: Any) -> tuple[str, ...]:
@@ -258,12 +275,18 @@ def check_metadata(raw: dict[str, Any], path: Path, code: bool) -> TaskMeta | No
         metadata_path=path,
         code_path=path.with_suffix(".py"),
         description=fields.get("description", _string, "a string", ""),
-        concurrency=fields.get("concurrency", _positive_int, "a whole number >= 1", None),
-        priority=fields.get("priority", _priority, f"a number or one of {list(PRIORITY_NAMES)}", 0),
+        concurrency=fields.get(
+            "concurrency", _concurrency, f"a whole number from 1 to {MAX_CONCURRENCY}", None
+        ),
+        priority=fields.get(
+            "priority", _priority, f"a 64-bit number or one of {list(PRIORITY_NAMES)}", 0
+        ),
         timeout=fields.get(
             "timeout", _timeout, "seconds > 0 or a duration like '5 minutes', at most a year", None
         ),
-        max_attempts=fields.get("maxAttempts", _positive_int, "a whole number >= 1", 1),
+        max_attempts=fields.get(
+            "maxAttempts", _max_attempts, f"a whole number from 1 to {MAX_ATTEMPTS}", 1
+        ),
         backoff=fields.get(
             "backoff", _backoff, "seconds, or {delay, factor >= 1, max, jitter}", Backoff()
         ),

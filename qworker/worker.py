@@ -28,7 +28,7 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from qworker import protocol, systemd
 from qworker.aio import cancel_and_wait, check_cancelled
-from qworker.candidates import Candidates, priority_of
+from qworker.candidates import Candidates, lost_before, priority_of
 from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
 from qworker.errors import JobFailed, TaskDefinitionError, WorkerFailed
@@ -357,9 +357,9 @@ class Worker:
             if self._should_refill():
                 await self._refill()
             now = utcnow()
-            picks = self._candidates.take(free, now, self._room)
+            picks, solo = self._candidates.take(free, now, self._room, alone=not self._running)
             if picks:
-                await self._claim(picks, now)
+                await self._claim(picks, now, solo)
                 continue
             if self.settings.burst and self._queue_empty():
                 log.info("burst mode: no job left to run")
@@ -372,6 +372,8 @@ class Worker:
         a server slower to write than the handlers are to run would otherwise
         let finished-but-unwritten runs pile up without bound.
         """
+        if any(lost_before(running.job.doc) for running in self._running.values()):
+            return 0  # a job lost with a worker before runs alone (see candidates)
         behind = max(0, self.outbox.pending_outcomes() - self.settings.concurrency)
         return self.settings.concurrency - len(self._running) - behind
 
@@ -410,9 +412,10 @@ class Worker:
     def _token(self) -> str:
         return f"{self.id}:{self.nonce}:{next(self._tokens)}"
 
-    async def _claim(self, ids: list[ObjectId], now: datetime) -> None:
+    async def _claim(self, ids: list[ObjectId], now: datetime, solo: bool = False) -> None:
         try:
-            docs = await self.store.claim(ids, self.id, self._token(), now, self.settings.lease)
+            docs = await self.store.claim(ids, self.id, self._token(), now, self.settings.lease,
+                                          lost_too=solo)  # fmt: skip
         except OperationFailure as exc:  # the server refused the update: a malformed job
             docs = await self._claim_apart(ids, now, exc)
         except PyMongoError as exc:

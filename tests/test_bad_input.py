@@ -186,10 +186,14 @@ def test_unknown_field(tmp_path: Path, folder: Path) -> None:
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("concurrency", "many", "whole number >= 1"),
-        ("concurrency", 0, "whole number >= 1"),
-        ("maxAttempts", 0, "whole number >= 1"),
-        ("maxAttempts", True, "whole number >= 1"),
+        ("concurrency", "many", "whole number from 1 to 100000"),
+        ("concurrency", 0, "whole number from 1 to 100000"),
+        ("concurrency", 10**9, "whole number from 1 to 100000"),
+        ("maxAttempts", 0, "whole number from 1 to 2147483647"),
+        ("maxAttempts", True, "whole number from 1 to 2147483647"),
+        ("maxAttempts", 2**62, "whole number from 1 to 2147483647"),
+        ("priority", 2**63, "64-bit number"),
+        ("priority", -(2**63) - 1, "64-bit number"),
         ("isolation", "fork", "thread"),
         ("jobAttributes", "data", "list of attribute paths"),
         ("timeout", "soon", "seconds"),

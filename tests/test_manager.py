@@ -33,6 +33,7 @@ from helpers import (
 
 from qworker import Client
 from qworker.channel import publish_sync
+from qworker.store import MAX_LOST
 
 # Time a process may need beyond the nominal figure on a loaded 2-core machine.
 SLACK = 4.0
@@ -458,3 +459,26 @@ def test_a_ping_sent_after_goodbye_does_not_revive_the_worker(
     again = managed(spawn_worker, mongo_url, "noop", worker_id="w1")
     wait_accepted(again)
     assert db.workers.find_one({"_id": "w1"})["nonce"] != nonce
+
+
+def test_a_job_that_kills_its_worker_is_failed_after_five_losses_and_spares_its_batch(
+    client: Client, db: Any, mongo_url: str, spawn_worker: Any, spawn_manager: Any
+) -> None:
+    """Under a supervisor that restarts the worker, as systemd does. Once lost, a job is
+    claimed alone: the job claimed in the same batch the first time is lost only once."""
+    leading(spawn_manager())
+    poison, innocent = client.enqueue_many("poison", [{"kill": True}, {"sleep": 1}])
+    for n in range(MAX_LOST + 3):  # the supervisor
+        if client.get(poison)["state"] == "failed":
+            break
+        worker = managed(spawn_worker, mongo_url, "poison", worker_id=f"restarted-{n}")
+        struck = lambda w=worker: (  # noqa: E731
+            w.process.poll() is not None or client.get(poison)["state"] == "failed"
+        )
+        wait_for(struck, 60, "the poison job to strike")
+        worker.stop()
+    failed = client.wait(poison, timeout=60)
+    assert failed["state"] == "failed", failed
+    assert failed["failReason"] == f"lost with its worker {MAX_LOST} times"
+    done = client.wait(innocent, timeout=60)
+    assert done["state"] == "succeeded" and done["lostCount"] <= 1, done

@@ -15,6 +15,7 @@ from qworker.cli.common import Seconds, config_option, envvar, reports_errors, s
 from qworker.config import WorkerSettings, describe
 from qworker.errors import WorkerFailed
 from qworker.logs import configure
+from qworker.model import MAX_CONCURRENCY
 from qworker.mongo import CHANNEL_BYTES, redact, require_url
 from qworker.tasks import select
 from qworker.worker import Worker
@@ -71,7 +72,7 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
 @_option(
     "--concurrency",
     name="concurrency",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=MAX_CONCURRENCY),
     default=16,
     show_default=True,
     help="Jobs run at once by this worker (also the claim batch size).",
