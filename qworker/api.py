@@ -200,19 +200,21 @@ def create_app(
         schedule = make_schedule(name, task, data, **fields)
         return plain(await run(client.add_schedule, schedule, replace))
 
-    @app.get("/api/schedules/{name}", tags=["schedules"], dependencies=auth)
+    @app.get("/api/schedules/{name:path}", tags=["schedules"], dependencies=auth)
     async def schedule(name: str) -> Any:
         return plain(await run(client.schedule_info, name))
 
-    @app.post("/api/schedules/{name}/pause", tags=["schedules"], dependencies=auth)
+    @app.post("/api/schedules/{name:path}/pause", tags=["schedules"], dependencies=auth)
     async def pause(name: str) -> Any:
         return plain(await run(client.pause_schedule, name))
 
-    @app.post("/api/schedules/{name}/resume", tags=["schedules"], dependencies=auth)
+    @app.post("/api/schedules/{name:path}/resume", tags=["schedules"], dependencies=auth)
     async def resume(name: str) -> Any:
         return plain(await run(client.resume_schedule, name))
 
-    @app.delete("/api/schedules/{name}", tags=["schedules"], dependencies=auth, status_code=204)
+    @app.delete(
+        "/api/schedules/{name:path}", tags=["schedules"], dependencies=auth, status_code=204
+    )
     async def remove(name: str) -> Response:
         await run(client.remove_schedule, name)
         return Response(status_code=204)

@@ -101,9 +101,10 @@ class Manager:
         listener = asyncio.create_task(self.channel.subscribe(events, self._on_message, listening))
         supervisor = asyncio.create_task(systemd.supervise(self.status_line))
         await listening.wait()
-        log.info("manager started", manager_id=self.id, ping_interval=self.settings.ping_interval)
         try:
-            async with self._http(url):
+            async with self._http(url) as http:
+                log.info("manager started", manager_id=self.id, http=http,
+                         ping_interval=self.settings.ping_interval)  # fmt: skip
                 await self._lead()
         finally:
             listener.cancel()
@@ -120,10 +121,11 @@ class Manager:
         return 0
 
     @contextlib.asynccontextmanager
-    async def _http(self, url: str) -> AsyncIterator[None]:
-        """The API and dashboard (``--http``), served while the manager runs."""
+    async def _http(self, url: str) -> AsyncIterator[str | None]:
+        """The API and dashboard (``--http``), served while the manager runs; their URL,
+        once they answer."""
         if not self.settings.http:
-            yield
+            yield None
             return
         from qworker.api import create_app  # FastAPI: only for a manager that serves it
         from qworker.client import Client
@@ -136,7 +138,8 @@ class Manager:
         server = WebServer(create_app(client, self.hub, self.settings.api_token), sock)
         task = asyncio.create_task(server.serve())
         try:
-            yield
+            await server.ready(task)
+            yield server.url
         finally:
             self.hub.close()
             server.stop()

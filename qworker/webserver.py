@@ -6,6 +6,7 @@ or an address that needs a token is a clear error at start, not a log line.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import socket
@@ -69,6 +70,13 @@ class WebServer:
     def url(self) -> str:
         host, port = self._sock.getsockname()[:2]
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def ready(self, serving: asyncio.Task[None]) -> None:
+        """Until the server answers requests (or ``serving`` ended: it failed to start)."""
+        while not self._server.started and not serving.done():
+            await asyncio.sleep(0.01)
+        if serving.done():
+            serving.result()  # what made it fail, raised here
 
     async def serve(self) -> None:
         log.info("serving the API and dashboard", url=self.url)

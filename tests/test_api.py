@@ -19,7 +19,7 @@ import httpx
 import pytest
 from conftest import Server, wait_for
 from fastapi.testclient import TestClient
-from helpers import managed, wait_accepted, wait_finished, wait_leading
+from helpers import log_events, managed, wait_accepted, wait_finished, wait_leading, wait_logged
 
 from qworker import Client
 from qworker.api import create_app
@@ -121,6 +121,16 @@ def test_unknown_jobs_and_wrong_states(api: TestClient, client: Client) -> None:
 
 
 # -- schedules ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["team/daily", "team%2Fdaily"], ids=["slash", "encoded"])
+def test_a_schedule_whose_name_has_a_slash_is_reachable(api: TestClient, path: str) -> None:
+    ok(api.post("/api/schedules", json={"name": "team/daily", "task": "noop", "every": "1h"}), 201)
+    assert ok(api.get(f"/api/schedules/{path}"))["name"] == "team/daily"
+    assert ok(api.post(f"/api/schedules/{path}/pause"))["paused"] is True
+    assert ok(api.post(f"/api/schedules/{path}/resume"))["paused"] is False
+    ok(api.delete(f"/api/schedules/{path}"), 204)
+    assert api.get(f"/api/schedules/{path}").status_code == 404
 
 
 def test_a_schedule_from_task_metadata_cannot_be_removed(api: TestClient, client: Client) -> None:
@@ -292,6 +302,14 @@ def test_serve_refuses_a_public_address_without_a_token(mongo_url: str) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "needs an API token" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_manager_started_is_said_once_its_api_answers(spawn_manager: Any) -> None:
+    manager = spawn_manager("m1")
+    wait_logged(manager, "manager started", 60)
+    (started,) = [e for e in log_events(manager.output()) if e["event"] == "manager started"]
+    assert httpx.get(f"{started['http']}/api/health", timeout=10).status_code == 200
+    assert manager.output().index('"serving the API') < manager.output().index('"manager started')
 
 
 def test_serve_reports_a_port_in_use(mongo_url: str, spawn_manager: Any) -> None:
