@@ -723,7 +723,15 @@ class Worker:
         while self._notes:
             batch, self._notes = self._notes[:NOTES_BATCH], self._notes[NOTES_BATCH:]
             try:
-                await self.channel.collection.insert_many(batch, ordered=True)
+                await self.channel.collection.insert_many(batch, ordered=False)
+            except BulkWriteError as exc:
+                # Unordered: the rest went in. A duplicate id is a message already
+                # delivered (an insert whose answer was lost); any other refusal
+                # would be refused again.
+                refused = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
+                if refused:
+                    log.warning("channel messages refused; dropped", dropped=len(refused),
+                                error=str(refused[0].get("errmsg"))[:300])  # fmt: skip
             except PyMongoError as exc:
                 self._notes[:0] = batch
                 check_cancelled()
