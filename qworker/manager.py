@@ -112,10 +112,10 @@ class Manager:
             await asyncio.gather(listener, supervisor, return_exceptions=True)
             await self.sinks.stop()
             await asyncio.to_thread(self.scheduler.stop)
-            if self.leading:
-                with contextlib.suppress(PyMongoError):
+            with contextlib.suppress(PyMongoError):
+                if self.leading:
                     await self.channel.publish(protocol.MANAGER_STOP, {"managerId": self.id})
-                    await self.leadership.release()
+                await self.leadership.release()
             await close_async(client)
         log.info("manager stopped", manager_id=self.id)
         return 0

@@ -154,6 +154,7 @@ def _ensure_schema(db: Database[dict], names: Names, channel_bytes: int) -> None
     )  # fmt: skip
     db[names.workers].create_index([("state", ASCENDING), ("pingedAt", ASCENDING)], name="pings")
     db[names.workers].create_index([("expireAt", ASCENDING)], name="forget", expireAfterSeconds=0)
+    db[names.leases].create_index([("expireAt", ASCENDING)], name="forget", expireAfterSeconds=0)
 
 
 def prepare(url: str, names: Names, channel_bytes: int = CHANNEL_BYTES) -> None:

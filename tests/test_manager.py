@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -482,3 +482,27 @@ def test_a_job_that_kills_its_worker_is_failed_after_five_losses_and_spares_its_
     assert failed["failReason"] == f"lost with its worker {MAX_LOST} times"
     done = client.wait(innocent, timeout=60)
     assert done["state"] == "succeeded" and done["lostCount"] <= 1, done
+
+
+def test_a_forged_lease_far_ahead_does_not_stop_leadership(
+    db: Any, mongo_url: str, spawn_manager: Any, spawn_worker: Any
+) -> None:
+    """One document in leases, written by anyone, held every manager back for good."""
+    far = datetime(2099, 1, 1, tzinfo=UTC)
+    db.leases.insert_one({"_id": "manager", "owner": "evil", "expiresAt": far})
+    manager = spawn_manager("m1")
+    wait_leading(manager, 30)
+    said = [e for e in log_events(manager.output()) if e["event"].startswith("took over a lease")]
+    assert said and said[0]["held_by"] == "evil" and said[0]["level"] == "error"
+    worker = managed(spawn_worker, mongo_url, "noop", worker_id="w1")
+    wait_accepted(worker)  # handshakes are answered
+
+
+def test_a_standby_says_so_when_the_lease_holder_is_no_running_manager(
+    db: Any, spawn_manager: Any
+) -> None:
+    soon = datetime.now(UTC) + timedelta(seconds=2 * LEASE)  # plausible, but nobody's
+    db.leases.insert_one({"_id": "manager", "owner": "ghost", "expiresAt": soon})
+    manager = spawn_manager("m1")
+    wait_logged(manager, "the lease is held by no manager that runs", 30)
+    wait_leading(manager, 30)  # and it leads once that lease has run out
