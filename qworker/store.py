@@ -134,8 +134,13 @@ def job_query(
     since: datetime | None = None,
     until: datetime | None = None,
 ) -> Doc:
-    """The filter of an operator's job listing; ``worker`` is the one running or last to run it."""
-    query: Doc = {}
+    """The filter of an operator's job listing; ``worker`` is the one running or last to run it.
+
+    Only documents whose ``_id`` is an ObjectId are listed: every job qworker
+    makes has one, and an id of another kind, written around it, could be
+    anything a page or a script puts in a URL (``../schedules/x/pause``).
+    """
+    query: Doc = {"_id": {"$type": "objectId"}}
     if state:
         query["state"] = state
     if task:

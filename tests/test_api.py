@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -302,6 +304,30 @@ def test_serve_refuses_a_public_address_without_a_token(mongo_url: str) -> None:
     result = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "needs an API token" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_planted_job_with_a_path_for_an_id_is_not_listed(
+    spawn_manager: Any, client: Client, db: Any
+) -> None:
+    """Its Retry button in the dashboard once POSTed to schedules/nightly/pause."""
+    client.every("1 day", "noop", name="nightly")
+    db.jobs.insert_one({"_id": "../schedules/nightly/pause?", "name": "noop", "state": "failed",
+                        "createdAt": datetime.now(UTC)})  # fmt: skip
+    real = client.now("noop")
+    base = spawn_manager("m1").api_url()
+    listed = httpx.get(f"{base}/api/jobs", timeout=30).json()
+    assert [job["_id"] for job in listed["jobs"]] == [real] and listed["total"] == 1
+    assert httpx.get(f"{base}/api/jobs?state=failed", timeout=30).json()["total"] == 0
+    assert client.schedule_info("nightly")["paused"] is False
+
+
+def test_the_dashboard_encodes_every_id_it_puts_in_a_path() -> None:
+    script = (Path(create_app.__code__.co_filename).parent / "web" / "app.js").read_text()
+    parts = [part for path in re.findall(r"api\(`([^`]*)`", script)
+             for part in re.findall(r"\$\{([^}]*)\}", path)]  # fmt: skip
+    literal = re.compile(r'\w+ \? "\w+" : "\w+"')  # a choice of words, not data
+    assert parts and all(part.startswith("encodeURIComponent(") or literal.fullmatch(part)
+                         for part in parts), parts  # fmt: skip
 
 
 def test_manager_started_is_said_once_its_api_answers(spawn_manager: Any) -> None:

@@ -783,7 +783,7 @@ function jobsView(params, { failed = false } = {}) {
   });
   if (retryAll) {
     retryAll.addEventListener("click", () => act(retryAll, "Jobs requeued", async () => {
-      const results = await Promise.allSettled(lastJobs.map((j) => api(`jobs/${j._id}/retry`, { method: "POST" })));
+      const results = await Promise.allSettled(lastJobs.map((j) => api(`jobs/${encodeURIComponent(j._id)}/retry`, { method: "POST" })));
       const bad = results.filter((r) => r.status === "rejected");
       await refresh();
       if (bad.length) throw new Error(`${bad.length} could not be retried: ${bad[0].reason.message}`);
@@ -798,7 +798,7 @@ function jobsView(params, { failed = false } = {}) {
       retry.addEventListener("click", (event) => {
         event.stopPropagation();
         act(retry, `Job ${shortId(job._id)} requeued`, async () => {
-          await api(`jobs/${job._id}/retry`, { method: "POST" });
+          await api(`jobs/${encodeURIComponent(job._id)}/retry`, { method: "POST" });
           await refresh();
         });
       });
@@ -809,7 +809,7 @@ function jobsView(params, { failed = false } = {}) {
       cancel.addEventListener("click", (event) => {
         event.stopPropagation();
         act(cancel, `Cancel of ${shortId(job._id)} requested`, async () => {
-          await api(`jobs/${job._id}/cancel`, { method: "POST" });
+          await api(`jobs/${encodeURIComponent(job._id)}/cancel`, { method: "POST" });
           await refresh();
         });
       });
@@ -818,7 +818,7 @@ function jobsView(params, { failed = false } = {}) {
     if (job.state === "running") return cell; // cancel it first: the API refuses
     cell.append(confirmButton("Delete", { "data-testid": "delete", title: "Delete this job" },
       (button) => act(button, `Job ${shortId(job._id)} deleted`, async () => {
-        await api(`jobs/${job._id}`, { method: "DELETE" });
+        await api(`jobs/${encodeURIComponent(job._id)}`, { method: "DELETE" });
         await refresh();
       })));
     return cell;
