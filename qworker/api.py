@@ -9,16 +9,14 @@ metrics at ``/metrics`` and the dashboard at ``/``.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import unquote
 
 from bson import ObjectId
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -42,6 +40,7 @@ from qworker.errors import (
     ScheduleOwnedByTask,
 )
 from qworker.events import CLOSED, EventHub
+from qworker.httpguard import EVENTS_COOKIE, SECURE_EVENTS_COOKIE, Guard, Rules, events_pass
 from qworker.metrics import Metrics
 from qworker.model import JobState
 from qworker.mongo import mongo_problem
@@ -50,7 +49,6 @@ from qworker.store import MAX_SKIP
 
 Doc = dict[str, Any]
 WEB = Path(__file__).parent / "web"
-TOKEN_COOKIE = "qworker_token"
 # A comment line this often keeps proxies from closing an idle event stream.
 KEEPALIVE_SECONDS = 15.0
 
@@ -107,9 +105,10 @@ class ScheduleIn(BaseModel):
 
 def create_app(
     client: Client, hub: EventHub | None = None, token: str | None = None,
-    metrics: Metrics | None = None,
+    metrics: Metrics | None = None, hosts: Iterable[str] = (),
 ) -> FastAPI:  # fmt: skip
-    """The ASGI app; ``token``, when given, is required on every API request."""
+    """The ASGI app; ``token``, when given, is required on every API request (see
+    ``httpguard``), and ``hosts`` are the names it answers for besides loopback's."""
     hub = hub or EventHub()
     metrics = metrics or Metrics(client)
     app = FastAPIOffline(  # Swagger UI's assets come from that package: no CDN
@@ -121,7 +120,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(PyMongoError, _mongo_error)
-    auth = [Depends(_token_check(token))]
+    app.add_middleware(Guard, rules=Rules.make(token, None, hosts))
     run = _runner()
 
     @app.get("/api/health", tags=["fleet"], responses={503: {"description": "MongoDB is down"}})
@@ -130,21 +129,21 @@ def create_app(
         await run(client.ping)
         return {"ok": True}
 
-    @app.get("/api/overview", tags=["fleet"], dependencies=auth)
+    @app.get("/api/overview", tags=["fleet"])
     async def overview(window: Annotated[float, Query(gt=0, le=86_400)] = 60.0) -> Any:
         """Queue depth by task and state, recent throughput and failures, live workers."""
         workers = await run(client.workers)
         return plain(await run(stats.overview, client.store.jobs, workers, window))
 
-    @app.get("/api/workers", tags=["fleet"], dependencies=auth)
+    @app.get("/api/workers", tags=["fleet"])
     async def workers() -> Any:
         return plain(await run(client.workers))
 
-    @app.get("/api/tasks", tags=["fleet"], dependencies=auth)
+    @app.get("/api/tasks", tags=["fleet"])
     async def tasks() -> Any:
         return plain(await run(client.tasks))
 
-    @app.get("/api/jobs", tags=["jobs"], dependencies=auth)
+    @app.get("/api/jobs", tags=["jobs"])
     async def jobs(
         state: JobState | None = None,
         task: str | None = None,
@@ -162,7 +161,7 @@ def create_app(
         total = await run(lambda: client.count_jobs(**filters))
         return {"jobs": plain(found), "total": total, "limit": limit, "skip": skip}
 
-    @app.post("/api/jobs", tags=["jobs"], dependencies=auth, status_code=201)
+    @app.post("/api/jobs", tags=["jobs"], status_code=201)
     async def enqueue(job: Enqueue) -> Any:
         fields = job.model_dump(exclude_none=True)
         task, when = fields.pop("task"), fields.pop("when", None)
@@ -170,29 +169,29 @@ def create_app(
         job_id = await run(lambda: client.schedule(when, task, data, **fields))
         return {"id": job_id}
 
-    @app.get("/api/jobs/{job_id}", tags=["jobs"], dependencies=auth)
+    @app.get("/api/jobs/{job_id}", tags=["jobs"])
     async def job(job_id: str) -> Any:
         """One job, with its progress and log lines."""
         return plain(await run(client.get, job_id))
 
-    @app.post("/api/jobs/{job_id}/retry", tags=["jobs"], dependencies=auth)
+    @app.post("/api/jobs/{job_id}/retry", tags=["jobs"])
     async def retry(job_id: str) -> Any:
         return plain(await run(client.retry, job_id))
 
-    @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"], dependencies=auth)
+    @app.post("/api/jobs/{job_id}/cancel", tags=["jobs"])
     async def cancel(job_id: str) -> Any:
         return plain(await run(client.cancel, job_id))
 
-    @app.delete("/api/jobs/{job_id}", tags=["jobs"], dependencies=auth, status_code=204)
+    @app.delete("/api/jobs/{job_id}", tags=["jobs"], status_code=204)
     async def delete(job_id: str) -> Response:
         await run(client.delete, job_id)
         return Response(status_code=204)
 
-    @app.get("/api/schedules", tags=["schedules"], dependencies=auth)
+    @app.get("/api/schedules", tags=["schedules"])
     async def schedules() -> Any:
         return plain(await run(client.schedule_list))
 
-    @app.post("/api/schedules", tags=["schedules"], dependencies=auth, status_code=201)
+    @app.post("/api/schedules", tags=["schedules"], status_code=201)
     async def add_schedule(body: ScheduleIn) -> Any:
         fields = body.model_dump(exclude_none=True)
         replace = fields.pop("replace")
@@ -200,32 +199,46 @@ def create_app(
         schedule = make_schedule(name, task, data, **fields)
         return plain(await run(client.add_schedule, schedule, replace))
 
-    @app.get("/api/schedules/{name:path}", tags=["schedules"], dependencies=auth)
+    @app.get("/api/schedules/{name:path}", tags=["schedules"])
     async def schedule(name: str) -> Any:
         return plain(await run(client.schedule_info, name))
 
-    @app.post("/api/schedules/{name:path}/pause", tags=["schedules"], dependencies=auth)
+    @app.post("/api/schedules/{name:path}/pause", tags=["schedules"])
     async def pause(name: str) -> Any:
         return plain(await run(client.pause_schedule, name))
 
-    @app.post("/api/schedules/{name:path}/resume", tags=["schedules"], dependencies=auth)
+    @app.post("/api/schedules/{name:path}/resume", tags=["schedules"])
     async def resume(name: str) -> Any:
         return plain(await run(client.resume_schedule, name))
 
     @app.delete(
-        "/api/schedules/{name:path}", tags=["schedules"], dependencies=auth, status_code=204
+        "/api/schedules/{name:path}", tags=["schedules"], status_code=204
     )
     async def remove(name: str) -> Response:
         await run(client.remove_schedule, name)
         return Response(status_code=204)
 
-    @app.get("/api/events", tags=["fleet"], dependencies=auth)
+    @app.post("/api/login", tags=["fleet"], status_code=204)
+    async def login(request: Request) -> Response:
+        """With a valid Bearer token: the cookie that opens the event stream in a browser
+        (``HttpOnly``: no script can read it; it opens nothing else)."""
+        answer = Response(status_code=204)
+        if token is not None:
+            secure = request.url.scheme == "https"
+            answer.set_cookie(
+                SECURE_EVENTS_COOKIE if secure else EVENTS_COOKIE, events_pass(token),
+                path="/" if secure else "/api/events", httponly=True, samesite="strict",
+                secure=secure,
+            )  # fmt: skip
+        return answer
+
+    @app.get("/api/events", tags=["fleet"])
     async def events(request: Request) -> StreamingResponse:
         """Server-sent events: job notifications, workers joining and leaving."""
         return StreamingResponse(_stream(hub, request), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})  # fmt: skip
 
-    @app.get("/metrics", tags=["fleet"], dependencies=auth)
+    @app.get("/metrics", tags=["fleet"])
     async def prometheus() -> Response:
         body, content_type = await run(metrics.render)
         return Response(body, media_type=content_type)
@@ -241,20 +254,6 @@ def _runner() -> Callable[..., Any]:
         return await asyncio.to_thread(fn, *args)
 
     return run
-
-
-def _token_check(token: str | None) -> Callable[[Request], None]:
-    def check(request: Request) -> None:
-        if token is None:
-            return
-        given = unquote(request.cookies.get(TOKEN_COOKIE, ""))
-        header = request.headers.get("authorization", "")
-        if header.lower().startswith("bearer "):
-            given = header[7:].strip()
-        if not hmac.compare_digest(given.encode(), token.encode()):
-            raise HTTPException(401, "a valid API token is required (Authorization: Bearer …)")
-
-    return check
 
 
 async def _stream(hub: EventHub, request: Request) -> AsyncIterator[str]:

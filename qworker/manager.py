@@ -26,6 +26,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from qworker import protocol, systemd
 from qworker.channel import Channel
+from qworker.config import parse_bind
 from qworker.definitions import Conflicts, differences, refusal
 from qworker.errors import TaskDefinitionError
 from qworker.events import WATCHED, EventHub
@@ -67,6 +68,7 @@ class ManagerSettings:
     channel_size: int = CHANNEL_BYTES
     http: str | None = None  # HOST:PORT of the API and dashboard
     api_token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()  # names the API answers for besides loopback's
 
 
 class Manager:
@@ -135,7 +137,9 @@ class Manager:
         client = await asyncio.to_thread(
             Client, url, self.settings.prefix, self.settings.channel_size
         )
-        server = WebServer(create_app(client, self.hub, self.settings.api_token), sock)
+        hosts = [parse_bind(self.settings.http)[0], *self.settings.allowed_hosts]
+        app = create_app(client, self.hub, self.settings.api_token, hosts=hosts)
+        server = WebServer(app, sock)
         task = asyncio.create_task(server.serve())
         try:
             await server.ready(task)

@@ -31,15 +31,20 @@ from qworker.schedules import make_schedule
 TOKEN = "s3cret-token"
 
 
+# As a script calls the API: on loopback, saying it is no form (see httpguard).
+BASE = "http://127.0.0.1:8765"
+SCRIPT = {"X-Qworker-Request": "1"}
+
+
 @pytest.fixture
 def api(client: Client) -> Iterator[TestClient]:
-    with TestClient(create_app(client)) as test_client:
+    with TestClient(create_app(client), base_url=BASE, headers=SCRIPT) as test_client:
         yield test_client
 
 
 @pytest.fixture
 def guarded(client: Client) -> Iterator[TestClient]:
-    with TestClient(create_app(client, token=TOKEN)) as test_client:
+    with TestClient(create_app(client, token=TOKEN), base_url=BASE) as test_client:
         yield test_client
 
 
@@ -207,11 +212,94 @@ def test_with_a_token_every_api_request_needs_it(guarded: TestClient, client: Cl
     assert wrong.status_code == 401
     bearer = guarded.get("/api/jobs", headers={"Authorization": f"Bearer {TOKEN}"})
     assert ok(bearer)["total"] == 1
-    guarded.cookies.set("qworker_token", TOKEN)
-    assert ok(guarded.get(f"/api/jobs/{job_id}"))["_id"] == job_id
     # The dashboard's files are public (they hold no data) and the health check too.
     assert guarded.get("/api/health").status_code == 200
     assert guarded.get("/").status_code == 200
+
+
+def test_the_login_cookie_opens_the_event_stream_and_nothing_else(
+    guarded: TestClient, client: Client
+) -> None:
+    """A cookie is sent by the browser whatever page asks: it must open no change.
+    It is HttpOnly (no script reads it), and is not the token itself."""
+    assert guarded.post("/api/login", headers=SCRIPT).status_code == 401
+    login = guarded.post("/api/login", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert login.status_code == 204
+    cookie = login.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/api/events" in cookie
+    assert TOKEN not in cookie
+    job_id = client.now("noop")
+    assert guarded.get(f"/api/jobs/{job_id}").status_code == 401  # the cookie is no token
+    assert guarded.post(f"/api/jobs/{job_id}/cancel", headers=SCRIPT).status_code == 401
+    guarded.cookies.set("qworker_events", login.cookies["qworker_events"], path="/api/events")
+    with guarded.stream("GET", "/api/events") as stream:
+        assert stream.status_code == 200
+        assert next(stream.iter_lines()) == ": connected"
+
+
+def test_requests_for_another_host_name_are_refused(api: TestClient) -> None:
+    """A page that rebinds its DNS name to 127.0.0.1 calls under that name."""
+    refused = api.get("/api/jobs", headers={"Host": "evil.example:8765"})
+    assert refused.status_code == 421 and "evil.example" in refused.json()["error"]
+    for host in ("127.0.0.1:8765", "localhost:8765", "[::1]:8765", "10.1.2.3", "app.localhost"):
+        assert api.get("/api/jobs", headers={"Host": host}).status_code == 200, host
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
+     {"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:19000"}],
+    ids=["origin", "null-origin", "fetch-site", "another-port"],
+)  # fmt: skip
+def test_a_change_from_another_site_is_refused(
+    api: TestClient, client: Client, headers: dict[str, str]
+) -> None:
+    job_id = client.now("noop")
+    refused = api.post(f"/api/jobs/{job_id}/cancel", headers=headers)
+    assert refused.status_code == 403 and "another site" in refused.json()["error"]
+    refused = api.post("/api/jobs", json={"task": "noop"}, headers=headers)
+    assert refused.status_code == 403
+    assert client.get(job_id)["state"] == "queued" and client.count_jobs() == 1
+
+
+def test_a_change_a_plain_form_could_send_is_refused(client: Client) -> None:
+    """No JSON, no Authorization, no X-Qworker-Request: a form, or a no-cors fetch."""
+    job_id = client.now("noop")
+    with TestClient(create_app(client), base_url=BASE) as bare:
+        for body in ({}, {"content": b"task=noop", "headers": {"Content-Type": "text/plain"}},
+                     {"data": {"task": "noop"}}):  # fmt: skip
+            assert bare.post(f"/api/jobs/{job_id}/cancel", **body).status_code == 403
+            assert bare.post("/api/jobs", **body).status_code == 403
+        assert bare.delete(f"/api/jobs/{job_id}").status_code == 403
+        same = bare.post(f"/api/jobs/{job_id}/cancel", headers={**SCRIPT, "Origin": BASE,
+                                                                 "Sec-Fetch-Site": "same-origin"})
+        assert same.status_code == 200  # the dashboard's own request  # fmt: skip
+    assert client.get(job_id)["state"] == "cancelled"
+
+
+def test_every_answer_carries_the_security_headers(api: TestClient) -> None:
+    for path in ("/", "/api/jobs", "/api/nothing", "/api/docs"):
+        headers = api.get(path).headers
+        assert "frame-ancestors 'none'" in headers["content-security-policy"], path
+        assert headers["x-content-type-options"] == "nosniff"
+
+
+def test_a_body_over_16_mib_is_refused_before_the_token_is_even_needed(
+    guarded: TestClient, client: Client
+) -> None:
+    big = b"x" * (16 * 1024 * 1024 + 1)
+    declared = guarded.post("/api/jobs", content=big, headers={"Content-Type": "application/json"})
+    assert declared.status_code == 401  # the token is checked before any body is read
+    signed = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    assert guarded.post("/api/jobs", content=big, headers=signed).status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(17):
+            yield b"x" * (1024 * 1024)
+
+    streamed = guarded.post("/api/jobs", content=chunks(), headers=signed)
+    assert streamed.status_code == 413 and "at most" in streamed.json()["error"]
+    assert client.count_jobs() == 0
 
 
 def test_unknown_routes_and_methods_answer_in_the_error_shape(api: TestClient) -> None:
@@ -224,7 +312,7 @@ def test_with_mongodb_down_health_overview_and_metrics_answer_503_naming_the_cau
     own_server: Server,
 ) -> None:
     client = Client(f"{own_server.url}/down?serverSelectionTimeoutMS=2000")
-    with client, TestClient(create_app(client)) as api:
+    with client, TestClient(create_app(client), base_url=BASE) as api:
         assert ok(api.get("/api/health")) == {"ok": True}
         own_server.stop()
         for path in ("/api/health", "/api/overview", "/metrics", "/api/jobs"):

@@ -7,10 +7,14 @@ screenshot under the test's tmp_path and in QWORKER_TEST_ARTIFACTS
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import shutil
+import threading
+import time
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -240,10 +244,13 @@ def test_the_token_form_unlocks_a_guarded_manager(
     page.get_by_test_id("token-submit").click()
     expect(form).to_be_hidden()
     expect(page.locator(f'[data-testid="job-row"][data-job-id="{job_id}"]')).to_be_visible()
+    # The token is in no cookie; the one cookie opens the event stream only, and no
+    # script of any page can read it.
     cookies = {c["name"]: c for c in page.context.cookies()}
-    assert cookies["qworker_token"]["value"] == TOKEN
-    assert cookies["qworker_token"]["sameSite"] == "Strict"
-    # The event stream authenticates with the cookie.
+    assert set(cookies) == {"qworker_events"} and TOKEN not in cookies["qworker_events"]["value"]
+    events_cookie = cookies["qworker_events"]
+    assert events_cookie["httpOnly"] and events_cookie["sameSite"] == "Strict"
+    assert page.evaluate("document.cookie") == ""
     expect(page.get_by_test_id("connection")).to_have_attribute("data-state", "live")
 
     # A new page keeps the token: no form.
@@ -323,3 +330,48 @@ def test_the_schedules_view_lists_and_pauses_a_schedule(
     row.get_by_test_id("resume").click()
     expect(row).to_have_attribute("data-paused", "false")
     assert client.schedule_info("dash-hourly")["paused"] is False
+
+
+ATTACK = """<!doctype html><html><body>
+<form id="f" method="POST" action="{base}/api/jobs/{job}/retry" target="sink"></form>
+<iframe name="sink"></iframe>
+<script>
+  fetch("{base}/api/jobs/{running}/cancel", {{method: "POST", mode: "no-cors"}});
+  fetch("{base}/api/jobs", {{method: "POST", mode: "no-cors",
+    headers: {{"Content-Type": "text/plain"}}, body: JSON.stringify({{task: "dash_slow"}})}});
+  document.getElementById("f").submit();
+  setTimeout(() => {{ document.title = "done"; }}, 1500);
+</script></body></html>"""
+
+
+def test_a_page_of_another_site_cannot_change_anything(
+    spawn_manager: Any, spawn_worker: Any, mongo_url: str, client: Client, db: Any, page: Any,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """What Chromium sends for a cross-site form POST and no-cors fetches, which need no
+    CORS preflight: seen to cancel and retry jobs on a loopback manager without a token."""
+    _, base = serving(spawn_manager)
+    worker = managed(spawn_worker, mongo_url, "dash_slow", worker_id="dash-w1")
+    wait_accepted(worker)
+    running = client.now("dash_slow", {"steps": 30, "delay": 1.0})
+    wait_for(lambda: job_doc(db, running)["state"] == "running", 30, "the job to run")
+    failed = client.now("dash_fail_nobody_runs")
+    client.cancel(failed)
+    (tmp_path / "attack").mkdir()
+    (tmp_path / "attack" / "index.html").write_text(
+        ATTACK.format(base=base, job=failed, running=running)
+    )
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
+        SimpleHTTPRequestHandler, directory=str(tmp_path / "attack")))  # fmt: skip
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page.goto(f"http://localhost:{server.server_address[1]}/index.html")
+        expect(page).to_have_title("done")
+    finally:
+        server.shutdown()
+    time.sleep(1)
+    assert job_doc(db, running)["state"] == "running" and not job_doc(db, running).get(
+        "cancelRequested"
+    )
+    assert job_doc(db, failed)["state"] == "cancelled"  # not retried
+    assert client.count_jobs(task="dash_slow") == 1  # nothing enqueued

@@ -314,6 +314,15 @@ def demo(settings: Settings, paths: str) -> None:
     show_envvar=True,
     help="Required on every API request (Bearer); needed to serve beyond loopback.",
 )
+@click.option(
+    "--allowed-host",
+    "allowed_hosts",
+    multiple=True,
+    envvar=envvar("allowed_hosts"),
+    show_envvar=True,
+    help="A name the API answers for, besides loopback names, IP addresses and the --http "
+    "host (repeatable; '*' for any): what browsers send as Host.",
+)
 @click.option("-v", "--verbose", count=True, help="More logging.")
 @click.option(
     "--log-format",
@@ -332,6 +341,7 @@ def serve(
     sinks: str | None,
     http: str,
     api_token: str | None,
+    allowed_hosts: tuple[str, ...],
     verbose: int,
     log_format: str | None,
 ) -> None:
@@ -351,6 +361,7 @@ def serve(
             channel_size=settings.channel_size,
             http=None if http.strip().lower() in ("off", "none", "") else http,
             api_token=api_token or None,
+            allowed_hosts=allowed_hosts,
             **options,
         )
     )

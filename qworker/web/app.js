@@ -10,7 +10,7 @@ const ACTIVE = new Set(["waiting", "queued", "running"]);
 const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
 // What an operator retries; a succeeded job can be run again from its own page.
 const RETRYABLE = new Set(["failed", "cancelled"]);
-const TOKEN_COOKIE = "qworker_token";
+const TOKEN_KEY = "qworker_token"; // in sessionStorage: this origin's, this tab's
 const SINCE_CHOICES = [
   ["", "any time"], ["5 minutes", "last 5 minutes"], ["1 hour", "last hour"],
   ["24 hours", "last 24 hours"], ["7 days", "last 7 days"],
@@ -207,30 +207,25 @@ class ApiError extends Error {
   }
 }
 
-function readCookie(name) {
-  for (const part of document.cookie.split(";")) {
-    const [key, ...rest] = part.trim().split("=");
-    if (key === name) {
-      const value = rest.join("=");
-      try {
-        return decodeURIComponent(value);
-      } catch {
-        return value;
-      }
-    }
-  }
-  return "";
+// The token goes in the Authorization header; no cookie carries it. A link the
+// manager prints (#token=...) hands it over once, and leaves no trace in the URL.
+function tokenFromLink() {
+  const match = /(?:^#|&)token=([^&]*)/.exec(location.hash);
+  if (!match) return "";
+  const rest = location.hash.replace(match[0], "").replace(/^#&/, "#");
+  history.replaceState(null, "", rest === "#" ? location.pathname : rest);
+  return decodeURIComponent(match[1]);
 }
 
-let token = readCookie(TOKEN_COOKIE);
+let token = "";
 let tokenPrompt = null;
 
-function saveToken(value) {
+async function saveToken(value) {
   token = value;
-  // Percent-encode only what a cookie cannot hold as is; the Bearer header carries it too.
-  const safe = /^[\x21-\x7E]+$/.test(value) && !/[;,"\\%]/.test(value);
-  const stored = safe ? value : encodeURIComponent(value);
-  document.cookie = `${TOKEN_COOKIE}=${stored}; path=/; SameSite=Strict`;
+  sessionStorage.setItem(TOKEN_KEY, value);
+  // The event stream cannot send a header: the manager sets an HttpOnly cookie for it.
+  await fetch("api/login", { method: "POST", headers: { Authorization: `Bearer ${value}`,
+    "X-Qworker-Request": "1" }, credentials: "same-origin" }).catch(() => {});
 }
 
 function askToken(refused) {
@@ -245,11 +240,11 @@ function askToken(refused) {
       overlay.hidden = false;
       input.value = "";
       input.focus();
-      form.onsubmit = (event) => {
+      form.onsubmit = async (event) => {
         event.preventDefault();
         const value = input.value.trim();
         if (!value) return;
-        saveToken(value);
+        await saveToken(value);
         overlay.hidden = true;
         form.onsubmit = null;
         tokenPrompt = null;
@@ -271,7 +266,7 @@ async function api(path, { method = "GET", params, body } = {}) {
     if (query.toString()) url += `?${query}`;
   }
   for (;;) {
-    const headers = { Accept: "application/json" };
+    const headers = { Accept: "application/json", "X-Qworker-Request": "1" };
     if (token) headers.Authorization = `Bearer ${token}`;
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let response;
@@ -1299,7 +1294,10 @@ async function refreshFailedCount() {
   }
 }
 
-function start() {
+async function start() {
+  const linked = tokenFromLink();
+  if (linked) await saveToken(linked);
+  else token = sessionStorage.getItem(TOKEN_KEY) || "";
   window.addEventListener("hashchange", () => app.route());
   // A tab left in the background lets go of its event stream after a minute.
   let asleep = null;
