@@ -13,11 +13,13 @@ import os
 import re
 import signal
 import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import structlog
 from bson.errors import InvalidDocument
@@ -68,6 +70,7 @@ class ManagerSettings:
     channel_size: int = CHANNEL_BYTES
     http: str | None = None  # HOST:PORT of the API and dashboard
     api_token: str | None = None
+    api_token_origin: str = "given"  # or "file PATH", "generated in PATH", "none"
     allowed_hosts: tuple[str, ...] = ()  # names the API answers for besides loopback's
 
 
@@ -143,12 +146,20 @@ class Manager:
         task = asyncio.create_task(server.serve())
         try:
             await server.ready(task)
+            self._say_where(server.url)
             yield server.url
         finally:
             self.hub.close()
             server.stop()
             await asyncio.gather(task, return_exceptions=True)
             await asyncio.to_thread(client.close)
+
+    def _say_where(self, url: str) -> None:
+        """Where the dashboard is; on a terminal, a link that hands it the token."""
+        token, origin = self.settings.api_token, self.settings.api_token_origin
+        log.info("dashboard", url=url, api_token=origin)
+        if token is not None and sys.stderr.isatty():
+            print(f"qworker-manager: the dashboard: {url}/#token={quote(token)}", file=sys.stderr)
 
     async def _lead(self) -> None:
         """Hold (or wait for) the lease; while leading, look for dead workers."""

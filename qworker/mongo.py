@@ -18,6 +18,7 @@ from pymongo.errors import (
     CollectionInvalid,
     ConfigurationError,
     ConnectionFailure,
+    OperationFailure,
     ServerSelectionTimeoutError,
 )
 from pymongo.uri_parser import parse_uri
@@ -28,6 +29,8 @@ from qworker.model import ACTIVE_STATES
 DEFAULT_DATABASE = "qworker"
 CHANNEL_BYTES = 16 * 1024 * 1024
 CLOSE_WAIT = 1.0  # seconds
+AUTHENTICATION_FAILED, UNAUTHORIZED = 18, 13  # MongoDB's error codes
+AUTH_CODES = (AUTHENTICATION_FAILED, UNAUTHORIZED)
 
 
 class Names:
@@ -117,13 +120,21 @@ def ensure_schema(
         _ensure_schema(db, names, channel_bytes)
     except ServerSelectionTimeoutError as exc:
         raise ConfigError(f"{mongo_problem(exc)} (database '{db.name}')") from None
+    except OperationFailure as exc:
+        if exc.code in AUTH_CODES:  # bad credentials are bad settings, like a bad URL
+            raise ConfigError(f"{mongo_problem(exc)} (database '{db.name}')") from None
+        raise
 
 
 def mongo_problem(exc: BaseException) -> str:
     """One line on what went wrong with MongoDB, without pymongo's topology dump."""
-    reason = re.split(r" \(configured timeouts|, Timeout: ", str(exc))[0].strip()
+    reason = re.split(r" \(configured timeouts|, Timeout: |, full error: ", str(exc))[0].strip()
     if isinstance(exc, ConnectionFailure):
         return f"cannot reach MongoDB: {reason}"
+    if isinstance(exc, OperationFailure) and exc.code == AUTHENTICATION_FAILED:
+        return f"MongoDB refused the credentials: {reason} (see the user and password in the URL)"
+    if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
+        return f"MongoDB refused the operation to this user: {reason} (see docs/deploy.md, roles)"
     return f"MongoDB refused the operation: {reason}"
 
 

@@ -17,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from qworker.config import parse_bind
+from qworker.credentials import check_public_token
 from qworker.errors import ConfigError
 
 log = structlog.get_logger("qworker.web")
@@ -32,13 +33,9 @@ def is_loopback(host: str) -> bool:
 
 
 def listen(bind: str, token: str | None) -> socket.socket:
-    """The bound socket for ``bind``; refuses a non-loopback address without a token."""
+    """The bound socket for ``bind``; refuses a non-loopback address without a good token."""
     host, port = parse_bind(bind)
-    if not is_loopback(host) and not token:
-        raise ConfigError(
-            f"--http {bind}: serving beyond this machine needs an API token "
-            "(--api-token or QWORKER_API_TOKEN)"
-        )
+    check_public_token(bind, is_loopback(host), token)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

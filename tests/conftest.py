@@ -97,6 +97,15 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: flo
         time.sleep(every)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def state_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The user's state folder of every process the tests start (the manager keeps its
+    API token there): one of the session's own, not the home of whoever runs the tests."""
+    folder = tmp_path_factory.mktemp("state")
+    os.environ["XDG_STATE_HOME"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     override = os.environ.get("QWORKER_TEST_MONGO_URL")
@@ -306,9 +315,11 @@ LEASE = 2.0
 
 
 def manager_command(mongo_url: str, manager_id: str, *extra: str) -> list[str]:
+    # No API token unless the test gives one: it talks to loopback as a script would.
+    token = [] if any(arg.startswith("--api-token") for arg in extra) else ["--api-token", "none"]
     return [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve",
             "--ping-interval", str(PING), "--lease", str(LEASE), "--log-format", "json",
-            "--id", manager_id, "--http", "127.0.0.1:0", *extra]  # fmt: skip
+            "--id", manager_id, "--http", "127.0.0.1:0", *token, *extra]  # fmt: skip
 
 
 @pytest.fixture

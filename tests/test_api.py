@@ -386,12 +386,59 @@ def test_the_managers_event_stream_carries_notifications(
     assert success["sourceId"] == job_id and success["workerId"] == "w1"
 
 
-def test_serve_refuses_a_public_address_without_a_token(mongo_url: str) -> None:
-    command = [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve",
-               "--http", "0.0.0.0:0"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+def _serve(mongo_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [(["--api-token", "none"], "needs an API token"),
+     (["--api-token", "short-token"], "has 11 characters"),
+     (["--api-token", "x", "--api-token-file", __file__], "not both")],
+    ids=["none", "short", "both"],
+)  # fmt: skip
+def test_serve_refuses_a_public_address_without_a_good_token(
+    mongo_url: str, args: list[str], said: str
+) -> None:
+    result = _serve(mongo_url, "--http", "0.0.0.0:0", *args)
     assert result.returncode == 2, result.stderr
-    assert "needs an API token" in result.stderr and "Traceback" not in result.stderr
+    assert said in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_manager_on_loopback_makes_a_token_of_its_own_and_keeps_it(
+    spawn_manager: Any, client: Client, state_home: Path
+) -> None:
+    """Loopback is every local user's: without a token given, the manager makes one,
+    in a file only its user reads, the same at every start."""
+    token_file = state_home / "qworker" / "api-token"
+    token_file.unlink(missing_ok=True)
+    made = ["--api-token="]  # none given (and not "none"): the manager makes its own
+    manager = spawn_manager("m1", extra=made)
+    base = manager.api_url()
+    token = token_file.read_text().strip()
+    assert len(token) >= 40 and token_file.stat().st_mode & 0o777 == 0o600
+    assert httpx.get(f"{base}/api/jobs", timeout=10).status_code == 401
+    bearer = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(f"{base}/api/jobs", headers=bearer, timeout=10).status_code == 200
+    (said,) = [e for e in log_events(manager.output()) if e["event"] == "dashboard"]
+    assert said["api_token"] == f"generated in {token_file}" and token not in manager.output()
+    manager.stop()
+    again = spawn_manager("m1", extra=made).api_url()
+    assert httpx.get(f"{again}/api/jobs", headers=bearer, timeout=10).status_code == 200
+
+
+def test_a_token_file_keeps_the_token_off_the_command_line(
+    spawn_manager: Any, tmp_path: Path
+) -> None:
+    secret = tmp_path / "token"
+    secret.write_text("a-token-of-enough-characters\n")
+    by_file = spawn_manager("m1", extra=["--api-token-file", str(secret)])
+    bearer = {"Authorization": "Bearer a-token-of-enough-characters"}
+    assert httpx.get(f"{by_file.api_url()}/api/jobs", headers=bearer, timeout=10).status_code == 200
+    assert not [e for e in log_events(by_file.output()) if "command line" in e["event"]]
+    by_flag = spawn_manager("m2", extra=["--api-token", "a-token-of-enough-characters"])
+    wait_logged(by_flag, "--api-token is on the command line", 30)
 
 
 def test_a_planted_job_with_a_path_for_an_id_is_not_listed(
@@ -429,9 +476,7 @@ def test_manager_started_is_said_once_its_api_answers(spawn_manager: Any) -> Non
 def test_serve_reports_a_port_in_use(mongo_url: str, spawn_manager: Any) -> None:
     first = spawn_manager("m1")
     port = first.api_url().rsplit(":", 1)[1]
-    command = [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve",
-               "--http", f"127.0.0.1:{port}", "--id", "m2"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    result = _serve(mongo_url, "--http", f"127.0.0.1:{port}", "--id", "m2")
     assert result.returncode == 2, result.stderr
     assert "cannot listen there" in result.stderr
 

@@ -152,6 +152,26 @@ def test_unreachable_mongo() -> None:
     one_line_error(done, "jobs list", "cannot reach MongoDB", "127.0.0.1:1")
 
 
+def test_bad_credentials_are_one_line(mongo_server: Any) -> None:
+    """SecantusDB refuses a user it does not have, as mongod does."""
+    base = mongo_server.url.removeprefix("mongodb://")
+    done = run("--mongo", f"mongodb://app:wrong-password@{base}/app", "jobs", "list")
+    line = one_line_error(done, "jobs list", "MongoDB refused the credentials")
+    assert "wrong-password" not in line and done.returncode == 2
+
+
+def test_a_mongo_url_file_keeps_the_password_off_the_command_line(
+    mongo_url: str, client: Client, tmp_path: Path
+) -> None:
+    url_file = tmp_path / "mongo-url"
+    url_file.write_text(mongo_url + "\n")
+    job_id = client.now("noop")
+    listed = json.loads(ok(run("--mongo-file", str(url_file), "jobs", "list", "--json")))
+    assert [job["_id"] for job in listed] == [job_id]
+    both = run("--mongo", mongo_url, "--mongo-file", str(url_file), "jobs", "list")
+    one_error_line(both.stderr, "qworker-manager", "give --mongo or --mongo-file, not both")
+
+
 def test_malformed_mongo_url() -> None:
     one_line_error(run("--mongo", "http://x/y", "jobs", "list"), "jobs list", "not a MongoDB URL")
 

@@ -321,3 +321,21 @@ def test_durations_are_seconds_from_every_source(tmp_path: Path, source: str) ->
     else:
         shown = settings(tmp_path, "--config", str(write_config(tmp_path, "yaml", values)))
     assert (shown["grace"][0], shown["lease"][0], shown["poll_interval"][0]) == (30.0, 90.0, 0.5)
+
+
+def test_a_mongo_url_file_is_read_and_masked(tmp_path: Path) -> None:
+    url_file = tmp_path / "mongo-url"
+    url_file.write_text(SECRET_URL + "\n")
+    assert settings(tmp_path, "--mongo-file", str(url_file))["mongo"][0] == MASKED_URL
+
+
+def test_a_password_on_the_command_line_is_warned_of(tmp_path: Path) -> None:
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "t.json").write_text("{}")
+    code = "def setup(worker, task):\n    worker.task(task.id, str)\n"
+    (tmp_path / "tasks" / "t.py").write_text(code)
+    url = "mongodb://app:s3cret@127.0.0.1:1/app?serverSelectionTimeoutMS=300"
+    done = run(tmp_path, "--standalone", "--log-format", "json", "--mongo", url, "t")
+    assert done.returncode == 2
+    assert "--mongo is on the command line, where 'ps' shows it" in done.stderr
+    assert "use --mongo-file or QWORKER_MONGO" in done.stderr and "s3cret" not in done.stderr

@@ -11,10 +11,13 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
+import structlog
 from click.core import ParameterSource
+from pymongo.errors import PyMongoError
 
 from qworker.client import Client
 from qworker.config import ENV_PREFIX, read_config_file
+from qworker.credentials import read_secret
 from qworker.errors import (
     ConfigError,
     EmbeddedUnavailable,
@@ -24,10 +27,11 @@ from qworker.errors import (
     TaskDefinitionError,
 )
 from qworker.model import MAX_TIMEOUT
-from qworker.mongo import require_url
+from qworker.mongo import mongo_problem, redact, require_url
 from qworker.when import parse_duration
 
 F = TypeVar("F", bound=Callable[..., Any])
+log = structlog.get_logger("qworker.cli")
 
 # Errors in what the user gave us exit 2, like click's usage errors.
 USAGE_ERRORS = (
@@ -117,6 +121,30 @@ def _setting_problem(ctx: click.Context, param: click.Parameter, value: Any) -> 
     return None
 
 
+def warn_of_secrets_on_the_command_line(ctx: click.Context, *names: str) -> None:
+    """A warning for each secret given as a flag: every local user can read a command
+    line (``ps``). ``mongo`` counts when its URL holds a password."""
+    for name in ("mongo", *names):
+        here: click.Context | None = ctx
+        while here is not None and name not in here.params:
+            here = here.parent
+        if here is None or here.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
+            continue
+        value = here.params[name]
+        if name == "mongo" and (not value or redact(value) == value):
+            continue
+        flag = name.replace("_", "-")
+        log.warning(f"--{flag} is on the command line, where 'ps' shows it to every local user: "
+                    f"use --{flag}-file or {envvar(name)}")  # fmt: skip
+
+
+def mongo_of(url: str | None, file: Path | None) -> str | None:
+    """``--mongo``, or the URL in ``--mongo-file``, which keeps a password off the command line."""
+    if url and file:
+        raise ConfigError("give --mongo or --mongo-file, not both")
+    return read_secret(file, "MongoDB URL") if file else url
+
+
 def config_option(fn: F) -> F:
     return click.option(
         "-c", "--config", type=click.Path(dir_okay=False), envvar=envvar("config"),
@@ -156,6 +184,8 @@ def reports_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except QworkerError as exc:
             fail(exc, click.get_current_context().command_path)
+        except PyMongoError as exc:  # MongoDB gone or refusing, mid-command
+            fail(RuntimeError(mongo_problem(exc)), click.get_current_context().command_path)
 
     return wrapper  # type: ignore[return-value]
 

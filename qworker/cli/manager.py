@@ -18,8 +18,10 @@ from qworker.cli.common import (
     config_option,
     envvar,
     json_data,
+    mongo_of,
     pass_settings,
     reports_errors,
+    warn_of_secrets_on_the_command_line,
 )
 from qworker.cli.output import (
     emit_json,
@@ -30,6 +32,7 @@ from qworker.cli.output import (
     worker_rows,
 )
 from qworker.cli.schedules import schedules
+from qworker.credentials import api_token as api_token_of
 from qworker.embedded import data_dir_from_url, is_embedded, stop_server
 from qworker.fleet import WORKER_STATES
 from qworker.logs import configure
@@ -51,6 +54,13 @@ from qworker.when import utcnow
     help="MongoDB URL (mongodb://host:port/db), or 'embedded'.",
 )
 @click.option(
+    "--mongo-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar=envvar("mongo_file"),
+    show_envvar=True,
+    help="A file holding the MongoDB URL: unlike --mongo, a password in it is not seen by 'ps'.",
+)
+@click.option(
     "--prefix",
     envvar=envvar("prefix"),
     default="",
@@ -67,11 +77,13 @@ from qworker.when import utcnow
     help="Bytes of the capped channel collection, when this process creates it.",
 )
 @click.pass_context
+@reports_errors
 def main(
-    ctx: click.Context, config: str | None, mongo: str | None, prefix: str, channel_size: int
-) -> None:
+    ctx: click.Context, config: str | None, mongo: str | None, mongo_file: Path | None,
+    prefix: str, channel_size: int,
+) -> None:  # fmt: skip
     """Run and operate a qworker fleet: the manager daemon, jobs, the embedded server."""
-    ctx.obj = Settings(mongo, prefix, channel_size)
+    ctx.obj = Settings(mongo_of(mongo, mongo_file), prefix, channel_size)
 
 
 @main.command()
@@ -312,7 +324,15 @@ def demo(settings: Settings, paths: str) -> None:
     "--api-token",
     envvar=envvar("api_token"),
     show_envvar=True,
-    help="Required on every API request (Bearer); needed to serve beyond loopback.",
+    help="Required on every API request (Bearer); 'none' for none (loopback only). "
+    "[default: one made and kept in the user's state folder]",
+)
+@click.option(
+    "--api-token-file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar=envvar("api_token_file"),
+    show_envvar=True,
+    help="A file holding the API token: unlike --api-token, it is not seen by 'ps'.",
 )
 @click.option(
     "--allowed-host",
@@ -341,6 +361,7 @@ def serve(
     sinks: str | None,
     http: str,
     api_token: str | None,
+    api_token_file: Path | None,
     allowed_hosts: tuple[str, ...],
     verbose: int,
     log_format: str | None,
@@ -349,6 +370,8 @@ def serve(
     schedules, and serve the HTTP API, dashboard and metrics (--http)."""
     url = settings.url()
     configure(verbose, log_format)
+    token = api_token_of(api_token, api_token_file)
+    warn_of_secrets_on_the_command_line(click.get_current_context(), "api_token")
     options: dict[str, Any] = {"manager_id": manager_id} if manager_id else {}
     if sinks:
         options["sinks"] = read_sinks(Path(sinks))
@@ -360,7 +383,8 @@ def serve(
             lease=lease,
             channel_size=settings.channel_size,
             http=None if http.strip().lower() in ("off", "none", "") else http,
-            api_token=api_token or None,
+            api_token=token.value,
+            api_token_origin=token.origin,
             allowed_hosts=allowed_hosts,
             **options,
         )

@@ -11,7 +11,15 @@ from typing import Any, TypeVar
 
 import click
 
-from qworker.cli.common import Seconds, config_option, envvar, reports_errors, sources
+from qworker.cli.common import (
+    Seconds,
+    config_option,
+    envvar,
+    mongo_of,
+    reports_errors,
+    sources,
+    warn_of_secrets_on_the_command_line,
+)
 from qworker.config import WorkerSettings, describe
 from qworker.errors import WorkerFailed
 from qworker.logs import configure
@@ -43,6 +51,12 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
     "--mongo",
     name="mongo",
     help="MongoDB URL (mongodb://host:port/db), or 'embedded' for the local server.",
+)
+@_option(
+    "--mongo-file",
+    name="mongo_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="A file holding the MongoDB URL: unlike --mongo, a password in it is not seen by 'ps'.",
 )
 @_option(
     "-s",
@@ -144,7 +158,8 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
     """
     wanted = tuple(dict.fromkeys([*task, *opts["tasks"]]))
     settings = WorkerSettings(
-        mongo=opts["mongo"] or "", worker_id=opts["id"], tasks=wanted,
+        mongo=mongo_of(opts["mongo"], opts["mongo_file"]) or "", worker_id=opts["id"],
+        tasks=wanted,
         paths=tuple(Path(p) for p in opts["paths"]), standalone=opts["standalone"],
         concurrency=opts["concurrency"], grace=opts["grace"], lease=opts["lease"],
         poll_interval=opts["poll_interval"], prefix=opts["prefix"], burst=opts["burst"],
@@ -154,9 +169,11 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
     if print_config:
         shown = {k: v for k, v in ctx.params.items() if k not in ("print_config", "task")}
         shown["tasks"] = list(wanted)
-        shown["mongo"] = opts["mongo"] and redact(opts["mongo"])
+        shown["mongo"] = redact(settings.mongo) if settings.mongo else None
         # TASK arguments and --tasks are one setting: say where each part came from.
         origin = dict(settings.sources)
+        if opts["mongo_file"]:
+            origin["mongo"] = f"file {opts['mongo_file']} ({origin['mongo_file']})"
         if task:
             extra = [] if origin["tasks"] == "default" else [origin["tasks"]]
             origin["tasks"] = " + ".join(["arguments", *extra])
@@ -164,6 +181,7 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
         return
     require_url(settings.mongo)
     configure(opts["verbose"], opts["log_format"])
+    warn_of_secrets_on_the_command_line(ctx)
     metas = select(settings.paths, settings.tasks)
     worker = Worker(settings, metas)
     try:
