@@ -16,7 +16,7 @@ from pymongo.errors import PyMongoError
 from qworker import fleet, protocol
 from qworker.chains import Step, chain_jobs
 from qworker.channel import publish_sync
-from qworker.errors import InvalidJobError, ScheduleOwnedByTask
+from qworker.errors import InvalidJobError, ScheduleNotFound, ScheduleOwnedByTask
 from qworker.model import FINISHED_STATES, JobState, new_job
 from qworker.mongo import (
     CHANNEL_BYTES,
@@ -208,8 +208,11 @@ class Client:
     def remove_schedule(self, name: str) -> None:
         """Delete a schedule; its jobs stay. One from a task's metadata is refused: the
         manager would install it again when a worker defines the task (pause it instead)."""
-        schedule = self.schedules.get(name)
-        if schedule.origin == "metadata":
+        try:
+            schedule: Schedule | None = self.schedules.get(name)
+        except ScheduleNotFound:
+            schedule = None  # or one the store would not read: deleted all the same
+        if schedule is not None and schedule.origin == "metadata":
             raise ScheduleOwnedByTask(
                 f"schedule {name!r} comes from the metadata of task {schedule.task!r}, and a "
                 f"worker defining the task installs it again: pause it instead (schedules "

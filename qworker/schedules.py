@@ -17,7 +17,6 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
-from apscheduler.jobstores.mongodb import MongoDBJobStore
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.cron import CronTrigger
@@ -32,6 +31,7 @@ from qworker.errors import (
     ScheduleNotFound,
 )
 from qworker.model import JobState, new_job
+from qworker.schedulestore import ScheduleStore
 from qworker.when import format_duration, parse_duration, parse_when, utcnow
 
 Doc = dict[str, Any]
@@ -246,8 +246,8 @@ def _day(token: str, field: str) -> int:
     )
 
 
-def job_store(client: MongoClient[Doc], database: str, collection: str) -> MongoDBJobStore:
-    return MongoDBJobStore(database=database, collection=collection, client=client)
+def job_store(client: MongoClient[Doc], database: str, collection: str) -> ScheduleStore:
+    return ScheduleStore(database=database, collection=collection, client=client)
 
 
 class _Editor(BaseScheduler):  # type: ignore[misc]
