@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -49,6 +50,7 @@ from qworker.store import MAX_SKIP
 
 Doc = dict[str, Any]
 WEB = Path(__file__).parent / "web"
+API_THREADS = 8  # requests the API works on at once; the rest wait their turn
 # A comment line this often keeps proxies from closing an idle event stream.
 KEEPALIVE_SECONDS = 15.0
 
@@ -248,10 +250,12 @@ def create_app(
 
 
 def _runner() -> Callable[..., Any]:
-    """Runs the client's blocking calls off the event loop."""
+    """Runs the client's blocking calls off the event loop, in threads of the API's own:
+    a burst of slow requests waits for these, and takes none from the manager."""
+    threads = ThreadPoolExecutor(API_THREADS, thread_name_prefix="qworker-api")
 
     async def run(fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.to_thread(fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(threads, fn, *args)
 
     return run
 

@@ -62,6 +62,10 @@ class Channel:
             unicode_decode_error_handler="replace",
         )
         self.collection = collection.with_options(codec_options=options)
+        # How far the subscriber has handled the channel: the time of the last message
+        # it delivered, or now once it has caught up. A manager far behind (a flood, a
+        # stall) must not count as missed the pings it has not read yet.
+        self.position = datetime.now(UTC)
 
     async def publish(self, event: str, body: dict[str, Any]) -> None:
         await self.collection.insert_one(message(event, body))
@@ -76,7 +80,7 @@ class Channel:
         ``ready`` is set once the first cursor is open, so a caller can publish
         knowing the subscriber will see it.
         """
-        since = datetime.now(UTC)
+        since = self.position = datetime.now(UTC)
         recent: deque[ObjectId] = deque()
         seen: set[ObjectId] = set()
         delay = 0.1
@@ -104,8 +108,10 @@ class Channel:
                             seen.discard(recent.popleft())
                         since = max(since, self._stamp(doc))
                         await self._deliver(handler, doc)
+                        self.position = since
                     # Caught up: everything older than this has been seen.
-                    since = max(since, datetime.now(UTC) - CLOCK_SKEW)
+                    self.position = datetime.now(UTC)
+                    since = max(since, self.position - CLOCK_SKEW)
                     await asyncio.sleep(0)
                 await asyncio.sleep(0.05)
             except PyMongoError as exc:

@@ -33,6 +33,7 @@ LOST_AFTER_PINGS = 3
 # stopped, dead and lost workers leave the list, which otherwise grows forever.
 KEEP_WORKER = timedelta(days=1)
 WORKER_STATES = ("running", "lost", "stopped", "dead")
+MAX_MOMENT_CHARS = 100  # since/until: an ISO time or a duration
 
 
 def kept_until(now: datetime | None = None) -> datetime:
@@ -120,6 +121,9 @@ def moment(value: str | datetime | None, what: str, now: datetime | None = None)
     """A bound of a job listing: a datetime, an ISO time, or a duration meaning that long ago."""
     if value is None or isinstance(value, datetime):
         return None if value is None else parse_when(value)
+    if len(value) > MAX_MOMENT_CHARS:
+        raise InvalidJobError(f"{what} is {len(value)} characters long: at most "
+                              f"{MAX_MOMENT_CHARS}", what)  # fmt: skip
     now = now or utcnow()
     text = value.strip().lower().removesuffix("ago").strip()
     try:

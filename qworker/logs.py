@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -66,6 +67,25 @@ def _plain(value: Any) -> Any:
     if isinstance(value, ObjectId):
         return str(value)
     return repr(value)
+
+
+class Throttle:
+    """Warnings of one kind at most every ``every`` seconds; the rest counted, and the
+    count said with the next one, so a flood of bad messages floods no log."""
+
+    def __init__(self, logger: Any, every: float = 10.0) -> None:
+        self._logger, self._every = logger, every
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def warning(self, event: str, count: int = 1, **fields: Any) -> None:
+        now = time.monotonic()
+        held = self._held.get(event, 0) + count
+        if now - self._last.get(event, -self._every) < self._every:
+            self._held[event] = held
+            return
+        self._last[event], self._held[event] = now, 0
+        self._logger.warning(event, count=held, **fields)
 
 
 def message(msg: object, args: tuple[object, ...]) -> str:

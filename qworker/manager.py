@@ -14,7 +14,8 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -34,6 +35,7 @@ from qworker.errors import TaskDefinitionError
 from qworker.events import WATCHED, EventHub
 from qworker.fleet import kept_until
 from qworker.leadership import Leadership
+from qworker.logs import Throttle
 from qworker.model import JobState
 from qworker.mongo import (
     CHANNEL_BYTES,
@@ -43,6 +45,7 @@ from qworker.mongo import (
     prepare,
     resolve_url,
 )
+from qworker.pings import Pings
 from qworker.scheduler import Scheduler
 from qworker.sinks import Sinks, SinkSettings
 from qworker.store import LOST_FIELDS, take_back
@@ -85,6 +88,9 @@ class Manager:
         self._stop = asyncio.Event()
         self.hub = EventHub()
         self.conflicts = Conflicts()
+        self.throttle = Throttle(log)
+        self._scheduler_thread = ThreadPoolExecutor(1, thread_name_prefix="qworker-scheduler")
+        self.pings = Pings(self.throttle)
 
     async def run(self) -> int:
         url = resolve_url(self.settings.mongo)
@@ -116,7 +122,7 @@ class Manager:
             supervisor.cancel()
             await asyncio.gather(listener, supervisor, return_exceptions=True)
             await self.sinks.stop()
-            await asyncio.to_thread(self.scheduler.stop)
+            await self._scheduling(self.scheduler.stop)
             with contextlib.suppress(PyMongoError):
                 if self.leading:
                     await self.channel.publish(protocol.MANAGER_STOP, {"managerId": self.id})
@@ -176,12 +182,12 @@ class Manager:
                 if leading and not self.leading:
                     # Schedules first: workers answer manager:start by defining
                     # their tasks, whose metadata may carry schedules to install.
-                    await asyncio.to_thread(self.scheduler.start)
+                    await self._scheduling(self.scheduler.start)
                     log.info("leading the fleet", manager_id=self.id)
                     await self.channel.publish(protocol.MANAGER_START, {"managerId": self.id})
                 elif self.leading and not leading:
                     log.warning("lost the lease; standing by", manager_id=self.id)
-                    await asyncio.to_thread(self.scheduler.stop)
+                    await self._scheduling(self.scheduler.stop)
                 self.leading = leading
                 if leading:
                     await self._find_dead()
@@ -191,6 +197,12 @@ class Manager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), every)
         systemd.stopping("stopping: handing over the lease" if self.leading else "stopping")
+
+    async def _scheduling(self, work: Callable[..., Any], *args: Any) -> Any:
+        """The scheduler's blocking work, in a thread of its own: the API's calls, which
+        have their own threads too, can never hold up a handshake behind them."""
+        return await asyncio.get_running_loop().run_in_executor(self._scheduler_thread, work,
+                                                                 *args)  # fmt: skip
 
     def status_line(self) -> str:
         """One line on this manager's state, for ``systemctl status``."""
@@ -212,20 +224,15 @@ class Manager:
             return
         worker_id, nonce = body.get("workerId"), body.get("nonce")
         if not isinstance(worker_id, str) or not isinstance(nonce, str):
-            log.warning("ignoring a message without workerId/nonce", event_name=event)
+            self.throttle.warning("ignoring a message without workerId/nonce", event_name=event)
             return
         if event == protocol.DEFINE_TASKS:
             await self._define(worker_id, nonce, body.get("tasks"))
         elif event == protocol.WORKER_INITIALIZE:
             await self._initialize(worker_id, nonce, body)
         elif event == protocol.WORKER_PING:
-            # A ping sent while the worker was saying goodbye must not revive it.
-            done = await self.workers.update_one(
-                {"_id": worker_id, "nonce": nonce, "state": {"$ne": "stopped"}},
-                {"$set": {"pingedAt": utcnow(), "state": "running", "expireAt": kept_until(),
-                          "running": body.get("running", 0)}},
-            )  # fmt: skip
-            self._known(done.matched_count, event, worker_id)
+            if self.pings.hear(worker_id, nonce, body.get("running", 0)):
+                await self.pings.write(self.workers)
         elif event in (protocol.WORKER_STOP, protocol.WORKER_TERMINATE):
             done = await self.workers.update_one(
                 {"_id": worker_id, "nonce": nonce},
@@ -233,12 +240,11 @@ class Manager:
             )
             self._known(done.matched_count, event, worker_id)
 
-    @staticmethod
-    def _known(matched: int | bool, event: str, worker_id: str) -> None:
+    def _known(self, matched: int | bool, event: str, worker_id: str) -> None:
         """Say so when a worker message names no instance we know (forged, stale, or late)."""
         if not matched:
-            log.warning("ignoring a message from an unknown or stopped worker instance",
-                        event_name=event, worker_id=worker_id[:200])  # fmt: skip
+            self.throttle.warning("ignoring a message from an unknown or stopped worker instance",
+                                  event_name=event, worker_id=worker_id[:200])  # fmt: skip
 
     async def _define(self, worker_id: str, nonce: str, tasks: Any) -> None:
         """Record the tasks a worker announced, checked as the worker checked them.
@@ -283,7 +289,7 @@ class Manager:
                 log.warning("some announced tasks could not be recorded", worker_id=worker_id,
                             error=str(exc)[:500])  # fmt: skip
         self.conflicts.record(worker_id, nonce, clashes)
-        await asyncio.to_thread(self.scheduler.install, metas)
+        await self._scheduling(self.scheduler.install, metas)
 
     async def _clash(self, worker_id: str, raw: dict[str, Any]) -> str | None:
         """Why ``raw`` may not replace the definition that live workers hold, or None."""
@@ -357,7 +363,11 @@ class Manager:
     # -- dead workers ----------------------------------------------------
 
     async def _find_dead(self) -> None:
-        limit = utcnow() - timedelta(seconds=MISSED_PINGS * self.settings.ping_interval)
+        """Workers silent for two ping intervals, up to where the channel was read: a
+        manager behind its channel (a flood, a stall) has not heard the latest pings yet."""
+        await self.pings.write(self.workers)
+        heard_until = min(utcnow(), self.channel.position)
+        limit = heard_until - timedelta(seconds=MISSED_PINGS * self.settings.ping_interval)
         if self._watching_since > limit:
             return  # not watched for two intervals yet: the missed pings are not theirs
         # Standalone workers list themselves and answer to no manager.

@@ -24,7 +24,7 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from qworker import chains
-from qworker.errors import JobNotFound, JobStateError
+from qworker.errors import InvalidJobError, JobNotFound, JobStateError
 from qworker.model import ACTIVE_STATES, FINISHED_STATES, MAX_LOG_LINES, JobState, Retention
 
 LOCK_FIELDS = {"lockedBy": "", "lockToken": "", "lockExpiresAt": "", "lockedAt": ""}
@@ -32,6 +32,7 @@ CANDIDATE_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1, "lostCou
 # A job lost this many times with its worker (crash, kill, lost lease) is
 # failed instead of re-queued, so a job that kills its worker cannot loop.
 MAX_LOST = 5
+MAX_TEXT_CHARS = 200  # a description search: each description is matched against it
 # Paging stops here: MongoDB takes a 64-bit skip, and no one pages a billion jobs.
 MAX_SKIP = 1_000_000_000
 # For jobs finished where the task's metadata is not known (client cancel, lost jobs).
@@ -146,6 +147,9 @@ def job_query(
     if task:
         query["name"] = task
     if text:
+        if len(text) > MAX_TEXT_CHARS:  # each job's description is matched against it
+            raise InvalidJobError(f"text is {len(text)} characters long: at most "
+                                  f"{MAX_TEXT_CHARS}", "text")  # fmt: skip
         query["description"] = {"$regex": re.escape(text), "$options": "i"}
     if worker:
         # lastWorker is set at claim time; lockedBy finds running jobs claimed before it was.

@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 from qworker.errors import InvalidJobError
 
+MAX_WHEN_CHARS = 200
+
 _UNITS = {
     "ms": 0.001, "millisecond": 0.001, "milliseconds": 0.001,
     "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
@@ -91,6 +93,10 @@ def parse_when(when: str | datetime | None, now: datetime | None = None) -> date
     if not isinstance(when, str):
         raise InvalidJobError(
             f"when must be a string or a datetime, not {type(when).__name__}", "when"
+        )
+    if len(when) > MAX_WHEN_CHARS:  # a phrase parser's time grows with its input
+        raise InvalidJobError(
+            f"when is {len(when)} characters long: at most {MAX_WHEN_CHARS}", "when"
         )
     text = when.strip().lower()
     if text in ("", "now", "immediately"):
