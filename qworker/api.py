@@ -139,7 +139,7 @@ def create_app(
 
     @app.get("/api/workers", tags=["fleet"])
     async def workers() -> Any:
-        return plain(await run(client.workers))
+        return [_without_nonce(worker) for worker in plain(await run(client.workers))]
 
     @app.get("/api/tasks", tags=["fleet"])
     async def tasks() -> Any:
@@ -260,6 +260,11 @@ def _runner() -> Callable[..., Any]:
     return run
 
 
+def _without_nonce(doc: Doc) -> Doc:
+    """A worker's instance nonce addresses orders to it on the channel: not for pages."""
+    return {key: value for key, value in doc.items() if key != "nonce"}
+
+
 async def _stream(hub: EventHub, request: Request) -> AsyncIterator[str]:
     async with hub.listen() as queue:
         yield ": connected\n\n"
@@ -271,7 +276,7 @@ async def _stream(hub: EventHub, request: Request) -> AsyncIterator[str]:
                 continue
             if (event, body) == CLOSED:
                 return
-            yield f"event: {event}\ndata: {json.dumps(plain(body))}\n\n"
+            yield f"event: {event}\ndata: {json.dumps(plain(_without_nonce(body)))}\n\n"
 
 
 async def _qworker_error(request: Request, exc: Exception) -> JSONResponse:

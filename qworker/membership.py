@@ -16,6 +16,8 @@ from pymongo.errors import PyMongoError
 
 from qworker import protocol
 from qworker.aio import check_cancelled
+from qworker.leadership import LEASE_ID
+from qworker.mongo import Names
 
 if TYPE_CHECKING:
     from qworker.worker import Worker
@@ -48,12 +50,12 @@ class Membership:
         w = self.worker
         if event in (protocol.MANAGER_START, protocol.MANAGER_STOP):
             sender = body.get("managerId")
-            if event == protocol.MANAGER_START and isinstance(sender, str):
-                self.leader = sender
-            elif self.leader is not None and sender != self.leader:
-                log.warning("ignoring manager:stop from a manager that does not lead",
+            if not await self._leads(event, sender):
+                log.warning(f"ignoring {event} from a manager that does not hold the lease",
                             manager_id=str(sender)[:200], leader=self.leader)  # fmt: skip
                 return
+            if event == protocol.MANAGER_START:
+                self.leader = sender
             if event == protocol.MANAGER_STOP and self.accepted.is_set():
                 log.warning("manager stopped: pausing (running jobs finish, none are claimed)")
                 self.accepted.clear()
@@ -87,6 +89,22 @@ class Membership:
             w.request_stop(force=True)
         elif event == protocol.stop(w.id):
             w.request_stop()
+
+    async def _leads(self, event: str, sender: Any) -> bool:
+        """Whether ``sender`` may start or stop the fleet: it holds the lease (the one that
+        stops may have let it go already, but no other manager may hold it)."""
+        if not isinstance(sender, str):
+            return False
+        w = self.worker
+        leases = w.store.jobs.database[Names(w.settings.prefix).leases]
+        try:
+            lease = await leases.find_one({"_id": LEASE_ID}, {"owner": 1})
+        except PyMongoError:
+            return False  # cannot tell: a real one is repeated (start) or followed by one
+        owner = None if lease is None else lease.get("owner")
+        if event == protocol.MANAGER_START:
+            return owner == sender
+        return sender == self.leader and owner in (None, sender)
 
     def _identity(self) -> dict[str, Any]:
         w = self.worker

@@ -477,7 +477,7 @@ class Worker:
         elif event == protocol.JOB_CANCEL:
             job_id = body.get("jobId")
             if isinstance(job_id, str):
-                self.cancel_job(job_id)
+                await self._cancel_if_asked(job_id)
             else:
                 log.warning("ignoring a malformed job:cancel")
 
@@ -633,6 +633,23 @@ class Worker:
             self.request_stop()
         else:
             loop.call_soon_threadsafe(self.request_stop)
+
+    async def _cancel_if_asked(self, job_id: str) -> None:
+        """A ``job:cancel`` is a hint anyone could write: act on it only when the job
+        itself says its cancel was asked for (``cancelRequested``, which a client sets)."""
+        if not any(r.job.id == job_id for r in self._running.values()):
+            return
+        try:
+            asked = await self.store.jobs.find_one(
+                {"_id": ObjectId(job_id), "cancelRequested": True}, {"_id": 1}
+            )
+        except PyMongoError:
+            return  # the next lease renewal sees cancelRequested
+        if asked is None:
+            log.warning("ignoring a job:cancel for a job whose cancel nobody asked for",
+                        job_id=job_id)  # fmt: skip
+            return
+        self.cancel_job(job_id)
 
     def cancel_job(self, job_id: str) -> bool:
         """Stop a running job: ``job.cancelled`` turns true; async and process jobs are cut."""

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import bson
+import httpx
 import pytest
 from bson import ObjectId
 from conftest import ManagerProcess, WorkerProcess, _free_port, wait_for
@@ -399,13 +400,57 @@ def test_malformed_and_forged_messages_are_logged_and_ignored(fleet: Fleet) -> N
     assert fleet.db.jobs.count_documents({}) == 16
 
 
-def test_a_forged_manager_stop_is_ignored(fleet: Fleet) -> None:
-    """Only the manager that leads (that accepted the worker) can pause it."""
+def test_a_forged_manager_start_then_stop_are_ignored(fleet: Fleet) -> None:
+    """Only the manager that holds the lease leads; a forged start used to make the
+    forger the leader in the workers' eyes, and its stop then paused them."""
+    publish_sync(fleet.db.channel, protocol.MANAGER_START, {"managerId": "not-a-manager"})
     publish_sync(fleet.db.channel, protocol.MANAGER_STOP, {"managerId": "not-a-manager"})
-    wait_logged(fleet.managed, "ignoring manager:stop from a manager that does not lead", 30)
+    publish_sync(fleet.db.channel, protocol.MANAGER_STOP, {"managerId": "also-not-one"})
+    said = "from a manager that does not hold the lease"
+    wait_logged(fleet.managed, f"ignoring manager:start {said}", 30)
+    wait_logged(fleet.managed, f"ignoring manager:stop {said}", 30, times=2)
     assert count_logged(fleet.managed, "manager stopped: pausing") == 0
     still_in_service(fleet)
     nothing_crashed(fleet)
+
+
+def test_a_forged_definition_neither_rewrites_nor_invalidates_a_live_one(
+    fleet: Fleet, spawn_worker: Any, mongo_url: str
+) -> None:
+    standing = fleet.db.tasks.find_one({"_id": "record"})["metadata"]
+    ident = {"workerId": "ghost", "nonce": WRONG_NONCE}
+    for forged in ({**standing, "maxAttempts": 9, "schedule": "* * * * *"},
+                   {"id": "record", "concurrency": "lots"}):  # fmt: skip
+        publish_sync(fleet.db.channel, protocol.DEFINE_TASKS, {**ident, "tasks": [forged]})
+    manager_caught_up(fleet)
+    task = fleet.db.tasks.find_one({"_id": "record"})
+    assert task["metadata"] == standing and task["valid"] is True
+    assert fleet.db.schedules.count_documents({}) == 0  # no schedule installed
+    another = managed(spawn_worker, mongo_url, "record", worker_id="wm2")
+    wait_accepted(another)  # the live definition still admits its workers
+    nothing_crashed(fleet)
+
+
+def test_a_forged_cancel_of_a_running_job_is_ignored(fleet: Fleet) -> None:
+    """A cancel is asked by a client on the job itself (cancelRequested): a message
+    on the channel alone, which anyone who enqueues can write, stops nothing."""
+    job_id = fleet.client.now("record", {"sleep": 3})
+    wait_for(lambda: fleet.client.get(job_id)["state"] == "running", 30, "the job to run")
+    publish_sync(fleet.db.channel, protocol.JOB_CANCEL, {"jobId": job_id})
+    wait_logged(fleet.managed, "ignoring a job:cancel for a job whose cancel nobody asked for", 30)
+    assert wait_finished(fleet.db, job_id, 60)["state"] == "succeeded"
+    # A client's cancel still stops a running job.
+    asked = fleet.client.now("record", {"sleep": 30})
+    wait_for(lambda: fleet.client.get(asked)["state"] == "running", 30, "the job to run")
+    fleet.client.cancel(asked)
+    assert wait_finished(fleet.db, asked, 60)["state"] == "cancelled"
+
+
+def test_the_api_shows_no_worker_nonce(fleet: Fleet) -> None:
+    base = fleet.manager.api_url()
+    listed = httpx.get(f"{base}/api/workers", timeout=30).json()
+    assert {w["_id"] for w in listed} >= {MANAGED, STANDALONE}
+    assert all("nonce" not in worker for worker in listed)
 
 
 def test_a_message_stamped_in_the_future_does_not_deafen_anyone(fleet: Fleet) -> None:
