@@ -95,7 +95,7 @@ class Manager:
     async def run(self) -> int:
         url = resolve_url(self.settings.mongo)
         names = Names(self.settings.prefix)
-        await asyncio.to_thread(prepare, url, names, self.settings.channel_size)
+        await asyncio.to_thread(prepare, url, names, self.settings.channel_size, True)
         client = async_client(url)
         db = client.get_default_database(default="qworker")
         self.jobs, self.workers, self.tasks = db[names.jobs], db[names.workers], db[names.tasks]

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pymongo
+import structlog
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, MongoClient
 from pymongo.database import Database
 from pymongo.errors import (
@@ -25,6 +26,8 @@ from pymongo.uri_parser import parse_uri
 
 from qworker.errors import ConfigError
 from qworker.model import ACTIVE_STATES
+
+log = structlog.get_logger("qworker.mongo")
 
 DEFAULT_DATABASE = "qworker"
 CHANNEL_BYTES = 16 * 1024 * 1024
@@ -110,17 +113,25 @@ def ensure_schema(
     db: Database[dict],  # type: ignore[type-arg]
     names: Names,
     channel_bytes: int = CHANNEL_BYTES,
+    required: bool = False,
 ) -> None:
     """Create the channel and the indexes that the claim path and the views need.
 
     Idempotent, so every process may call it at start. It is a process's
     first round trip, so an unreachable server is reported here, in one line.
+    A user not allowed to create indexes is let be, unless ``required``.
     """
     try:
         _ensure_schema(db, names, channel_bytes)
     except ServerSelectionTimeoutError as exc:
         raise ConfigError(f"{mongo_problem(exc)} (database '{db.name}')") from None
     except OperationFailure as exc:
+        if exc.code == UNAUTHORIZED and not required:
+            # A user of least privilege (an application, a worker, a viewer) may not
+            # make indexes: the manager and `qworker-manager init-db` make them.
+            log.debug("not allowed to set up collections and indexes; leaving it to the "
+                      "manager", database=db.name)  # fmt: skip
+            return
         if exc.code in AUTH_CODES:  # bad credentials are bad settings, like a bad URL
             raise ConfigError(f"{mongo_problem(exc)} (database '{db.name}')") from None
         raise
@@ -168,10 +179,13 @@ def _ensure_schema(db: Database[dict], names: Names, channel_bytes: int) -> None
     db[names.leases].create_index([("expireAt", ASCENDING)], name="forget", expireAfterSeconds=0)
 
 
-def prepare(url: str, names: Names, channel_bytes: int = CHANNEL_BYTES) -> None:
+def prepare(
+    url: str, names: Names, channel_bytes: int = CHANNEL_BYTES, required: bool = False
+) -> None:
     """``ensure_schema`` over a short-lived connection, for a daemon's start."""
     client = sync_client(url)
     try:
-        ensure_schema(client.get_default_database(default=DEFAULT_DATABASE), names, channel_bytes)
+        db = client.get_default_database(default=DEFAULT_DATABASE)
+        ensure_schema(db, names, channel_bytes, required)
     finally:
         client.close()

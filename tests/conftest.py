@@ -63,16 +63,19 @@ class Server:
     def managed(self) -> bool:
         return self.storage is not None
 
-    def start(self) -> None:
+    def start(self, *flags: str, answering: str | None = None) -> None:
+        """Start it, with SecantusDB's ``flags`` (``--auth``); ``answering`` is the URL
+        that must answer a ping (with a user's credentials, under ``--auth``)."""
         assert self.storage is not None and self.log_path is not None
         command = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [command, "--host", "127.0.0.1", "--port", str(self.port),
-                 "--storage-path", str(self.storage), "--log-level", "WARNING"],
+                 "--storage-path", str(self.storage), "--log-level", "WARNING", *flags],
                 stdout=log, stderr=subprocess.STDOUT, cwd=self.storage.parent,
             )  # fmt: skip
-        wait_for(lambda: _answers(self.url), 60, "the test MongoDB server to answer")
+        url = answering or self.url
+        wait_for(lambda: _answers(url), 60, "the test MongoDB server to answer")
 
     def stop(self) -> None:
         if self.process is not None:

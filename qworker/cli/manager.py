@@ -38,7 +38,16 @@ from qworker.fleet import WORKER_STATES
 from qworker.logs import configure
 from qworker.manager import DEFAULT_HTTP, Manager, ManagerSettings
 from qworker.model import FINISHED_STATES, JobState
-from qworker.mongo import CHANNEL_BYTES, redact
+from qworker.mongo import (
+    CHANNEL_BYTES,
+    Names,
+    database_name,
+    prepare,
+    redact,
+    resolve_url,
+    sync_client,
+)
+from qworker.roles import create_roles
 from qworker.sinks import read_sinks
 from qworker.store import MAX_SKIP
 from qworker.when import utcnow
@@ -390,6 +399,25 @@ def serve(
         )
     )
     sys.exit(asyncio.run(manager.run()))  # fmt: skip
+
+
+@main.command("init-db")
+@click.option("--roles", "with_roles", is_flag=True,
+              help="Also create (or update) the roles of each part of a fleet: qworkerApp, "
+              "qworkerWorker, qworkerOperator, qworkerViewer, qworkerManager.")  # fmt: skip
+@pass_settings
+@reports_errors
+def init_db(settings: Settings, with_roles: bool) -> None:
+    """Create the collections and indexes (what every process would otherwise try at start),
+    so that applications and workers can run as users that may not create indexes."""
+    url = resolve_url(settings.url())
+    names = Names(settings.prefix)
+    prepare(url, names, settings.channel_size, required=True)
+    click.echo(f"collections and indexes of {redact(url)} are ready")
+    if with_roles:
+        with sync_client(url) as mongo:
+            for done in create_roles(mongo[database_name(url)], names):
+                click.echo(done)
 
 
 @main.group()

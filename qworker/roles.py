@@ -1,0 +1,71 @@
+"""MongoDB roles for each part of a fleet: what each may read and write, and no more.
+
+Every collection is written by only the parts that need to: an application
+enqueues and looks at jobs (and wakes workers); a worker runs them and lists
+itself; the manager keeps the fleet, the schedules and the lease; an operator
+acts on jobs and schedules; a viewer reads. ``qworker-manager init-db
+--roles`` creates them (again, when they change) in the fleet's database;
+users are then given them with MongoDB's own ``createUser``/``grantRolesToUser``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pymongo.database import Database
+from pymongo.errors import OperationFailure
+
+from qworker.mongo import Names
+
+READ = ["find"]
+WRITE = ["find", "insert", "update"]
+ALL = ["find", "insert", "update", "remove"]
+
+Doc = dict[str, Any]
+
+
+def privileges(names: Names) -> dict[str, dict[str, list[str]]]:
+    """Role name → collection → actions."""
+    return {
+        "qworkerApp": {names.jobs: WRITE, names.channel: ["insert"]},
+        "qworkerWorker": {names.jobs: WRITE, names.channel: ["find", "insert"],
+                          names.workers: WRITE, names.leases: READ},
+        "qworkerOperator": {names.jobs: ALL, names.schedules: ALL, names.channel: ["insert"],
+                            names.workers: READ, names.tasks: READ},
+        "qworkerViewer": {names.jobs: READ, names.schedules: READ, names.workers: READ,
+                          names.tasks: READ},
+        "qworkerManager": {names.jobs: ALL, names.channel: ["find", "insert"],
+                           names.workers: ALL, names.tasks: ALL, names.leases: ALL,
+                           names.schedules: ALL},
+    }
+
+
+# The manager makes the collections and indexes (init-db, and at every start).
+SCHEMA_ACTIONS = ["createCollection", "createIndex", "listIndexes", "collMod"]
+
+
+def role_documents(db_name: str, names: Names) -> dict[str, list[Doc]]:
+    """Role name → its privileges as ``createRole`` takes them."""
+    roles: dict[str, list[Doc]] = {}
+    for role, collections in privileges(names).items():
+        roles[role] = [{"resource": {"db": db_name, "collection": name}, "actions": actions}
+                       for name, actions in collections.items()]  # fmt: skip
+        if role == "qworkerManager":
+            roles[role].append({"resource": {"db": db_name, "collection": ""},
+                                "actions": SCHEMA_ACTIONS})  # fmt: skip
+    return roles
+
+
+def create_roles(db: Database[Doc], names: Names) -> list[str]:
+    """Create the roles in ``db``, or bring existing ones up to date; what was done."""
+    done = []
+    for role, granted in role_documents(db.name, names).items():
+        try:
+            db.command("createRole", role, privileges=granted, roles=[])
+            done.append(f"created role {role}")
+        except OperationFailure as exc:
+            if "already exists" not in str(exc) and exc.code != 51002:
+                raise
+            db.command("updateRole", role, privileges=granted, roles=[])
+            done.append(f"updated role {role}")
+    return done
