@@ -18,8 +18,8 @@ from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from qworker.errors import InvalidJobError
-from qworker.membership import DEFAULT_PING_SECONDS
 from qworker.model import JobState
+from qworker.protocol import DEFAULT_PING_SECONDS
 from qworker.stats import job_counts
 from qworker.when import parse_duration, parse_when, utcnow
 

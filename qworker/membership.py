@@ -9,33 +9,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import structlog
 from pymongo.errors import PyMongoError
 
 from qworker import protocol
 from qworker.aio import check_cancelled
+from qworker.channel import Channel
+from qworker.config import WorkerSettings
 from qworker.leadership import LEASE_ID
 from qworker.mongo import Names
-
-if TYPE_CHECKING:
-    from qworker.worker import Worker
+from qworker.store import WorkerStore
+from qworker.tasks import TaskMeta
 
 log = structlog.get_logger("qworker.membership")
 
 ANSWER_SECONDS = 3.0
 RETRY_SECONDS = 2.0
-DEFAULT_PING_SECONDS = 5.0
+
+
+class Member(Protocol):
+    """What membership needs of the worker it speaks for."""
+
+    id: str
+    nonce: str
+    host: str
+    settings: WorkerSettings
+    channel: Channel
+    store: WorkerStore
+
+    @property
+    def metas(self) -> Mapping[str, TaskMeta]: ...
+
+    @property
+    def running_count(self) -> int: ...
+
+    def request_stop(self, force: bool = False) -> None: ...
 
 
 class Membership:
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Member) -> None:
         self.worker = worker
         self.accepted = asyncio.Event()
         self.refused: str | None = None
         self.refused_for_now = False  # the reason may pass: exit so that a supervisor retries
-        self.ping_interval = DEFAULT_PING_SECONDS
+        self.ping_interval = protocol.DEFAULT_PING_SECONDS
         self._answer = asyncio.Event()
         self._rejoin = asyncio.Event()
         self._paused = False

@@ -10,6 +10,9 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+# Seconds between a worker's pings unless its manager says otherwise.
+DEFAULT_PING_SECONDS = 5.0
+
 WORKER_CONNECTED = "worker:connected"
 DEFINE_TASKS = "define:tasks"
 WORKER_INITIALIZE = "worker:initialize"
