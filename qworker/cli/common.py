@@ -138,6 +138,15 @@ def warn_of_secrets_on_the_command_line(ctx: click.Context, *names: str) -> None
                     f"use --{flag}-file or {envvar(name)}")  # fmt: skip
 
 
+def secret_file_option(name: str, what: str, instead_of: str) -> Callable[[F], F]:
+    """``--<name>``: a file holding ``what``, which unlike ``instead_of`` ``ps`` does not show."""
+    return click.option(
+        f"--{name.replace('_', '-')}", name, envvar=envvar(name), show_envvar=True,
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help=f"A file holding {what}: unlike {instead_of}, it is not seen by 'ps'.",
+    )  # fmt: skip
+
+
 def mongo_of(url: str | None, file: Path | None) -> str | None:
     """``--mongo``, or the URL in ``--mongo-file``, which keeps a password off the command line."""
     if url and file:

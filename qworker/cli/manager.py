@@ -21,6 +21,7 @@ from qworker.cli.common import (
     mongo_of,
     pass_settings,
     reports_errors,
+    secret_file_option,
     warn_of_secrets_on_the_command_line,
 )
 from qworker.cli.output import (
@@ -62,13 +63,7 @@ from qworker.when import utcnow
     show_envvar=True,
     help="MongoDB URL (mongodb://host:port/db), or 'embedded'.",
 )
-@click.option(
-    "--mongo-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar=envvar("mongo_file"),
-    show_envvar=True,
-    help="A file holding the MongoDB URL: unlike --mongo, a password in it is not seen by 'ps'.",
-)
+@secret_file_option("mongo_file", "the MongoDB URL", "--mongo")
 @click.option(
     "--prefix",
     envvar=envvar("prefix"),
@@ -336,13 +331,7 @@ def demo(settings: Settings, paths: str) -> None:
     help="Required on every API request (Bearer); 'none' for none (loopback only). "
     "[default: one made and kept in the user's state folder]",
 )
-@click.option(
-    "--api-token-file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    envvar=envvar("api_token_file"),
-    show_envvar=True,
-    help="A file holding the API token: unlike --api-token, it is not seen by 'ps'.",
-)
+@secret_file_option("api_token_file", "the API token", "--api-token")
 @click.option(
     "--allowed-host",
     "allowed_hosts",

@@ -17,6 +17,7 @@ from qworker.cli.common import (
     envvar,
     mongo_of,
     reports_errors,
+    secret_file_option,
     sources,
     warn_of_secrets_on_the_command_line,
 )
@@ -52,12 +53,7 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
     name="mongo",
     help="MongoDB URL (mongodb://host:port/db), or 'embedded' for the local server.",
 )
-@_option(
-    "--mongo-file",
-    name="mongo_file",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="A file holding the MongoDB URL: unlike --mongo, a password in it is not seen by 'ps'.",
-)
+@secret_file_option("mongo_file", "the MongoDB URL", "--mongo")
 @_option(
     "-s",
     "--standalone",
