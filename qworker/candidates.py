@@ -29,9 +29,15 @@ def priority_of(doc: dict[str, Any]) -> int:
 
 
 def lost_before(doc: dict[str, Any]) -> bool:
-    """Whether this job was lost with a worker before: it may be what killed it."""
-    lost = doc.get("lostCount", 0)
-    return isinstance(lost, int) and lost > 0
+    """Whether this job was lost with a worker before: it may be what killed it.
+
+    Anything but a count of none is taken for one (a malformed ``lostCount`` too):
+    a batch claim leaves out every job whose ``lostCount`` MongoDB finds above 0.
+    """
+    lost = doc.get("lostCount")
+    none = lost is None or (isinstance(lost, int | float) and not isinstance(lost, bool)
+                            and lost <= 0)  # fmt: skip
+    return not none
 
 
 class Candidates:
