@@ -2,11 +2,12 @@
 
 Every step is inserted at once: the first ``queued``, the rest ``waiting``.
 Each step's document names the next one (``chain.next``), so the worker that
-records a step's outcome also moves the chain on, in the same ordered write:
-on success the next step becomes ``queued`` (with the result as its data when
-it takes the previous result); on a final failure or a cancel the steps still
-waiting are cancelled with a reason that says where the chain stopped. The
-chain's id is its last step's id, so ``client.wait(chain_id)`` waits for it.
+records a step's outcome also moves the chain on, in the same ordered write
+(``lifecycle.advance`` and ``stop_chain``): on success the next step becomes
+``queued`` (with the result as its data when it takes the previous result); on
+a final failure or a cancel the steps still waiting are cancelled with a
+reason that says where the chain stopped. The chain's id is its last step's
+id, so ``client.wait(chain_id)`` waits for it.
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bson import ObjectId
 from pymongo import UpdateMany, UpdateOne
 
 from qworker.errors import InvalidJobError
-from qworker.model import JobState, Retention, new_job
+from qworker.model import JobState, new_job
 
 Doc = dict[str, Any]
 Write = UpdateOne | UpdateMany
@@ -88,44 +88,3 @@ def chain_jobs(steps: Sequence[Step | str | tuple[str, Any]], now: datetime,
                 "priority": following["priority"], "previousResult": parsed[n + 1].previous_result,
             }  # fmt: skip
     return docs
-
-
-def advance(doc: Doc, result: Any, now: datetime) -> UpdateOne | None:
-    """After ``doc`` succeeded: queue the chain's next step, if it is still waiting."""
-    following = (doc.get("chain") or {}).get("next")
-    if following is None:
-        return None
-    fields: Doc = {"state": JobState.QUEUED.value, "nextRunAt": now}
-    if following.get("previousResult"):
-        fields["data"] = result
-    return UpdateOne({"_id": following["id"], "state": JobState.WAITING.value}, {"$set": fields})
-
-
-def stop(doc: Doc, reason: str, now: datetime, retention: Retention) -> UpdateMany | None:
-    """After ``doc`` failed for good or was cancelled: cancel the steps still waiting."""
-    chain = doc.get("chain")
-    if not chain or "next" not in chain:
-        return None
-    where = (f"chain stopped at step {chain['index'] + 1} of {chain['size']} "
-             f"(task '{doc['name']}', job {doc['_id']}): {reason}")  # fmt: skip
-    fields: Doc = {
-        "state": JobState.CANCELLED.value, "failReason": where, "lastFinishedAt": now,
-        "chainStoppedAt": {"jobId": doc["_id"], "index": chain["index"]},
-    }  # fmt: skip
-    expire_at = retention.expire_at(JobState.CANCELLED, now)
-    if expire_at is not None:
-        fields["expireAt"] = expire_at
-    return UpdateMany({"chain.id": chain["id"], "state": JobState.WAITING.value}, {"$set": fields})
-
-
-def revive(doc: Doc) -> UpdateMany | None:
-    """When a stopped chain's failed step is retried: its cancelled followers wait again."""
-    chain = doc.get("chain")
-    if not chain:
-        return None
-    return UpdateMany(
-        {"chain.id": chain["id"], "chainStoppedAt.jobId": ObjectId(doc["_id"]),
-         "state": JobState.CANCELLED.value},
-        {"$set": {"state": JobState.WAITING.value},
-         "$unset": {"chainStoppedAt": "", "failReason": "", "lastFinishedAt": "", "expireAt": ""}},
-    )  # fmt: skip

@@ -15,12 +15,13 @@ from typing import Any
 
 from pymongo import InsertOne, UpdateMany, UpdateOne
 
-from qworker import chains, protocol
+from qworker import protocol
 from qworker.channel import message
 from qworker.job import Job
+from qworker.lifecycle import Outcome, advance, log_lines, owned, stop_chain
+from qworker.lifecycle import progress as progress_update
 from qworker.model import JobState, Retention
 from qworker.notifications import notification
-from qworker.store import Outcome, log_update, owned
 from qworker.when import utcnow
 
 Write = UpdateOne | UpdateMany | InsertOne[Any]
@@ -118,7 +119,7 @@ class Outbox:
                     retention: Retention) -> None:  # fmt: skip
         """Written with the outcome, in the same ordered batch: see ``chains``."""
         if outcome.state is JobState.SUCCEEDED:
-            follow = chains.advance(doc, outcome.result, now)
+            follow = advance(doc, outcome.result, now)
             if follow is not None:
                 self.add(follow, f"chain step after job {doc['_id']}")
                 following = doc["chain"]["next"]
@@ -126,7 +127,7 @@ class Outbox:
                         "priority": following["priority"], "nextRunAt": now}  # fmt: skip
                 self.publish(message(protocol.JOB_QUEUED, protocol.queued([hint])))
         elif outcome.retry_at is None:
-            stopped = chains.stop(doc, outcome.reason or outcome.state.value, now, retention)
+            stopped = stop_chain(doc, outcome.reason or outcome.state.value, now, retention)
             if stopped is not None:
                 self.add(stopped, f"chain stop after job {doc['_id']}")
 
@@ -147,11 +148,10 @@ class Outbox:
         with self._lock:
             for job, value, step in progress.values():
                 lease = now + timedelta(seconds=self.lease)
-                fields = {"progress": {"percent": value, "step": step}, "lockExpiresAt": lease}
-                first.append(UpdateOne(_owned(job), {"$set": fields}))
+                first.append(UpdateOne(_owned(job), progress_update(value, step, lease)))
                 self._what[id(first[-1])] = f"progress of job {job.id}"
             for job, entries in logs.values():
-                first.append(UpdateOne(_owned(job), log_update(entries)))
+                first.append(UpdateOne(_owned(job), log_lines(entries)))
                 self._what[id(first[-1])] = f"log lines of job {job.id}"
         return first + ops, notes
 

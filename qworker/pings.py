@@ -9,6 +9,7 @@ loop writes them all in one unordered batch, before it looks for the dead.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +30,9 @@ class Pings:
     def __init__(self, throttle: Throttle) -> None:
         self._heard: dict[tuple[str, str], tuple[datetime, Any]] = {}
         self._throttle = throttle
+        # One write at a time: whoever looks for the dead after a write must find
+        # every ping heard before it stored, not taken by a write still under way.
+        self._writing = asyncio.Lock()
 
     def __len__(self) -> int:
         return len(self._heard)
@@ -41,9 +45,20 @@ class Pings:
     async def write(self, workers: AsyncCollection[Doc]) -> None:
         """The pings heard since the last write; a ping sent while its worker was saying
         goodbye does not revive it (nor one of an instance the leader never accepted)."""
-        heard, self._heard = self._heard, {}
-        if not heard:
-            return
+        async with self._writing:
+            heard, self._heard = self._heard, {}
+            if not heard:
+                return
+            try:
+                await self._write(workers, heard)
+            except BaseException:
+                for key, ping in heard.items():  # heard all the same: kept for the next write
+                    self._heard.setdefault(key, ping)
+                raise
+
+    async def _write(
+        self, workers: AsyncCollection[Doc], heard: dict[tuple[str, str], tuple[datetime, Any]]
+    ) -> None:
         ops = [
             UpdateOne({"_id": worker_id, "nonce": nonce, "state": {"$ne": "stopped"}},
                       {"$set": {"pingedAt": at, "state": "running", "expireAt": kept_until(at),

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import structlog
@@ -23,20 +22,14 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
-from qworker import chains
+from qworker import lifecycle
 from qworker.errors import InvalidJobError, JobNotFound, JobStateError
-from qworker.model import ACTIVE_STATES, FINISHED_STATES, MAX_LOG_LINES, JobState, Retention
+from qworker.model import ACTIVE_STATES, FINISHED_STATES, JobState
 
-LOCK_FIELDS = {"lockedBy": "", "lockToken": "", "lockExpiresAt": "", "lockedAt": ""}
 CANDIDATE_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1, "lostCount": 1}
-# A job lost this many times with its worker (crash, kill, lost lease) is
-# failed instead of re-queued, so a job that kills its worker cannot loop.
-MAX_LOST = 5
 MAX_TEXT_CHARS = 200  # a description search: each description is matched against it
 # Paging stops here: MongoDB takes a 64-bit skip, and no one pages a billion jobs.
 MAX_SKIP = 1_000_000_000
-# For jobs finished where the task's metadata is not known (client cancel, lost jobs).
-KEEP = Retention()
 # A unique key held by a job that finishes meanwhile is retried this many times.
 UNIQUE_INSERT_TRIES = 5
 
@@ -53,67 +46,6 @@ def object_id(job_id: str | ObjectId) -> ObjectId:
         raise JobNotFound(f"no job {job_id!r}: a job id is 24 hexadecimal characters") from None
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How a run ended, turned into the update that records it."""
-
-    state: JobState
-    result: Any = None
-    error: dict[str, str] | None = None
-    reason: str | None = None
-    retry_at: datetime | None = None
-
-    def update(self, now: datetime, retention: Retention = KEEP) -> Doc:
-        fields: Doc = {"lastFinishedAt": now}
-        inc: Doc = {}
-        if self.state is JobState.SUCCEEDED:
-            fields.update(state=JobState.SUCCEEDED.value, result=self.result)
-            fields["progress.percent"] = 100.0
-        elif self.state is JobState.CANCELLED:
-            fields.update(state=JobState.CANCELLED.value, failReason=self.reason or "cancelled")
-        else:
-            fields.update(failReason=self.reason, error=self.error, failedAt=now)
-            inc["failCount"] = 1
-            if self.retry_at is not None:
-                fields.update(state=JobState.QUEUED.value, nextRunAt=self.retry_at)
-            else:
-                fields["state"] = JobState.FAILED.value
-        expire_at = retention.expire_at(JobState(fields["state"]), now)
-        if fields["state"] != JobState.QUEUED.value and expire_at is not None:
-            fields["expireAt"] = expire_at
-        update: Doc = {"$set": fields, "$unset": LOCK_FIELDS}
-        if inc:
-            update["$inc"] = inc
-        return update
-
-
-def refusal(reason: str, now: datetime, retention: Retention = KEEP) -> Doc:
-    """The update that fails a malformed job: no ``$inc``, as its counters may be junk."""
-    update = Outcome(JobState.FAILED, reason=f"malformed job: {reason}").update(now, retention)
-    del update["$inc"]
-    return update
-
-
-def owned(job_id: ObjectId, token: str | None) -> Doc:
-    return {"_id": job_id, "lockToken": token, "state": JobState.RUNNING.value}
-
-
-def release(job_id: ObjectId, token: str | None, now: datetime, lost: bool) -> list[UpdateOne]:
-    """Back to ``queued`` at once: a shutdown or a lost worker is not a failed attempt.
-
-    A job whose cancellation was asked for meanwhile ends ``cancelled`` instead
-    (the writes are ordered: the second cannot match once the first did).
-    """
-    claim = {"_id": job_id, "lockToken": token, "state": JobState.RUNNING.value}
-    cancelled = Outcome(JobState.CANCELLED).update(now)
-    queued: Doc = {"$set": {"state": JobState.QUEUED.value, "nextRunAt": now},
-                   "$unset": LOCK_FIELDS}  # fmt: skip
-    if lost:
-        for update in (cancelled, queued):
-            update["$inc"] = {"lostCount": 1}
-    return [UpdateOne({**claim, "cancelRequested": True}, cancelled), UpdateOne(claim, queued)]
-
-
 def _holding(doc: Doc) -> Doc:
     """The active job of the same task and ``uniqueKey`` as ``doc``."""
     return {
@@ -121,10 +53,6 @@ def _holding(doc: Doc) -> Doc:
         "uniqueKey": doc["uniqueKey"],
         "state": {"$in": [s.value for s in ACTIVE_STATES]},
     }
-
-
-def log_update(entries: Sequence[Doc]) -> Doc:
-    return {"$push": {"logs": {"$each": list(entries), "$slice": -MAX_LOG_LINES}}}
 
 
 def job_query(
@@ -192,21 +120,7 @@ class WorkerStore:
                       "nextRunAt": {"$lte": now}}  # fmt: skip
         if not lost_too:
             query["lostCount"] = {"$not": {"$gt": 0}}
-        result = await self.jobs.update_many(
-            query,
-            {
-                "$set": {
-                    "state": JobState.RUNNING.value,
-                    "lockedBy": worker_id,
-                    "lastWorker": worker_id,  # kept once the lock fields are gone
-                    "lockToken": token,
-                    "lockedAt": now,
-                    "lockExpiresAt": now + timedelta(seconds=lease),
-                    "lastRunAt": now,
-                },
-                "$inc": {"attempts": 1},
-            },
-        )
+        result = await self.jobs.update_many(query, lifecycle.claim(worker_id, token, now, lease))
         if result.modified_count == 0:
             return []
         return await self.jobs.find({"lockToken": token}).to_list()
@@ -214,7 +128,7 @@ class WorkerStore:
     async def refuse(self, job_id: Any, reason: str, now: datetime) -> None:
         """Fail a queued job that cannot even be claimed (its counters are not numbers)."""
         await self.jobs.update_one(
-            {"_id": job_id, "state": JobState.QUEUED.value}, refusal(reason, now)
+            {"_id": job_id, "state": JobState.QUEUED.value}, lifecycle.refusal(reason, now)
         )
 
     async def write(self, updates: Sequence[UpdateOne | UpdateMany | InsertOne[Doc]]) -> None:
@@ -246,18 +160,6 @@ class WorkerStore:
 LOST_FIELDS = {"lockToken": 1, "lostCount": 1, "name": 1, "priority": 1}
 
 
-def lost_writes(doc: Doc, now: datetime) -> list[UpdateOne]:
-    """Take a job back from a run that was lost (its worker died, or its lease ran out):
-    queued again, or failed once lost ``MAX_LOST`` times, so that a job that kills its
-    worker cannot loop. The one rule for every path that recovers jobs."""
-    lost = int(doc.get("lostCount", 0)) + 1
-    if lost < MAX_LOST:
-        return release(doc["_id"], doc.get("lockToken"), now, lost=True)
-    failed = Outcome(JobState.FAILED, reason=f"lost with its worker {lost} times").update(now)
-    failed["$inc"]["lostCount"] = 1
-    return [UpdateOne(owned(doc["_id"], doc.get("lockToken")), failed)]
-
-
 async def take_back(
     jobs: AsyncCollection[Doc], held: Iterable[Doc], now: datetime
 ) -> list[ObjectId]:
@@ -268,13 +170,13 @@ async def take_back(
     """
     requeued = []
     for doc in held:
-        ops = lost_writes(doc, now)
+        ops = lifecycle.lost_writes(doc, now)
         result = await jobs.bulk_write(ops, ordered=True)
         if result.modified_count and len(ops) > 1:  # a release, not the final failure
             requeued.append(doc["_id"])
         elif result.modified_count:
             log.error("failing a job lost with its worker too often", job_id=str(doc["_id"]),
-                      task=doc.get("name"), times=MAX_LOST)  # fmt: skip
+                      task=doc.get("name"), times=lifecycle.MAX_LOST)  # fmt: skip
     return requeued
 
 
@@ -333,7 +235,7 @@ class JobStore:
             if doc is None:
                 raise JobStateError(f"job {job_id} changed while being deleted; try again")
         if doc["state"] in (JobState.QUEUED.value, JobState.WAITING.value):
-            stopped = chains.stop(doc, "deleted", now, KEEP)
+            stopped = lifecycle.stop_chain(doc, "deleted", now, lifecycle.KEEP)
             if stopped is not None:
                 self.jobs.bulk_write([stopped])
         return doc
@@ -351,35 +253,29 @@ class JobStore:
         """Cancel a queued job at once; ask a running one to stop."""
         oid = object_id(job_id)
         done = self.jobs.update_one(
-            {"_id": oid, "state": {"$in": [JobState.QUEUED.value, JobState.WAITING.value]}},
-            Outcome(JobState.CANCELLED).update(now),
+            {"_id": oid, "state": lifecycle.WAITING_OR_QUEUED},
+            lifecycle.Outcome(JobState.CANCELLED).update(now),
         )
         if not done.modified_count:
             self.jobs.update_one(
-                {"_id": oid, "state": JobState.RUNNING.value}, {"$set": {"cancelRequested": True}}
+                {"_id": oid, "state": JobState.RUNNING.value}, lifecycle.CANCEL_REQUEST
             )
         doc = self.get(oid)
         if not done.modified_count and not doc.get("cancelRequested"):
             raise JobStateError(f"job {job_id} is already {doc['state']}: nothing to cancel")
-        stopped = chains.stop(doc, "cancelled", now, KEEP) if done.modified_count else None
+        stopped = (lifecycle.stop_chain(doc, "cancelled", now, lifecycle.KEEP)
+                   if done.modified_count else None)  # fmt: skip
         if stopped is not None:
             self.jobs.bulk_write([stopped])
         return doc
 
     def retry(self, job_id: str | ObjectId, now: datetime) -> Doc:
-        """Queue a finished job again, now, with a fresh attempt budget: its counts of
-        runs, failures and losses start again from zero."""
+        """Queue a finished job again, now, with a fresh budget (``lifecycle.retry``)."""
         oid = object_id(job_id)
         try:
             done = self.jobs.update_one(
-                {"_id": oid, "state": {"$in": [s.value for s in FINISHED_STATES]}},
-                {
-                    "$set": {"state": JobState.QUEUED.value, "nextRunAt": now, "failCount": 0,
-                             "attempts": 0},
-                    "$unset": {"cancelRequested": "", "failReason": "", "error": "",
-                               "result": "", "expireAt": "", "lostCount": ""},
-                },
-            )  # fmt: skip
+                {"_id": oid, "state": lifecycle.FINISHED}, lifecycle.retry(now)
+            )
         except DuplicateKeyError:
             holder = self.jobs.find_one(_holding(self.get(oid)), {"_id": 1}) or {}
             raise JobStateError(
@@ -390,7 +286,7 @@ class JobStore:
             raise JobStateError(
                 f"job {job_id} is {doc['state']}: only finished jobs can be retried"
             )
-        revived = chains.revive(doc)
+        revived = lifecycle.revive_chain(doc)
         if revived is not None:
             self.jobs.bulk_write([revived])
         return doc

@@ -34,12 +34,13 @@ from qworker.config import WorkerSettings
 from qworker.errors import JobFailed, TaskDefinitionError, WorkerFailed
 from qworker.fleet import Listing
 from qworker.job import Job
+from qworker.lifecycle import Outcome, owned, refusal, release
 from qworker.membership import Membership
 from qworker.model import JobState, check_json, malformed
 from qworker.mongo import Names, async_client, close_async, prepare, resolve_url
 from qworker.outbox import Outbox
 from qworker.runner import HandlerError, JobTimeout, execute
-from qworker.store import Outcome, WorkerStore, owned, refusal, release
+from qworker.store import WorkerStore
 from qworker.taskapi import TaskHandle, TaskSetup, run_setup
 from qworker.tasks import TaskMeta, import_code
 from qworker.threads import call

@@ -33,7 +33,7 @@ from helpers import (
 
 from qworker import Client
 from qworker.channel import publish_sync
-from qworker.store import MAX_LOST
+from qworker.lifecycle import MAX_LOST
 
 # Time a process may need beyond the nominal figure on a loaded 2-core machine.
 SLACK = 4.0

@@ -23,7 +23,7 @@ from typing import Any
 from bson import ObjectId
 from helpers import log_events, max_overlap
 
-from qworker.store import MAX_LOST
+from qworker.lifecycle import MAX_LOST
 
 LOST_REASON = f"lost with its worker {MAX_LOST} times"
 

@@ -21,7 +21,7 @@ from chaos_support import audit, dead_now
 from helpers import FINISHED, effects_env, ready
 
 from qworker import Client
-from qworker.store import MAX_LOST
+from qworker.lifecycle import MAX_LOST
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -1,0 +1,201 @@
+"""A job's transitions, each as the update that makes it.
+
+Every move a job makes is written here once, as the filter and update
+documents that MongoDB applies atomically: the claim, the outcome of a run
+(success, failure, a retry, a cancel), a refused malformed job, a run handed
+back or taken back from a lost worker, an operator's cancel and retry, and the
+moves of a chain that one step's outcome decides. The store writes them; the
+worker, the manager and the client choose which.
+
+Every write of a run is conditional on the claim's ``lockToken`` (``owned``),
+so a worker that lost its lease can never overwrite another run's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+from pymongo import UpdateMany, UpdateOne
+
+from qworker.model import FINISHED_STATES, MAX_LOG_LINES, JobState, Retention
+
+Doc = dict[str, Any]
+
+LOCK_FIELDS = {"lockedBy": "", "lockToken": "", "lockExpiresAt": "", "lockedAt": ""}
+# A job lost this many times with its worker (crash, kill, lost lease) is
+# failed instead of re-queued, so a job that kills its worker cannot loop.
+MAX_LOST = 5
+# For jobs finished where the task's metadata is not known (client cancel, lost jobs).
+KEEP = Retention()
+
+
+# -- a run ----------------------------------------------------------------
+
+
+def claim(worker_id: str, token: str, now: datetime, lease: float) -> Doc:
+    """``queued`` to ``running`` under a lease held by the claim ``token``."""
+    return {
+        "$set": {
+            "state": JobState.RUNNING.value,
+            "lockedBy": worker_id,
+            "lastWorker": worker_id,  # kept once the lock fields are gone
+            "lockToken": token,
+            "lockedAt": now,
+            "lockExpiresAt": now + timedelta(seconds=lease),
+            "lastRunAt": now,
+        },
+        "$inc": {"attempts": 1},
+    }
+
+
+def owned(job_id: ObjectId, token: str | None) -> Doc:
+    """The filter of every write of a run: the job, still running under this claim."""
+    return {"_id": job_id, "lockToken": token, "state": JobState.RUNNING.value}
+
+
+def progress(percent: float, step: str | None, lease_until: datetime) -> Doc:
+    """A run's progress; reporting also renews its lease."""
+    return {"$set": {"progress": {"percent": percent, "step": step}, "lockExpiresAt": lease_until}}
+
+
+def log_lines(entries: Sequence[Doc]) -> Doc:
+    """Log lines added to the job's own, the latest ``MAX_LOG_LINES`` kept."""
+    return {"$push": {"logs": {"$each": list(entries), "$slice": -MAX_LOG_LINES}}}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended, turned into the update that records it."""
+
+    state: JobState
+    result: Any = None
+    error: dict[str, str] | None = None
+    reason: str | None = None
+    retry_at: datetime | None = None
+
+    def update(self, now: datetime, retention: Retention = KEEP) -> Doc:
+        fields: Doc = {"lastFinishedAt": now}
+        inc: Doc = {}
+        if self.state is JobState.SUCCEEDED:
+            fields.update(state=JobState.SUCCEEDED.value, result=self.result)
+            fields["progress.percent"] = 100.0
+        elif self.state is JobState.CANCELLED:
+            fields.update(state=JobState.CANCELLED.value, failReason=self.reason or "cancelled")
+        else:
+            fields.update(failReason=self.reason, error=self.error, failedAt=now)
+            inc["failCount"] = 1
+            if self.retry_at is not None:
+                fields.update(state=JobState.QUEUED.value, nextRunAt=self.retry_at)
+            else:
+                fields["state"] = JobState.FAILED.value
+        expire_at = retention.expire_at(JobState(fields["state"]), now)
+        if fields["state"] != JobState.QUEUED.value and expire_at is not None:
+            fields["expireAt"] = expire_at
+        update: Doc = {"$set": fields, "$unset": LOCK_FIELDS}
+        if inc:
+            update["$inc"] = inc
+        return update
+
+
+def refusal(reason: str, now: datetime, retention: Retention = KEEP) -> Doc:
+    """The update that fails a malformed job: no ``$inc``, as its counters may be junk."""
+    update = Outcome(JobState.FAILED, reason=f"malformed job: {reason}").update(now, retention)
+    del update["$inc"]
+    return update
+
+
+def release(job_id: ObjectId, token: str | None, now: datetime, lost: bool) -> list[UpdateOne]:
+    """Back to ``queued`` at once: a shutdown or a lost worker is not a failed attempt.
+
+    A job whose cancellation was asked for meanwhile ends ``cancelled`` instead
+    (the writes are ordered: the second cannot match once the first did).
+    """
+    cancelled = Outcome(JobState.CANCELLED).update(now)
+    queued: Doc = {"$set": {"state": JobState.QUEUED.value, "nextRunAt": now},
+                   "$unset": LOCK_FIELDS}  # fmt: skip
+    if lost:
+        for update in (cancelled, queued):
+            update["$inc"] = {"lostCount": 1}
+    mine = owned(job_id, token)
+    return [UpdateOne({**mine, "cancelRequested": True}, cancelled), UpdateOne(mine, queued)]
+
+
+def lost_writes(doc: Doc, now: datetime) -> list[UpdateOne]:
+    """Take a job back from a run that was lost (its worker died, or its lease ran out):
+    queued again, or failed once lost ``MAX_LOST`` times, so that a job that kills its
+    worker cannot loop. The one rule for every path that recovers jobs."""
+    lost = int(doc.get("lostCount", 0)) + 1
+    if lost < MAX_LOST:
+        return release(doc["_id"], doc.get("lockToken"), now, lost=True)
+    failed = Outcome(JobState.FAILED, reason=f"lost with its worker {lost} times").update(now)
+    failed["$inc"]["lostCount"] = 1
+    return [UpdateOne(owned(doc["_id"], doc.get("lockToken")), failed)]
+
+
+# -- what clients and operators do ---------------------------------------------------
+
+
+WAITING_OR_QUEUED = {"$in": [JobState.QUEUED.value, JobState.WAITING.value]}
+CANCEL_REQUEST: Doc = {"$set": {"cancelRequested": True}}
+
+
+def retry(now: datetime) -> Doc:
+    """A finished job queued again, now, with a fresh budget: its counts of runs,
+    failures and losses start again from zero."""
+    return {
+        "$set": {"state": JobState.QUEUED.value, "nextRunAt": now, "failCount": 0,
+                 "attempts": 0},
+        "$unset": {"cancelRequested": "", "failReason": "", "error": "", "result": "",
+                   "expireAt": "", "lostCount": ""},
+    }  # fmt: skip
+
+
+FINISHED = {"$in": [s.value for s in FINISHED_STATES]}
+
+
+# -- chains -------------------------------------------------------------------------
+
+
+def advance(doc: Doc, result: Any, now: datetime) -> UpdateOne | None:
+    """After ``doc`` succeeded: queue the chain's next step, if it is still waiting."""
+    following = (doc.get("chain") or {}).get("next")
+    if following is None:
+        return None
+    fields: Doc = {"state": JobState.QUEUED.value, "nextRunAt": now}
+    if following.get("previousResult"):
+        fields["data"] = result
+    return UpdateOne({"_id": following["id"], "state": JobState.WAITING.value}, {"$set": fields})
+
+
+def stop_chain(doc: Doc, reason: str, now: datetime, retention: Retention) -> UpdateMany | None:
+    """After ``doc`` failed for good or was cancelled: cancel the steps still waiting."""
+    chain = doc.get("chain")
+    if not chain or "next" not in chain:
+        return None
+    where = (f"chain stopped at step {chain['index'] + 1} of {chain['size']} "
+             f"(task '{doc['name']}', job {doc['_id']}): {reason}")  # fmt: skip
+    fields: Doc = {
+        "state": JobState.CANCELLED.value, "failReason": where, "lastFinishedAt": now,
+        "chainStoppedAt": {"jobId": doc["_id"], "index": chain["index"]},
+    }  # fmt: skip
+    expire_at = retention.expire_at(JobState.CANCELLED, now)
+    if expire_at is not None:
+        fields["expireAt"] = expire_at
+    return UpdateMany({"chain.id": chain["id"], "state": JobState.WAITING.value}, {"$set": fields})
+
+
+def revive_chain(doc: Doc) -> UpdateMany | None:
+    """When a stopped chain's failed step is retried: its cancelled followers wait again."""
+    chain = doc.get("chain")
+    if not chain:
+        return None
+    return UpdateMany(
+        {"chain.id": chain["id"], "chainStoppedAt.jobId": ObjectId(doc["_id"]),
+         "state": JobState.CANCELLED.value},
+        {"$set": {"state": JobState.WAITING.value},
+         "$unset": {"chainStoppedAt": "", "failReason": "", "lastFinishedAt": "", "expireAt": ""}},
+    )  # fmt: skip
