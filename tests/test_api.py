@@ -24,8 +24,8 @@ from fastapi.testclient import TestClient
 from helpers import log_events, managed, wait_accepted, wait_finished, wait_leading, wait_logged
 
 from qworker import Client
-from qworker.api import create_app
-from qworker.events import EventHub
+from qworker.manager.api import create_app
+from qworker.manager.events import EventHub
 from qworker.schedules import make_schedule
 
 TOKEN = "s3cret-token"

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import not_a_server_error
 
 from qworker import Client
-from qworker.api import create_app
+from qworker.manager.api import create_app
 
 # An endless stream: tested against the real manager in test_api.py.
 SKIPPED = {"/api/events"}

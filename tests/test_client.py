@@ -18,9 +18,9 @@ import pytest
 from bson import ObjectId
 
 from qworker import Client, InvalidJobError, JobNotFound, JobStateError
-from qworker.candidates import Candidates
 from qworker.model import PRIORITY_NAMES, parse_priority
 from qworker.when import parse_duration, parse_when, utcnow
+from qworker.worker.candidates import Candidates
 
 NOW = datetime(2030, 1, 31, 9, 0, tzinfo=UTC)
 # MongoDB stores milliseconds.

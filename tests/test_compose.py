@@ -18,7 +18,7 @@ from helpers import effects_env, ready, wait_finished
 
 from qworker import Client
 from qworker.job import Job
-from qworker.registry import Registry
+from qworker.worker.registry import Registry
 
 
 def _steps(db: Any, job_id: str) -> list[str]:

@@ -14,7 +14,7 @@ from conftest import leading
 from helpers import managed, wait_accepted
 
 from qworker import Client
-from qworker.worker import REFUSED_FOR_NOW
+from qworker.worker.daemon import REFUSED_FOR_NOW
 
 
 def _task(folder: Path, **metadata: Any) -> Path:

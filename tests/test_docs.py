@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 from conftest import REPO, WorkerProcess, wait_for
 
-from qworker.sinks import read_sinks
+from qworker.manager.sinks import read_sinks
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 DEMO = REPO / "qworker" / "demo"

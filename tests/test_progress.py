@@ -11,8 +11,8 @@ import pytest
 from bson import ObjectId
 
 from qworker.job import Job, percent
-from qworker.taskapi import TaskHandle, TaskSetup, run_setup
 from qworker.tasks import import_code, parse_task
+from qworker.worker.taskapi import TaskHandle, TaskSetup, run_setup
 
 DEMO = Path(__file__).parent.parent / "qworker" / "demo"
 

@@ -17,7 +17,7 @@ from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
 from qworker.mongo import Names, async_client, prepare
 from qworker.tasks import select
-from qworker.worker import Worker
+from qworker.worker.daemon import Worker
 
 
 def test_a_message_already_on_the_channel_is_taken_as_delivered(mongo_url: str, db: Any) -> None:

@@ -91,3 +91,18 @@ def test_what_a_schedule_holds_reads_back(client: Client, db: Any) -> None:
 def test_the_unpickler_refuses_what_no_schedule_holds(payload: Any) -> None:
     with pytest.raises(RefusedPickle):
         loads(pickle.dumps(payload))
+
+
+def test_schedules_stored_before_the_manager_moved_still_find_their_function(
+    client: Client, db: Any
+) -> None:
+    """APScheduler drops a stored schedule whose function it cannot import: every store
+    names ``qworker.scheduler:fire``, which stays where it was."""
+    import qworker.manager.scheduler
+    import qworker.scheduler
+
+    client.every("1 hour", "noop", name="old")
+    assert loads(db.schedules.find_one({"_id": "old"})["job_state"])["func"] == (
+        "qworker.scheduler:fire"
+    )
+    assert qworker.scheduler.fire is qworker.manager.scheduler.fire

@@ -31,9 +31,9 @@ from qworker.errors import (
     ScheduleNotFound,
     TaskDefinitionError,
 )
+from qworker.manager.scheduler import Firing, fire
 from qworker.mongo import Names, sync_client
 from qworker.protocol import JOB_QUEUED, SCHEDULES_CHANGED
-from qworker.scheduler import Firing, fire
 from qworker.schedules import Schedule, cron_trigger, make_schedule
 from qworker.tasks import check_metadata
 

@@ -18,8 +18,8 @@ from conftest import LEASE, ManagerProcess, Server, wait_for
 from helpers import log_events, managed, wait_accepted, wait_leading, wait_logged
 
 from qworker import Client
+from qworker.manager.scheduler import Scheduler
 from qworker.mongo import Names, sync_client
-from qworker.scheduler import Scheduler
 
 SECOND = timedelta(seconds=1)
 TASKS = Path(__file__).parent / "tasks"

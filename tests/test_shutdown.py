@@ -18,7 +18,7 @@ from helpers import effects_env, log_events, pid_alive, ready, wait_finished
 
 from qworker import Client
 from qworker.mongo import CLOSE_WAIT
-from qworker.worker import CLAIM_WAIT, STOP_WAIT
+from qworker.worker.daemon import CLAIM_WAIT, STOP_WAIT
 
 LOCK_FIELDS = ("lockedBy", "lockToken", "lockedAt", "lockExpiresAt")
 

@@ -17,7 +17,7 @@ from conftest import ManagerProcess, leading, wait_for
 from helpers import log_events
 
 from qworker import Client, ConfigError
-from qworker.sinks import read_sinks
+from qworker.manager.sinks import read_sinks
 
 SECRET = "shared-hmac-key"
 

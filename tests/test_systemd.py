@@ -38,7 +38,7 @@ from qworker.cli.manager import main as manager_main
 from qworker.cli.manager import serve
 from qworker.cli.worker import main as worker_main
 from qworker.config import WorkerSettings
-from qworker.manager import MISSED_PINGS, ManagerSettings
+from qworker.manager.daemon import MISSED_PINGS, ManagerSettings
 
 UNITS = REPO / "deploy" / "systemd"
 ENV_EXAMPLES = REPO / "deploy" / "env"

@@ -6,7 +6,7 @@ import threading
 
 from conftest import wait_for
 
-from qworker.threads import CachedThreads
+from qworker.worker.threads import CachedThreads
 
 
 def test_an_idle_thread_is_reused() -> None:

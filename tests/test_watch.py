@@ -16,7 +16,7 @@ from helpers import managed, wait_accepted, wait_leading
 from rich.console import Console
 
 from qworker import Client
-from qworker.watch import FleetView
+from qworker.cli.watch import FleetView
 
 
 def follow(process: subprocess.Popen[str]) -> queue.Queue[str]:

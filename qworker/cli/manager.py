@@ -37,7 +37,8 @@ from qworker.credentials import api_token as api_token_of
 from qworker.embedded import data_dir_from_url, is_embedded, stop_server
 from qworker.fleet import WORKER_STATES
 from qworker.logs import configure
-from qworker.manager import DEFAULT_HTTP, Manager, ManagerSettings
+from qworker.manager.daemon import DEFAULT_HTTP, Manager, ManagerSettings
+from qworker.manager.sinks import read_sinks
 from qworker.model import FINISHED_STATES, JobState
 from qworker.mongo import (
     CHANNEL_BYTES,
@@ -49,7 +50,6 @@ from qworker.mongo import (
     sync_client,
 )
 from qworker.roles import create_roles
-from qworker.sinks import read_sinks
 from qworker.store import MAX_SKIP
 from qworker.when import utcnow
 
@@ -437,7 +437,7 @@ def watch(settings: Settings, seconds: float | None) -> None:
     Job events come from managed workers (standalone ones notify no one). On a
     terminal the view redraws in place; in a pipe each event is one line.
     """
-    from qworker.watch import watch as follow
+    from qworker.cli.watch import watch as follow
 
     # A command started in the background by a non-interactive shell inherits
     # SIGINT ignored; Ctrl-C (or SIGINT from a supervisor) must still end a watch.

@@ -27,7 +27,7 @@ from qworker.logs import configure
 from qworker.model import MAX_CONCURRENCY
 from qworker.mongo import CHANNEL_BYTES, redact, require_url
 from qworker.tasks import select
-from qworker.worker import Worker
+from qworker.worker.daemon import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -185,7 +185,7 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
     except WorkerFailed as exc:
         _stopped_by_task_code(str(exc))
     if settings.metrics:
-        from qworker.metrics import serve_worker_metrics
+        from qworker.worker.metrics import serve_worker_metrics
 
         serve_worker_metrics(worker, settings.metrics)
     code = asyncio.run(worker.run())

@@ -6,7 +6,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-from qworker.threads import call
+from qworker.worker.threads import call
 
 if TYPE_CHECKING:
     from qworker.job import Job

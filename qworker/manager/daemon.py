@@ -30,12 +30,15 @@ from pymongo.errors import BulkWriteError, PyMongoError
 from qworker import protocol, systemd
 from qworker.channel import Channel
 from qworker.config import parse_bind
-from qworker.definitions import Conflicts, differences, refusal
 from qworker.errors import TaskDefinitionError
-from qworker.events import WATCHED, EventHub
 from qworker.fleet import kept_until
-from qworker.leadership import Leadership
 from qworker.logs import Throttle
+from qworker.manager.definitions import Conflicts, differences, refusal
+from qworker.manager.events import WATCHED, EventHub
+from qworker.manager.leadership import Leadership
+from qworker.manager.pings import Pings
+from qworker.manager.scheduler import Scheduler
+from qworker.manager.sinks import Sinks, SinkSettings
 from qworker.model import JobState
 from qworker.mongo import (
     CHANNEL_BYTES,
@@ -45,9 +48,6 @@ from qworker.mongo import (
     prepare,
     resolve_url,
 )
-from qworker.pings import Pings
-from qworker.scheduler import Scheduler
-from qworker.sinks import Sinks, SinkSettings
 from qworker.store import LOST_FIELDS, take_back
 from qworker.tasks import check_metadata
 from qworker.when import utcnow
@@ -138,9 +138,9 @@ class Manager:
         if not self.settings.http:
             yield None
             return
-        from qworker.api import create_app  # FastAPI: only for a manager that serves it
         from qworker.client import Client
-        from qworker.webserver import WebServer, listen
+        from qworker.manager.api import create_app  # FastAPI: only for a manager that serves it
+        from qworker.manager.webserver import WebServer, listen
 
         sock = listen(self.settings.http, self.settings.api_token)
         client = await asyncio.to_thread(

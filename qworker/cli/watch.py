@@ -25,7 +25,7 @@ from rich.text import Text
 from qworker import protocol
 from qworker.aio import cancel_and_wait
 from qworker.channel import Channel
-from qworker.events import WATCHED
+from qworker.manager.events import WATCHED
 from qworker.mongo import Names, async_client, close_async, database_name, resolve_url
 
 Doc = dict[str, Any]

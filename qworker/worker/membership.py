@@ -19,7 +19,7 @@ from qworker import protocol
 from qworker.aio import check_cancelled
 from qworker.channel import Channel
 from qworker.config import WorkerSettings
-from qworker.leadership import LEASE_ID
+from qworker.manager.leadership import LEASE_ID
 from qworker.mongo import Names
 from qworker.store import WorkerStore
 from qworker.tasks import TaskMeta

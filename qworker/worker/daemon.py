@@ -28,23 +28,23 @@ from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
 
 from qworker import protocol, systemd
 from qworker.aio import cancel_and_wait, check_cancelled
-from qworker.candidates import Candidates, lost_before, priority_of
 from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
 from qworker.errors import JobFailed, TaskDefinitionError, WorkerFailed
 from qworker.fleet import Listing
 from qworker.job import Job
 from qworker.lifecycle import Outcome, owned, refusal, release
-from qworker.membership import Membership
 from qworker.model import JobState, check_json, malformed
 from qworker.mongo import Names, async_client, close_async, prepare, resolve_url
-from qworker.outbox import Outbox
-from qworker.runner import HandlerError, JobTimeout, execute
 from qworker.store import WorkerStore
-from qworker.taskapi import TaskHandle, TaskSetup, run_setup
 from qworker.tasks import TaskMeta, import_code
-from qworker.threads import call
 from qworker.when import utcnow
+from qworker.worker.candidates import Candidates, lost_before, priority_of
+from qworker.worker.membership import Membership
+from qworker.worker.outbox import Outbox
+from qworker.worker.runner import HandlerError, JobTimeout, execute
+from qworker.worker.taskapi import TaskHandle, TaskSetup, run_setup
+from qworker.worker.threads import call
 
 log = structlog.get_logger("qworker.worker")
 

@@ -22,9 +22,9 @@ import structlog
 from qworker.errors import InvalidJobError, TaskDefinitionError, TaskRejected, WorkerFailed
 from qworker.logs import message
 from qworker.model import new_job
-from qworker.registry import Registry
 from qworker.tasks import TaskMeta, describe, where
 from qworker.when import parse_when, utcnow
+from qworker.worker.registry import Registry
 
 Doc = dict[str, Any]
 

@@ -25,10 +25,10 @@ from qworker.errors import JobFailed, WorkerFailed
 from qworker.job import Job, Reporter
 from qworker.logs import LogSettings, log_settings
 from qworker.logs import configure as configure_logs
-from qworker.registry import Handler
-from qworker.taskapi import Engine, TaskHandle, TaskSetup, run_setup
 from qworker.tasks import TaskMeta, import_code
-from qworker.threads import in_thread
+from qworker.worker.registry import Handler
+from qworker.worker.taskapi import Engine, TaskHandle, TaskSetup, run_setup
+from qworker.worker.threads import in_thread
 
 
 class JobTimeout(Exception):

@@ -21,8 +21,8 @@ from qworker.job import Job
 from qworker.lifecycle import Outcome, advance, log_lines, owned, stop_chain
 from qworker.lifecycle import progress as progress_update
 from qworker.model import JobState, Retention
-from qworker.notifications import notification
 from qworker.when import utcnow
+from qworker.worker.notifications import notification
 
 Write = UpdateOne | UpdateMany | InsertOne[Any]
 Attributes = Callable[[str, str], Iterable[str]]  # (task id, event) -> attribute paths

@@ -40,9 +40,9 @@ from qworker.errors import (
     ScheduleNotFound,
     ScheduleOwnedByTask,
 )
-from qworker.events import CLOSED, EventHub
-from qworker.httpguard import EVENTS_COOKIE, SECURE_EVENTS_COOKIE, Guard, Rules, events_pass
-from qworker.metrics import Metrics
+from qworker.manager.events import CLOSED, EventHub
+from qworker.manager.httpguard import EVENTS_COOKIE, SECURE_EVENTS_COOKIE, Guard, Rules, events_pass
+from qworker.manager.metrics import Metrics
 from qworker.model import JobState
 from qworker.mongo import mongo_problem
 from qworker.schedules import make_schedule
