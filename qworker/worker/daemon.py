@@ -24,10 +24,10 @@ import structlog
 from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import InsertOne, UpdateOne
-from pymongo.errors import BulkWriteError, OperationFailure, PyMongoError
+from pymongo.errors import OperationFailure, PyMongoError
 
 from qworker import protocol, systemd
-from qworker.aio import cancel_and_wait, check_cancelled
+from qworker.aio import cancel_and_wait
 from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
 from qworker.errors import JobFailed, TaskDefinitionError, WorkerFailed
@@ -40,8 +40,9 @@ from qworker.store import WorkerStore
 from qworker.tasks import TaskMeta, import_code
 from qworker.when import utcnow
 from qworker.worker.candidates import Candidates, lost_before, priority_of
+from qworker.worker.leases import Leases
 from qworker.worker.membership import Membership
-from qworker.worker.outbox import Outbox
+from qworker.worker.outbox import Outbox, OutboxWriter
 from qworker.worker.runner import HandlerError, JobTimeout, execute
 from qworker.worker.taskapi import TaskHandle, TaskSetup, run_setup
 from qworker.worker.threads import call
@@ -49,8 +50,6 @@ from qworker.worker.threads import call
 log = structlog.get_logger("qworker.worker")
 
 CANDIDATE_CAP = 20_000
-NOTES_BATCH = 500
-MAX_PENDING_NOTES = 20_000  # notifications, not jobs: bounded, oldest dropped
 COALESCE_SECONDS = 0.005
 # Seconds a stopping worker waits for MongoDB to take what it has not written yet.
 STOP_WAIT = 10.0
@@ -107,16 +106,13 @@ class Worker:
         self._give_up = asyncio.Event()  # the last writes wait for MongoDB no longer
         self._writing_last = False
         self._wake = asyncio.Event()
-        self._flush_wanted = asyncio.Event()
-        self._notes_wanted = asyncio.Event()
-        self._notes: list[dict[str, Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.writer: OutboxWriter | None = None  # made with the connection (run)
         self._refill_wanted = True
         self._next_refill = 0.0
         self._rescan_every = 5.0
         self._last_read_started = 0.0
         self._last_finished = 0.0
-        self._reachable_since: float | None = None  # monotonic; None after a failed write
         self.outbox = Outbox(
             settings.lease, self._notify_outbox, self.id,
             lambda task, event: self.metas[task].attributes_for(event),
@@ -153,6 +149,10 @@ class Worker:
         db = client.get_default_database(default="qworker")
         self.store = WorkerStore(db[names.jobs])
         self.channel = Channel(db[names.channel])
+        self.leases = Leases(self.store, self.settings.lease, self._held, self.cancel_job,
+                             self._refill_now, self._register)  # fmt: skip
+        self.writer = OutboxWriter(self.outbox, self.store, self.channel, self._wake.set,
+                                   self.leases.unreachable)  # fmt: skip
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)
         hooks = self.registry
@@ -166,9 +166,9 @@ class Worker:
         if self.membership is not None:
             events += self.membership.events()
         background = [
-            asyncio.create_task(self._flush_loop()),
-            asyncio.create_task(self._publish_loop()),
-            asyncio.create_task(self._lease_loop()),
+            asyncio.create_task(self.writer.flush_loop()),
+            asyncio.create_task(self.writer.publish_loop()),
+            asyncio.create_task(self.leases.keep()),
             asyncio.create_task(self.channel.subscribe(events, self._on_message, listening)),
             asyncio.create_task(systemd.supervise(self.status_line)),
         ]
@@ -242,12 +242,14 @@ class Worker:
         log.error(
             "stopping without writing to MongoDB; their leases return these jobs to the queue",
             unwritten=unwritten[:UNWRITTEN_SHOWN], more=max(0, len(unwritten) - UNWRITTEN_SHOWN),
-            notifications=len(notes) + len(self._notes),
+            notifications=len(notes) + len(self.writer.notes if self.writer else []),
         )  # fmt: skip
 
     async def _write_all(self) -> None:
-        await self._flush()
-        await self._publish_notes()
+        assert self.writer is not None
+        self.writer.stopping = True
+        await self.writer.flush()
+        await self.writer.publish()
         await self._say_goodbye()
 
     async def _say_goodbye(self) -> None:
@@ -670,97 +672,9 @@ class Worker:
 
     def _notify_outbox(self) -> None:
         """Called from any thread when the outbox has something to write."""
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._flush_wanted.set)
-
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._flush_wanted.wait()
-            self._flush_wanted.clear()
-            await self._flush()
-
-    async def _flush(self) -> None:
-        """Write what the outbox holds, retrying until it is written (or cancelled:
-        then it is put back, for the last writes of a stop to try or to report)."""
-        ops, notes = self.outbox.drain()
-        delay = 0.1
-        try:
-            while ops:
-                try:
-                    await self.store.write(ops)
-                    self.outbox.written(ops)
-                    self._wake.set()  # slots held by unwritten outcomes are free again
-                    break
-                except PyMongoError as exc:
-                    rest = self._skip_refused(ops, exc) if isinstance(exc, BulkWriteError) else None
-                    if rest is not None:
-                        ops = rest
-                        continue
-                    check_cancelled()
-                    self._reachable_since = None
-                    log.warning("cannot record job updates; retrying", error=str(exc),
-                                pending=len(ops))  # fmt: skip
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 5.0)
-        except asyncio.CancelledError:
-            self.outbox.restore(ops, notes)
-            raise
-        if notes:  # after the writes they announce
-            self._notes.extend(notes)
-            self._notes_wanted.set()
-
-    def _skip_refused(self, ops: list[Any], exc: BulkWriteError) -> list[Any] | None:
-        """After a write the server refused, the writes still to make; None to retry all.
-
-        The batch is ordered: the writes before the refused one were made, and
-        the refused one would be refused again (a malformed job's counters),
-        so it is dropped and said, instead of blocking every later write.
-        """
-        errors = exc.details.get("writeErrors") or []
-        if not errors:
-            return None  # a write concern problem: try the whole batch again
-        index = int(errors[0]["index"])
-        self.outbox.written(ops[: index + 1])
-        log.error("a job write was refused; dropped", error=str(errors[0].get("errmsg"))[:300],
-                  write=str(ops[index])[:300])  # fmt: skip
-        return ops[index + 1 :]
-
-    async def _publish_loop(self) -> None:
-        """Channel messages go out on their own, never holding up job writes.
-
-        On some servers an insert into a tailed capped collection costs tens
-        of milliseconds, so every message pending is sent in one insert.
-        """
-        while True:
-            await self._notes_wanted.wait()
-            self._notes_wanted.clear()
-            await self._publish_notes()
-
-    async def _publish_notes(self) -> None:
-        while self._notes:
-            batch, self._notes = self._notes[:NOTES_BATCH], self._notes[NOTES_BATCH:]
-            try:
-                await self.channel.collection.insert_many(batch, ordered=False)
-            except BulkWriteError as exc:
-                # Unordered: the rest went in. A duplicate id is a message already
-                # delivered (an insert whose answer was lost); any other refusal
-                # would be refused again.
-                refused = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
-                if refused:
-                    log.warning("channel messages refused; dropped", dropped=len(refused),
-                                error=str(refused[0].get("errmsg"))[:300])  # fmt: skip
-            except PyMongoError as exc:
-                self._notes[:0] = batch
-                check_cancelled()
-                if len(self._notes) > MAX_PENDING_NOTES:
-                    dropped = len(self._notes) - MAX_PENDING_NOTES
-                    del self._notes[:dropped]
-                    log.warning("dropped the oldest notifications", dropped=dropped)
-                log.warning("cannot publish on the channel; retrying", error=str(exc))
-                await asyncio.sleep(1.0)
-                if self._stopping:
-                    return
+        loop, writer = self._loop, self.writer
+        if loop is not None and writer is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(writer.wanted.set)
 
     async def _register(self, stopped: bool = False) -> None:
         """List a standalone worker in ``workers``, as the manager lists the others.
@@ -778,38 +692,13 @@ class Worker:
         except PyMongoError as exc:
             log.warning("cannot update the worker registry", error=str(exc))
 
-    async def _recover_expired(self, now: datetime) -> list[ObjectId]:
-        """Take back expired leases, but only once the server has answered for a lease.
+    def _held(self) -> list[str]:
+        """Claim tokens whose leases must be renewed: running jobs, and finished ones whose
+        outcome is still to be written."""
+        return [*(r.job.doc["lockToken"] for r in self._running.values()),
+                *self.outbox.unwritten()]  # fmt: skip
 
-        After an outage every lease looks expired; the workers that are alive
-        renew theirs (and write the outcomes they held) within a lease of the
-        server coming back, so waiting that long takes back only the dead ones.
-        """
-        reached = time.monotonic()
-        if self._reachable_since is None:
-            self._reachable_since = reached
-        if reached - self._reachable_since < self.settings.lease:
-            return []
-        return await self.store.recover_expired(now)
-
-    async def _lease_loop(self) -> None:
-        every = self.settings.lease / 3
-        while True:
-            await self._register()
-            await asyncio.sleep(every)
-            now = utcnow()
-            try:
-                tokens = [r.job.doc["lockToken"] for r in self._running.values()]
-                until = now + timedelta(seconds=self.settings.lease)
-                for job_id in await self.store.renew([*tokens, *self.outbox.unwritten()], until):
-                    self.cancel_job(job_id)
-                recovered = await self._recover_expired(now)
-            except PyMongoError as exc:
-                check_cancelled()
-                self._reachable_since = None
-                log.warning("lease upkeep failed", error=str(exc))
-                continue
-            if recovered:
-                log.warning("recovered jobs of a lost worker", jobs=[str(i) for i in recovered])
-                self._refill_wanted = True
-                self._wake.set()
+    def _refill_now(self) -> None:
+        """Jobs came back to the queue (a lost worker's): read it at once."""
+        self._refill_wanted = True
+        self._wake.set()

@@ -1,30 +1,38 @@
 """Writes a worker owes MongoDB, batched: progress, log lines and outcomes.
 
 Handlers report from threads, child-process relays and the event loop; the
-outbox collects it under a lock and the worker flushes it in one ordered
+outbox collects it under a lock and its writer flushes it in one ordered
 ``bulk_write``, so a busy worker pays one round trip for many jobs. Every
 write is conditional on the claim's ``lockToken``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
+import structlog
 from pymongo import InsertOne, UpdateMany, UpdateOne
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from qworker import protocol
-from qworker.channel import message
+from qworker.aio import check_cancelled
+from qworker.channel import Channel, message
 from qworker.job import Job
 from qworker.lifecycle import Outcome, advance, log_lines, owned, stop_chain
 from qworker.lifecycle import progress as progress_update
 from qworker.model import JobState, Retention
+from qworker.store import WorkerStore
 from qworker.when import utcnow
 from qworker.worker.notifications import notification
 
 Write = UpdateOne | UpdateMany | InsertOne[Any]
+NOTES_BATCH = 500
+MAX_PENDING_NOTES = 20_000  # notifications, not jobs: bounded, oldest dropped
+log = structlog.get_logger("qworker.worker")
 Attributes = Callable[[str, str], Iterable[str]]  # (task id, event) -> attribute paths
 
 
@@ -186,3 +194,109 @@ class Outbox:
 
 def _owned(job: Job) -> dict[str, Any]:
     return owned(job.doc["_id"], job.doc["lockToken"])
+
+
+class OutboxWriter:
+    """What writes the outbox: job writes in one ordered batch at a time, retried
+    until made; channel messages on their own, after the writes they announce, so
+    that they never hold up a job's write.
+
+    On some servers an insert into a tailed capped collection costs tens of
+    milliseconds, so every message pending goes in one insert.
+    """
+
+    def __init__(
+        self, outbox: Outbox, store: WorkerStore, channel: Channel,
+        written: Callable[[], None], failed: Callable[[], None],
+    ) -> None:  # fmt: skip
+        """``written()`` after each batch (slots held by unwritten outcomes are free);
+        ``failed()`` when the server did not take one."""
+        self.outbox, self.store, self.channel = outbox, store, channel
+        self._written, self._failed = written, failed
+        self.wanted = asyncio.Event()  # set (from the loop) when the outbox has something
+        self._notes_wanted = asyncio.Event()
+        self.notes: list[dict[str, Any]] = []
+        self.stopping = False  # then a failed publish gives up at once
+
+    async def flush_loop(self) -> None:
+        while True:
+            await self.wanted.wait()
+            self.wanted.clear()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Write what the outbox holds, retrying until it is written (or cancelled:
+        then it is put back, for the last writes of a stop to try or to report)."""
+        ops, notes = self.outbox.drain()
+        delay = 0.1
+        try:
+            while ops:
+                try:
+                    await self.store.write(ops)
+                    self.outbox.written(ops)
+                    self._written()
+                    break
+                except PyMongoError as exc:
+                    rest = self._skip_refused(ops, exc) if isinstance(exc, BulkWriteError) else None
+                    if rest is not None:
+                        ops = rest
+                        continue
+                    check_cancelled()
+                    self._failed()
+                    log.warning("cannot record job updates; retrying", error=str(exc),
+                                pending=len(ops))  # fmt: skip
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 5.0)
+        except asyncio.CancelledError:
+            self.outbox.restore(ops, notes)
+            raise
+        if notes:  # after the writes they announce
+            self.notes.extend(notes)
+            self._notes_wanted.set()
+
+    def _skip_refused(self, ops: list[Write], exc: BulkWriteError) -> list[Write] | None:
+        """After a write the server refused, the writes still to make; None to retry all.
+
+        The batch is ordered: the writes before the refused one were made, and
+        the refused one would be refused again (a malformed job's counters),
+        so it is dropped and said, instead of blocking every later write.
+        """
+        errors = exc.details.get("writeErrors") or []
+        if not errors:
+            return None  # a write concern problem: try the whole batch again
+        index = int(errors[0]["index"])
+        self.outbox.written(ops[: index + 1])
+        log.error("a job write was refused; dropped", error=str(errors[0].get("errmsg"))[:300],
+                  write=str(ops[index])[:300])  # fmt: skip
+        return ops[index + 1 :]
+
+    async def publish_loop(self) -> None:
+        while True:
+            await self._notes_wanted.wait()
+            self._notes_wanted.clear()
+            await self.publish()
+
+    async def publish(self) -> None:
+        while self.notes:
+            batch, self.notes = self.notes[:NOTES_BATCH], self.notes[NOTES_BATCH:]
+            try:
+                await self.channel.collection.insert_many(batch, ordered=False)
+            except BulkWriteError as exc:
+                # Unordered: the rest went in. A duplicate id is a message already
+                # delivered (an insert whose answer was lost); any other refusal
+                # would be refused again.
+                refused = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
+                if refused:
+                    log.warning("channel messages refused; dropped", dropped=len(refused),
+                                error=str(refused[0].get("errmsg"))[:300])  # fmt: skip
+            except PyMongoError as exc:
+                self.notes[:0] = batch
+                check_cancelled()
+                if len(self.notes) > MAX_PENDING_NOTES:
+                    dropped = len(self.notes) - MAX_PENDING_NOTES
+                    del self.notes[:dropped]
+                    log.warning("dropped the oldest notifications", dropped=dropped)
+                log.warning("cannot publish on the channel; retrying", error=str(exc))
+                await asyncio.sleep(1.0)
+                if self.stopping:
+                    return
