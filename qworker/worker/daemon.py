@@ -9,47 +9,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
 import signal
 import socket
-import time
-import traceback
 import uuid
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import structlog
 from bson import ObjectId
-from bson.errors import InvalidId
-from pymongo import InsertOne, UpdateOne
-from pymongo.errors import OperationFailure, PyMongoError
+from pymongo import InsertOne
+from pymongo.errors import PyMongoError
 
 from qworker import protocol, systemd
 from qworker.aio import cancel_and_wait
 from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
-from qworker.errors import JobFailed, TaskDefinitionError, WorkerFailed
+from qworker.errors import TaskDefinitionError, WorkerFailed
 from qworker.fleet import Listing
-from qworker.job import Job
-from qworker.lifecycle import Outcome, owned, refusal, release
-from qworker.model import JobState, check_json, malformed
 from qworker.mongo import Names, async_client, close_async, prepare, resolve_url
 from qworker.store import WorkerStore
 from qworker.tasks import TaskMeta, import_code
 from qworker.when import utcnow
-from qworker.worker.candidates import Candidates, lost_before, priority_of
+from qworker.worker.claims import Claims
 from qworker.worker.leases import Leases
 from qworker.worker.membership import Membership
 from qworker.worker.outbox import Outbox, OutboxWriter
-from qworker.worker.runner import HandlerError, JobTimeout, execute
+from qworker.worker.runs import Counters, Runs
 from qworker.worker.taskapi import TaskHandle, TaskSetup, run_setup
 from qworker.worker.threads import call
 
 log = structlog.get_logger("qworker.worker")
 
-CANDIDATE_CAP = 20_000
 COALESCE_SECONDS = 0.005
 # Seconds a stopping worker waits for MongoDB to take what it has not written yet.
 STOP_WAIT = 10.0
@@ -62,30 +53,6 @@ UNWRITTEN_SHOWN = 50
 REFUSED_FOR_NOW = 4  # writes named in the log of a stop that could not make them
 
 
-@dataclass
-class Running:
-    job: Job
-    meta: TaskMeta
-    task: asyncio.Task[None] | None = None
-    stop_reason: str | None = None  # "cancel" or "shutdown" when we cut it short
-
-    @property
-    def key(self) -> str:
-        """This run's claim of this job. A worker that lost a lease and claims the job
-        again runs two claims of it, and each is renewed and ended on its own; the
-        jobs of one claim batch share its token, so the job id is part of the key."""
-        return f"{self.job.doc['lockToken']}/{self.job.id}"
-
-
-@dataclass
-class Counters:
-    succeeded: int = 0
-    failed: int = 0
-    retried: int = 0
-    cancelled: int = 0
-    released: int = 0
-
-
 class Worker:
     """The loop that runs the jobs; task code sees it through ``registry`` (a ``TaskSetup``)."""
 
@@ -95,11 +62,6 @@ class Worker:
         self.metas = {meta.id: meta for meta in metas}
         self.nonce = uuid.uuid4().hex[:12]
         self.host = socket.gethostname()
-        self.counters = Counters()
-        self._tokens = itertools.count(1)
-        self._running: dict[str, Running] = {}
-        self._per_task: dict[str, int] = dict.fromkeys(self.metas, 0)
-        self._candidates = Candidates(salt=self.nonce)
         self._stopping = False
         self._force = asyncio.Event()
         self._stop_asked = asyncio.Event()
@@ -108,11 +70,6 @@ class Worker:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.writer: OutboxWriter | None = None  # made with the connection (run)
-        self._refill_wanted = True
-        self._next_refill = 0.0
-        self._rescan_every = 5.0
-        self._last_read_started = 0.0
-        self._last_finished = 0.0
         self.outbox = Outbox(
             settings.lease, self._notify_outbox, self.id,
             lambda task, event: self.metas[task].attributes_for(event),
@@ -123,6 +80,7 @@ class Worker:
                                 settings.lease / 3)  # fmt: skip
         self.outbox.notifying = self.membership is not None
         self.registry = TaskSetup(self)
+        self.runs = Runs(self.metas, self.registry, self.outbox, self, self._wake.set)
         self.failure: str | None = None  # why task code stopped the worker (worker.fail)
 
     # -- loading ---------------------------------------------------------
@@ -149,6 +107,8 @@ class Worker:
         db = client.get_default_database(default="qworker")
         self.store = WorkerStore(db[names.jobs])
         self.channel = Channel(db[names.channel])
+        self.claims = Claims(self.store, self.metas, self.id, self.nonce, self.settings.lease,
+                             self.settings.poll_interval)  # fmt: skip
         self.leases = Leases(self.store, self.settings.lease, self._held, self.cancel_job,
                              self._refill_now, self._register)  # fmt: skip
         self.writer = OutboxWriter(self.outbox, self.store, self.channel, self._wake.set,
@@ -209,11 +169,15 @@ class Worker:
 
     @property
     def running_count(self) -> int:
-        return len(self._running)
+        return len(self.runs)
+
+    @property
+    def counters(self) -> Counters:
+        return self.runs.counters
 
     def status_line(self) -> str:
         """One line on this worker's state, for ``systemctl status``."""
-        c, running = self.counters, len(self._running)
+        c, running = self.counters, len(self.runs)
         done = f"{c.succeeded} succeeded, {c.failed} failed"
         if self.refused:
             return f"terminated by the manager: {self.refused}"
@@ -278,7 +242,7 @@ class Worker:
             self._give_up.set()
             return
         if not self._stopping:  # the shutdown begins: tell systemd, if it runs us
-            status = f"stopping: {len(self._running)} running jobs to finish or hand back"
+            status = f"stopping: {len(self.runs)} running jobs to finish or hand back"
             systemd.stopping(status, within=self.settings.grace + systemd.STOP_MARGIN)
         if self._stopping or force:
             self._stopping = True
@@ -286,7 +250,7 @@ class Worker:
             self._force.set()
         else:
             log.info("stopping: finishing running jobs", grace=self.settings.grace,
-                     running=len(self._running))  # fmt: skip
+                     running=len(self.runs))  # fmt: skip
             self._stopping = True
         self._stop_asked.set()
         self._wake.set()
@@ -305,7 +269,7 @@ class Worker:
 
     async def _drain_running(self) -> None:
         """Let running jobs finish within the grace period (or until a second signal)."""
-        tasks = [r.task for r in self._running.values() if r.task is not None]
+        tasks = self.runs.tasks()
         if tasks:
             finished: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
             forced: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
@@ -314,34 +278,13 @@ class Worker:
                 return_when=asyncio.FIRST_COMPLETED,
             )  # fmt: skip
             forced.cancel()
-        await self._release_all()
-
-    async def _release_all(self) -> None:
-        """Hand every unfinished job back to ``queued`` at once; never drop one."""
-        if not self._running:
-            return
-        now = utcnow()
-        for running in list(self._running.values()):
-            running.stop_reason = "shutdown"
-            running.job.cancel()
-            if running.task is not None:
-                running.task.cancel()
-            self._release(running, now)
-        self._running.clear()
-
-    def _release(self, running: Running, now: datetime) -> None:
-        """Hand a job back to ``queued`` with the next batch: not a failed attempt."""
-        doc = running.job.doc
-        for op in release(doc["_id"], doc["lockToken"], now, lost=False):
-            self.outbox.add(op, f"hand-back of job {running.job.id}")
-        self.counters.released += 1
-        log.info("job returned to queue", job_id=running.job.id, task=running.job.task)
+        self.runs.release_all()
 
     # -- claiming --------------------------------------------------------
 
     def _room(self, task_id: str) -> int:
         cap = self.metas[task_id].concurrency
-        return self.settings.concurrency if cap is None else cap - self._per_task[task_id]
+        return self.settings.concurrency if cap is None else cap - self.runs.per_task[task_id]
 
     async def _claim_loop(self) -> None:
         while not self._stopping:
@@ -357,12 +300,14 @@ class Worker:
                 # finish, so that one claim takes a batch instead of one job.
                 await self._wait(COALESCE_SECONDS)
                 free = self._free()
-            if self._should_refill():
-                await self._refill()
+            if self.claims.should_read():
+                await self.claims.read()
             now = utcnow()
-            picks, solo = self._candidates.take(free, now, self._room, alone=not self._running)
+            picks, solo = self.claims.candidates.take(free, now, self._room,
+                                                      alone=not self.runs)  # fmt: skip
             if picks:
-                await self._claim(picks, now, solo)
+                for doc in await self.claims.claim(picks, now, solo):
+                    self.runs.start(doc)
                 continue
             if self.settings.burst and self._queue_empty():
                 log.info("burst mode: no job left to run")
@@ -375,81 +320,22 @@ class Worker:
         a server slower to write than the handlers are to run would otherwise
         let finished-but-unwritten runs pile up without bound.
         """
-        if any(lost_before(running.job.doc) for running in self._running.values()):
+        if self.runs.alone():
             return 0  # a job lost with a worker before runs alone (see candidates)
         behind = max(0, self.outbox.pending_outcomes() - self.settings.concurrency)
-        return self.settings.concurrency - len(self._running) - behind
+        return self.settings.concurrency - len(self.runs) - behind
 
     def _queue_empty(self) -> bool:
         """Nothing runs, and a read made since the last run ended found nothing due soon."""
         return (
-            not self._running
-            and len(self._candidates) == 0
-            and self._last_read_started > self._last_finished
+            not self.runs
+            and len(self.claims.candidates) == 0
+            and self.claims.last_read_started > self.runs.last_finished
         )
-
-    def _should_refill(self) -> bool:
-        now = time.monotonic()
-        if len(self._candidates) == 0:
-            return self._refill_wanted or now >= self._next_refill
-        return now >= self._next_refill + self._rescan_every
-
-    async def _refill(self) -> None:
-        started = time.monotonic()
-        self._refill_wanted = False
-        horizon = utcnow() + timedelta(seconds=self.settings.poll_interval)
-        try:
-            docs = await self.store.candidates(self.metas, horizon, CANDIDATE_CAP)
-        except PyMongoError as exc:
-            log.warning("cannot read the queue", error=str(exc))
-            self._next_refill = time.monotonic() + self.settings.poll_interval
-            return
-        self._candidates.replace(docs)
-        self._last_read_started = started
-        took = time.monotonic() - started
-        # A slow read (a deep queue) is repeated less often, so reading never
-        # costs more than a small share of the server.
-        self._rescan_every = max(5 * self.settings.poll_interval, 20 * took)
-        self._next_refill = time.monotonic() + self.settings.poll_interval
-
-    def _token(self) -> str:
-        return f"{self.id}:{self.nonce}:{next(self._tokens)}"
-
-    async def _claim(self, ids: list[ObjectId], now: datetime, solo: bool = False) -> None:
-        try:
-            docs = await self.store.claim(ids, self.id, self._token(), now, self.settings.lease,
-                                          lost_too=solo)  # fmt: skip
-        except OperationFailure as exc:  # the server refused the update: a malformed job
-            docs = await self._claim_apart(ids, now, exc)
-        except PyMongoError as exc:
-            log.warning("claim failed", error=str(exc))
-            await asyncio.sleep(min(self.settings.poll_interval, 1.0))
-            return
-        for doc in sorted(docs, key=lambda d: (-priority_of(d), d["nextRunAt"])):
-            self._start(doc)
-
-    async def _claim_apart(
-        self, ids: list[ObjectId], now: datetime, exc: OperationFailure
-    ) -> list[dict[str, Any]]:
-        """Claim one at a time, failing the jobs whose claim the server refuses."""
-        log.warning("a claim was refused; claiming one job at a time", error=str(exc)[:300])
-        docs: list[dict[str, Any]] = []
-        lease = self.settings.lease
-        for job_id in ids:
-            try:
-                docs += await self.store.claim([job_id], self.id, self._token(), now, lease)
-            except OperationFailure as refused:
-                reason = f"it cannot be claimed: {str(refused)[:300]}"
-                log.error("failing a malformed job", job_id=str(job_id), reason=reason)
-                with contextlib.suppress(PyMongoError):
-                    await self.store.refuse(job_id, reason, now)
-            except PyMongoError:
-                break  # unreachable: the rest stay queued
-        return docs
 
     async def _sleep(self, now: datetime) -> None:
         timeout = self.settings.poll_interval
-        due = self._candidates.next_due()
+        due = self.claims.candidates.next_due()
         if due is not None and due > now:
             timeout = min(timeout, (due - now).total_seconds())
         await self._wait(timeout)
@@ -461,21 +347,14 @@ class Worker:
             await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
 
     def _candidates_waiting(self) -> bool:
-        return bool(self._running) and len(self._candidates) > 0
+        return bool(self.runs) and len(self.claims.candidates) > 0
 
     async def _on_message(self, event: str, body: dict[str, Any]) -> None:
         if self.membership is not None and event in self.membership.events():
             await self.membership.on_message(event, body)
             self._wake.set()
         elif event == protocol.JOB_QUEUED:
-            jobs, tasks = body.get("jobs"), body.get("tasks")
-            if isinstance(jobs, list):
-                mine = [self._hint(j) for j in jobs if isinstance(j, dict)]
-                self._candidates.add(doc for doc in mine if doc is not None)
-            elif isinstance(tasks, list) and all(isinstance(t, str) for t in tasks):
-                self._refill_wanted = self._refill_wanted or bool(set(tasks) & set(self.metas))
-            else:
-                log.warning("ignoring a malformed job:queued message")
+            self.claims.hinted(body)
             self._wake.set()
         elif event == protocol.JOB_CANCEL:
             job_id = body.get("jobId")
@@ -484,127 +363,7 @@ class Worker:
             else:
                 log.warning("ignoring a malformed job:cancel")
 
-    def _hint(self, entry: dict[str, Any]) -> dict[str, Any] | None:
-        try:
-            if entry["name"] not in self.metas:
-                return None
-            at = datetime.fromisoformat(entry["nextRunAt"])
-            if at.tzinfo is None:  # compared with aware times when claiming
-                raise ValueError("nextRunAt without a UTC offset")
-            return {"_id": ObjectId(entry["id"]), "name": entry["name"],
-                    "priority": int(entry.get("priority", 0)), "nextRunAt": at}  # fmt: skip
-        except (KeyError, TypeError, ValueError, OverflowError, InvalidId):
-            log.warning("ignoring malformed job:queued entry")
-            return None
-
     # -- running ---------------------------------------------------------
-
-    def _start(self, doc: dict[str, Any]) -> None:
-        meta = self.metas[doc["name"]]
-        problem = malformed(doc)
-        if problem is not None:
-            log.error("failing a malformed job", job_id=str(doc["_id"]), reason=problem)
-            refused = refusal(problem, utcnow(), meta.retention)
-            what = f"failure of malformed job {doc['_id']}"
-            self.outbox.add(UpdateOne(owned(doc["_id"], doc["lockToken"]), refused), what)
-            return
-        running = Running(Job(doc, self.outbox), meta)
-        self._running[running.key] = running
-        self._per_task[meta.id] += 1
-        running.task = asyncio.create_task(self._run(running))
-
-    async def _run(self, running: Running) -> None:
-        job, meta = running.job, running.meta
-        timeout = job.doc.get("timeout") or meta.timeout
-        started = time.monotonic()
-        log.info("job started", job_id=job.id, task=job.task, attempt=job.attempt)
-        self.outbox.event(job, "start")
-        observed = False
-        hooks = self.registry
-        try:
-            for observer in hooks.before:
-                await call(observer, job)
-            handler = hooks.handlers[meta.id]
-            result = check_json(
-                await execute(handler, job, meta, timeout, self.outbox, self),
-                "the handler's return value",
-            )
-            observed = True
-            for observer in hooks.after:
-                await call(observer, job, result, None)
-            outcome = Outcome(JobState.SUCCEEDED, result=result)
-        except asyncio.CancelledError:
-            if running.stop_reason != "cancel":
-                raise  # shutdown: the job was already handed back to the queue
-            outcome = Outcome(JobState.CANCELLED)
-        except WorkerFailed:
-            self._done(running)
-            self._release(running, utcnow())  # worker.fail(): not the job's fault
-            return
-        except Exception as exc:
-            outcome = self._failure(
-                running, exc, "timeout" if isinstance(exc, JobTimeout) else None
-            )
-            if not observed:
-                await self._observe_failure(job, exc)
-        finally:
-            self._done(running)
-        if job.cancelled and running.stop_reason == "cancel":
-            outcome = Outcome(JobState.CANCELLED)
-        self._count(outcome)
-        self.outbox.finish(job, outcome, meta.retention)
-        said = log.info if outcome.state is not JobState.FAILED else (
-            log.warning if outcome.retry_at is not None else log.error)  # fmt: skip
-        said(
-            f"job {outcome.state.value if outcome.retry_at is None else 'will retry'}",
-            job_id=job.id, task=job.task, seconds=round(time.monotonic() - started, 3),
-            reason=outcome.reason,
-        )  # fmt: skip
-
-    async def _observe_failure(self, job: Job, exc: BaseException) -> None:
-        for observer in self.registry.after:
-            try:
-                await call(observer, job, None, exc)
-            except Exception:
-                log.exception("after_job observer failed", job_id=job.id)
-
-    def _failure(self, running: Running, exc: BaseException, reason: str | None) -> Outcome:
-        job, meta = running.job, running.meta
-        if isinstance(exc, JobFailed):  # job.fail(reason): the reason alone, no traceback
-            error, reason = {"type": "JobFailed", "message": str(exc)}, reason or str(exc)
-        elif isinstance(exc, HandlerError):
-            error = {"type": exc.kind, "message": exc.message, "traceback": exc.trace}
-        else:
-            error = {"type": type(exc).__name__, "message": str(exc),
-                     "traceback": "".join(traceback.format_exception(exc))}  # fmt: skip
-        fails = int(job.doc.get("failCount", 0)) + 1
-        limit = int(job.doc.get("maxAttempts") or meta.max_attempts)
-        retry_at = None
-        if fails < limit and running.stop_reason != "cancel":
-            retry_at = utcnow() + timedelta(seconds=meta.backoff.seconds(fails))
-        return Outcome(
-            JobState.FAILED,
-            error=error,
-            reason=reason or f"{error['type']}: {error['message']}",
-            retry_at=retry_at,
-        )
-
-    def _count(self, outcome: Outcome) -> None:
-        c = self.counters
-        if outcome.state is JobState.SUCCEEDED:
-            c.succeeded += 1
-        elif outcome.state is JobState.CANCELLED:
-            c.cancelled += 1
-        elif outcome.retry_at is not None:
-            c.retried += 1
-        else:
-            c.failed += 1
-
-    def _done(self, running: Running) -> None:
-        self._last_finished = time.monotonic()
-        if self._running.pop(running.key, None) is not None:
-            self._per_task[running.meta.id] -= 1
-            self._wake.set()
 
     # -- what task code asks of the worker (taskapi.Engine) ----------------
 
@@ -640,7 +399,7 @@ class Worker:
     async def _cancel_if_asked(self, job_id: str) -> None:
         """A ``job:cancel`` is a hint anyone could write: act on it only when the job
         itself says its cancel was asked for (``cancelRequested``, which a client sets)."""
-        if not any(r.job.id == job_id for r in self._running.values()):
+        if not self.runs.runs(job_id):
             return
         try:
             asked = await self.store.jobs.find_one(
@@ -656,17 +415,7 @@ class Worker:
 
     def cancel_job(self, job_id: str) -> bool:
         """Stop a running job: ``job.cancelled`` turns true; async and process jobs are cut."""
-        runs = [r for r in self._running.values() if r.job.id == job_id]
-        for running in runs:
-            running.stop_reason = "cancel"
-            running.job.cancel()
-            if running.task is not None and (
-                running.meta.isolation == "process"
-                or asyncio.iscoroutinefunction(self.registry.handlers[running.meta.id])
-            ):
-                running.task.cancel()
-            log.info("job cancel requested", job_id=job_id)
-        return bool(runs)
+        return self.runs.cancel(job_id)
 
     # -- background ------------------------------------------------------
 
@@ -695,10 +444,9 @@ class Worker:
     def _held(self) -> list[str]:
         """Claim tokens whose leases must be renewed: running jobs, and finished ones whose
         outcome is still to be written."""
-        return [*(r.job.doc["lockToken"] for r in self._running.values()),
-                *self.outbox.unwritten()]  # fmt: skip
+        return [*self.runs.tokens(), *self.outbox.unwritten()]
 
     def _refill_now(self) -> None:
         """Jobs came back to the queue (a lost worker's): read it at once."""
-        self._refill_wanted = True
+        self.claims.want()
         self._wake.set()

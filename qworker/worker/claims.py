@@ -1,0 +1,137 @@
+"""A worker's claims: what it reads of the queue, and how it takes jobs from it.
+
+Reading the queue is the expensive operation on some servers, so the worker
+reads its candidates in one batch (``candidates``), adds those that wake-up
+hints name, reads again when it has none (or rarely, to catch what hints
+missed: a slow read is repeated less often), and claims by ``_id``, many at
+once, under one claim token per claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import time
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo.errors import OperationFailure, PyMongoError
+
+from qworker.store import WorkerStore
+from qworker.when import utcnow
+from qworker.worker.candidates import Candidates, priority_of
+
+log = structlog.get_logger("qworker.worker")
+
+CANDIDATE_CAP = 20_000
+
+Doc = dict[str, Any]
+
+
+class Claims:
+    def __init__(
+        self, store: WorkerStore, tasks: Iterable[str], worker_id: str, nonce: str,
+        lease: float, poll_interval: float,
+    ) -> None:  # fmt: skip
+        self.store, self.tasks = store, frozenset(tasks)
+        self.worker_id, self.nonce = worker_id, nonce
+        self.lease, self.poll_interval = lease, poll_interval
+        self.candidates = Candidates(salt=nonce)
+        self._tokens = itertools.count(1)
+        self.wanted = True  # read the queue at the next chance
+        self._next_read = 0.0
+        self._reread_every = 5.0
+        self.last_read_started = 0.0  # monotonic
+
+    def want(self) -> None:
+        """Jobs came to the queue that no hint named (a lost worker's): read it soon."""
+        self.wanted = True
+
+    def should_read(self) -> bool:
+        now = time.monotonic()
+        if len(self.candidates) == 0:
+            return self.wanted or now >= self._next_read
+        return now >= self._next_read + self._reread_every
+
+    async def read(self) -> None:
+        """The queued jobs of our tasks due within a poll interval, as the candidates."""
+        started = time.monotonic()
+        self.wanted = False
+        horizon = utcnow() + timedelta(seconds=self.poll_interval)
+        try:
+            docs = await self.store.candidates(self.tasks, horizon, CANDIDATE_CAP)
+        except PyMongoError as exc:
+            log.warning("cannot read the queue", error=str(exc))
+            self._next_read = time.monotonic() + self.poll_interval
+            return
+        self.candidates.replace(docs)
+        self.last_read_started = started
+        took = time.monotonic() - started
+        # A slow read (a deep queue) is repeated less often, so reading never
+        # costs more than a small share of the server.
+        self._reread_every = max(5 * self.poll_interval, 20 * took)
+        self._next_read = time.monotonic() + self.poll_interval
+
+    async def claim(self, ids: list[ObjectId], now: datetime, solo: bool = False) -> list[Doc]:
+        """The claimed documents, in claim order (none if the server cannot be reached)."""
+        try:
+            docs = await self.store.claim(ids, self.worker_id, self._token(), now, self.lease,
+                                          lost_too=solo)  # fmt: skip
+        except OperationFailure as exc:  # the server refused the update: a malformed job
+            docs = await self._claim_apart(ids, now, exc)
+        except PyMongoError as exc:
+            log.warning("claim failed", error=str(exc))
+            await asyncio.sleep(min(self.poll_interval, 1.0))
+            return []
+        return sorted(docs, key=lambda d: (-priority_of(d), d["nextRunAt"]))
+
+    async def _claim_apart(self, ids: list[ObjectId], now: datetime,
+                           exc: OperationFailure) -> list[Doc]:  # fmt: skip
+        """Claim one at a time, failing the jobs whose claim the server refuses."""
+        log.warning("a claim was refused; claiming one job at a time", error=str(exc)[:300])
+        docs: list[Doc] = []
+        for job_id in ids:
+            try:
+                docs += await self.store.claim([job_id], self.worker_id, self._token(), now,
+                                               self.lease)  # fmt: skip
+            except OperationFailure as refused:
+                reason = f"it cannot be claimed: {str(refused)[:300]}"
+                log.error("failing a malformed job", job_id=str(job_id), reason=reason)
+                with contextlib.suppress(PyMongoError):
+                    await self.store.refuse(job_id, reason, now)
+            except PyMongoError:
+                break  # unreachable: the rest stay queued
+        return docs
+
+    def _token(self) -> str:
+        return f"{self.worker_id}:{self.nonce}:{next(self._tokens)}"
+
+    def hinted(self, body: dict[str, Any]) -> None:
+        """A ``job:queued`` wake-up: the jobs it names, or the tasks to read again."""
+        jobs, tasks = body.get("jobs"), body.get("tasks")
+        if isinstance(jobs, list):
+            mine = (_hinted_job(job, self.tasks) for job in jobs if isinstance(job, dict))
+            self.candidates.add(doc for doc in mine if doc is not None)
+        elif isinstance(tasks, list) and all(isinstance(t, str) for t in tasks):
+            self.wanted = self.wanted or bool(set(tasks) & self.tasks)
+        else:
+            log.warning("ignoring a malformed job:queued message")
+
+
+def _hinted_job(entry: dict[str, Any], tasks: frozenset[str]) -> Doc | None:
+    try:
+        if entry["name"] not in tasks:
+            return None
+        at = datetime.fromisoformat(entry["nextRunAt"])
+        if at.tzinfo is None:  # compared with aware times when claiming
+            raise ValueError("nextRunAt without a UTC offset")
+        return {"_id": ObjectId(entry["id"]), "name": entry["name"],
+                "priority": int(entry.get("priority", 0)), "nextRunAt": at}  # fmt: skip
+    except (KeyError, TypeError, ValueError, OverflowError, InvalidId):
+        log.warning("ignoring malformed job:queued entry")
+        return None
