@@ -19,7 +19,7 @@ from pymongo.errors import DuplicateKeyError
 
 from qworker.errors import InvalidJobError
 from qworker.model import JobState
-from qworker.protocol import DEFAULT_PING_SECONDS
+from qworker.protocol import DEFAULT_PING_SECONDS, LOST_AFTER_PINGS
 from qworker.stats import job_counts
 from qworker.when import parse_duration, parse_when, utcnow
 
@@ -27,8 +27,6 @@ log = structlog.get_logger("qworker.fleet")
 
 Doc = dict[str, Any]
 
-# A worker silent for this many of its ping intervals is shown as lost.
-LOST_AFTER_PINGS = 3
 # A worker's entry is removed (TTL index) this long after it was last heard from:
 # stopped, dead and lost workers leave the list, which otherwise grows forever.
 KEEP_WORKER = timedelta(days=1)

@@ -10,8 +10,14 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-# Seconds between a worker's pings unless its manager says otherwise.
+# Liveness, in one place. A worker pings every DEFAULT_PING_SECONDS unless its
+# manager says otherwise; the leader declares dead (and takes back the jobs of)
+# a worker that missed DEAD_AFTER_PINGS intervals, and the fleet's listings show
+# as lost a running worker silent for LOST_AFTER_PINGS (a standalone worker, or
+# any while no manager leads: none declares them dead).
 DEFAULT_PING_SECONDS = 5.0
+DEAD_AFTER_PINGS = 2
+LOST_AFTER_PINGS = 3
 
 WORKER_CONNECTED = "worker:connected"
 DEFINE_TASKS = "define:tasks"

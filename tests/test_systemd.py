@@ -38,7 +38,8 @@ from qworker.cli.manager import main as manager_main
 from qworker.cli.manager import serve
 from qworker.cli.worker import main as worker_main
 from qworker.config import WorkerSettings
-from qworker.manager.daemon import MISSED_PINGS, ManagerSettings
+from qworker.manager.daemon import ManagerSettings
+from qworker.protocol import DEAD_AFTER_PINGS
 
 UNITS = REPO / "deploy" / "systemd"
 ENV_EXAMPLES = REPO / "deploy" / "env"
@@ -387,7 +388,7 @@ def test_a_worker_restarted_sooner_than_two_pings_after_a_crash_is_refused(
     assert "already used by a live worker" in too_soon.output()
 
     # The manager's clock wrote pingedAt; this host is the manager's host.
-    time.sleep(max(0.0, last_ping + MISSED_PINGS * ping + 0.5 - time.time()))
+    time.sleep(max(0.0, last_ping + DEAD_AFTER_PINGS * ping + 0.5 - time.time()))
     later = start()
     wait_accepted(later)
 
@@ -416,7 +417,7 @@ def test_the_worker_unit_matches_the_worker() -> None:
     assert _seconds(service["TimeoutStopSec"]) == grace + systemd.STOP_MARGIN
     # Two missed pings of the default interval make a worker dead; restart after that.
     ping = ManagerSettings(mongo="").ping_interval
-    assert _seconds(service["RestartSec"]) > MISSED_PINGS * ping
+    assert _seconds(service["RestartSec"]) > DEAD_AFTER_PINGS * ping
     assert service["Restart"] == "on-failure"
     assert service["RestartPreventExitStatus"].split() == ["3"]
     assert _seconds(service["WatchdogSec"]) >= 10

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from qworker import protocol
 from qworker.cli.common import (
     Seconds,
     Settings,
@@ -294,7 +295,7 @@ def demo(settings: Settings, paths: str) -> None:
 @click.option(
     "--ping-interval",
     type=Seconds(min=0.1),
-    default=5.0,
+    default=protocol.DEFAULT_PING_SECONDS,
     show_default=True,
     envvar=envvar("ping_interval"),
     show_envvar=True,

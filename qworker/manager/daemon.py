@@ -58,8 +58,6 @@ log = structlog.get_logger("qworker.manager")
 DEFAULT_HTTP = "127.0.0.1:8765"
 # What the leader acts on; the rest of what it hears is for the event stream.
 TO_LEADER = {*protocol.TO_MANAGER, protocol.WORKER_NOTIFICATION, protocol.SCHEDULES_CHANGED}
-# A worker that misses this many ping intervals is dead.
-MISSED_PINGS = 2
 
 
 @dataclass(frozen=True)
@@ -67,7 +65,7 @@ class ManagerSettings:
     mongo: str
     manager_id: str = f"manager-{socket.gethostname()}-{os.getpid()}"
     prefix: str = ""
-    ping_interval: float = 5.0
+    ping_interval: float = protocol.DEFAULT_PING_SECONDS
     lease: float = 10.0
     sinks: SinkSettings = field(default_factory=SinkSettings)
     channel_size: int = CHANNEL_BYTES
@@ -88,6 +86,8 @@ class Manager:
         self._stop = asyncio.Event()
         self.hub = EventHub()
         self.conflicts = Conflicts()
+        # Silent this long, a worker is dead.
+        self._dead_after = timedelta(seconds=protocol.DEAD_AFTER_PINGS * settings.ping_interval)
         self.throttle = Throttle(log)
         self._scheduler_thread = ThreadPoolExecutor(1, thread_name_prefix="qworker-scheduler")
         self.pings = Pings(self.throttle)
@@ -356,9 +356,9 @@ class Manager:
         return None
 
     def _alive(self, worker: dict[str, Any]) -> bool:
-        limit = timedelta(seconds=MISSED_PINGS * self.settings.ping_interval)
         pinged = worker.get("pingedAt")
-        return worker.get("state") == "running" and pinged is not None and pinged > utcnow() - limit
+        silent_since = utcnow() - self._dead_after
+        return worker.get("state") == "running" and pinged is not None and pinged > silent_since
 
     # -- dead workers ----------------------------------------------------
 
@@ -367,7 +367,7 @@ class Manager:
         manager behind its channel (a flood, a stall) has not heard the latest pings yet."""
         await self.pings.write(self.workers)
         heard_until = min(utcnow(), self.channel.position)
-        limit = heard_until - timedelta(seconds=MISSED_PINGS * self.settings.ping_interval)
+        limit = heard_until - self._dead_after
         if self._watching_since > limit:
             return  # not watched for two intervals yet: the missed pings are not theirs
         # Standalone workers list themselves and answer to no manager.
