@@ -1,6 +1,6 @@
 """The job document: its states, priorities, and how a new one is built.
 
-Field names follow DESIGN.md so that task metadata such as
+Field names are the ones task metadata names, so that a selection such as
 ``jobAttributes: ["data.to", "lastFinishedAt"]`` selects them unchanged.
 """
 

@@ -1,7 +1,7 @@
 """Operations on the ``jobs`` collection, and the update documents they use.
 
-The claim path avoids queries whose cost grows with the queue (see
-docs/design-decisions.md): a worker reads its candidates once, in a batch,
+The claim path avoids queries whose cost grows with the queue (see "The
+claim path" in docs/decisions.md): a worker reads its candidates once, in a batch,
 and claims them by ``_id`` with one conditional ``update_many``; completions
 are conditional on the claim's ``lockToken`` so a worker that lost its lease
 can never overwrite the outcome of another worker's run.

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import console_command
+from support.processes import console_command
 
 UNREACHABLE = "mongodb://127.0.0.1:1/x"
 

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, WorkerProcess, wait_for
+from support.processes import REPO, WorkerProcess
+from support.waits import wait_for
 
 from qworker.manager.sinks import read_sinks
 

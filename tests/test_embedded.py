@@ -18,6 +18,7 @@ from typing import Any
 import platformdirs
 import pytest
 from pymongo import MongoClient
+from support.processes import REPO, TASKS
 
 from qworker import Client
 from qworker.embedded import (
@@ -28,9 +29,6 @@ from qworker.embedded import (
     stop_server,
 )
 from qworker.errors import EmbeddedUnavailable
-
-TASKS = Path(__file__).parent / "tasks"
-REPO = Path(__file__).parent.parent
 
 pytestmark = pytest.mark.skipif(
     not (Path(sys.executable).parent / "secantusd-py").exists(),

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from conftest import wait_for
-from helpers import wait_finished
+from support.jobs import wait_finished
+from support.waits import wait_for
 
 from qworker import Client
 from qworker.model import Retention

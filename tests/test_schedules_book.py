@@ -20,8 +20,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from bson import ObjectId
 from click.testing import CliRunner, Result
-from helpers import one_error_line
 from pymongo import MongoClient
+from support.logs import one_error_line
 
 from qworker import Client
 from qworker.cli.manager import main

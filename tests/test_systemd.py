@@ -30,8 +30,11 @@ from typing import Any
 import click
 import pytest
 import structlog
-from conftest import REPO, WorkerProcess, wait_for
-from helpers import effects_env, wait_accepted, wait_finished, wait_leading
+from support.effects import effects_env
+from support.jobs import wait_finished
+from support.logs import wait_accepted, wait_leading
+from support.processes import REPO, WorkerProcess
+from support.waits import wait_for
 
 from qworker import Client, systemd
 from qworker.cli.manager import main as manager_main

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import wait_for
-from helpers import effects_env, wait_finished
+from support.effects import effects_env
+from support.jobs import wait_finished
+from support.waits import wait_for
 
 from qworker import Client
 from qworker.cli.manager import main

@@ -30,9 +30,10 @@ from itertools import pairwise
 from typing import Any
 
 import pytest
-from chaos_support import dead_now
-from conftest import LEASE, wait_for
-from helpers import log_events, wait_leading, wait_logged
+from support.chaos import dead_now
+from support.logs import log_events, wait_leading, wait_logged
+from support.processes import LEASE
+from support.waits import wait_for
 
 from qworker import Client
 

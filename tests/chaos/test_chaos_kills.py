@@ -2,7 +2,7 @@
 
 Four standalone workers with a 5 s lease run 2,000 short jobs of ``chaos_record``
 while the test kills one of them with SIGKILL at seeded random moments and starts
-it again under the same id. What must hold (``chaos_support.audit``): every job
+it again under the same id. What must hold (``support.chaos.audit``): every job
 ends ``succeeded`` with the outcome of its last run; no two runs of a job ever
 overlap, counting a killed run as lasting until its process was dead; a job's
 work completes more than once only when a kill fell after a run's work and
@@ -17,8 +17,10 @@ import time
 from typing import Any
 
 import pytest
-from chaos_support import audit, dead_now
-from helpers import FINISHED, effects_env, ready
+from support.chaos import audit, dead_now
+from support.effects import effects_env
+from support.jobs import FINISHED
+from support.logs import ready
 
 from qworker import Client
 from qworker.lifecycle import MAX_LOST

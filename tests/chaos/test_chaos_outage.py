@@ -17,20 +17,13 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from chaos_support import audit
-from conftest import Server, wait_for
-from helpers import (
-    FINISHED,
-    alive,
-    effects_env,
-    log_events,
-    managed,
-    messages,
-    ready,
-    wait_accepted,
-    wait_leading,
-    wait_logged,
-)
+from support.chaos import audit
+from support.effects import effects_env
+from support.jobs import FINISHED, messages
+from support.logs import alive, log_events, ready, wait_accepted, wait_leading, wait_logged
+from support.processes import managed
+from support.server import Server
+from support.waits import wait_for
 
 from qworker import Client
 

@@ -34,10 +34,12 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from conftest import REPO, TASKS, WorkerProcess, process_env, qworker_command, wait_for
-from helpers import alive, effects_env, log_events, ready, wait_logged
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
+from support.effects import effects_env
+from support.logs import alive, log_events, ready, wait_logged
+from support.processes import REPO, TASKS, WorkerProcess, process_env, qworker_command
+from support.waits import wait_for
 
 from qworker import Client
 
