@@ -41,10 +41,21 @@ def server(url: str | None) -> Iterator[str]:
     command = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
     with open(folder / "server.log", "wb") as log:
         process = subprocess.Popen(
-            [command, "--host", "127.0.0.1", "--port", str(port), "--storage-path",
-             str(folder / "data"), "--log-level", "WARNING"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=folder,
-        )  # fmt: skip
+            [
+                command,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--storage-path",
+                str(folder / "data"),
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=folder,
+        )
     url = f"mongodb://127.0.0.1:{port}"
     mongo: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=60_000)
     try:
@@ -135,8 +146,20 @@ class Fleet:
 def qworker_fleet(url: str, count: int, concurrency: int | None = None) -> Fleet:
     """K real ``qworker --standalone`` processes serving the no-op task."""
     extra = [] if concurrency is None else ["--concurrency", str(concurrency)]
-    command = [sys.executable, "-m", "qworker.cli.worker", "--standalone", "--mongo", url,
-               "--paths", str(TASKS), *extra, "--log-format", "json", "noop"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "qworker.cli.worker",
+        "--standalone",
+        "--mongo",
+        url,
+        "--paths",
+        str(TASKS),
+        *extra,
+        "--log-format",
+        "json",
+        "noop",
+    ]
     return Fleet([[*command, "--id", f"bench-{n}"] for n in range(count)], b"worker started")
 
 
@@ -164,9 +187,11 @@ def fresh(url: str, name: str) -> tuple[str, Any]:
 
 def machine() -> dict[str, Any]:
     return {
-        "cores": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-    }  # fmt: skip
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 def loadavg() -> float:

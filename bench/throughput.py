@@ -55,11 +55,14 @@ def throughput(url: str, jobs: int, workers: int, concurrency: int) -> dict[str,
     last = db.jobs.find_one(sort=[("lastFinishedAt", -1)])["lastFinishedAt"]
     seconds = (last - started).total_seconds()
     return {
-        "jobs": jobs, "workers": workers, "concurrency": concurrency,
-        "queue_depth_at_start": jobs, "seconds": round(seconds, 3),
+        "jobs": jobs,
+        "workers": workers,
+        "concurrency": concurrency,
+        "queue_depth_at_start": jobs,
+        "seconds": round(seconds, 3),
         "jobs_per_second": round(jobs / seconds, 1),
         "enqueue_per_second": round(jobs / (enqueued - started).total_seconds(), 1),
-    }  # fmt: skip
+    }
 
 
 def latency(url: str, samples: int) -> dict[str, Any]:
@@ -76,10 +79,14 @@ def latency(url: str, samples: int) -> dict[str, Any]:
         rss = fleet.rss_mb()[0]
         fleet.stop()
     return {
-        "samples": samples, "workers": 1, "queue_depth": 0,
-        "p50_ms": round(statistics.median(ms), 2), "p95_ms": round(percentile(ms, 0.95), 2),
-        "max_ms": round(max(ms), 2), "idle_worker_rss_mb": round(rss, 1),
-    }  # fmt: skip
+        "samples": samples,
+        "workers": 1,
+        "queue_depth": 0,
+        "p50_ms": round(statistics.median(ms), 2),
+        "p95_ms": round(percentile(ms, 0.95), 2),
+        "max_ms": round(max(ms), 2),
+        "idle_worker_rss_mb": round(rss, 1),
+    }
 
 
 def backend(url: str, count: int = 500) -> dict[str, Any]:
@@ -141,10 +148,12 @@ def channel_latency(url: str, samples: int, burst: int = 1000) -> dict[str, Any]
         publish_sync(db[Names().channel], "bench:ping", {"n": n})
     thread.join(60)
     return {
-        "samples": len(received), "p50_ms": round(statistics.median(received), 2),
-        "p95_ms": round(percentile(received, 0.95), 2), "burst": burst,
+        "samples": len(received),
+        "p50_ms": round(statistics.median(received), 2),
+        "p95_ms": round(percentile(received, 0.95), 2),
+        "burst": burst,
         "messages_per_second": round(len(burst_done) / (burst_done[-1] - started), 1),
-    }  # fmt: skip
+    }
 
 
 def depth_cost(url: str, depth: int, measured: int) -> dict[str, Any]:
@@ -168,9 +177,11 @@ def depth_cost(url: str, depth: int, measured: int) -> dict[str, Any]:
     )[:count]
     seconds = (finished[-1] - first["lastRunAt"]).total_seconds()
     return {
-        "queue_depth": depth, "jobs_measured": count, "workers": 1,
+        "queue_depth": depth,
+        "jobs_measured": count,
+        "workers": 1,
         "ms_per_job": round(seconds * 1000 / count, 3),
-    }  # fmt: skip
+    }
 
 
 def _median(runs: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -196,10 +207,12 @@ def main() -> None:
     import importlib.metadata as md
 
     result: dict[str, Any] = {
-        "when": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
         "versions": {p: md.version(p) for p in ("qworker", "pymongo")},
-        "throughput": [], "depth": [],
-    }  # fmt: skip
+        "throughput": [],
+        "depth": [],
+    }
     with server(args.mongo) as url:
         client: MongoClient[dict[str, Any]] = MongoClient(url)
         result["server"] = args.mongo or f"SecantusDB {md.version('secantusdb')}"
@@ -229,8 +242,10 @@ def main() -> None:
 
 def report(result: dict[str, Any], path: Path) -> None:
     m = result["machine"]
-    print(f"\nqworker {result['versions']['qworker']} on {result['server']}, "
-          f"{m['cores']} cores, Python {m['python']}")  # fmt: skip
+    print(
+        f"\nqworker {result['versions']['qworker']} on {result['server']}, "
+        f"{m['cores']} cores, Python {m['python']}"
+    )
     print(f"{'run':<34}{'depth':>8}{'workers':>9}{'figure':>22}")
     for t in result["throughput"]:
         depth, workers = t["queue_depth_at_start"], t["workers"]
@@ -251,8 +266,10 @@ def report(result: dict[str, Any], path: Path) -> None:
     print(f"{'channel, one publisher, burst':<34}{'-':>8}{'-':>9}  {rate:>20}")
     print(f"{'idle worker resident memory':<34}{0:>8}{1:>9}{lat['idle_worker_rss_mb']:>19} MB")
     for d in result["depth"]:
-        print(f"{'per-job cost at depth':<34}{d['queue_depth']:>8}{d['workers']:>9}"
-              f"{d['ms_per_job']:>19} ms")  # fmt: skip
+        print(
+            f"{'per-job cost at depth':<34}{d['queue_depth']:>8}{d['workers']:>9}"
+            f"{d['ms_per_job']:>19} ms"
+        )
     print(f"\nwritten to {path}")
 
 

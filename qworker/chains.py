@@ -51,8 +51,12 @@ class Step:
                 f"Step({task!r}): unknown option(s) {', '.join(unknown)} "
                 f"(a step takes {', '.join(STEP_OPTIONS)})"
             )
-        for name, value in (("task", task), ("data", data), ("previous_result", previous_result),
-                            ("options", options)):  # fmt: skip
+        for name, value in (
+            ("task", task),
+            ("data", data),
+            ("previous_result", previous_result),
+            ("options", options),
+        ):
             object.__setattr__(self, name, value)
 
 
@@ -69,8 +73,9 @@ def step(value: Step | str | tuple[str, Any]) -> Step:
     )
 
 
-def chain_jobs(steps: Sequence[Step | str | tuple[str, Any]], now: datetime,
-               run_at: datetime) -> list[Doc]:  # fmt: skip
+def chain_jobs(
+    steps: Sequence[Step | str | tuple[str, Any]], now: datetime, run_at: datetime
+) -> list[Doc]:
     """The documents of a chain, first step first; all validated before any is stored."""
     parsed = [step(s) for s in steps]
     if len(parsed) < 2:
@@ -84,7 +89,9 @@ def chain_jobs(steps: Sequence[Step | str | tuple[str, Any]], now: datetime,
         if n + 1 < len(docs):
             following = docs[n + 1]
             doc["chain"]["next"] = {
-                "id": following["_id"], "task": following["name"],
-                "priority": following["priority"], "previousResult": parsed[n + 1].previous_result,
-            }  # fmt: skip
+                "id": following["_id"],
+                "task": following["name"],
+                "priority": following["priority"],
+                "previousResult": parsed[n + 1].previous_result,
+            }
     return docs

@@ -128,8 +128,9 @@ class Channel:
             log.warning(
                 "the channel's capped window rolled past this subscriber's position: "
                 "messages were lost; carrying on from the newest",
-                position=since.isoformat(), oldest=oldest["_id"].generation_time.isoformat(),
-            )  # fmt: skip
+                position=since.isoformat(),
+                oldest=oldest["_id"].generation_time.isoformat(),
+            )
             return datetime.now(UTC)
         return since
 
@@ -143,8 +144,11 @@ class Channel:
         stamp: datetime = doc["_id"].generation_time
         now = datetime.now(UTC)
         if stamp > now + CLOCK_SKEW:
-            log.warning("a channel message is stamped ahead of this host's clock",
-                        id=str(doc["_id"]), ahead=round((stamp - now).total_seconds()))  # fmt: skip
+            log.warning(
+                "a channel message is stamped ahead of this host's clock",
+                id=str(doc["_id"]),
+                ahead=round((stamp - now).total_seconds()),
+            )
         return min(stamp, now)
 
     @staticmethod
@@ -155,8 +159,12 @@ class Channel:
             log.warning("ignoring malformed channel message", id=str(doc.get("_id")))
             return
         if oversized(doc):
-            log.warning("ignoring an oversized channel message", id=str(doc.get("_id")),
-                        event_name=event[:200], limit=MAX_MESSAGE_BYTES)  # fmt: skip
+            log.warning(
+                "ignoring an oversized channel message",
+                id=str(doc.get("_id")),
+                event_name=event[:200],
+                limit=MAX_MESSAGE_BYTES,
+            )
             return
         try:
             await handler(event, body)

@@ -108,10 +108,18 @@ class Client:
         now = utcnow()
         run_at = parse_when(when, now)
         docs = [
-            new_job(task, data, now=now, run_at=run_at, priority=priority,
-                    max_attempts=max_attempts, timeout=timeout, description=description)
+            new_job(
+                task,
+                data,
+                now=now,
+                run_at=run_at,
+                priority=priority,
+                max_attempts=max_attempts,
+                timeout=timeout,
+                description=description,
+            )
             for data in items
-        ]  # fmt: skip
+        ]
         self.store.insert(docs)
         self._announce_due(docs, now)
         return [str(doc["_id"]) for doc in docs]
@@ -156,10 +164,16 @@ class Client:
     # -- recurring schedules ---------------------------------------------
 
     def every(
-        self, interval: str | float, task: str, data: Any = None, *,
-        name: str | None = None, start_at: str | datetime | None = None,
-        replace: bool = True, **opts: Any,
-    ) -> Doc:  # fmt: skip
+        self,
+        interval: str | float,
+        task: str,
+        data: Any = None,
+        *,
+        name: str | None = None,
+        start_at: str | datetime | None = None,
+        replace: bool = True,
+        **opts: Any,
+    ) -> Doc:
         """Run ``task`` every ``interval`` (``30 minutes``, ``1 hour``, seconds).
 
         The first run is one interval from now, or at ``start_at`` (``now``,
@@ -168,14 +182,22 @@ class Client:
         ``replace=False``. ``opts``: ``timezone``, ``misfire`` (``coalesce`` or
         ``skip``), ``grace``, ``unique``, and the job options of ``now``.
         """
-        schedule = make_schedule(name or task, task, data, every=interval, start_at=start_at,
-                                 **opts)  # fmt: skip
+        schedule = make_schedule(
+            name or task, task, data, every=interval, start_at=start_at, **opts
+        )
         return self.add_schedule(schedule, replace)
 
     def cron(
-        self, expr: str, task: str, data: Any = None, *, name: str | None = None,
-        tz: str | None = None, replace: bool = True, **opts: Any,
-    ) -> Doc:  # fmt: skip
+        self,
+        expr: str,
+        task: str,
+        data: Any = None,
+        *,
+        name: str | None = None,
+        tz: str | None = None,
+        replace: bool = True,
+        **opts: Any,
+    ) -> Doc:
         """Run ``task`` on a crontab schedule: five fields, or six with seconds first.
 
         ``tz`` is the time zone the fields are read in (default UTC).
@@ -223,8 +245,9 @@ class Client:
 
     @cached_property
     def schedules(self) -> ScheduleBook:
-        return ScheduleBook.editor(self._mongo, self.db.name, self.names.schedules,
-                                   self.db[self.names.jobs])  # fmt: skip
+        return ScheduleBook.editor(
+            self._mongo, self.db.name, self.names.schedules, self.db[self.names.jobs]
+        )
 
     def _schedules_changed(self) -> None:
         """Tell the leader manager to look at the store now (it also looks every few seconds)."""
@@ -244,10 +267,17 @@ class Client:
         return self.store.get(job_id)
 
     def jobs(
-        self, state: str | None = None, task: str | None = None, text: str | None = None,
-        limit: int = 50, skip: int = 0, *, worker: str | None = None,
-        since: str | datetime | None = None, until: str | datetime | None = None,
-    ) -> list[Doc]:  # fmt: skip
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        text: str | None = None,
+        limit: int = 50,
+        skip: int = 0,
+        *,
+        worker: str | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+    ) -> list[Doc]:
         """Jobs newest first, without their logs, ``skip`` and ``limit`` for paging.
 
         ``worker``: jobs that worker runs or ran last. ``since``/``until``
@@ -258,20 +288,36 @@ class Client:
         return self.store.find(query, limit=limit, skip=skip)
 
     def count_jobs(
-        self, state: str | None = None, task: str | None = None, text: str | None = None, *,
-        worker: str | None = None, since: str | datetime | None = None,
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        text: str | None = None,
+        *,
+        worker: str | None = None,
+        since: str | datetime | None = None,
         until: str | datetime | None = None,
-    ) -> int:  # fmt: skip
+    ) -> int:
         """How many jobs ``jobs`` would list without a limit: the total, for paging."""
         return self.store.count(self._job_query(state, task, text, worker, since, until))
 
     def _job_query(
-        self, state: str | None, task: str | None, text: str | None, worker: str | None,
-        since: str | datetime | None, until: str | datetime | None,
-    ) -> Doc:  # fmt: skip
+        self,
+        state: str | None,
+        task: str | None,
+        text: str | None,
+        worker: str | None,
+        since: str | datetime | None,
+        until: str | datetime | None,
+    ) -> Doc:
         now = utcnow()
-        return job_query(state, task, text, worker, fleet.moment(since, "since", now),
-                         fleet.moment(until, "until", now))  # fmt: skip
+        return job_query(
+            state,
+            task,
+            text,
+            worker,
+            fleet.moment(since, "since", now),
+            fleet.moment(until, "until", now),
+        )
 
     def delete(self, job_id: str) -> Doc:
         """Delete a job that is not running, and return it; a running one must be cancelled first.
@@ -293,8 +339,9 @@ class Client:
         if state not in finished:
             raise InvalidJobError(
                 f"purge deletes finished jobs: state must be one of {', '.join(finished)}, "
-                f"not {state!r}", "state",
-            )  # fmt: skip
+                f"not {state!r}",
+                "state",
+            )
         before = utcnow() - fleet.age(older_than, "older_than")
         return self.store.purge(JobState(state), before, dry_run=dry_run)
 
@@ -317,8 +364,9 @@ class Client:
         ``liveWorkers`` serve it now; ``valid`` and ``problems`` are the
         manager's check of its metadata (None for a task never announced).
         """
-        return fleet.tasks(self.db[self.names.tasks], self.db[self.names.workers],
-                           self.db[self.names.jobs])  # fmt: skip
+        return fleet.tasks(
+            self.db[self.names.tasks], self.db[self.names.workers], self.db[self.names.jobs]
+        )
 
     def wait(self, job_id: str, timeout: float | None = None) -> Doc:
         """Block until the job is finished; ``TimeoutError`` after ``timeout`` seconds."""

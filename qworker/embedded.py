@@ -109,11 +109,23 @@ def ensure_server(folder: Path) -> str:
         port = _port_for(state)
         with open(folder / "server.log", "ab") as log:
             process = subprocess.Popen(
-                [command, "--host", "127.0.0.1", "--port", str(port),
-                 "--storage-path", str(folder / "data"), "--log-level", "WARNING"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=folder, start_new_session=True,
-            )  # fmt: skip
+                [
+                    command,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--storage-path",
+                    str(folder / "data"),
+                    "--log-level",
+                    "WARNING",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=folder,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while not _answers(_url(port), 500):
             if process.poll() is not None or time.monotonic() > deadline:

@@ -100,15 +100,24 @@ def tasks(
         counts[name].update(by_state)
     now = utcnow()
     live: dict[str, list[str]] = defaultdict(list)
-    for worker in registry.find({"state": "running"}, {"tasks": 1, "state": 1, "pingedAt": 1,
-                                                       "pingInterval": 1}):  # fmt: skip
+    for worker in registry.find(
+        {"state": "running"}, {"tasks": 1, "state": 1, "pingedAt": 1, "pingInterval": 1}
+    ):
         if status(worker, now) == "running":
             for task_id in worker.get("tasks") or []:
                 live[task_id].append(str(worker["_id"]))
     found = {str(doc["_id"]): doc for doc in announced.find()}
     for name in counts.keys() - found.keys():
-        found[name] = {"_id": name, "name": name, "description": "", "metadata": None,
-                       "valid": None, "problems": [], "workers": [], "definedAt": None}  # fmt: skip
+        found[name] = {
+            "_id": name,
+            "name": name,
+            "description": "",
+            "metadata": None,
+            "valid": None,
+            "problems": [],
+            "workers": [],
+            "definedAt": None,
+        }
     for task_id, doc in found.items():
         doc["jobs"] = counts[task_id]
         doc["liveWorkers"] = sorted(live.get(task_id, []))
@@ -120,8 +129,9 @@ def moment(value: str | datetime | None, what: str, now: datetime | None = None)
     if value is None or isinstance(value, datetime):
         return None if value is None else parse_when(value)
     if len(value) > MAX_MOMENT_CHARS:
-        raise InvalidJobError(f"{what} is {len(value)} characters long: at most "
-                              f"{MAX_MOMENT_CHARS}", what)  # fmt: skip
+        raise InvalidJobError(
+            f"{what} is {len(value)} characters long: at most {MAX_MOMENT_CHARS}", what
+        )
     now = now or utcnow()
     text = value.strip().lower().removesuffix("ago").strip()
     try:
@@ -158,12 +168,19 @@ class Listing:
     and pids repeat across hosts and containers) must not hide each other.
     """
 
-    def __init__(self, worker_id: str, nonce: str, host: str, pid: int, tasks: list[str],
-                 interval: float) -> None:  # fmt: skip
+    def __init__(
+        self, worker_id: str, nonce: str, host: str, pid: int, tasks: list[str], interval: float
+    ) -> None:
         self.id, self.nonce, self.interval = worker_id, nonce, interval
-        self.fields: Doc = {"host": host, "pid": pid, "nonce": nonce, "tasks": tasks,
-                            "standalone": True, "pingInterval": interval,
-                            "startedAt": utcnow()}  # fmt: skip
+        self.fields: Doc = {
+            "host": host,
+            "pid": pid,
+            "nonce": nonce,
+            "tasks": tasks,
+            "standalone": True,
+            "pingInterval": interval,
+            "startedAt": utcnow(),
+        }
         self.stopped = self.refused = False
 
     async def refresh(self, registry: AsyncCollection[Doc], running: int) -> None:
@@ -173,21 +190,33 @@ class Listing:
         now = utcnow()
         silent = now - timedelta(seconds=LOST_AFTER_PINGS * self.interval)
         others = {"$ne": self.nonce}
-        query = {"_id": self.id, "$or": [
-            {"nonce": self.nonce, "state": {"$ne": "stopped"}},
-            {"nonce": others, "state": {"$ne": "running"}},
-            {"nonce": others, "pingedAt": {"$lt": silent}},
-        ]}  # fmt: skip
-        update = {"$set": {**self.fields, "state": "running", "pingedAt": now, "running": running,
-                           "expireAt": kept_until(now)},
-                  "$unset": {"stoppedAt": "", "diedAt": ""}}  # fmt: skip
+        query = {
+            "_id": self.id,
+            "$or": [
+                {"nonce": self.nonce, "state": {"$ne": "stopped"}},
+                {"nonce": others, "state": {"$ne": "running"}},
+                {"nonce": others, "pingedAt": {"$lt": silent}},
+            ],
+        }
+        update = {
+            "$set": {
+                **self.fields,
+                "state": "running",
+                "pingedAt": now,
+                "running": running,
+                "expireAt": kept_until(now),
+            },
+            "$unset": {"stoppedAt": "", "diedAt": ""},
+        }
         try:
             await registry.update_one(query, update, upsert=True)
         except DuplicateKeyError:
             if not self.refused and not self.stopped:
-                log.warning("another live worker is listed under this worker's id; this one is "
-                            "not listed until that one stops (give each worker its own --id)",
-                            worker_id=self.id)  # fmt: skip
+                log.warning(
+                    "another live worker is listed under this worker's id; this one is "
+                    "not listed until that one stops (give each worker its own --id)",
+                    worker_id=self.id,
+                )
             self.refused = True
             return
         self.refused = False
@@ -197,6 +226,12 @@ class Listing:
         self.stopped = True
         await registry.update_one(
             {"_id": self.id, "nonce": self.nonce},
-            {"$set": {"state": "stopped", "stoppedAt": utcnow(), "running": 0,
-                      "expireAt": kept_until()}},
+            {
+                "$set": {
+                    "state": "stopped",
+                    "stoppedAt": utcnow(),
+                    "running": 0,
+                    "expireAt": kept_until(),
+                }
+            },
         )

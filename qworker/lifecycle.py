@@ -115,8 +115,10 @@ def release(job_id: ObjectId, token: str | None, now: datetime, lost: bool) -> l
     (the writes are ordered: the second cannot match once the first did).
     """
     cancelled = Outcome(JobState.CANCELLED).update(now)
-    queued: Doc = {"$set": {"state": JobState.QUEUED.value, "nextRunAt": now},
-                   "$unset": LOCK_FIELDS}  # fmt: skip
+    queued: Doc = {
+        "$set": {"state": JobState.QUEUED.value, "nextRunAt": now},
+        "$unset": LOCK_FIELDS,
+    }
     if lost:
         for update in (cancelled, queued):
             update["$inc"] = {"lostCount": 1}
@@ -147,11 +149,16 @@ def retry(now: datetime) -> Doc:
     """A finished job queued again, now, with a fresh budget: its counts of runs,
     failures and losses start again from zero."""
     return {
-        "$set": {"state": JobState.QUEUED.value, "nextRunAt": now, "failCount": 0,
-                 "attempts": 0},
-        "$unset": {"cancelRequested": "", "failReason": "", "error": "", "result": "",
-                   "expireAt": "", "lostCount": ""},
-    }  # fmt: skip
+        "$set": {"state": JobState.QUEUED.value, "nextRunAt": now, "failCount": 0, "attempts": 0},
+        "$unset": {
+            "cancelRequested": "",
+            "failReason": "",
+            "error": "",
+            "result": "",
+            "expireAt": "",
+            "lostCount": "",
+        },
+    }
 
 
 FINISHED = {"$in": [s.value for s in FINISHED_STATES]}
@@ -176,12 +183,16 @@ def stop_chain(doc: Doc, reason: str, now: datetime, retention: Retention) -> Up
     chain = doc.get("chain")
     if not chain or "next" not in chain:
         return None
-    where = (f"chain stopped at step {chain['index'] + 1} of {chain['size']} "
-             f"(task '{doc['name']}', job {doc['_id']}): {reason}")  # fmt: skip
+    where = (
+        f"chain stopped at step {chain['index'] + 1} of {chain['size']} "
+        f"(task '{doc['name']}', job {doc['_id']}): {reason}"
+    )
     fields: Doc = {
-        "state": JobState.CANCELLED.value, "failReason": where, "lastFinishedAt": now,
+        "state": JobState.CANCELLED.value,
+        "failReason": where,
+        "lastFinishedAt": now,
         "chainStoppedAt": {"jobId": doc["_id"], "index": chain["index"]},
-    }  # fmt: skip
+    }
     expire_at = retention.expire_at(JobState.CANCELLED, now)
     if expire_at is not None:
         fields["expireAt"] = expire_at
@@ -194,8 +205,18 @@ def revive_chain(doc: Doc) -> UpdateMany | None:
     if not chain:
         return None
     return UpdateMany(
-        {"chain.id": chain["id"], "chainStoppedAt.jobId": ObjectId(doc["_id"]),
-         "state": JobState.CANCELLED.value},
-        {"$set": {"state": JobState.WAITING.value},
-         "$unset": {"chainStoppedAt": "", "failReason": "", "lastFinishedAt": "", "expireAt": ""}},
-    )  # fmt: skip
+        {
+            "chain.id": chain["id"],
+            "chainStoppedAt.jobId": ObjectId(doc["_id"]),
+            "state": JobState.CANCELLED.value,
+        },
+        {
+            "$set": {"state": JobState.WAITING.value},
+            "$unset": {
+                "chainStoppedAt": "",
+                "failReason": "",
+                "lastFinishedAt": "",
+                "expireAt": "",
+            },
+        },
+    )

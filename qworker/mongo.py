@@ -129,8 +129,10 @@ def ensure_schema(
         if exc.code == UNAUTHORIZED and not required:
             # A user of least privilege (an application, a worker, a viewer) may not
             # make indexes: the manager and `qworker-manager init-db` make them.
-            log.debug("not allowed to set up collections and indexes; leaving it to the "
-                      "manager", database=db.name)  # fmt: skip
+            log.debug(
+                "not allowed to set up collections and indexes; leaving it to the manager",
+                database=db.name,
+            )
             return
         if exc.code in AUTH_CODES:  # bad credentials are bad settings, like a bad URL
             raise ConfigError(f"{mongo_problem(exc)} (database '{db.name}')") from None
@@ -154,26 +156,33 @@ def _ensure_schema(db: Database[dict], names: Names, channel_bytes: int) -> None
         db.create_collection(names.channel, capped=True, size=channel_bytes)
     jobs = db[names.jobs]
     jobs.create_index(
-        [("state", ASCENDING), ("name", ASCENDING), ("priority", DESCENDING),
-         ("nextRunAt", ASCENDING)],
+        [
+            ("state", ASCENDING),
+            ("name", ASCENDING),
+            ("priority", DESCENDING),
+            ("nextRunAt", ASCENDING),
+        ],
         name="claim",
-    )  # fmt: skip
+    )
     jobs.create_index([("lockToken", ASCENDING)], name="lock_token", sparse=True)
     jobs.create_index([("state", ASCENDING), ("lockExpiresAt", ASCENDING)], name="leases")
     jobs.create_index([("createdAt", DESCENDING)], name="recent")
     active = [s.value for s in ACTIVE_STATES]
     jobs.create_index(
-        [("name", ASCENDING), ("uniqueKey", ASCENDING)], name="unique_active", unique=True,
+        [("name", ASCENDING), ("uniqueKey", ASCENDING)],
+        name="unique_active",
+        unique=True,
         partialFilterExpression={"uniqueKey": {"$exists": True}, "state": {"$in": active}},
-    )  # fmt: skip
+    )
     jobs.create_index([("fireKey", ASCENDING)], name="fire_key", unique=True, sparse=True)
     jobs.create_index([("expireAt", ASCENDING)], name="retention", expireAfterSeconds=0)
-    jobs.create_index([("scheduleId", ASCENDING), ("scheduledFor", DESCENDING)],
-                      name="schedule_runs", sparse=True)  # fmt: skip
+    jobs.create_index(
+        [("scheduleId", ASCENDING), ("scheduledFor", DESCENDING)], name="schedule_runs", sparse=True
+    )
     jobs.create_index(
         [("scheduleId", ASCENDING), ("state", ASCENDING), ("scheduledFor", DESCENDING)],
         name="schedule_outcomes",
-    )  # fmt: skip
+    )
     db[names.workers].create_index([("state", ASCENDING), ("pingedAt", ASCENDING)], name="pings")
     db[names.workers].create_index([("expireAt", ASCENDING)], name="forget", expireAfterSeconds=0)
     db[names.leases].create_index([("expireAt", ASCENDING)], name="forget", expireAfterSeconds=0)

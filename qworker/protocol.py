@@ -38,9 +38,14 @@ JOB_CANCEL = "job:cancel"
 SCHEDULES_CHANGED = "schedules:changed"
 
 TO_MANAGER = (
-    WORKER_CONNECTED, DEFINE_TASKS, WORKER_INITIALIZE, WORKER_START, WORKER_PING,
-    WORKER_STOP, WORKER_TERMINATE,
-)  # fmt: skip
+    WORKER_CONNECTED,
+    DEFINE_TASKS,
+    WORKER_INITIALIZE,
+    WORKER_START,
+    WORKER_PING,
+    WORKER_STOP,
+    WORKER_TERMINATE,
+)
 
 
 def start(worker_id: str) -> str:
@@ -62,8 +67,12 @@ def queued(docs: Iterable[dict[str, Any]], now: datetime | None = None) -> dict[
     """A ``job:queued`` wake-up naming these jobs, so idle workers claim them at once."""
     return {
         "jobs": [
-            {"id": str(d["_id"]), "name": d["name"], "priority": d.get("priority", 0),
-             "nextRunAt": (now or d["nextRunAt"]).isoformat()}
+            {
+                "id": str(d["_id"]),
+                "name": d["name"],
+                "priority": d.get("priority", 0),
+                "nextRunAt": (now or d["nextRunAt"]).isoformat(),
+            }
             for d in docs
         ]
-    }  # fmt: skip
+    }

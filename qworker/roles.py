@@ -28,15 +28,33 @@ def privileges(names: Names) -> dict[str, dict[str, list[str]]]:
     """Role name → collection → actions."""
     return {
         "qworkerApp": {names.jobs: WRITE, names.channel: ["insert"]},
-        "qworkerWorker": {names.jobs: WRITE, names.channel: ["find", "insert"],
-                          names.workers: WRITE, names.leases: READ},
-        "qworkerOperator": {names.jobs: ALL, names.schedules: ALL, names.channel: ["insert"],
-                            names.workers: READ, names.tasks: READ},
-        "qworkerViewer": {names.jobs: READ, names.schedules: READ, names.workers: READ,
-                          names.tasks: READ},
-        "qworkerManager": {names.jobs: ALL, names.channel: ["find", "insert"],
-                           names.workers: ALL, names.tasks: ALL, names.leases: ALL,
-                           names.schedules: ALL},
+        "qworkerWorker": {
+            names.jobs: WRITE,
+            names.channel: ["find", "insert"],
+            names.workers: WRITE,
+            names.leases: READ,
+        },
+        "qworkerOperator": {
+            names.jobs: ALL,
+            names.schedules: ALL,
+            names.channel: ["insert"],
+            names.workers: READ,
+            names.tasks: READ,
+        },
+        "qworkerViewer": {
+            names.jobs: READ,
+            names.schedules: READ,
+            names.workers: READ,
+            names.tasks: READ,
+        },
+        "qworkerManager": {
+            names.jobs: ALL,
+            names.channel: ["find", "insert"],
+            names.workers: ALL,
+            names.tasks: ALL,
+            names.leases: ALL,
+            names.schedules: ALL,
+        },
     }
 
 
@@ -48,11 +66,14 @@ def role_documents(db_name: str, names: Names) -> dict[str, list[Doc]]:
     """Role name → its privileges as ``createRole`` takes them."""
     roles: dict[str, list[Doc]] = {}
     for role, collections in privileges(names).items():
-        roles[role] = [{"resource": {"db": db_name, "collection": name}, "actions": actions}
-                       for name, actions in collections.items()]  # fmt: skip
+        roles[role] = [
+            {"resource": {"db": db_name, "collection": name}, "actions": actions}
+            for name, actions in collections.items()
+        ]
         if role == "qworkerManager":
-            roles[role].append({"resource": {"db": db_name, "collection": ""},
-                                "actions": SCHEMA_ACTIONS})  # fmt: skip
+            roles[role].append(
+                {"resource": {"db": db_name, "collection": ""}, "actions": SCHEMA_ACTIONS}
+            )
     return roles
 
 

@@ -49,10 +49,14 @@ START_SLACK = timedelta(seconds=5)
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@/-]{0,199}$")
 
 _MACROS = {
-    "@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
-    "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+    "@monthly": "0 0 1 * *",
+    "@weekly": "0 0 * * 0",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
     "@hourly": "0 * * * *",
-}  # fmt: skip
+}
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _DAY_NAMES = ("sunday", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday")
 _DAY_PART = re.compile(r"^(\*|[a-z]+|\d+)(?:-([a-z]+|\d+))?(?:/(\d+))?$")
@@ -95,10 +99,16 @@ class Schedule:
     def job(self, now: datetime) -> Doc:
         """A job document for a fire at ``now`` (validated as a client's would be)."""
         return new_job(
-            self.task, self.data, now=now, run_at=now, priority=self.priority,
-            max_attempts=self.max_attempts, timeout=self.timeout, description=self.description,
+            self.task,
+            self.data,
+            now=now,
+            run_at=now,
+            priority=self.priority,
+            max_attempts=self.max_attempts,
+            timeout=self.timeout,
+            description=self.description,
             unique=f"schedule:{self.name}" if self.unique else None,
-        )  # fmt: skip
+        )
 
     def stored(self) -> Doc:
         return dataclasses.asdict(self)
@@ -168,11 +178,22 @@ def make_schedule(
     try:
         start = None if start_at is None else parse_when(start_at)
         schedule = Schedule(
-            name=name, task=task, data=data, every=seconds, cron=cron, timezone=zone,
-            start_at=start, misfire=misfire, grace=grace_seconds, unique=unique,
-            priority=priority, max_attempts=max_attempts, timeout=timeout,
-            description=description, origin=origin,
-        )  # fmt: skip
+            name=name,
+            task=task,
+            data=data,
+            every=seconds,
+            cron=cron,
+            timezone=zone,
+            start_at=start,
+            misfire=misfire,
+            grace=grace_seconds,
+            unique=unique,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            description=description,
+            origin=origin,
+        )
         schedule = dataclasses.replace(schedule, data=schedule.job(utcnow())["data"])
     except InvalidJobError as exc:
         raise InvalidScheduleError(f"schedule {name!r}: {exc}") from None
@@ -206,9 +227,14 @@ def cron_trigger(expr: str, zone: ZoneInfo) -> CronTrigger:
     second, minute, hour, day, month, weekday = fields
     try:
         return CronTrigger(
-            second=second, minute=minute, hour=hour, day=day, month=month,
-            day_of_week=_weekdays(weekday), timezone=zone,
-        )  # fmt: skip
+            second=second,
+            minute=minute,
+            hour=hour,
+            day=day,
+            month=month,
+            day_of_week=_weekdays(weekday),
+            timezone=zone,
+        )
     except ValueError as exc:
         raise InvalidScheduleError(f"cron {expr!r}: {exc}") from None
 
@@ -271,8 +297,9 @@ class ScheduleBook:
         self._scheduler, self.jobs = scheduler, jobs
 
     @classmethod
-    def editor(cls, client: MongoClient[Doc], database: str, collection: str,
-               jobs: Collection[Doc]) -> ScheduleBook:  # fmt: skip
+    def editor(
+        cls, client: MongoClient[Doc], database: str, collection: str, jobs: Collection[Doc]
+    ) -> ScheduleBook:
         editor = _Editor(timezone=ZoneInfo("UTC"))
         editor.add_jobstore(job_store(client, database, collection))
         editor.start(paused=True)
@@ -294,10 +321,18 @@ class ScheduleBook:
             first["next_run_time"] = schedule.start_at  # start_at="now" runs at once
         try:
             self._scheduler.add_job(
-                FIRE, trigger=schedule.trigger(), id=schedule.name, name=schedule.name, **first,
-                kwargs={"schedule": schedule.stored()}, executor=EXECUTOR, coalesce=True,
-                misfire_grace_time=None, max_instances=1, replace_existing=replace,
-            )  # fmt: skip
+                FIRE,
+                trigger=schedule.trigger(),
+                id=schedule.name,
+                name=schedule.name,
+                **first,
+                kwargs={"schedule": schedule.stored()},
+                executor=EXECUTOR,
+                coalesce=True,
+                misfire_grace_time=None,
+                max_instances=1,
+                replace_existing=replace,
+            )
         except ConflictingIdError:
             raise ScheduleExists(
                 f"a schedule named {schedule.name!r} exists: remove it, or replace it"
@@ -354,6 +389,11 @@ class ScheduleBook:
         query: Doc = {"scheduleId": name}
         if state is not None:
             query["state"] = state.value
-        fields = {"state": 1, "scheduledFor": 1, "createdAt": 1, "lastFinishedAt": 1,
-                  "failReason": 1}  # fmt: skip
+        fields = {
+            "state": 1,
+            "scheduledFor": 1,
+            "createdAt": 1,
+            "lastFinishedAt": 1,
+            "failReason": 1,
+        }
         return self.jobs.find_one(query, fields, sort=[("scheduledFor", DESCENDING)])

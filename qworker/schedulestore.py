@@ -27,18 +27,30 @@ log = structlog.get_logger("qworker.schedules")
 
 ALLOWED: dict[str, frozenset[str]] = {
     "apscheduler.triggers.cron": frozenset({"CronTrigger"}),
-    "apscheduler.triggers.cron.fields": frozenset({
-        "BaseField", "WeekField", "DayOfMonthField", "DayOfWeekField", "MonthField",
-    }),
-    "apscheduler.triggers.cron.expressions": frozenset({
-        "AllExpression", "RangeExpression", "MonthRangeExpression", "WeekdayRangeExpression",
-        "WeekdayPositionExpression", "LastDayOfMonthExpression",
-    }),
+    "apscheduler.triggers.cron.fields": frozenset(
+        {
+            "BaseField",
+            "WeekField",
+            "DayOfMonthField",
+            "DayOfWeekField",
+            "MonthField",
+        }
+    ),
+    "apscheduler.triggers.cron.expressions": frozenset(
+        {
+            "AllExpression",
+            "RangeExpression",
+            "MonthRangeExpression",
+            "WeekdayRangeExpression",
+            "WeekdayPositionExpression",
+            "LastDayOfMonthExpression",
+        }
+    ),
     "apscheduler.triggers.interval": frozenset({"IntervalTrigger"}),
     "apscheduler.triggers.date": frozenset({"DateTrigger"}),
     "datetime": frozenset({"datetime", "date", "time", "timedelta", "timezone"}),
     "zoneinfo": frozenset({"ZoneInfo"}),
-}  # fmt: skip
+}
 
 
 class RefusedPickle(pickle.UnpicklingError):
@@ -89,8 +101,9 @@ class ScheduleStore(MongoDBJobStore):  # type: ignore[misc]
     def get_next_run_time(self) -> Any:
         document = self.collection.find_one(
             {"next_run_time": {"$ne": None}, "_id": {"$nin": list(self.refused)}},
-            projection=["next_run_time"], sort=[("next_run_time", ASCENDING)],
-        )  # fmt: skip
+            projection=["next_run_time"],
+            sort=[("next_run_time", ASCENDING)],
+        )
         return utc_timestamp_to_datetime(document["next_run_time"]) if document else None
 
     def _reconstitute_job(self, job_state: bytes) -> Job:
@@ -101,8 +114,9 @@ class ScheduleStore(MongoDBJobStore):  # type: ignore[misc]
         return job
 
     def _get_jobs(self, conditions: dict[str, Any]) -> list[Job]:
-        found = self.collection.find(conditions, ["_id", "job_state"],
-                                     sort=[("next_run_time", ASCENDING)])  # fmt: skip
+        found = self.collection.find(
+            conditions, ["_id", "job_state"], sort=[("next_run_time", ASCENDING)]
+        )
         return [job for document in found if (job := self._read(document)) is not None]
 
     def _read(self, document: dict[str, Any]) -> Job | None:

@@ -16,9 +16,13 @@ from qworker.when import utcnow
 
 Doc = dict[str, Any]
 OUTCOME_FIELDS = {
-    "name": 1, "state": 1, "createdAt": 1, "nextRunAt": 1, "lastRunAt": 1,
+    "name": 1,
+    "state": 1,
+    "createdAt": 1,
+    "nextRunAt": 1,
+    "lastRunAt": 1,
     "lastFinishedAt": 1,
-}  # fmt: skip
+}
 
 
 def job_counts(jobs: Collection[Doc]) -> dict[str, dict[str, int]]:

@@ -76,8 +76,9 @@ def job_query(
         query["name"] = task
     if text:
         if len(text) > MAX_TEXT_CHARS:  # each job's description is matched against it
-            raise InvalidJobError(f"text is {len(text)} characters long: at most "
-                                  f"{MAX_TEXT_CHARS}", "text")  # fmt: skip
+            raise InvalidJobError(
+                f"text is {len(text)} characters long: at most {MAX_TEXT_CHARS}", "text"
+            )
         query["description"] = {"$regex": re.escape(text), "$options": "i"}
     if worker:
         # lastWorker is set at claim time; lockedBy finds running jobs claimed before it was.
@@ -108,16 +109,24 @@ class WorkerStore:
         return await self.jobs.find(query, CANDIDATE_FIELDS).limit(cap).to_list()
 
     async def claim(
-        self, ids: Sequence[ObjectId], worker_id: str, token: str, now: datetime, lease: float,
+        self,
+        ids: Sequence[ObjectId],
+        worker_id: str,
+        token: str,
+        now: datetime,
+        lease: float,
         lost_too: bool = False,
-    ) -> list[Doc]:  # fmt: skip
+    ) -> list[Doc]:
         """Atomically take whichever of ``ids`` are still queued and due; return them.
 
         Jobs lost with a worker before are left out unless ``lost_too`` (they are
         claimed alone: see ``candidates``), whatever a wake-up said of them.
         """
-        query: Doc = {"_id": {"$in": list(ids)}, "state": JobState.QUEUED.value,
-                      "nextRunAt": {"$lte": now}}  # fmt: skip
+        query: Doc = {
+            "_id": {"$in": list(ids)},
+            "state": JobState.QUEUED.value,
+            "nextRunAt": {"$lte": now},
+        }
         if not lost_too:
             query["lostCount"] = {"$not": {"$gt": 0}}
         result = await self.jobs.update_many(query, lifecycle.claim(worker_id, token, now, lease))
@@ -175,8 +184,12 @@ async def take_back(
         if result.modified_count and len(ops) > 1:  # a release, not the final failure
             requeued.append(doc["_id"])
         elif result.modified_count:
-            log.error("failing a job lost with its worker too often", job_id=str(doc["_id"]),
-                      task=doc.get("name"), times=lifecycle.MAX_LOST)  # fmt: skip
+            log.error(
+                "failing a job lost with its worker too often",
+                job_id=str(doc["_id"]),
+                task=doc.get("name"),
+                times=lifecycle.MAX_LOST,
+            )
     return requeued
 
 
@@ -229,8 +242,9 @@ class JobStore:
         if doc is None:
             state = self.get(oid)["state"]
             if state == JobState.RUNNING.value:
-                raise JobStateError(f"job {job_id} is running: cancel it, then delete it once it "
-                                    "has stopped")  # fmt: skip
+                raise JobStateError(
+                    f"job {job_id} is running: cancel it, then delete it once it has stopped"
+                )
             doc = self.jobs.find_one_and_delete(idle)  # it ended between the two reads
             if doc is None:
                 raise JobStateError(f"job {job_id} changed while being deleted; try again")
@@ -263,8 +277,11 @@ class JobStore:
         doc = self.get(oid)
         if not done.modified_count and not doc.get("cancelRequested"):
             raise JobStateError(f"job {job_id} is already {doc['state']}: nothing to cancel")
-        stopped = (lifecycle.stop_chain(doc, "cancelled", now, lifecycle.KEEP)
-                   if done.modified_count else None)  # fmt: skip
+        stopped = (
+            lifecycle.stop_chain(doc, "cancelled", now, lifecycle.KEEP)
+            if done.modified_count
+            else None
+        )
         if stopped is not None:
             self.jobs.bulk_write([stopped])
         return doc

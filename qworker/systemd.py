@@ -54,8 +54,9 @@ def _failure(reason: str) -> bool:
         _failed = True
         log.warning(
             "cannot notify systemd; going on without it",
-            socket=os.environ.get(NOTIFY_SOCKET), error=reason,
-        )  # fmt: skip
+            socket=os.environ.get(NOTIFY_SOCKET),
+            error=reason,
+        )
     return False
 
 

@@ -192,17 +192,37 @@ def _keep(value: Any) -> float | None:
 
 
 KNOWN_FIELDS = {
-    "id", "name", "description", "disabled", "concurrency", "priority", "timeout",
-    "maxAttempts", "backoff", "isolation", "retention", "failedRetention", "schedule", "every",
+    "id",
+    "name",
+    "description",
+    "disabled",
+    "concurrency",
+    "priority",
+    "timeout",
+    "maxAttempts",
+    "backoff",
+    "isolation",
+    "retention",
+    "failedRetention",
+    "schedule",
+    "every",
     *ATTRIBUTE_FIELDS,
-}  # fmt: skip
+}
 
 
 SCHEDULE_KEYS = {
-    "cron": "cron", "every": "every", "timezone": "timezone", "startAt": "start_at",
-    "misfire": "misfire", "grace": "grace", "unique": "unique", "priority": "priority",
-    "maxAttempts": "max_attempts", "timeout": "timeout", "description": "description",
-}  # fmt: skip
+    "cron": "cron",
+    "every": "every",
+    "timezone": "timezone",
+    "startAt": "start_at",
+    "misfire": "misfire",
+    "grace": "grace",
+    "unique": "unique",
+    "priority": "priority",
+    "maxAttempts": "max_attempts",
+    "timeout": "timeout",
+    "description": "description",
+}
 
 
 def _task_schedule(fields: _Fields, task_id: str) -> Schedule | None:
@@ -228,8 +248,9 @@ def _task_schedule(fields: _Fields, task_id: str) -> Schedule | None:
         return None
     options = {SCHEDULE_KEYS[k]: v for k, v in spec.items() if k in SCHEDULE_KEYS}
     try:
-        return make_schedule(f"task:{task_id}", task_id, spec.get("data"), origin="metadata",
-                             **options)  # fmt: skip
+        return make_schedule(
+            f"task:{task_id}", task_id, spec.get("data"), origin="metadata", **options
+        )
     except (InvalidScheduleError, TypeError) as exc:
         fields.problems.append(f"{fields.path}: field '{name}': {exc}")
         return None

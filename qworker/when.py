@@ -15,13 +15,31 @@ from qworker.errors import InvalidJobError
 MAX_WHEN_CHARS = 200
 
 _UNITS = {
-    "ms": 0.001, "millisecond": 0.001, "milliseconds": 0.001,
-    "s": 1, "sec": 1, "secs": 1, "second": 1, "seconds": 1,
-    "m": 60, "min": 60, "mins": 60, "minute": 60, "minutes": 60,
-    "h": 3600, "hr": 3600, "hrs": 3600, "hour": 3600, "hours": 3600,
-    "d": 86400, "day": 86400, "days": 86400,
-    "w": 604800, "week": 604800, "weeks": 604800,
-}  # fmt: skip
+    "ms": 0.001,
+    "millisecond": 0.001,
+    "milliseconds": 0.001,
+    "s": 1,
+    "sec": 1,
+    "secs": 1,
+    "second": 1,
+    "seconds": 1,
+    "m": 60,
+    "min": 60,
+    "mins": 60,
+    "minute": 60,
+    "minutes": 60,
+    "h": 3600,
+    "hr": 3600,
+    "hrs": 3600,
+    "hour": 3600,
+    "hours": 3600,
+    "d": 86400,
+    "day": 86400,
+    "days": 86400,
+    "w": 604800,
+    "week": 604800,
+    "weeks": 604800,
+}
 _PART = re.compile(r"(\d+(?:\.\d+)?)\s*([a-z]+)")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?\s*[a-z]+\s*(?:,|and)?\s*)+$")
 
@@ -135,10 +153,21 @@ _NUMERIC_DATE = re.compile(r"\d\s*[/-]\s*\d|\d+\.\d+\.\d+")
 _SIGNED = re.compile(r"[+-]\s*\d")  # "-5 minutes" is a negative duration, not 5 minutes ago
 # dateparser's English number words ("a week", "twelve noon").
 _NUMBER_WORDS = {
-    "a": "1", "an": "1", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11",
+    "a": "1",
+    "an": "1",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+    "eleven": "11",
     "twelve": "12",
-}  # fmt: skip
+}
 _NUMBER_WORD = re.compile(rf"(?<![\w.])(?:{'|'.join(_NUMBER_WORDS)})(?![\w.])")
 # "3 days" in "in 3 days at 9am": numbers that are not part of a time.
 _QUANTITY = re.compile(

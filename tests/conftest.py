@@ -107,13 +107,26 @@ def spawn_worker(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., Worke
     """Start ``qworker --standalone`` for tasks in tests/support/tasks; stopped at the end."""
     started: list[WorkerProcess] = []
 
-    def spawn(*tasks: str, worker_id: str | None = None, extra: list[str] | None = None,
-              paths: list[Path] | None = None, env: dict[str, str] | None = None,
-              standalone: bool = True) -> WorkerProcess:  # fmt: skip
+    def spawn(
+        *tasks: str,
+        worker_id: str | None = None,
+        extra: list[str] | None = None,
+        paths: list[Path] | None = None,
+        env: dict[str, str] | None = None,
+        standalone: bool = True,
+    ) -> WorkerProcess:
         n = len(started)
         worker_id = worker_id or f"w{n}"
-        args = ["--mongo", mongo_url, "--id", worker_id, "--log-format", "json",
-                "--poll-interval", "0.2"]  # fmt: skip
+        args = [
+            "--mongo",
+            mongo_url,
+            "--id",
+            worker_id,
+            "--log-format",
+            "json",
+            "--poll-interval",
+            "0.2",
+        ]
         if standalone:
             args.append("--standalone")
         for path in paths or [TASKS]:
@@ -146,9 +159,11 @@ def spawn_manager(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., Mana
         with open(out, "wb") as o, open(err, "wb") as e:
             process = subprocess.Popen(
                 manager_command(mongo_url, manager_id, *(extra or [])),
-                stdout=o, stderr=e, cwd=tmp_path,
+                stdout=o,
+                stderr=e,
+                cwd=tmp_path,
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )  # fmt: skip
+            )
         manager = ManagerProcess(process, manager_id, out, err)
         started.append(manager)
         return manager
@@ -163,5 +178,3 @@ def spawn_manager(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., Mana
         except subprocess.TimeoutExpired:
             manager.process.kill()
             manager.process.wait()
-
-

@@ -357,12 +357,23 @@ def test_jobs_filters(client: Client) -> None:
 @pytest.mark.parametrize(
     ("text", "seconds"),
     [
-        (0, 0.0), (90, 90.0), (2.5, 2.5), ("45", 45.0), ("90s", 90.0), ("20 minutes", 1200.0),
-        ("1 minute", 60.0), ("1h 30m", 5400.0), ("1.5 hours", 5400.0), ("2 days", 172800.0),
-        ("1 week", 604800.0), ("2 days and 3 hours", 183600.0), ("1h, 30m", 5400.0),
-        ("500ms", 0.5), (" 10 SECONDS ", 10.0),
+        (0, 0.0),
+        (90, 90.0),
+        (2.5, 2.5),
+        ("45", 45.0),
+        ("90s", 90.0),
+        ("20 minutes", 1200.0),
+        ("1 minute", 60.0),
+        ("1h 30m", 5400.0),
+        ("1.5 hours", 5400.0),
+        ("2 days", 172800.0),
+        ("1 week", 604800.0),
+        ("2 days and 3 hours", 183600.0),
+        ("1h, 30m", 5400.0),
+        ("500ms", 0.5),
+        (" 10 SECONDS ", 10.0),
     ],
-)  # fmt: skip
+)
 def test_parse_duration(text: str | float, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -379,16 +390,22 @@ def test_parse_duration_rejects(text: Any) -> None:
 @pytest.mark.parametrize(
     ("when", "expected"),
     [
-        (None, NOW), ("now", NOW), ("NOW", NOW), ("", NOW), ("immediately", NOW),
-        ("in 20 minutes", NOW + timedelta(minutes=20)), ("20 minutes", NOW + timedelta(minutes=20)),
-        ("in 1h 30m", NOW + timedelta(minutes=90)), ("in 2 days", NOW + timedelta(days=2)),
+        (None, NOW),
+        ("now", NOW),
+        ("NOW", NOW),
+        ("", NOW),
+        ("immediately", NOW),
+        ("in 20 minutes", NOW + timedelta(minutes=20)),
+        ("20 minutes", NOW + timedelta(minutes=20)),
+        ("in 1h 30m", NOW + timedelta(minutes=90)),
+        ("in 2 days", NOW + timedelta(days=2)),
         ("2031-05-06T07:08:09Z", datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)),
         ("2031-05-06T07:08:09+02:00", datetime(2031, 5, 6, 5, 8, 9, tzinfo=UTC)),
         ("2031-05-06T07:08:09", datetime(2031, 5, 6, 7, 8, 9, tzinfo=UTC)),
         ("2031-05-06", datetime(2031, 5, 6, tzinfo=UTC)),
         (datetime(2031, 5, 6, 7, 8), datetime(2031, 5, 6, 7, 8, tzinfo=UTC)),
     ],
-)  # fmt: skip
+)
 def test_parse_when(when: str | datetime | None, expected: datetime) -> None:
     parsed = parse_when(when, NOW)
     assert parsed == expected
@@ -425,7 +442,7 @@ def test_parse_when(when: str | datetime | None, expected: datetime) -> None:
         ("next month", datetime(2030, 2, 28, 9, tzinfo=UTC)),
         ("today", NOW),
     ],
-)  # fmt: skip
+)
 def test_parse_when_phrases(when: str, expected: datetime) -> None:
     parsed = parse_when(when, NOW)
     assert parsed == expected
@@ -441,7 +458,7 @@ def test_parse_when_phrases(when: str, expected: datetime) -> None:
         (datetime(2030, 12, 31, 23, tzinfo=UTC), "8am EST", datetime(2031, 1, 1, 13, tzinfo=UTC)),
         (datetime(2030, 12, 31, 23, tzinfo=UTC), "monday", datetime(2031, 1, 6, tzinfo=UTC)),
     ],
-)  # fmt: skip
+)
 def test_parse_when_phrases_roll_over_months_and_years(
     now: datetime, when: str, expected: datetime
 ) -> None:
@@ -456,9 +473,19 @@ def test_parse_when_defaults_to_the_current_time() -> None:
 
 @pytest.mark.parametrize(
     "when",
-    ["tomorrow-ish", "in", "in minutes", "5 parsecs", "31/01/2030", "2030-13-01", "inf",
-     "in 99999999 days", 3.5, ["now"]],
-)  # fmt: skip
+    [
+        "tomorrow-ish",
+        "in",
+        "in minutes",
+        "5 parsecs",
+        "31/01/2030",
+        "2030-13-01",
+        "inf",
+        "in 99999999 days",
+        3.5,
+        ["now"],
+    ],
+)
 def test_parse_when_rejects(when: Any) -> None:
     with pytest.raises(InvalidJobError, match="when"):
         parse_when(when, NOW)
@@ -467,16 +494,34 @@ def test_parse_when_rejects(when: Any) -> None:
 @pytest.mark.parametrize(
     "when",
     [
-        "banana", "soon-ish", "next blursday", "every 5 minutes", "*/5 * * * *", "-5",
-        "-5 minutes", "1 2", "demain", "asap",
+        "banana",
+        "soon-ish",
+        "next blursday",
+        "every 5 minutes",
+        "*/5 * * * *",
+        "-5",
+        "-5 minutes",
+        "1 2",
+        "demain",
+        "asap",
         # numeric dates other than ISO 8601
-        "01/02/2030 9am", "31.01.2030 noon",
+        "01/02/2030 9am",
+        "31.01.2030 noon",
         # times dateparser cannot read, which it would drop
-        "tomorrow at 25:00", "tomorrow at 13pm", "tomorrow 5", "in 2 days at 9.30",
+        "tomorrow at 25:00",
+        "tomorrow at 13pm",
+        "tomorrow 5",
+        "in 2 days at 9.30",
         # numbers it would read as months or days, and months alone
-        "at 9", "the 5th", "twelve noon", "a 5", "monday 31", "march", "we",
+        "at 9",
+        "the 5th",
+        "twelve noon",
+        "a 5",
+        "monday 31",
+        "march",
+        "we",
     ],
-)  # fmt: skip
+)
 def test_parse_when_rejects_phrases(when: str) -> None:
     with pytest.raises(InvalidJobError, match=r"cannot understand when=.*'tomorrow at 9am'"):
         parse_when(when, NOW)
@@ -484,10 +529,13 @@ def test_parse_when_rejects_phrases(when: str) -> None:
 
 @pytest.mark.parametrize(
     ("when", "expected"),
-    [("yesterday", NOW - timedelta(days=1)), ("2 days ago", NOW - timedelta(days=2)),
-     ("2030-01-01T00:00:00Z", datetime(2030, 1, 1, tzinfo=UTC)),
-     (NOW - timedelta(hours=1), NOW - timedelta(hours=1))],
-)  # fmt: skip
+    [
+        ("yesterday", NOW - timedelta(days=1)),
+        ("2 days ago", NOW - timedelta(days=2)),
+        ("2030-01-01T00:00:00Z", datetime(2030, 1, 1, tzinfo=UTC)),
+        (NOW - timedelta(hours=1), NOW - timedelta(hours=1)),
+    ],
+)
 def test_a_time_in_the_past_is_due_at_once_whatever_its_form(
     when: str | datetime, expected: datetime
 ) -> None:
@@ -529,10 +577,20 @@ def test_parse_when_rejects_an_aware_time_beyond_the_calendar() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (None, 0), (0, 0), (7, 7), (-3, -3), ("12", 12), (" -4 ", -4), ("lowest", -20),
-        ("low", -10), ("normal", 0), ("HIGH", 10), ("highest", 20), (2**63 - 1, 2**63 - 1),
+        (None, 0),
+        (0, 0),
+        (7, 7),
+        (-3, -3),
+        ("12", 12),
+        (" -4 ", -4),
+        ("lowest", -20),
+        ("low", -10),
+        ("normal", 0),
+        ("HIGH", 10),
+        ("highest", 20),
+        (2**63 - 1, 2**63 - 1),
     ],
-)  # fmt: skip
+)
 def test_parse_priority(value: Any, expected: int) -> None:
     assert parse_priority(value) == expected
 

@@ -28,9 +28,13 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
     return subprocess.run(
-        [*QWORKER, *args], cwd=cwd, capture_output=True, text=True, timeout=60,
+        [*QWORKER, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**clean, **(env or {})},
-    )  # fmt: skip
+    )
 
 
 def settings(cwd: Path, *args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -68,23 +72,42 @@ ENV = {
     "QWORKER_MONGO": "mongodb://env-host:1/envdb",
 }
 FLAGS = [
-    "--concurrency", "6", "--id", "from-flag", "--paths", "flag-a", "--paths", "flag-b",
-    "--tasks", "flag-task", "--mongo", "mongodb://flag-host:1/flagdb",
-]  # fmt: skip
+    "--concurrency",
+    "6",
+    "--id",
+    "from-flag",
+    "--paths",
+    "flag-a",
+    "--paths",
+    "flag-b",
+    "--tasks",
+    "flag-task",
+    "--mongo",
+    "mongodb://flag-host:1/flagdb",
+]
 EXPECTED = {
     "file": {
-        "concurrency": 4, "id": "from-file", "paths": ["file-a", "file-b"],
-        "tasks": ["file-task"], "mongo": "mongodb://file-host:1/filedb",
+        "concurrency": 4,
+        "id": "from-file",
+        "paths": ["file-a", "file-b"],
+        "tasks": ["file-task"],
+        "mongo": "mongodb://file-host:1/filedb",
     },
     "environment": {
-        "concurrency": 5, "id": "from-env", "paths": ["env-a", "env-b"],
-        "tasks": ["env-task-1", "env-task-2"], "mongo": "mongodb://env-host:1/envdb",
+        "concurrency": 5,
+        "id": "from-env",
+        "paths": ["env-a", "env-b"],
+        "tasks": ["env-task-1", "env-task-2"],
+        "mongo": "mongodb://env-host:1/envdb",
     },
     "flag": {
-        "concurrency": 6, "id": "from-flag", "paths": ["flag-a", "flag-b"],
-        "tasks": ["flag-task"], "mongo": "mongodb://flag-host:1/flagdb",
+        "concurrency": 6,
+        "id": "from-flag",
+        "paths": ["flag-a", "flag-b"],
+        "tasks": ["flag-task"],
+        "mongo": "mongodb://flag-host:1/flagdb",
     },
-}  # fmt: skip
+}
 
 
 def test_defaults(tmp_path: Path) -> None:
@@ -127,8 +150,11 @@ def test_flags_beat_environment_and_config_file(tmp_path: Path, fmt: str) -> Non
 @pytest.mark.parametrize("fmt", ["json", "yaml"])
 def test_each_setting_takes_its_own_highest_source(tmp_path: Path, fmt: str) -> None:
     path = write_config(tmp_path, fmt, {k: FILE[k] for k in ("concurrency", "id", "paths")})
-    env = {"QWORKER_ID": "from-env", "QWORKER_MONGO": "mongodb://env-host:1/envdb",
-           "QWORKER_CONCURRENCY": "5"}  # fmt: skip
+    env = {
+        "QWORKER_ID": "from-env",
+        "QWORKER_MONGO": "mongodb://env-host:1/envdb",
+        "QWORKER_CONCURRENCY": "5",
+    }
     shown = settings(tmp_path, "--config", str(path), "--concurrency", "6", env=env)
     assert shown["concurrency"] == (6, "flag")
     assert shown["id"] == ("from-env", "environment")
@@ -141,8 +167,9 @@ def test_each_setting_takes_its_own_highest_source(tmp_path: Path, fmt: str) -> 
 def test_yaml_keys_may_use_dashes_and_flags_follow_the_same_order(tmp_path: Path) -> None:
     path = tmp_path / "settings.yml"
     path.write_text("poll-interval: 0.5\nstandalone: true\nlog_format: json\ngrace: 3\n")
-    shown = settings(tmp_path, "--mongo", UNREACHABLE, "-c", str(path),
-                     env={"QWORKER_STANDALONE": "false"})  # fmt: skip
+    shown = settings(
+        tmp_path, "--mongo", UNREACHABLE, "-c", str(path), env={"QWORKER_STANDALONE": "false"}
+    )
     assert shown["poll_interval"] == (0.5, f"file {path}")
     assert shown["log_format"] == ("json", f"file {path}")
     assert shown["grace"] == (3.0, f"file {path}")
@@ -160,8 +187,14 @@ def test_config_flag_beats_config_environment_variable(tmp_path: Path) -> None:
     from_env = write_config(tmp_path, "json", {"concurrency": 3, "id": "env-file"})
     (tmp_path / "flag").mkdir()
     from_flag = write_config(tmp_path / "flag", "yaml", {"concurrency": 2})
-    shown = settings(tmp_path, "--mongo", UNREACHABLE, "--config", str(from_flag),
-                     env={"QWORKER_CONFIG": str(from_env)})  # fmt: skip
+    shown = settings(
+        tmp_path,
+        "--mongo",
+        UNREACHABLE,
+        "--config",
+        str(from_flag),
+        env={"QWORKER_CONFIG": str(from_env)},
+    )
     assert shown["config"] == (str(from_flag), "flag")
     assert shown["concurrency"] == (2, f"file {from_flag}")
     # Only one file is read: nothing of the other one leaks in.
@@ -181,9 +214,17 @@ def test_empty_config_file_changes_nothing(tmp_path: Path) -> None:
 
 def test_task_arguments_and_tasks_option_are_merged_without_duplicates(tmp_path: Path) -> None:
     shown = settings(
-        tmp_path, "--mongo", UNREACHABLE, "beta", "alpha", "--tasks", "alpha", "-t", "gamma",
+        tmp_path,
+        "--mongo",
+        UNREACHABLE,
         "beta",
-    )  # fmt: skip
+        "alpha",
+        "--tasks",
+        "alpha",
+        "-t",
+        "gamma",
+        "beta",
+    )
     assert shown["tasks"] == (["beta", "alpha", "gamma"], "arguments + flag")
     assert "task" not in shown
 
@@ -211,9 +252,10 @@ def test_config_file_settings_reach_the_worker(tmp_path: Path) -> None:
     folder = tmp_path / "from-config"
     folder.mkdir()
     path = write_config(
-        tmp_path, "yaml",
+        tmp_path,
+        "yaml",
         {"mongo": UNREACHABLE, "standalone": True, "paths": [str(folder)], "tasks": ["ghost"]},
-    )  # fmt: skip
+    )
     done = run(tmp_path, "--config", str(path))
     assert done.returncode == 2
     assert "task 'ghost' not found" in done.stderr and str(folder) in done.stderr
@@ -222,8 +264,12 @@ def test_config_file_settings_reach_the_worker(tmp_path: Path) -> None:
 def test_environment_settings_reach_the_worker(tmp_path: Path) -> None:
     folder = tmp_path / "from-env"
     folder.mkdir()
-    env = {"QWORKER_MONGO": UNREACHABLE, "QWORKER_PATHS": str(folder),
-           "QWORKER_TASKS": "phantom", "QWORKER_STANDALONE": "1"}  # fmt: skip
+    env = {
+        "QWORKER_MONGO": UNREACHABLE,
+        "QWORKER_PATHS": str(folder),
+        "QWORKER_TASKS": "phantom",
+        "QWORKER_STANDALONE": "1",
+    }
     done = run(tmp_path, env=env)
     assert done.returncode == 2
     assert "task 'phantom' not found" in done.stderr and str(folder) in done.stderr

@@ -45,8 +45,17 @@ BIN = Path(sys.executable).parent
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```$", re.MULTILINE | re.DOTALL)
 DIRECTIVE = re.compile(r"<!-- example: (.+?) -->\s*\Z")
 # Tasks the examples name without defining them.
-STUBS = ("fetch", "parse", "store", "sync-user", "cleanup", "report", "poll", "standup",
-         "heartbeat")  # fmt: skip
+STUBS = (
+    "fetch",
+    "parse",
+    "store",
+    "sync-user",
+    "cleanup",
+    "report",
+    "poll",
+    "standup",
+    "heartbeat",
+)
 STUB_CODE = "def setup(worker, task):\n    worker.task(task.id, lambda job: job.data)\n"
 # What a document's examples refer to that differs on this machine.
 LOCAL: dict[str, dict[str, str]] = {
@@ -77,8 +86,15 @@ def examples(doc: Path) -> list[Example]:
     found = []
     for match in FENCE.finditer(text):
         before = DIRECTIVE.search(text[: match.start()])
-        found.append(Example(doc, text.count("\n", 0, match.start()) + 1, match[1], match[2],
-                             before[1].strip() if before else None))  # fmt: skip
+        found.append(
+            Example(
+                doc,
+                text.count("\n", 0, match.start()) + 1,
+                match[1],
+                match[2],
+                before[1].strip() if before else None,
+            )
+        )
     return found
 
 
@@ -112,8 +128,11 @@ class Session:
 
     def env(self) -> dict[str, str]:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
-        return {**clean, "PATH": f"{BIN}{os.pathsep}{clean.get('PATH', '')}",
-                "PYTHONUNBUFFERED": "1"}  # fmt: skip
+        return {
+            **clean,
+            "PATH": f"{BIN}{os.pathsep}{clean.get('PATH', '')}",
+            "PYTHONUNBUFFERED": "1",
+        }
 
     def write(self, example: Example, path: str) -> Path:
         target = self.folder / path
@@ -134,10 +153,18 @@ class Session:
 
     def shell(self, example: Example) -> None:
         state = self.folder / ".exports"
-        script = (f"set -euo pipefail\n[ ! -f {state} ] || . {state}\n{self.text(example)}\n"
-                  f"export -p > {state}\n")  # fmt: skip
-        done = subprocess.run(["bash", "-c", script], cwd=self.folder, env=self.env(),
-                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        script = (
+            f"set -euo pipefail\n[ ! -f {state} ] || . {state}\n{self.text(example)}\n"
+            f"export -p > {state}\n"
+        )
+        done = subprocess.run(
+            ["bash", "-c", script],
+            cwd=self.folder,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         said = f"{example.where}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
         assert done.returncode == 0, said
         assert "Traceback" not in done.stderr, f"{example.where}:\n{done.stderr}"
@@ -151,8 +178,13 @@ class Session:
     def daemon(self, name: str, command: str) -> WorkerProcess:
         out, err = self.folder / f"{name}.out", self.folder / f"{name}.err"
         with open(out, "wb") as o, open(err, "wb") as e:
-            process = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.folder,
-                                       env=self.env(), stdout=o, stderr=e)  # fmt: skip
+            process = subprocess.Popen(
+                ["bash", "-c", f"exec {command}"],
+                cwd=self.folder,
+                env=self.env(),
+                stdout=o,
+                stderr=e,
+            )
         daemon = WorkerProcess(process, out, err, [command])
         self.daemons.append((command, daemon))
         return daemon
@@ -172,11 +204,16 @@ class Session:
             if not any(code.with_suffix(s).exists() for s in (".json", ".yaml", ".yml")):
                 code.with_suffix(".json").write_text("{}")
             ids.append(code.stem)
-        command = (f"qworker --standalone --mongo {self.url} --paths {tasks} --poll-interval 0.2 "
-                   f"--id docs-worker {' '.join(ids)}")  # fmt: skip
+        command = (
+            f"qworker --standalone --mongo {self.url} --paths {tasks} --poll-interval 0.2 "
+            f"--id docs-worker {' '.join(ids)}"
+        )
         worker = self.daemon("all-tasks", command)
-        wait_for(lambda: "worker started" in worker.output() or worker.process.poll() is not None,
-                 60, "the documents' worker to start")  # fmt: skip
+        wait_for(
+            lambda: "worker started" in worker.output() or worker.process.poll() is not None,
+            60,
+            "the documents' worker to start",
+        )
         self.worker_started = True
 
     def run(self, example: Example) -> None:
@@ -224,8 +261,11 @@ def session(request: pytest.FixtureRequest, mongo_url: str, tmp_path: Path) -> I
     running.stop()
 
 
-RUNNABLE = [doc for doc in DOCS if any(
-    (e.directive or "").startswith(("run", "background")) for e in examples(doc))]  # fmt: skip
+RUNNABLE = [
+    doc
+    for doc in DOCS
+    if any((e.directive or "").startswith(("run", "background")) for e in examples(doc))
+]
 
 
 @pytest.mark.parametrize("session", RUNNABLE, ids=lambda d: d.name, indirect=True)

@@ -98,8 +98,10 @@ def resolve_in_subprocess(url: str) -> subprocess.Popen[str]:
     program = f"from qworker.mongo import resolve_url; print(resolve_url({url!r}))"
     return subprocess.Popen(
         [sys.executable, "-c", program],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_urls() -> None:
@@ -136,10 +138,27 @@ def test_jobs_run_end_to_end_through_the_embedded_server(shared: Path) -> None:
         assert client.url == f"mongodb://127.0.0.1:{port}/qworker"
         job_id = client.now("noop", {"via": "embedded"})
         worker = subprocess.run(
-            [sys.executable, "-m", "qworker.cli.worker", "--mongo", url, "--standalone",
-             "--burst", "--paths", str(TASKS), "--log-format", "json", "--id", "emb-1", "noop"],
-            capture_output=True, text=True, timeout=120, cwd=REPO,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "qworker.cli.worker",
+                "--mongo",
+                url,
+                "--standalone",
+                "--burst",
+                "--paths",
+                str(TASKS),
+                "--log-format",
+                "json",
+                "--id",
+                "emb-1",
+                "noop",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO,
+        )
         assert worker.returncode == 0, worker.stderr
         done = client.wait(job_id, timeout=30)
         assert done["state"] == "succeeded"
@@ -161,8 +180,10 @@ def test_the_manager_works_through_the_embedded_server(shared: Path) -> None:
     manager = [sys.executable, "-m", "qworker.cli.manager", "--mongo", url]
     queued = subprocess.run(
         [*manager, "enqueue", "noop", "--data", '{"from": "cli"}'],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert queued.returncode == 0, queued.stderr
     job_id = queued.stdout.strip()
     with Client(url) as client:
@@ -194,10 +215,19 @@ def test_stop_server(own: Path) -> None:
     ensure_server(own)
     pid = state(own)["pid"]
     stopped = subprocess.run(
-        [sys.executable, "-m", "qworker.cli.manager", "embedded", "stop", "--url",
-         f"embedded://{own}"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "qworker.cli.manager",
+            "embedded",
+            "stop",
+            "--url",
+            f"embedded://{own}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert stopped.returncode == 0, stopped.stderr
     assert str(own) in stopped.stdout
     deadline = time.monotonic() + 20
@@ -237,11 +267,22 @@ def test_missing_server_on_the_command_line(tmp_path: Path) -> None:
         "main(prog_name='qworker')\n"
     )
     done = subprocess.run(
-        [sys.executable, "-c", program, "--mongo", f"embedded://{folder}", "--standalone",
-         "--paths", str(TASKS), "noop"],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-c",
+            program,
+            "--mongo",
+            f"embedded://{folder}",
+            "--standalone",
+            "--paths",
+            str(TASKS),
+            "noop",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "PATH": str(empty)},
-    )  # fmt: skip
+    )
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
@@ -261,10 +302,24 @@ def test_a_stopped_server_comes_back_on_its_address_and_running_workers_reconnec
     out, err = tmp_path / "w.out", tmp_path / "w.err"
     with open(out, "wb") as o, open(err, "wb") as e:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "qworker.cli.worker", "--standalone", "--mongo", url,
-             "--paths", str(TASKS), "--poll-interval", "0.2", "--log-format", "json", "noop"],
-            stdout=o, stderr=e,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "qworker.cli.worker",
+                "--standalone",
+                "--mongo",
+                url,
+                "--paths",
+                str(TASKS),
+                "--poll-interval",
+                "0.2",
+                "--log-format",
+                "json",
+                "noop",
+            ],
+            stdout=o,
+            stderr=e,
+        )
     try:
         deadline = time.monotonic() + 60
         while "worker started" not in err.read_text():
@@ -285,5 +340,9 @@ def test_a_stopped_server_comes_back_on_its_address_and_running_workers_reconnec
 
 
 def manager_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "qworker.cli.manager", *args],
-                          capture_output=True, text=True, timeout=90)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "qworker.cli.manager", *args],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )

@@ -85,15 +85,65 @@ STORED = settings(
 # Every code point, lone surrogates included (they cannot be stored as UTF-8).
 ANY_CHAR = st.characters(exclude_categories=())
 TRICKY_STRINGS = [
-    "", " ", "\x00", "a\x00b", "\ud800", "\udfff", "\ufeff", "\u202e", "é", "日本", "🙂", "\n",
-    "noop\n", "$where", "a.b", "$", "..", "null", "NaN", "Infinity", "-0", "1e400", "forever",
-    "FOREVER", "5 minutes", "1h 30m", "90", "0", "-5", "0.0001", "1e-400", "9" * 400 + " days",
-    "99999999999 days", "1 fortnight", "7 days", "2 weeks and 3 days", "lowest", "HIGHEST",
-    "normal ", "thread", "process", "*/5 * * * *", "@daily", "@reboot", "UTC", "Europe/Paris",
-    "America", "Not/AZone", "../../etc/passwd", "a" * 300, "2030-01-31T09:00:00Z",
-    "2030-01-31T09:00:00", "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
-    "tomorrow at 9am", "next monday 10:00", "midnight", "now",
-]  # fmt: skip
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\ud800",
+    "\udfff",
+    "\ufeff",
+    "\u202e",
+    "é",
+    "日本",
+    "🙂",
+    "\n",
+    "noop\n",
+    "$where",
+    "a.b",
+    "$",
+    "..",
+    "null",
+    "NaN",
+    "Infinity",
+    "-0",
+    "1e400",
+    "forever",
+    "FOREVER",
+    "5 minutes",
+    "1h 30m",
+    "90",
+    "0",
+    "-5",
+    "0.0001",
+    "1e-400",
+    "9" * 400 + " days",
+    "99999999999 days",
+    "1 fortnight",
+    "7 days",
+    "2 weeks and 3 days",
+    "lowest",
+    "HIGHEST",
+    "normal ",
+    "thread",
+    "process",
+    "*/5 * * * *",
+    "@daily",
+    "@reboot",
+    "UTC",
+    "Europe/Paris",
+    "America",
+    "Not/AZone",
+    "../../etc/passwd",
+    "a" * 300,
+    "2030-01-31T09:00:00Z",
+    "2030-01-31T09:00:00",
+    "0001-01-01T00:00:00+01:00",
+    "9999-12-31T23:59:59-01:00",
+    "tomorrow at 9am",
+    "next monday 10:00",
+    "midnight",
+    "now",
+]
 LONG_STRINGS = st.builds(lambda c, n: c * n, st.sampled_from("x9 é\ud800"), st.integers(1, 20_000))
 STRINGS = st.one_of(
     st.text(ANY_CHAR, max_size=30),
@@ -121,17 +171,31 @@ PLAIN_TEXT = st.text(
     st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=20
 )
 PLAIN_JSON = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
-              st.floats(allow_nan=False, allow_infinity=False), PLAIN_TEXT),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=False, allow_infinity=False),
+        PLAIN_TEXT,
+    ),
     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(PLAIN_TEXT, kids, max_size=4),
     max_leaves=20,
-)  # fmt: skip
+)
 ODD = st.one_of(
-    st.binary(max_size=20), st.datetimes(), st.datetimes(timezones=st.timezones()), st.dates(),
-    st.times(), st.decimals(), st.complex_numbers(), st.just(object()), st.just(ObjectId()),
-    st.just(Path("x")), st.just(int), st.frozensets(st.integers(), max_size=3),
+    st.binary(max_size=20),
+    st.datetimes(),
+    st.datetimes(timezones=st.timezones()),
+    st.dates(),
+    st.times(),
+    st.decimals(),
+    st.complex_numbers(),
+    st.just(object()),
+    st.just(ObjectId()),
+    st.just(Path("x")),
+    st.just(int),
+    st.frozensets(st.integers(), max_size=3),
     st.sets(st.integers(), max_size=3),
-)  # fmt: skip
+)
 HASHABLE = st.one_of(STRINGS, st.integers(), st.none(), st.booleans(), st.floats(), st.tuples())
 # Anything a Python caller can pass: JSON-ish values, objects, tuples, non-string keys.
 ANYTHING = st.recursive(
@@ -169,8 +233,23 @@ def mostly(plausible: st.SearchStrategy[Any], hostile: st.SearchStrategy[Any]) -
 
 # Plausible values per metadata field, so that valid metadata is generated
 # often and the checks of each field are reached, mixed with anything at all.
-UNITS = ["s", "sec", "seconds", "m", "minutes", "h", "hours", "d", "days", "w", "weeks", "ms",
-         "fortnight", "years", "x"]  # fmt: skip
+UNITS = [
+    "s",
+    "sec",
+    "seconds",
+    "m",
+    "minutes",
+    "h",
+    "hours",
+    "d",
+    "days",
+    "w",
+    "weeks",
+    "ms",
+    "fortnight",
+    "years",
+    "x",
+]
 DURATION_TEXT = st.builds(
     lambda n, unit, sep: f"{n}{sep}{unit}",
     st.one_of(st.integers(0, 10**6), st.sampled_from(["1.5", "0.001", "9" * 30, "-1", "1e3"])),
@@ -189,18 +268,63 @@ DURATIONS = st.one_of(
     st.sampled_from(TRICKY_STRINGS),
 )
 CRON_TOKENS = [
-    "*", "*/5", "*/0", "0", "1", "7", "59", "60", "99", "1-5", "5-1", "1,2,3", "mon", "MON-FRI",
-    "sun", "0-7", "*/2,3", "L", "last", "?", "1#2", "", "-", "٣", "²", "9" * 50, "1-", "/5",
-    "a-b", "jan", "feb", "31", "30", "29", "2",
-]  # fmt: skip
+    "*",
+    "*/5",
+    "*/0",
+    "0",
+    "1",
+    "7",
+    "59",
+    "60",
+    "99",
+    "1-5",
+    "5-1",
+    "1,2,3",
+    "mon",
+    "MON-FRI",
+    "sun",
+    "0-7",
+    "*/2,3",
+    "L",
+    "last",
+    "?",
+    "1#2",
+    "",
+    "-",
+    "٣",
+    "²",
+    "9" * 50,
+    "1-",
+    "/5",
+    "a-b",
+    "jan",
+    "feb",
+    "31",
+    "30",
+    "29",
+    "2",
+]
 CRON_FIELD = st.one_of(
     st.sampled_from(CRON_TOKENS), st.text("0123456789*/,-#LW?abcdefjmnorstuvy", max_size=8)
 )
 CRON_EXAMPLES = [
-    "@daily", "@hourly", "@weekly", "@monthly", "@yearly", "@annually", "@midnight", "@reboot",
-    "@", "0 0 30 2 *", "0 0 31 4 *", "0 0 29 2 *", "*/15 * * * *", "0 9 * * 1-5",
-    "*/10 * * * * *", "* * * * *",
-]  # fmt: skip
+    "@daily",
+    "@hourly",
+    "@weekly",
+    "@monthly",
+    "@yearly",
+    "@annually",
+    "@midnight",
+    "@reboot",
+    "@",
+    "0 0 30 2 *",
+    "0 0 31 4 *",
+    "0 0 29 2 *",
+    "*/15 * * * *",
+    "0 9 * * 1-5",
+    "*/10 * * * * *",
+    "* * * * *",
+]
 # Fields that read well: minute hour day month weekday (six fields: seconds first).
 GOOD_FIELD = st.sampled_from(["*", "*/5", "*/15", "0", "1", "5", "1-5", "1,3", "*/2", "2-4/2"])
 GOOD_WEEKDAY = st.sampled_from(["*", "0", "7", "1-5", "mon-fri", "sun,sat", "*/2", "0-7/3"])
@@ -216,19 +340,89 @@ CRONS = st.one_of(
     STRINGS,
 )
 ZONE_NAMES = [
-    "UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata", "America", "Europe", "posixrules",
-    "zone.tab", "tzdata.zi", "__pycache__", "__init__.py", "", ".", "..", "/etc/localtime",
-    "UTC\x00", "a" * 300, "Etc/GMT+14",
-]  # fmt: skip
+    "UTC",
+    "Europe/Paris",
+    "America/New_York",
+    "Asia/Kolkata",
+    "America",
+    "Europe",
+    "posixrules",
+    "zone.tab",
+    "tzdata.zi",
+    "__pycache__",
+    "__init__.py",
+    "",
+    ".",
+    "..",
+    "/etc/localtime",
+    "UTC\x00",
+    "a" * 300,
+    "Etc/GMT+14",
+]
 ZONES = st.one_of(st.sampled_from(ZONE_NAMES), STRINGS, ANYTHING)
 WHEN_WORDS = [
-    "in", "at", "tomorrow", "today", "yesterday", "next", "last", "monday", "friday", "week",
-    "weeks", "month", "months", "year", "years", "day", "days", "hour", "hours", "minute",
-    "minutes", "ago", "midnight", "noon", "am", "pm", "9am", "25:00", "10:00", "12:30:45", "a",
-    "an", "twelve", "three", "and", "of", "the", "june", "dec", "5", "31", "2030", "-", "+", "/",
-    ":", ".", ",", "now", "immediately", "Z", "T", "utc", "9" * 12, "0", "1.5", "fortnight",
-    "decade", "century", "sec", "ms",
-]  # fmt: skip
+    "in",
+    "at",
+    "tomorrow",
+    "today",
+    "yesterday",
+    "next",
+    "last",
+    "monday",
+    "friday",
+    "week",
+    "weeks",
+    "month",
+    "months",
+    "year",
+    "years",
+    "day",
+    "days",
+    "hour",
+    "hours",
+    "minute",
+    "minutes",
+    "ago",
+    "midnight",
+    "noon",
+    "am",
+    "pm",
+    "9am",
+    "25:00",
+    "10:00",
+    "12:30:45",
+    "a",
+    "an",
+    "twelve",
+    "three",
+    "and",
+    "of",
+    "the",
+    "june",
+    "dec",
+    "5",
+    "31",
+    "2030",
+    "-",
+    "+",
+    "/",
+    ":",
+    ".",
+    ",",
+    "now",
+    "immediately",
+    "Z",
+    "T",
+    "utc",
+    "9" * 12,
+    "0",
+    "1.5",
+    "fortnight",
+    "decade",
+    "century",
+    "sec",
+    "ms",
+]
 ISO_TIMES = st.datetimes(
     min_value=datetime(1, 1, 2),
     max_value=datetime(9999, 12, 30),
@@ -260,22 +454,31 @@ def field_values(name: str, hostile: st.SearchStrategy[Any]) -> st.SearchStrateg
     seconds = mostly(GOOD_DURATIONS, DURATIONS)
     backoff = st.fixed_dictionaries(
         {},
-        optional={"delay": seconds, "max": seconds, "jitter": mostly(st.booleans(), SCALARS),
-                  "factor": mostly(st.floats(1, 10), st.one_of(st.floats(0, 1), NUMBERS)),
-                  "x": SCALARS},
-    )  # fmt: skip
+        optional={
+            "delay": seconds,
+            "max": seconds,
+            "jitter": mostly(st.booleans(), SCALARS),
+            "factor": mostly(st.floats(1, 10), st.one_of(st.floats(0, 1), NUMBERS)),
+            "x": SCALARS,
+        },
+    )
     schedule = st.fixed_dictionaries(
         {"cron": mostly(GOOD_CRONS, CRONS)},
         optional={
             "timezone": mostly(st.sampled_from(["UTC", "Europe/Paris"]), ZONES),
             "misfire": st.sampled_from(["coalesce", "skip", "later", 1]),
-            "grace": mostly(GOOD_DURATIONS, DURATIONS), "unique": mostly(st.booleans(), SCALARS),
-            "maxAttempts": mostly(st.integers(1, 5), NUMBERS), "timeout": NUMBERS,
-            "priority": mostly(st.sampled_from(["high", "low"]), NUMBERS), "every": DURATIONS,
-            "description": STRINGS, "data": mostly(PLAIN_JSON, JSON_LIKE), "bogus": SCALARS,
+            "grace": mostly(GOOD_DURATIONS, DURATIONS),
+            "unique": mostly(st.booleans(), SCALARS),
+            "maxAttempts": mostly(st.integers(1, 5), NUMBERS),
+            "timeout": NUMBERS,
+            "priority": mostly(st.sampled_from(["high", "low"]), NUMBERS),
+            "every": DURATIONS,
+            "description": STRINGS,
+            "data": mostly(PLAIN_JSON, JSON_LIKE),
+            "bogus": SCALARS,
             "startAt": WHEN_TEXT,
         },
-    )  # fmt: skip
+    )
     priorities = st.sampled_from(["lowest", "low", "normal", "high", "highest", "HIGH"])
     plausible: dict[str, st.SearchStrategy[Any]] = {
         "id": st.from_regex(r"[a-z0-9][a-z0-9_-]{0,10}", fullmatch=True),
@@ -292,10 +495,14 @@ def field_values(name: str, hostile: st.SearchStrategy[Any]) -> st.SearchStrateg
         "failedRetention": mostly(st.one_of(GOOD_DURATIONS, st.just("Forever")), DURATIONS),
         "schedule": mostly(st.one_of(GOOD_CRONS, schedule), CRONS),
         "every": mostly(EVERY, DURATIONS),
-        **{f: mostly(st.lists(st.text(min_size=1, max_size=10), max_size=4),
-                     st.one_of(st.lists(STRINGS, max_size=4), SCALARS))
-           for f in ATTRIBUTE_FIELDS},
-    }  # fmt: skip
+        **{
+            f: mostly(
+                st.lists(st.text(min_size=1, max_size=10), max_size=4),
+                st.one_of(st.lists(STRINGS, max_size=4), SCALARS),
+            )
+            for f in ATTRIBUTE_FIELDS
+        },
+    }
     return mostly(plausible[name], hostile) if name in plausible else hostile
 
 
@@ -379,23 +586,78 @@ def test_check_metadata_accepts_or_names_the_file(raw: dict[Any, Any]) -> None:
 # -- config and metadata files -----------------------------------------------
 
 HOSTILE_FILES = [
-    "", "\x00", "\ufeff{}", "null", "[]", "1", '"text"', "NaN", "{", "}", "[" * 600,
-    '{"a": ' * 5_000 + "1" + "}" * 5_000, "- " * 5_000 + "x", '{"a": ' + "1" * 5_000 + "}",
-    "a: " + "1" * 5_000, "a: 2001-02-30", "a: 2001-13-14", "a: 2001-12-14 25:61:00",
-    "a: !!timestamp nope", "a: !!int", "a: !!int 0x", "a: !!int '-'", "a: !!float abc",
-    "a: !!binary xx", "a: !!bool maybe", "a: !!python/object/apply:os.system [echo]",
-    "a: !!python/name:os.system", "? [a]\n: b", "? {a: 1}\n: b", "a: &x [*x]", "a: *nope",
-    "<<: *x", "a: &x\n  b: *x", "%YAML 9.9\n---\na: 1", "--- !!set\n? a", "!!omap [a: 1]",
-    "a: 1\n\ta: 2", "a: 1\na: 2", '{"a": 1, "a": 2}', '{"a": NaN, "b": -Infinity}',
-    "a: .inf\nb: .nan", "a: 0b2", "a: 0x_", "a: 12:30:45", "a: 1e999", "[a, b", "'unterminated",
-    "a: \x85", "\x1b[31m: x", "laughs: &a [x, x, x]\nmore: &b [*a, *a, *a]\nall: [*b, *b, *b]",
-    "concurrency: 4\npoll_interval: 0.5\nlease: 30", "poll-interval: 1\nmongo: embedded",
-    '{"concurrency": 4, "poll_interval": 0.5}', "concurrency: 4\n\x00",
-]  # fmt: skip
+    "",
+    "\x00",
+    "\ufeff{}",
+    "null",
+    "[]",
+    "1",
+    '"text"',
+    "NaN",
+    "{",
+    "}",
+    "[" * 600,
+    '{"a": ' * 5_000 + "1" + "}" * 5_000,
+    "- " * 5_000 + "x",
+    '{"a": ' + "1" * 5_000 + "}",
+    "a: " + "1" * 5_000,
+    "a: 2001-02-30",
+    "a: 2001-13-14",
+    "a: 2001-12-14 25:61:00",
+    "a: !!timestamp nope",
+    "a: !!int",
+    "a: !!int 0x",
+    "a: !!int '-'",
+    "a: !!float abc",
+    "a: !!binary xx",
+    "a: !!bool maybe",
+    "a: !!python/object/apply:os.system [echo]",
+    "a: !!python/name:os.system",
+    "? [a]\n: b",
+    "? {a: 1}\n: b",
+    "a: &x [*x]",
+    "a: *nope",
+    "<<: *x",
+    "a: &x\n  b: *x",
+    "%YAML 9.9\n---\na: 1",
+    "--- !!set\n? a",
+    "!!omap [a: 1]",
+    "a: 1\n\ta: 2",
+    "a: 1\na: 2",
+    '{"a": 1, "a": 2}',
+    '{"a": NaN, "b": -Infinity}',
+    "a: .inf\nb: .nan",
+    "a: 0b2",
+    "a: 0x_",
+    "a: 12:30:45",
+    "a: 1e999",
+    "[a, b",
+    "'unterminated",
+    "a: \x85",
+    "\x1b[31m: x",
+    "laughs: &a [x, x, x]\nmore: &b [*a, *a, *a]\nall: [*b, *b, *b]",
+    "concurrency: 4\npoll_interval: 0.5\nlease: 30",
+    "poll-interval: 1\nmongo: embedded",
+    '{"concurrency": 4, "poll_interval": 0.5}',
+    "concurrency: 4\n\x00",
+]
 SETTING_NAMES = [
-    "mongo", "id", "standalone", "paths", "tasks", "concurrency", "grace", "lease",
-    "poll_interval", "prefix", "burst", "metrics", "verbose", "log_format", "channel_size",
-]  # fmt: skip
+    "mongo",
+    "id",
+    "standalone",
+    "paths",
+    "tasks",
+    "concurrency",
+    "grace",
+    "lease",
+    "poll_interval",
+    "prefix",
+    "burst",
+    "metrics",
+    "verbose",
+    "log_format",
+    "channel_size",
+]
 
 
 def _json_text(value: Any) -> str | None:
@@ -740,12 +1002,19 @@ def plain_fields(kwargs: dict[str, Any]) -> None:
 @example(name="a\n", task="noop", data=None, trigger={"every": 60}, opts={})
 @example(name="n", task="noop", data=None, trigger={"every": 10**400}, opts={})
 @example(name="n", task="noop", data=None, trigger={"every": 60}, opts={"grace": 10**400})
-@example(name="n", task="noop", data=None, trigger={"cron": "* * * * *"},
-         opts={"timezone": "America"})  # fmt: skip
-@example(name="n", task="noop", data=None, trigger={"cron": "* * * * *"},
-         opts={"timezone": "a" * 300})  # fmt: skip
-@example(name="n", task="noop", data=None, trigger={"every": 60},
-         opts={"start_at": "9999-12-31T23:00:00Z"})  # fmt: skip
+@example(
+    name="n", task="noop", data=None, trigger={"cron": "* * * * *"}, opts={"timezone": "America"}
+)
+@example(
+    name="n", task="noop", data=None, trigger={"cron": "* * * * *"}, opts={"timezone": "a" * 300}
+)
+@example(
+    name="n",
+    task="noop",
+    data=None,
+    trigger={"every": 60},
+    opts={"start_at": "9999-12-31T23:00:00Z"},
+)
 def test_make_schedule_gives_a_schedule_that_fires_or_an_invalid_schedule_error(
     name: Any, task: Any, data: Any, trigger: dict[str, Any], opts: dict[str, Any]
 ) -> None:
@@ -800,11 +1069,30 @@ def test_a_schedule_the_client_accepts_is_stored_and_read_back_unchanged(
 
 PACKAGE = Path(qworker.__file__).parent
 # Modules whose use deserialises code or objects, and the calls that do it.
-UNSAFE_MODULES = {"pickle", "cPickle", "_pickle", "marshal", "shelve", "dill", "cloudpickle",
-                  "jsonpickle", "joblib"}  # fmt: skip
+UNSAFE_MODULES = {
+    "pickle",
+    "cPickle",
+    "_pickle",
+    "marshal",
+    "shelve",
+    "dill",
+    "cloudpickle",
+    "jsonpickle",
+    "joblib",
+}
 # yaml.load and friends construct arbitrary objects; only yaml.safe_load is safe.
-UNSAFE_YAML = {"load", "load_all", "unsafe_load", "unsafe_load_all", "full_load", "full_load_all",
-               "Loader", "UnsafeLoader", "FullLoader", "add_constructor"}  # fmt: skip
+UNSAFE_YAML = {
+    "load",
+    "load_all",
+    "unsafe_load",
+    "unsafe_load_all",
+    "full_load",
+    "full_load_all",
+    "Loader",
+    "UnsafeLoader",
+    "FullLoader",
+    "add_constructor",
+}
 
 
 def _unsafe_uses(path: Path) -> list[str]:
@@ -837,9 +1125,10 @@ def test_qworker_never_unpickles_anything_itself() -> None:
     # The only pickles are APScheduler's, through its MongoDB job store, read by the
     # restricted unpickler of schedulestore.py: pickle's Unpickler, never pickle.loads.
     assert sorted(_unsafe_uses(store)) == [
-        "qworker/schedulestore.py:import pickle", "qworker/schedulestore.py:pickle.Unpickler",
+        "qworker/schedulestore.py:import pickle",
+        "qworker/schedulestore.py:pickle.Unpickler",
         "qworker/schedulestore.py:pickle.UnpicklingError",
-    ]  # fmt: skip
+    ]
     texts = {p.name: p.read_text(encoding="utf-8") for p in sources}
     assert [n for n, t in texts.items() if "MongoDBJobStore" in t] == ["schedulestore.py"]
 
@@ -850,17 +1139,27 @@ def test_qworker_never_unpickles_anything_itself() -> None:
 SAFE_GLOBALS = {
     ("apscheduler.triggers.interval", "IntervalTrigger"),
     ("apscheduler.triggers.cron", "CronTrigger"),
-    *(("apscheduler.triggers.cron.fields", name) for name in
-      ("BaseField", "WeekField", "DayOfMonthField", "DayOfWeekField", "MonthField")),
-    *(("apscheduler.triggers.cron.expressions", name) for name in
-      ("AllExpression", "RangeExpression", "WeekdayRangeExpression", "MonthRangeExpression",
-       "WeekdayPositionExpression", "LastDayOfMonthExpression")),
+    *(
+        ("apscheduler.triggers.cron.fields", name)
+        for name in ("BaseField", "WeekField", "DayOfMonthField", "DayOfWeekField", "MonthField")
+    ),
+    *(
+        ("apscheduler.triggers.cron.expressions", name)
+        for name in (
+            "AllExpression",
+            "RangeExpression",
+            "WeekdayRangeExpression",
+            "MonthRangeExpression",
+            "WeekdayPositionExpression",
+            "LastDayOfMonthExpression",
+        )
+    ),
     ("zoneinfo", "ZoneInfo"),
     ("datetime", "datetime"),
     ("datetime", "timedelta"),
     ("datetime", "timezone"),
     ("builtins", "getattr"),  # ZoneInfo pickles as getattr(ZoneInfo, "_unpickle"): checked
-}  # fmt: skip
+}
 
 
 def _zoneinfo_getattr(owner: Any, name: str) -> Any:
@@ -887,10 +1186,25 @@ class _Guarded(pickle.Unpickler):
 
 
 def test_stored_schedules_reference_only_fire_with_plain_arguments(client: Client) -> None:
-    client.every("30 minutes", "noop", {"team": "ops", "n": [1, 2.5, None]}, name="every-30m",
-                 priority="high", max_attempts=3, timeout=60, description="hostile")  # fmt: skip
-    client.every("1 hour", "noop", name="from-midnight", start_at="midnight", misfire="skip",
-                 grace="5 minutes", unique=True)  # fmt: skip
+    client.every(
+        "30 minutes",
+        "noop",
+        {"team": "ops", "n": [1, 2.5, None]},
+        name="every-30m",
+        priority="high",
+        max_attempts=3,
+        timeout=60,
+        description="hostile",
+    )
+    client.every(
+        "1 hour",
+        "noop",
+        name="from-midnight",
+        start_at="midnight",
+        misfire="skip",
+        grace="5 minutes",
+        unique=True,
+    )
     client.cron("0 9 * * 1-5", "noop", name="weekdays", tz="Europe/Paris")
     client.cron("*/10 1,2 last jan-mar *", "noop", [1, "two"], name="last-days")
     client.cron("*/10 * * * * *", "noop", name="seconds", tz="Asia/Kolkata")

@@ -106,7 +106,7 @@ def test_cron_fields_are_read_in_the_time_zone_across_daylight_saving() -> None:
         ("a b c d e", "cron weekday field"),
         ("0 9 * * monkey", "not a day"),
     ],
-)  # fmt: skip
+)
 def test_bad_cron_is_refused(expr: str, message: str) -> None:
     with pytest.raises(InvalidScheduleError, match="cron") as caught:
         cron_trigger(expr, ZoneInfo("UTC"))
@@ -164,10 +164,19 @@ def test_make_schedule_refuses_durations_of_the_wrong_type(kwargs: dict[str, Any
 
 def test_make_schedule_accepts_and_normalises() -> None:
     schedule = make_schedule(
-        "reports/daily:eu@v1", "noop", {"n": 1}, every="1h 30m", timezone="Europe/Paris",
-        misfire="skip", grace="2 minutes", unique=True, priority="high", max_attempts=3,
-        timeout=5, description="daily report",
-    )  # fmt: skip
+        "reports/daily:eu@v1",
+        "noop",
+        {"n": 1},
+        every="1h 30m",
+        timezone="Europe/Paris",
+        misfire="skip",
+        grace="2 minutes",
+        unique=True,
+        priority="high",
+        max_attempts=3,
+        timeout=5,
+        description="daily report",
+    )
     assert schedule.every == 5400.0 and schedule.cron is None
     assert schedule.grace == 120.0 and schedule.misfire == "skip" and schedule.unique is True
     assert schedule.describe() == "every 1h30m"
@@ -234,10 +243,20 @@ def test_metadata_schedules() -> None:
     }
     mapped = check_metadata({"schedule": full}, path, code=False)
     assert mapped is not None and mapped.schedule == make_schedule(
-        "task:report", "report", {"k": 1}, cron="0 3 * * *", timezone="Europe/Paris",
-        misfire="skip", grace=300, unique=True, priority="high", max_attempts=2, timeout=30,
-        description="nightly", origin="metadata",
-    )  # fmt: skip
+        "task:report",
+        "report",
+        {"k": 1},
+        cron="0 3 * * *",
+        timezone="Europe/Paris",
+        misfire="skip",
+        grace=300,
+        unique=True,
+        priority="high",
+        max_attempts=2,
+        timeout=30,
+        description="nightly",
+        origin="metadata",
+    )
     none = check_metadata({}, path, code=False)
     assert none is not None and none.schedule is None
 
@@ -476,9 +495,15 @@ def test_a_round_of_fires_is_announced_in_one_message(
 
 def test_a_fire_enqueues_one_job(client: Client, db: Any, firing: Firing) -> None:
     schedule = make_schedule(
-        "report", "noop", {"n": 1}, every="1 hour", priority="high", max_attempts=3,
-        timeout=5, description="hourly report",
-    )  # fmt: skip
+        "report",
+        "noop",
+        {"n": 1},
+        every="1 hour",
+        priority="high",
+        max_attempts=3,
+        timeout=5,
+        description="hourly report",
+    )
     fire_time = at("2026-11-22T09:00")
     assert firing.enqueue(schedule, fire_time) is True
     assert firing.enqueue(schedule, fire_time) is False  # the same fire again
@@ -588,11 +613,25 @@ def detail(text: str) -> dict[str, str]:
 
 
 def test_cli_add_prints_the_schedule(mongo_url: str, client: Client) -> None:
-    out = ok(cli(
-        "add", "report", "noop", "--every", "30 minutes", "--data", '{"x": [1, 2]}', "--unique",
-        "--priority", "high", "--max-attempts", "2", "--description", "the report",
-        mongo=mongo_url,
-    ))  # fmt: skip
+    out = ok(
+        cli(
+            "add",
+            "report",
+            "noop",
+            "--every",
+            "30 minutes",
+            "--data",
+            '{"x": [1, 2]}',
+            "--unique",
+            "--priority",
+            "high",
+            "--max-attempts",
+            "2",
+            "--description",
+            "the report",
+            mongo=mongo_url,
+        )
+    )
     shown = detail(out)
     assert shown["name"] == "report" and shown["task"] == "noop"
     assert shown["trigger"] == "every 30m"
@@ -604,10 +643,22 @@ def test_cli_add_prints_the_schedule(mongo_url: str, client: Client) -> None:
     assert shown["next run"] == view["nextRunAt"].strftime("%Y-%m-%d %H:%M:%S")
     assert view["unique"] is True and view["max_attempts"] == 2 and view["data"] == {"x": [1, 2]}
 
-    out = ok(cli(
-        "add", "nightly", "noop", "--cron", "0 3 * * *", "--tz", "Europe/Paris",
-        "--misfire", "skip", "--grace", "5 minutes", mongo=mongo_url,
-    ))  # fmt: skip
+    out = ok(
+        cli(
+            "add",
+            "nightly",
+            "noop",
+            "--cron",
+            "0 3 * * *",
+            "--tz",
+            "Europe/Paris",
+            "--misfire",
+            "skip",
+            "--grace",
+            "5 minutes",
+            mongo=mongo_url,
+        )
+    )
     shown = detail(out)
     assert shown["trigger"] == "cron 0 3 * * * (Europe/Paris)"
     assert shown["misfire"] == "skip (grace 300s)"
@@ -700,9 +751,11 @@ def test_cli_list_show_pause_resume_remove(
 def test_cli_errors(mongo_url: str, client: Client) -> None:
     client.every("1 hour", "noop", name="report")
     one_line_error(
-        cli("add", "report", "noop", "--every", "5m", "--no-replace", mongo=mongo_url), 1,
-        "add", "a schedule named 'report' exists",
-    )  # fmt: skip
+        cli("add", "report", "noop", "--every", "5m", "--no-replace", mongo=mongo_url),
+        1,
+        "add",
+        "a schedule named 'report' exists",
+    )
     assert client.schedule_info("report")["trigger"] == "every 1h"
     for name in ("show", "remove", "pause", "resume"):
         one_line_error(cli(name, "ghost", mongo=mongo_url), 1, name, "no schedule named 'ghost'")

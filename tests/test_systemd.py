@@ -85,8 +85,7 @@ class Notifications:
     def statuses(self) -> list[str]:
         return [s.removeprefix("STATUS=") for s in self.states() if s.startswith("STATUS=")]
 
-    def wait(self, check: Callable[[], Any], timeout: float, what: str,
-             process: Any = None) -> Any:  # fmt: skip
+    def wait(self, check: Callable[[], Any], timeout: float, what: str, process: Any = None) -> Any:
         """Read messages until ``check()`` is truthy; fail naming ``what``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -101,18 +100,22 @@ class Notifications:
                 )
             self.read(min(left, 0.2))
 
-    def wait_state(self, state: str, timeout: float = 30, times: int = 1,
-                   process: Any = None) -> float:  # fmt: skip
+    def wait_state(
+        self, state: str, timeout: float = 30, times: int = 1, process: Any = None
+    ) -> float:
         """Until ``state`` arrived ``times`` times; when it last did."""
-        self.wait(lambda: len(self.times_of(state)) >= times, timeout,
-                  f"{state} x{times}", process)  # fmt: skip
+        self.wait(lambda: len(self.times_of(state)) >= times, timeout, f"{state} x{times}", process)
         return self.times_of(state)[times - 1]
 
     def wait_status(self, fragment: str, timeout: float = 30, process: Any = None) -> str:
-        return str(self.wait(
-            lambda: next((s for s in self.statuses() if fragment in s), None),
-            timeout, f"a STATUS with {fragment!r}", process,
-        ))  # fmt: skip
+        return str(
+            self.wait(
+                lambda: next((s for s in self.statuses() if fragment in s), None),
+                timeout,
+                f"a STATUS with {fragment!r}",
+                process,
+            )
+        )
 
 
 def _bind(address: str) -> socket.socket:
@@ -186,8 +189,10 @@ def test_stopping_extends_the_stop_timeout(clean_env: Any, notifications: Notifi
     assert systemd.stopping("stopping: 2 running jobs", within=40.5)
     notifications.wait(lambda: notifications.received, 5, "a datagram")
     assert notifications.received[0][1] == [
-        "STOPPING=1", "STATUS=stopping: 2 running jobs", "EXTEND_TIMEOUT_USEC=40500000",
-    ]  # fmt: skip
+        "STOPPING=1",
+        "STATUS=stopping: 2 running jobs",
+        "EXTEND_TIMEOUT_USEC=40500000",
+    ]
 
 
 def test_a_failed_send_never_raises_and_is_logged_once(clean_env: Any, tmp_path: Path) -> None:
@@ -286,9 +291,11 @@ def test_a_standalone_worker_tells_systemd_ready_alive_and_stopping(
     client: Client, db: Any, spawn_worker: Any, mongo_url: str, notifications: Notifications
 ) -> None:
     worker: WorkerProcess = spawn_worker(
-        "noop", "tracked", env=_systemd_env(notifications, **effects_env(mongo_url)),
+        "noop",
+        "tracked",
+        env=_systemd_env(notifications, **effects_env(mongo_url)),
         extra=["--grace", "20"],
-    )  # fmt: skip
+    )
     ready_at = notifications.wait_state("READY=1", 60, process=worker)
     # READY only once the worker really works: after its "worker started".
     assert "worker started" in worker.output()
@@ -323,9 +330,12 @@ def test_a_managed_worker_is_ready_while_it_waits_for_a_manager(
     spawn_worker: Any, spawn_manager: Any, mongo_url: str, notifications: Notifications
 ) -> None:
     worker: WorkerProcess = spawn_worker(
-        "noop", worker_id="w-managed", standalone=False,
-        env=_systemd_env(notifications, **effects_env(mongo_url)), extra=["--lease", "2"],
-    )  # fmt: skip
+        "noop",
+        worker_id="w-managed",
+        standalone=False,
+        env=_systemd_env(notifications, **effects_env(mongo_url)),
+        extra=["--lease", "2"],
+    )
     ready_at = notifications.wait_state("READY=1", 60, process=worker)
     # Ready (systemd would otherwise time out its start while no manager is up),
     # and the status says what it is waiting for.
@@ -447,8 +457,11 @@ def _env_file(path: Path) -> dict[str, str]:
 def test_the_example_env_files_only_name_real_settings() -> None:
     known: set[str] = set()
     for command in (worker_main, manager_main, serve):
-        known |= {p.envvar for p in command.params if isinstance(p, click.Option)
-                  and isinstance(p.envvar, str)}  # fmt: skip
+        known |= {
+            p.envvar
+            for p in command.params
+            if isinstance(p, click.Option) and isinstance(p.envvar, str)
+        }
     examples = sorted(ENV_EXAMPLES.glob("*.env"))
     assert {p.name for p in examples} >= {"common.env", "w1.env", "manager.env"}
     for path in examples:
@@ -464,8 +477,12 @@ def test_the_example_worker_env_files_are_read_as_documented(tmp_path: Path) -> 
     clean = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
     done = subprocess.run(
         [sys.executable, "-m", "qworker.cli.worker", "--id", "w1", "--print-config"],
-        env={**clean, **env}, capture_output=True, text=True, timeout=60, cwd=tmp_path,
-    )  # fmt: skip
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     rows = {line.split()[0]: line for line in done.stdout.splitlines()}
     assert '["send-report", "hello"]' in rows["tasks"] and "environment" in rows["tasks"]

@@ -35,8 +35,12 @@ log = structlog.get_logger("qworker.cli")
 
 # Errors in what the user gave us exit 2, like click's usage errors.
 USAGE_ERRORS = (
-    ConfigError, TaskDefinitionError, EmbeddedUnavailable, InvalidJobError, InvalidScheduleError,
-)  # fmt: skip
+    ConfigError,
+    TaskDefinitionError,
+    EmbeddedUnavailable,
+    InvalidJobError,
+    InvalidScheduleError,
+)
 
 
 class Seconds(click.FloatRange):
@@ -75,9 +79,10 @@ def envvar(name: str) -> str:
 def _load_config(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     if value:
         allowed = [
-            p.name for p in ctx.command.params
+            p.name
+            for p in ctx.command.params
             if p.name and isinstance(p, click.Option) and p.name not in ("config", "print_config")
-        ]  # fmt: skip
+        ]
         try:
             settings = read_config_file(Path(value), allowed)
             params = {p.name: p for p in ctx.command.params}
@@ -134,17 +139,22 @@ def warn_of_secrets_on_the_command_line(ctx: click.Context, *names: str) -> None
         if name == "mongo" and (not value or redact(value) == value):
             continue
         flag = name.replace("_", "-")
-        log.warning(f"--{flag} is on the command line, where 'ps' shows it to every local user: "
-                    f"use --{flag}-file or {envvar(name)}")  # fmt: skip
+        log.warning(
+            f"--{flag} is on the command line, where 'ps' shows it to every local user: "
+            f"use --{flag}-file or {envvar(name)}"
+        )
 
 
 def secret_file_option(name: str, what: str, instead_of: str) -> Callable[[F], F]:
     """``--<name>``: a file holding ``what``, which unlike ``instead_of`` ``ps`` does not show."""
     return click.option(
-        f"--{name.replace('_', '-')}", name, envvar=envvar(name), show_envvar=True,
+        f"--{name.replace('_', '-')}",
+        name,
+        envvar=envvar(name),
+        show_envvar=True,
         type=click.Path(dir_okay=False, exists=True, path_type=Path),
         help=f"A file holding {what}: unlike {instead_of}, it is not seen by 'ps'.",
-    )  # fmt: skip
+    )
 
 
 def mongo_of(url: str | None, file: Path | None) -> str | None:
@@ -156,10 +166,15 @@ def mongo_of(url: str | None, file: Path | None) -> str | None:
 
 def config_option(fn: F) -> F:
     return click.option(
-        "-c", "--config", type=click.Path(dir_okay=False), envvar=envvar("config"),
-        is_eager=True, callback=_load_config, show_envvar=True,
+        "-c",
+        "--config",
+        type=click.Path(dir_okay=False),
+        envvar=envvar("config"),
+        is_eager=True,
+        callback=_load_config,
+        show_envvar=True,
         help="JSON or YAML file of settings (keys are option names).",
-    )(fn)  # fmt: skip
+    )(fn)
 
 
 def sources(ctx: click.Context) -> dict[str, str]:
@@ -225,14 +240,30 @@ def pass_settings(fn: F) -> F:
     """Pass the connection settings; ``--mongo``, ``--prefix`` and ``--channel-size`` are
     also taken after the subcommand (``qworker-manager jobs list --mongo URL``)."""
     for option in (
-        click.option("-m", "--mongo", "mongo", expose_value=False, callback=_override,
-                     help="MongoDB URL, or 'embedded' (as before the subcommand)."),
-        click.option("--prefix", "prefix", expose_value=False, callback=_override,
-                     help="Prefix of qworker's collection names (as before the subcommand)."),
-        click.option("--channel-size", "channel_size", type=click.IntRange(min=65_536),
-                     expose_value=False, callback=_override,
-                     help="Bytes of the capped channel (as before the subcommand)."),
-    )[::-1]:  # fmt: skip
+        click.option(
+            "-m",
+            "--mongo",
+            "mongo",
+            expose_value=False,
+            callback=_override,
+            help="MongoDB URL, or 'embedded' (as before the subcommand).",
+        ),
+        click.option(
+            "--prefix",
+            "prefix",
+            expose_value=False,
+            callback=_override,
+            help="Prefix of qworker's collection names (as before the subcommand).",
+        ),
+        click.option(
+            "--channel-size",
+            "channel_size",
+            type=click.IntRange(min=65_536),
+            expose_value=False,
+            callback=_override,
+            help="Bytes of the capped channel (as before the subcommand).",
+        ),
+    )[::-1]:
         fn = option(fn)
     return cast(F, _pass_settings(fn))
 

@@ -84,9 +84,13 @@ from qworker.when import utcnow
 @click.pass_context
 @reports_errors
 def main(
-    ctx: click.Context, config: str | None, mongo: str | None, mongo_file: Path | None,
-    prefix: str, channel_size: int,
-) -> None:  # fmt: skip
+    ctx: click.Context,
+    config: str | None,
+    mongo: str | None,
+    mongo_file: Path | None,
+    prefix: str,
+    channel_size: int,
+) -> None:
     """Run and operate a qworker fleet: the manager daemon, jobs, the embedded server."""
     ctx.obj = Settings(mongo_of(mongo, mongo_file), prefix, channel_size)
 
@@ -194,9 +198,11 @@ def jobs_delete(settings: Settings, job_id: str, as_json: bool) -> None:
 
 @jobs.command("purge")
 @click.option(
-    "--state", required=True, type=click.Choice([s.value for s in FINISHED_STATES]),
+    "--state",
+    required=True,
+    type=click.Choice([s.value for s in FINISHED_STATES]),
     help="Which finished jobs.",
-)  # fmt: skip
+)
 @click.option("--older-than", required=True, help="Finished longer ago than this: '7 days'.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_settings
@@ -271,15 +277,32 @@ def demo(settings: Settings, paths: str) -> None:
         ids = [client.now(task, data, description="demo") for task, data in DEMO_JOBS]
         click.echo(f"queued {len(ids)} jobs on {redact(client.url)}; starting a worker\n")
         tasks = sorted({task for task, _ in DEMO_JOBS})
-        worker = [sys.executable, "-m", "qworker.cli.worker", "--standalone", "--burst",
-                  "--mongo", client.url, "--paths", str(Path(paths)), "--id", "demo-worker",
-                  "--log-format", "console", "--prefix", settings.prefix, *tasks]  # fmt: skip
+        worker = [
+            sys.executable,
+            "-m",
+            "qworker.cli.worker",
+            "--standalone",
+            "--burst",
+            "--mongo",
+            client.url,
+            "--paths",
+            str(Path(paths)),
+            "--id",
+            "demo-worker",
+            "--log-format",
+            "console",
+            "--prefix",
+            settings.prefix,
+            *tasks,
+        ]
         code = subprocess.call(worker)
         click.echo("")
         job_rows([client.get(i) for i in ids])
     if is_embedded(settings.mongo):
-        click.echo("\nThe embedded server keeps running for the next command; "
-                   "'qworker-manager embedded stop' stops it.")  # fmt: skip
+        click.echo(
+            "\nThe embedded server keeps running for the next command; "
+            "'qworker-manager embedded stop' stops it."
+        )
     if code:
         sys.exit(code)
 
@@ -388,13 +411,17 @@ def serve(
             **options,
         )
     )
-    sys.exit(asyncio.run(manager.run()))  # fmt: skip
+    sys.exit(asyncio.run(manager.run()))
 
 
 @main.command("init-db")
-@click.option("--roles", "with_roles", is_flag=True,
-              help="Also create (or update) the roles of each part of a fleet: qworkerApp, "
-              "qworkerWorker, qworkerOperator, qworkerViewer, qworkerManager.")  # fmt: skip
+@click.option(
+    "--roles",
+    "with_roles",
+    is_flag=True,
+    help="Also create (or update) the roles of each part of a fleet: qworkerApp, "
+    "qworkerWorker, qworkerOperator, qworkerViewer, qworkerManager.",
+)
 @pass_settings
 @reports_errors
 def init_db(settings: Settings, with_roles: bool) -> None:

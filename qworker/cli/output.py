@@ -56,16 +56,34 @@ def labelled(fields: Sequence[tuple[str, Any]]) -> None:
 
 def job_rows(jobs: Sequence[dict[str, Any]]) -> None:
     table(
-        ["ID", "TASK", "STATE", "PRI", "PROGRESS", "ATTEMPTS", "WORKER", "CREATED", "NEXT RUN",
-         "REASON"],
         [
-            [str(j["_id"]), j["name"], j["state"], j.get("priority", 0),
-             f"{(j.get('progress') or {}).get('percent', 0):.0f}%", j.get("attempts", 0),
-             j.get("lockedBy") or j.get("lastWorker") or "",
-             when(j.get("createdAt")), when(j.get("nextRunAt")), j.get("failReason") or ""]
+            "ID",
+            "TASK",
+            "STATE",
+            "PRI",
+            "PROGRESS",
+            "ATTEMPTS",
+            "WORKER",
+            "CREATED",
+            "NEXT RUN",
+            "REASON",
+        ],
+        [
+            [
+                str(j["_id"]),
+                j["name"],
+                j["state"],
+                j.get("priority", 0),
+                f"{(j.get('progress') or {}).get('percent', 0):.0f}%",
+                j.get("attempts", 0),
+                j.get("lockedBy") or j.get("lastWorker") or "",
+                when(j.get("createdAt")),
+                when(j.get("nextRunAt")),
+                j.get("failReason") or "",
+            ]
             for j in jobs
         ],
-    )  # fmt: skip
+    )
 
 
 def page_footer(skip: int, shown: int, total: int) -> None:
@@ -81,12 +99,20 @@ def worker_rows(workers: Sequence[dict[str, Any]], now: datetime) -> None:
     table(
         ["ID", "HOST", "PID", "STATE", "KIND", "TASKS", "RUNNING", "STARTED", "LAST PING"],
         [
-            [w["_id"], w.get("host"), w.get("pid"), w["status"],
-             "standalone" if w.get("standalone") else "managed", ",".join(w.get("tasks") or []),
-             w.get("runningJobs", 0), when(w.get("startedAt")), ago(w.get("pingedAt"), now)]
+            [
+                w["_id"],
+                w.get("host"),
+                w.get("pid"),
+                w["status"],
+                "standalone" if w.get("standalone") else "managed",
+                ",".join(w.get("tasks") or []),
+                w.get("runningJobs", 0),
+                when(w.get("startedAt")),
+                ago(w.get("pingedAt"), now),
+            ]
             for w in workers
         ],
-    )  # fmt: skip
+    )
 
 
 def task_rows(tasks: Sequence[dict[str, Any]]) -> None:
@@ -95,33 +121,48 @@ def task_rows(tasks: Sequence[dict[str, Any]]) -> None:
     table(
         ["ID", "NAME", "VALID", "WORKERS", *(s.upper() for s in states)],
         [
-            [t["_id"], t.get("name"), valid.get(t.get("valid"), "-"), len(t["liveWorkers"]),
-             *(t["jobs"].get(s, 0) for s in states)]
+            [
+                t["_id"],
+                t.get("name"),
+                valid.get(t.get("valid"), "-"),
+                len(t["liveWorkers"]),
+                *(t["jobs"].get(s, 0) for s in states),
+            ]
             for t in tasks
         ],
-    )  # fmt: skip
+    )
 
 
 def job_detail(job: dict[str, Any]) -> None:
     progress, chain = job.get("progress") or {}, job.get("chain") or {}
     fields = [
-        ("id", job["_id"]), ("task", job["name"]), ("state", job["state"]),
-        ("priority", job.get("priority")), ("description", job.get("description")),
-        ("data", json.dumps(job.get("data"))), ("attempts", job.get("attempts")),
-        ("failures", job.get("failCount")), ("max attempts", job.get("maxAttempts")),
+        ("id", job["_id"]),
+        ("task", job["name"]),
+        ("state", job["state"]),
+        ("priority", job.get("priority")),
+        ("description", job.get("description")),
+        ("data", json.dumps(job.get("data"))),
+        ("attempts", job.get("attempts")),
+        ("failures", job.get("failCount")),
+        ("max attempts", job.get("maxAttempts")),
         ("progress", f"{progress.get('percent', 0):.0f}% {progress.get('step') or ''}".strip()),
-        ("created", when(job.get("createdAt"))), ("next run", when(job.get("nextRunAt"))),
-        ("last run", when(job.get("lastRunAt"))), ("finished", when(job.get("lastFinishedAt"))),
+        ("created", when(job.get("createdAt"))),
+        ("next run", when(job.get("nextRunAt"))),
+        ("last run", when(job.get("lastRunAt"))),
+        ("finished", when(job.get("lastFinishedAt"))),
         ("locked by", job.get("lockedBy")),
         ("last worker", None if job.get("lockedBy") else job.get("lastWorker")),
         ("result", json.dumps(job.get("result"))),
         ("fail reason", job.get("failReason")),
         ("unique key", job.get("uniqueKey")),
-        ("schedule", job.get("scheduleId") and
-         f"{job['scheduleId']} (fire of {when(job.get('scheduledFor'))})"),
+        (
+            "schedule",
+            job.get("scheduleId")
+            and f"{job['scheduleId']} (fire of {when(job.get('scheduledFor'))})",
+        ),
         ("chain", chain and f"step {chain['index'] + 1} of {chain['size']} (chain {chain['id']})"),
         ("expires", when(job.get("expireAt"))),
-    ]  # fmt: skip
+    ]
     labelled(fields)
     error = job.get("error")
     if error and error.get("traceback"):
@@ -146,26 +187,38 @@ def schedule_rows(schedules: Sequence[dict[str, Any]]) -> None:
     table(
         ["NAME", "TASK", "TRIGGER", "NEXT RUN", "LAST JOB", "LAST SUCCESS", "LAST FAILURE"],
         [
-            [s["name"], s["task"], s["trigger"],
-             "paused" if s["paused"] else when(s["nextRunAt"]), _run(s["lastJob"]),
-             when((s["lastSuccess"] or {}).get("lastFinishedAt")),
-             when((s["lastFailure"] or {}).get("lastFinishedAt"))]
+            [
+                s["name"],
+                s["task"],
+                s["trigger"],
+                "paused" if s["paused"] else when(s["nextRunAt"]),
+                _run(s["lastJob"]),
+                when((s["lastSuccess"] or {}).get("lastFinishedAt")),
+                when((s["lastFailure"] or {}).get("lastFinishedAt")),
+            ]
             for s in schedules
         ],
-    )  # fmt: skip
+    )
 
 
 def schedule_detail(s: dict[str, Any]) -> None:
     failure = s["lastFailure"] or {}
     fields = [
-        ("name", s["name"]), ("task", s["task"]), ("trigger", s["trigger"]),
+        ("name", s["name"]),
+        ("task", s["task"]),
+        ("trigger", s["trigger"]),
         ("next run", "paused" if s["paused"] else when(s["nextRunAt"])),
-        ("data", json.dumps(s["data"])), ("misfire", f"{s['misfire']} (grace {s['grace']:g}s)"),
-        ("unique", "yes" if s["unique"] else None), ("priority", s["priority"]),
-        ("description", s["description"]), ("origin", s["origin"]),
+        ("data", json.dumps(s["data"])),
+        ("misfire", f"{s['misfire']} (grace {s['grace']:g}s)"),
+        ("unique", "yes" if s["unique"] else None),
+        ("priority", s["priority"]),
+        ("description", s["description"]),
+        ("origin", s["origin"]),
         ("last job", f"{s['lastJob']['_id']} {_run(s['lastJob'])}" if s["lastJob"] else None),
         ("last success", when((s["lastSuccess"] or {}).get("lastFinishedAt"))),
-        ("last failure",
-         f"{when(failure.get('lastFinishedAt'))} {failure.get('failReason', '')}".strip()),
-    ]  # fmt: skip
+        (
+            "last failure",
+            f"{when(failure.get('lastFinishedAt'))} {failure.get('failReason', '')}".strip(),
+        ),
+    ]
     labelled(fields)

@@ -47,9 +47,15 @@ def schedules() -> None:
 @pass_settings
 @reports_errors
 def schedules_add(
-    settings: Settings, /, name: str, task: str, data: Any, replace: bool, as_json: bool,
+    settings: Settings,
+    /,
+    name: str,
+    task: str,
+    data: Any,
+    replace: bool,
+    as_json: bool,
     **options: Any,
-) -> None:  # fmt: skip
+) -> None:
     """Add (or replace) the schedule NAME, which enqueues a job of TASK at every fire."""
     schedule = make_schedule(name, task, data, **options)
     with settings.client() as client:

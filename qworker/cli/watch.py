@@ -55,9 +55,11 @@ class FleetView:
         if event == protocol.WORKER_NOTIFICATION:
             return self._job_event(worker, body)
         change = {
-            protocol.WORKER_INITIALIZE: "joined", protocol.WORKER_STOP: "left",
-            protocol.WORKER_TERMINATE: "left", protocol.WORKER_DEAD: "dead",
-        }.get(event)  # fmt: skip
+            protocol.WORKER_INITIALIZE: "joined",
+            protocol.WORKER_STOP: "left",
+            protocol.WORKER_TERMINATE: "left",
+            protocol.WORKER_DEAD: "dead",
+        }.get(event)
         if change is not None:
             self.workers[worker] = change
             if change != "joined":
@@ -101,8 +103,9 @@ class FleetView:
             jobs.add_column(column)
         for job in self.running.values():
             bar = ProgressBar(total=100, completed=job.percent, width=24)
-            jobs.add_row(job.job_id, job.task, job.worker,
-                         Group(bar, Text(f"{job.percent:.0f}%")), job.step)  # fmt: skip
+            jobs.add_row(
+                job.job_id, job.task, job.worker, Group(bar, Text(f"{job.percent:.0f}%")), job.step
+            )
         workers = Table(title="workers", expand=True)
         workers.add_column("worker")
         workers.add_column("state")

@@ -154,14 +154,21 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
     """
     wanted = tuple(dict.fromkeys([*task, *opts["tasks"]]))
     settings = WorkerSettings(
-        mongo=mongo_of(opts["mongo"], opts["mongo_file"]) or "", worker_id=opts["id"],
+        mongo=mongo_of(opts["mongo"], opts["mongo_file"]) or "",
+        worker_id=opts["id"],
         tasks=wanted,
-        paths=tuple(Path(p) for p in opts["paths"]), standalone=opts["standalone"],
-        concurrency=opts["concurrency"], grace=opts["grace"], lease=opts["lease"],
-        poll_interval=opts["poll_interval"], prefix=opts["prefix"], burst=opts["burst"],
-        channel_size=opts["channel_size"], metrics=opts["metrics"],
+        paths=tuple(Path(p) for p in opts["paths"]),
+        standalone=opts["standalone"],
+        concurrency=opts["concurrency"],
+        grace=opts["grace"],
+        lease=opts["lease"],
+        poll_interval=opts["poll_interval"],
+        prefix=opts["prefix"],
+        burst=opts["burst"],
+        channel_size=opts["channel_size"],
+        metrics=opts["metrics"],
         sources=sources(ctx),
-    )  # fmt: skip
+    )
     if print_config:
         shown = {k: v for k, v in ctx.params.items() if k not in ("print_config", "task")}
         shown["tasks"] = list(wanted)

@@ -55,10 +55,15 @@ API_THREADS = 8  # requests the API works on at once; the rest wait their turn
 KEEPALIVE_SECONDS = 15.0
 
 _STATUS: list[tuple[type[QworkerError], int]] = [
-    (JobNotFound, 404), (ScheduleNotFound, 404), (JobStateError, 409), (ScheduleExists, 409),
+    (JobNotFound, 404),
+    (ScheduleNotFound, 404),
+    (JobStateError, 409),
+    (ScheduleExists, 409),
     (ScheduleOwnedByTask, 409),
-    (InvalidJobError, 422), (InvalidScheduleError, 422), (ConfigError, 422),
-]  # fmt: skip
+    (InvalidJobError, 422),
+    (InvalidScheduleError, 422),
+    (ConfigError, 422),
+]
 
 
 def plain(value: Any) -> Any:
@@ -106,18 +111,25 @@ class ScheduleIn(BaseModel):
 
 
 def create_app(
-    client: Client, hub: EventHub | None = None, token: str | None = None,
-    metrics: Metrics | None = None, hosts: Iterable[str] = (),
-) -> FastAPI:  # fmt: skip
+    client: Client,
+    hub: EventHub | None = None,
+    token: str | None = None,
+    metrics: Metrics | None = None,
+    hosts: Iterable[str] = (),
+) -> FastAPI:
     """The ASGI app; ``token``, when given, is required on every API request (see
     ``httpguard``), and ``hosts`` are the names it answers for besides loopback's."""
     hub = hub or EventHub()
     metrics = metrics or Metrics(client)
     app = FastAPIOffline(  # Swagger UI's assets come from that package: no CDN
-        title="qworker", version="1", docs_url="/api/docs", redoc_url=None,
-        openapi_url="/api/openapi.json", static_url="/api/docs/assets",
+        title="qworker",
+        version="1",
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+        static_url="/api/docs/assets",
         description="Jobs, workers, tasks and schedules of a qworker fleet.",
-    )  # fmt: skip
+    )
     app.add_exception_handler(QworkerError, _qworker_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -155,10 +167,16 @@ def create_app(
         until: Annotated[str | None, Query(description="Created before: ISO time.")] = None,
         limit: Annotated[int, Query(ge=1, le=1_000)] = 50,
         skip: Annotated[int, Query(ge=0, le=MAX_SKIP)] = 0,
-    ) -> Any:  # fmt: skip
+    ) -> Any:
         """Jobs, newest first, with the total that match (for paging)."""
-        filters = {"state": state.value if state else None, "task": task, "worker": worker,
-                   "text": text, "since": since, "until": until}  # fmt: skip
+        filters = {
+            "state": state.value if state else None,
+            "task": task,
+            "worker": worker,
+            "text": text,
+            "since": since,
+            "until": until,
+        }
         found = await run(lambda: client.jobs(**filters, limit=limit, skip=skip))
         total = await run(lambda: client.count_jobs(**filters))
         return {"jobs": plain(found), "total": total, "limit": limit, "skip": skip}
@@ -213,9 +231,7 @@ def create_app(
     async def resume(name: str) -> Any:
         return plain(await run(client.resume_schedule, name))
 
-    @app.delete(
-        "/api/schedules/{name:path}", tags=["schedules"], status_code=204
-    )
+    @app.delete("/api/schedules/{name:path}", tags=["schedules"], status_code=204)
     async def remove(name: str) -> Response:
         await run(client.remove_schedule, name)
         return Response(status_code=204)
@@ -228,17 +244,23 @@ def create_app(
         if token is not None:
             secure = request.url.scheme == "https"
             answer.set_cookie(
-                SECURE_EVENTS_COOKIE if secure else EVENTS_COOKIE, events_pass(token),
-                path="/" if secure else "/api/events", httponly=True, samesite="strict",
+                SECURE_EVENTS_COOKIE if secure else EVENTS_COOKIE,
+                events_pass(token),
+                path="/" if secure else "/api/events",
+                httponly=True,
+                samesite="strict",
                 secure=secure,
-            )  # fmt: skip
+            )
         return answer
 
     @app.get("/api/events", tags=["fleet"])
     async def events(request: Request) -> StreamingResponse:
         """Server-sent events: job notifications, workers joining and leaving."""
-        return StreamingResponse(_stream(hub, request), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-store"})  # fmt: skip
+        return StreamingResponse(
+            _stream(hub, request),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store"},
+        )
 
     @app.get("/metrics", tags=["fleet"])
     async def prometheus() -> Response:
@@ -290,8 +312,9 @@ async def _qworker_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     """401, 404 and 405 in the shape of every other error: ``{"error": ...}``."""
     assert isinstance(exc, StarletteHTTPException)
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code,
-                        headers=exc.headers)  # fmt: skip
+    return JSONResponse(
+        {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+    )
 
 
 async def _mongo_error(request: Request, exc: Exception) -> JSONResponse:
@@ -308,7 +331,10 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     ]
     first = problems[0] if problems else {"field": "", "error": "invalid request"}
     return JSONResponse(
-        {"error": f"{first['field']}: {first['error']}", "field": first["field"],
-         "problems": problems},
+        {
+            "error": f"{first['field']}: {first['error']}",
+            "field": first["field"],
+            "problems": problems,
+        },
         status_code=422,
-    )  # fmt: skip
+    )

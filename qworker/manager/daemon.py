@@ -114,8 +114,12 @@ class Manager:
         await listening.wait()
         try:
             async with self._http(url) as http:
-                log.info("manager started", manager_id=self.id, http=http,
-                         ping_interval=self.settings.ping_interval)  # fmt: skip
+                log.info(
+                    "manager started",
+                    manager_id=self.id,
+                    http=http,
+                    ping_interval=self.settings.ping_interval,
+                )
                 await self._lead()
         finally:
             listener.cancel()
@@ -201,8 +205,7 @@ class Manager:
     async def _scheduling(self, work: Callable[..., Any], *args: Any) -> Any:
         """The scheduler's blocking work, in a thread of its own: the API's calls, which
         have their own threads too, can never hold up a handshake behind them."""
-        return await asyncio.get_running_loop().run_in_executor(self._scheduler_thread, work,
-                                                                 *args)  # fmt: skip
+        return await asyncio.get_running_loop().run_in_executor(self._scheduler_thread, work, *args)
 
     def status_line(self) -> str:
         """One line on this manager's state, for ``systemctl status``."""
@@ -243,8 +246,11 @@ class Manager:
     def _known(self, matched: int | bool, event: str, worker_id: str) -> None:
         """Say so when a worker message names no instance we know (forged, stale, or late)."""
         if not matched:
-            self.throttle.warning("ignoring a message from an unknown or stopped worker instance",
-                                  event_name=event, worker_id=worker_id[:200])  # fmt: skip
+            self.throttle.warning(
+                "ignoring a message from an unknown or stopped worker instance",
+                event_name=event,
+                worker_id=worker_id[:200],
+            )
 
     async def _define(self, worker_id: str, nonce: str, tasks: Any) -> None:
         """Record the tasks a worker announced, checked as the worker checked them.
@@ -258,8 +264,10 @@ class Manager:
         ops, metas, clashes = [], [], []
         for raw in tasks:
             if not isinstance(raw, dict) or not isinstance(raw.get("id"), str):
-                log.warning("ignoring a task definition that is not a mapping with an id",
-                            worker_id=worker_id)  # fmt: skip
+                log.warning(
+                    "ignoring a task definition that is not a mapping with an id",
+                    worker_id=worker_id,
+                )
                 continue
             clash = await self._clash(worker_id, raw)
             if clash is not None:
@@ -272,9 +280,13 @@ class Manager:
             except TaskDefinitionError as exc:
                 problems = str(exc).splitlines()
             fields = {
-                "name": raw.get("name", raw["id"]), "description": raw.get("description", ""),
-                "metadata": raw, "valid": not problems, "problems": problems, "definedAt": utcnow(),
-            }  # fmt: skip
+                "name": raw.get("name", raw["id"]),
+                "description": raw.get("description", ""),
+                "metadata": raw,
+                "valid": not problems,
+                "problems": problems,
+                "definedAt": utcnow(),
+            }
             ops.append(
                 UpdateOne(
                     {"_id": raw["id"]},
@@ -286,8 +298,11 @@ class Manager:
             try:
                 await self.tasks.bulk_write(ops, ordered=False)
             except (BulkWriteError, InvalidDocument) as exc:  # too large, or refused: those only
-                log.warning("some announced tasks could not be recorded", worker_id=worker_id,
-                            error=str(exc)[:500])  # fmt: skip
+                log.warning(
+                    "some announced tasks could not be recorded",
+                    worker_id=worker_id,
+                    error=str(exc)[:500],
+                )
         self.conflicts.record(worker_id, nonce, clashes)
         await self._scheduling(self.scheduler.install, metas)
 
@@ -300,10 +315,14 @@ class Manager:
         if not fields:
             return None
         holders = await self.workers.find(
-            {"tasks": raw["id"], "state": "running", "standalone": {"$ne": True},
-             "_id": {"$ne": worker_id}},
+            {
+                "tasks": raw["id"],
+                "state": "running",
+                "standalone": {"$ne": True},
+                "_id": {"$ne": worker_id},
+            },
             {"state": 1, "pingedAt": 1},
-        ).to_list()  # fmt: skip
+        ).to_list()
         live = [str(holder["_id"]) for holder in holders if self._alive(holder)]
         return refusal(raw["id"], live, fields) if live else None
 
@@ -322,20 +341,31 @@ class Manager:
         now = utcnow()
         await self.workers.update_one(
             {"_id": worker_id},
-            {"$set": {"nonce": nonce, "host": body.get("host"), "pid": body.get("pid"),
-                      "expireAt": kept_until(now),
-                      "tasks": body.get("tasks"), "state": "running", "startedAt": now,
-                      "pingedAt": now, "running": 0, "standalone": False,
-                      "pingInterval": self.settings.ping_interval},
-             "$unset": {"stoppedAt": "", "diedAt": ""}},
+            {
+                "$set": {
+                    "nonce": nonce,
+                    "host": body.get("host"),
+                    "pid": body.get("pid"),
+                    "expireAt": kept_until(now),
+                    "tasks": body.get("tasks"),
+                    "state": "running",
+                    "startedAt": now,
+                    "pingedAt": now,
+                    "running": 0,
+                    "standalone": False,
+                    "pingInterval": self.settings.ping_interval,
+                },
+                "$unset": {"stoppedAt": "", "diedAt": ""},
+            },
             upsert=True,
-        )  # fmt: skip
+        )
         await self.channel.publish(
             protocol.start(worker_id),
             {"nonce": nonce, "pingInterval": self.settings.ping_interval, "managerId": self.id},
         )
-        log.info("worker accepted", worker_id=worker_id, host=body.get("host"),
-                 tasks=body.get("tasks"))  # fmt: skip
+        log.info(
+            "worker accepted", worker_id=worker_id, host=body.get("host"), tasks=body.get("tasks")
+        )
 
     async def _rejection(self, worker_id: str, nonce: str, tasks: Any) -> str | None:
         """Why this worker may not run, or None."""
@@ -376,10 +406,14 @@ class Manager:
         ).to_list()
         for worker in dead:
             marked = await self.workers.update_one(
-                {"_id": worker["_id"], "nonce": worker["nonce"], "state": "running",
-                 "pingedAt": worker["pingedAt"]},
+                {
+                    "_id": worker["_id"],
+                    "nonce": worker["nonce"],
+                    "state": "running",
+                    "pingedAt": worker["pingedAt"],
+                },
                 {"$set": {"state": "dead", "diedAt": utcnow()}},
-            )  # fmt: skip
+            )
             if marked.modified_count:
                 await self._recover(worker)
 

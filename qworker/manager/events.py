@@ -18,10 +18,14 @@ Event = tuple[str, dict[str, Any]]
 
 # What a person watching the fleet wants to see: jobs moving, workers coming and going.
 WATCHED = (
-    protocol.WORKER_NOTIFICATION, protocol.WORKER_INITIALIZE, protocol.WORKER_STOP,
-    protocol.WORKER_TERMINATE, protocol.WORKER_DEAD, protocol.MANAGER_START,
+    protocol.WORKER_NOTIFICATION,
+    protocol.WORKER_INITIALIZE,
+    protocol.WORKER_STOP,
+    protocol.WORKER_TERMINATE,
+    protocol.WORKER_DEAD,
+    protocol.MANAGER_START,
     protocol.MANAGER_STOP,
-)  # fmt: skip
+)
 LISTENER_QUEUE = 1_000
 
 

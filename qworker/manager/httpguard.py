@@ -47,12 +47,17 @@ LOGIN = "/api/login"
 REQUEST_HEADER = "x-qworker-request"
 EVENTS_COOKIE = "qworker_events"
 SECURE_EVENTS_COOKIE = "__Host-qworker_events"  # over HTTPS: bound to this exact origin
-CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
-       "form-action 'self'; frame-ancestors 'none'")  # fmt: skip
+CSP = (
+    "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 # Swagger UI's page starts itself with an inline script.
 DOCS_CSP = f"{CSP}; script-src 'self' 'unsafe-inline'"
-SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                    (b"x-frame-options", b"DENY")]  # fmt: skip
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+]
 
 
 def events_pass(token: str) -> str:
@@ -108,8 +113,10 @@ class Guard:
     def _refusal(self, scope: Scope, headers: dict[str, str]) -> tuple[int, str] | None:
         host = headers.get("host", "")
         if not self.rules.host_allowed(host):
-            return 421, (f"this server does not answer for host {host!r}: add it with "
-                         "--allowed-host if it is one of this server's names")  # fmt: skip
+            return 421, (
+                f"this server does not answer for host {host!r}: add it with "
+                "--allowed-host if it is one of this server's names"
+            )
         method, path = scope["method"], scope["path"]
         if not self._authorized(path, method, headers):
             return 401, "a valid API token is required (Authorization: Bearer …)"
@@ -118,8 +125,10 @@ class Guard:
             if cross:
                 return 403, f"refused a change from another site ({cross})"
             if not _preflighted(headers):
-                return 403, ("a change needs a JSON body, an Authorization header or an "
-                             "X-Qworker-Request header")  # fmt: skip
+                return 403, (
+                    "a change needs a JSON body, an Authorization header or an "
+                    "X-Qworker-Request header"
+                )
         length = headers.get("content-length", "")
         if length.isdigit() and int(length) > self.rules.max_body:
             return 413, f"a request body may have at most {self.rules.max_body} bytes"
@@ -178,8 +187,11 @@ def _cookies(header: str) -> dict[str, str]:
 def _with_security_headers(send: Send, csp: str) -> Send:
     async def sending(message: Message) -> None:
         if message["type"] == "http.response.start":
-            message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS,
-                                  (b"content-security-policy", csp.encode())]  # fmt: skip
+            message["headers"] = [
+                *message.get("headers", []),
+                *SECURITY_HEADERS,
+                (b"content-security-policy", csp.encode()),
+            ]
         await send(message)
 
     return sending
@@ -187,9 +199,16 @@ def _with_security_headers(send: Send, csp: str) -> Send:
 
 async def _answer(send: Send, status: int, error: str) -> None:
     body = json.dumps({"error": error}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})  # fmt: skip
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

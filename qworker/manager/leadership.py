@@ -40,31 +40,50 @@ class Leadership:
         now = utcnow()
         await self.leases.update_one(  # this manager runs (the TTL index forgets it a day on)
             {"_id": f"manager:{self.owner}"},
-            {"$set": {"seenAt": now, "expireAt": now + timedelta(days=1)}}, upsert=True,
-        )  # fmt: skip
+            {"$set": {"seenAt": now, "expireAt": now + timedelta(days=1)}},
+            upsert=True,
+        )
         implausible = now + timedelta(seconds=MAX_AHEAD * self.ttl)
         taken_over = await self.leases.find_one(
-            {"_id": LEASE_ID, "owner": {"$ne": self.owner},
-             "$or": [{"expiresAt": {"$gt": implausible}},
-                     {"expiresAt": {"$not": {"$type": "date"}}}]},
-        )  # fmt: skip
+            {
+                "_id": LEASE_ID,
+                "owner": {"$ne": self.owner},
+                "$or": [
+                    {"expiresAt": {"$gt": implausible}},
+                    {"expiresAt": {"$not": {"$type": "date"}}},
+                ],
+            },
+        )
         try:
             await self.leases.update_one(
-                {"_id": LEASE_ID, "$or": [
-                    {"owner": self.owner}, {"expiresAt": {"$lt": now}},
-                    {"expiresAt": {"$gt": implausible}}, {"expiresAt": {"$not": {"$type": "date"}}},
-                ]},
-                {"$set": {"owner": self.owner, "expiresAt": now + timedelta(seconds=self.ttl),
-                          "renewedAt": now}},
+                {
+                    "_id": LEASE_ID,
+                    "$or": [
+                        {"owner": self.owner},
+                        {"expiresAt": {"$lt": now}},
+                        {"expiresAt": {"$gt": implausible}},
+                        {"expiresAt": {"$not": {"$type": "date"}}},
+                    ],
+                },
+                {
+                    "$set": {
+                        "owner": self.owner,
+                        "expiresAt": now + timedelta(seconds=self.ttl),
+                        "renewedAt": now,
+                    }
+                },
                 upsert=True,
-            )  # fmt: skip
+            )
         except DuplicateKeyError:
             await self._doubt(now)
             return False  # another manager holds a live lease
         if taken_over is not None:
-            log.error("took over a lease no live manager could hold", manager_id=self.owner,
-                      held_by=str(taken_over.get("owner"))[:200],
-                      expires=str(taken_over.get("expiresAt"))[:100])  # fmt: skip
+            log.error(
+                "took over a lease no live manager could hold",
+                manager_id=self.owner,
+                held_by=str(taken_over.get("owner"))[:200],
+                expires=str(taken_over.get("expiresAt"))[:100],
+            )
         return True
 
     async def _doubt(self, now: datetime) -> None:
@@ -77,9 +96,12 @@ class Leadership:
         if await self.leases.find_one({"_id": f"manager:{holder}", "seenAt": {"$gt": recently}}):
             return
         self._doubted = holder
-        log.error("the lease is held by no manager that runs: if none of that name does, "
-                  "the leases collection was written by someone else",
-                  held_by=holder, expires=str(lease.get("expiresAt"))[:100])  # fmt: skip
+        log.error(
+            "the lease is held by no manager that runs: if none of that name does, "
+            "the leases collection was written by someone else",
+            held_by=holder,
+            expires=str(lease.get("expiresAt"))[:100],
+        )
 
     async def release(self) -> None:
         """Give the lease up (a standby takes over at once), and the document of this manager."""

@@ -65,13 +65,19 @@ class Metrics:
             "qworker_jobs_failed", "Jobs that failed for good.", ["task"], registry=self.registry
         )
         self.duration = Histogram(
-            "qworker_job_duration_seconds", "Run time of finished jobs' last run.", ["task"],
-            buckets=BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "qworker_job_duration_seconds",
+            "Run time of finished jobs' last run.",
+            ["task"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
         self.wait = Histogram(
-            "qworker_job_wait_seconds", "Enqueue (or due time) to start of finished jobs.",
-            ["task"], buckets=BUCKETS, registry=self.registry,
-        )  # fmt: skip
+            "qworker_job_wait_seconds",
+            "Enqueue (or due time) to start of finished jobs.",
+            ["task"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_Store(client))
 
     def observe(self) -> None:
@@ -86,8 +92,10 @@ class Metrics:
                     self.failed.labels(task).inc()
                 else:
                     continue  # a failed attempt that will be retried, or a cancel
-                for histogram, seconds in ((self.duration, stats.run_seconds(doc)),
-                                           (self.wait, stats.wait_seconds(doc))):  # fmt: skip
+                for histogram, seconds in (
+                    (self.duration, stats.run_seconds(doc)),
+                    (self.wait, stats.wait_seconds(doc)),
+                ):
                     if seconds is not None:
                         histogram.labels(task).observe(seconds)
             self._seen_until = until

@@ -60,13 +60,22 @@ class Pings:
         self, workers: AsyncCollection[Doc], heard: dict[tuple[str, str], tuple[datetime, Any]]
     ) -> None:
         ops = [
-            UpdateOne({"_id": worker_id, "nonce": nonce, "state": {"$ne": "stopped"}},
-                      {"$set": {"pingedAt": at, "state": "running", "expireAt": kept_until(at),
-                                "running": running}})
+            UpdateOne(
+                {"_id": worker_id, "nonce": nonce, "state": {"$ne": "stopped"}},
+                {
+                    "$set": {
+                        "pingedAt": at,
+                        "state": "running",
+                        "expireAt": kept_until(at),
+                        "running": running,
+                    }
+                },
+            )
             for (worker_id, nonce), (at, running) in heard.items()
-        ]  # fmt: skip
+        ]
         result = await workers.bulk_write(ops, ordered=False)
         unknown = len(ops) - result.matched_count
         if unknown:
-            self._throttle.warning("ignoring pings of unknown or stopped worker instances",
-                                   count=unknown)  # fmt: skip
+            self._throttle.warning(
+                "ignoring pings of unknown or stopped worker instances", count=unknown
+            )

@@ -59,8 +59,12 @@ class Firing:
             self.jobs.insert_one(doc)
         except PyMongoError as exc:
             if not isinstance(exc, DuplicateKeyError):
-                log.warning("cannot enqueue a fire; will retry", schedule=schedule.name,
-                            fire_time=at.isoformat(), error=str(exc))  # fmt: skip
+                log.warning(
+                    "cannot enqueue a fire; will retry",
+                    schedule=schedule.name,
+                    fire_time=at.isoformat(),
+                    error=str(exc),
+                )
                 self.failed.append((schedule, fire_time))
                 return False
             index = (exc.details or {}).get("keyPattern") or {}

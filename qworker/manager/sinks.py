@@ -57,8 +57,11 @@ class Webhook:
         return f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
 
     def request_headers(self, body: bytes) -> dict[str, str]:
-        headers = {"Content-Type": "application/json", "User-Agent": "qworker-manager",
-                   **dict(self.headers)}  # fmt: skip
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "qworker-manager",
+            **dict(self.headers),
+        }
         if self.secret is not None:
             digest = hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
             headers[SIGNATURE_HEADER] = f"sha256={digest}"
@@ -118,11 +121,15 @@ def _webhook(path: Path, n: int, raw: Any) -> Webhook:
             raise ConfigError(f"{where}: '{key}' must be a number >= {minimum}")
         numbers[key] = value
     return Webhook(
-        url=raw["url"], events=chosen["events"], tasks=chosen["tasks"],
-        retries=int(numbers["retries"]), backoff=float(numbers["backoff"]),
-        timeout=float(numbers["timeout"]), headers=_headers(where, raw.get("headers", {})),
+        url=raw["url"],
+        events=chosen["events"],
+        tasks=chosen["tasks"],
+        retries=int(numbers["retries"]),
+        backoff=float(numbers["backoff"]),
+        timeout=float(numbers["timeout"]),
+        headers=_headers(where, raw.get("headers", {})),
         secret=_secret(where, raw.get("secret")),
-    )  # fmt: skip
+    )
 
 
 def _headers(where: str, raw: Any) -> tuple[tuple[str, str], ...]:
@@ -174,8 +181,9 @@ class Sinks:
                 continue
             if queue.full():
                 queue.get_nowait()
-                log.warning("webhook queue full: dropped the oldest notification",
-                            webhook=hook.shown)  # fmt: skip
+                log.warning(
+                    "webhook queue full: dropped the oldest notification", webhook=hook.shown
+                )
             queue.put_nowait(note)
 
     async def _deliver(self, hook: Webhook, queue: asyncio.Queue[dict[str, Any]]) -> None:
@@ -187,12 +195,14 @@ class Sinks:
                 if error is None:
                     break
                 if attempt == hook.retries:
-                    log.error("webhook gave up", webhook=hook.shown, error=error,
-                              attempts=attempt + 1)  # fmt: skip
+                    log.error(
+                        "webhook gave up", webhook=hook.shown, error=error, attempts=attempt + 1
+                    )
                     break
                 delay = hook.backoff * 2**attempt
-                log.warning("webhook failed; retrying", webhook=hook.shown, error=error,
-                            retry_in=delay)  # fmt: skip
+                log.warning(
+                    "webhook failed; retrying", webhook=hook.shown, error=error, retry_in=delay
+                )
                 await asyncio.sleep(delay)
 
 

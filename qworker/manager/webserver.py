@@ -59,8 +59,9 @@ class _Server(uvicorn.Server):
 class WebServer:
     def __init__(self, app: FastAPI, sock: socket.socket) -> None:
         self._sock = sock
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off",
-                                timeout_graceful_shutdown=5)  # fmt: skip
+        config = uvicorn.Config(
+            app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5
+        )
         self._server = _Server(config)
 
     @property

@@ -35,8 +35,9 @@ def lost_before(doc: dict[str, Any]) -> bool:
     a batch claim leaves out every job whose ``lostCount`` MongoDB finds above 0.
     """
     lost = doc.get("lostCount")
-    none = lost is None or (isinstance(lost, int | float) and not isinstance(lost, bool)
-                            and lost <= 0)  # fmt: skip
+    none = lost is None or (
+        isinstance(lost, int | float) and not isinstance(lost, bool) and lost <= 0
+    )
     return not none
 
 

@@ -35,9 +35,14 @@ Doc = dict[str, Any]
 
 class Claims:
     def __init__(
-        self, store: WorkerStore, tasks: Iterable[str], worker_id: str, nonce: str,
-        lease: float, poll_interval: float,
-    ) -> None:  # fmt: skip
+        self,
+        store: WorkerStore,
+        tasks: Iterable[str],
+        worker_id: str,
+        nonce: str,
+        lease: float,
+        poll_interval: float,
+    ) -> None:
         self.store, self.tasks = store, frozenset(tasks)
         self.worker_id, self.nonce = worker_id, nonce
         self.lease, self.poll_interval = lease, poll_interval
@@ -80,8 +85,9 @@ class Claims:
     async def claim(self, ids: list[ObjectId], now: datetime, solo: bool = False) -> list[Doc]:
         """The claimed documents, in claim order (none if the server cannot be reached)."""
         try:
-            docs = await self.store.claim(ids, self.worker_id, self._token(), now, self.lease,
-                                          lost_too=solo)  # fmt: skip
+            docs = await self.store.claim(
+                ids, self.worker_id, self._token(), now, self.lease, lost_too=solo
+            )
         except OperationFailure as exc:  # the server refused the update: a malformed job
             docs = await self._claim_apart(ids, now, exc)
         except PyMongoError as exc:
@@ -90,15 +96,17 @@ class Claims:
             return []
         return sorted(docs, key=lambda d: (-priority_of(d), d["nextRunAt"]))
 
-    async def _claim_apart(self, ids: list[ObjectId], now: datetime,
-                           exc: OperationFailure) -> list[Doc]:  # fmt: skip
+    async def _claim_apart(
+        self, ids: list[ObjectId], now: datetime, exc: OperationFailure
+    ) -> list[Doc]:
         """Claim one at a time, failing the jobs whose claim the server refuses."""
         log.warning("a claim was refused; claiming one job at a time", error=str(exc)[:300])
         docs: list[Doc] = []
         for job_id in ids:
             try:
-                docs += await self.store.claim([job_id], self.worker_id, self._token(), now,
-                                               self.lease)  # fmt: skip
+                docs += await self.store.claim(
+                    [job_id], self.worker_id, self._token(), now, self.lease
+                )
             except OperationFailure as refused:
                 reason = f"it cannot be claimed: {str(refused)[:300]}"
                 log.error("failing a malformed job", job_id=str(job_id), reason=reason)
@@ -130,8 +138,12 @@ def _hinted_job(entry: dict[str, Any], tasks: frozenset[str]) -> Doc | None:
         at = datetime.fromisoformat(entry["nextRunAt"])
         if at.tzinfo is None:  # compared with aware times when claiming
             raise ValueError("nextRunAt without a UTC offset")
-        return {"_id": ObjectId(entry["id"]), "name": entry["name"],
-                "priority": int(entry.get("priority", 0)), "nextRunAt": at}  # fmt: skip
+        return {
+            "_id": ObjectId(entry["id"]),
+            "name": entry["name"],
+            "priority": int(entry.get("priority", 0)),
+            "nextRunAt": at,
+        }
     except (KeyError, TypeError, ValueError, OverflowError, InvalidId):
         log.warning("ignoring malformed job:queued entry")
         return None

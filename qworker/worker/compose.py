@@ -33,8 +33,7 @@ def composed(task_id: str, steps: list[Handler] | tuple[Handler, ...], taken: bo
     """
     if not isinstance(steps, list | tuple):
         raise TypeError(
-            f"the steps of task '{task_id}' must be a list of callables, "
-            f"not {type(steps).__name__}"
+            f"the steps of task '{task_id}' must be a list of callables, not {type(steps).__name__}"
         )
     if not steps:
         raise ValueError(f"task '{task_id}' is composed of no steps: give at least one")
@@ -101,8 +100,10 @@ def _stop_before(job: Job, n: int, names: list[str]) -> bool:
     if job.cancelled:
         job.warn(
             "stopped before step %d/%d (%s): the job was cancelled or timed out",
-            n + 1, len(names), names[n],
-        )  # fmt: skip
+            n + 1,
+            len(names),
+            names[n],
+        )
         return True
     job.progress(100 * n // len(names), step=names[n])
     return False

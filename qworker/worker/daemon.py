@@ -36,21 +36,16 @@ from qworker.worker.leases import Leases
 from qworker.worker.membership import Membership
 from qworker.worker.outbox import Outbox, OutboxWriter
 from qworker.worker.runs import Counters, Runs
+from qworker.worker.stopping import Stopping
 from qworker.worker.taskapi import TaskHandle, TaskSetup, run_setup
 from qworker.worker.threads import call
 
 log = structlog.get_logger("qworker.worker")
 
 COALESCE_SECONDS = 0.005
-# Seconds a stopping worker waits for MongoDB to take what it has not written yet.
-STOP_WAIT = 10.0
-# Seconds a claim in flight when a stop begins may take; beyond, it is abandoned
-# (a claim the server made anyway returns its jobs with their lease).
-CLAIM_WAIT = 2.0
-UNWRITTEN_SHOWN = 50
 # The exit code of a worker refused for a reason that may pass (a task defined
 # differently by live workers): unlike 3, a supervisor should start it again later.
-REFUSED_FOR_NOW = 4  # writes named in the log of a stop that could not make them
+REFUSED_FOR_NOW = 4
 
 
 class Worker:
@@ -62,25 +57,24 @@ class Worker:
         self.metas = {meta.id: meta for meta in metas}
         self.nonce = uuid.uuid4().hex[:12]
         self.host = socket.gethostname()
-        self._stopping = False
-        self._force = asyncio.Event()
-        self._stop_asked = asyncio.Event()
-        self._give_up = asyncio.Event()  # the last writes wait for MongoDB no longer
-        self._writing_last = False
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.writer: OutboxWriter | None = None  # made with the connection (run)
         self.outbox = Outbox(
-            settings.lease, self._notify_outbox, self.id,
+            settings.lease,
+            self._notify_outbox,
+            self.id,
             lambda task, event: self.metas[task].attributes_for(event),
-        )  # fmt: skip
+        )
         self._batch_floor = max(1, settings.concurrency // 4)
         self.membership = None if settings.standalone else Membership(self)
-        self._listing = Listing(self.id, self.nonce, self.host, os.getpid(), list(self.metas),
-                                settings.lease / 3)  # fmt: skip
+        self._listing = Listing(
+            self.id, self.nonce, self.host, os.getpid(), list(self.metas), settings.lease / 3
+        )
         self.outbox.notifying = self.membership is not None
         self.registry = TaskSetup(self)
         self.runs = Runs(self.metas, self.registry, self.outbox, self, self._wake.set)
+        self.stopping = Stopping(settings.grace, self.runs, self._wake.set)
         self.failure: str | None = None  # why task code stopped the worker (worker.fail)
 
     # -- loading ---------------------------------------------------------
@@ -107,12 +101,25 @@ class Worker:
         db = client.get_default_database(default="qworker")
         self.store = WorkerStore(db[names.jobs])
         self.channel = Channel(db[names.channel])
-        self.claims = Claims(self.store, self.metas, self.id, self.nonce, self.settings.lease,
-                             self.settings.poll_interval)  # fmt: skip
-        self.leases = Leases(self.store, self.settings.lease, self._held, self.cancel_job,
-                             self._refill_now, self._register)  # fmt: skip
-        self.writer = OutboxWriter(self.outbox, self.store, self.channel, self._wake.set,
-                                   self.leases.unreachable)  # fmt: skip
+        self.claims = Claims(
+            self.store,
+            self.metas,
+            self.id,
+            self.nonce,
+            self.settings.lease,
+            self.settings.poll_interval,
+        )
+        self.leases = Leases(
+            self.store,
+            self.settings.lease,
+            self._held,
+            self.cancel_job,
+            self._refill_now,
+            self._register,
+        )
+        self.writer = OutboxWriter(
+            self.outbox, self.store, self.channel, self._wake.set, self.leases.unreachable
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)
         hooks = self.registry
@@ -137,27 +144,36 @@ class Worker:
         except TimeoutError:
             log.warning("channel not ready; relying on polling")
         log.info(
-            "worker started", worker_id=self.id, tasks=list(self.metas), pid=os.getpid(),
-            concurrency=self.settings.concurrency, standalone=self.settings.standalone,
-        )  # fmt: skip
+            "worker started",
+            worker_id=self.id,
+            tasks=list(self.metas),
+            pid=os.getpid(),
+            concurrency=self.settings.concurrency,
+            standalone=self.settings.standalone,
+        )
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
         if self.membership is not None:
             background.append(asyncio.create_task(self.membership.run()))
         try:
-            await self._claim_until_stopped()
-            await self._drain_running()
+            await self.stopping.end_claims(asyncio.ensure_future(self._claim_loop()))
+            await self.stopping.drain()
         finally:
             flushing, *others = background
             await cancel_and_wait([flushing])  # the last writes take over what it holds
-            await self._last_writes()
+            await self.stopping.last_writes(self.outbox, self.writer, self._say_goodbye)
             await cancel_and_wait(others)
             await self._run_hooks(*self._task_hooks(hooks.task_finalizers), hooks.finalizers)
             await close_async(client)
         c = self.counters
         log.info(
-            "worker stopped", worker_id=self.id, succeeded=c.succeeded, failed=c.failed,
-            retried=c.retried, cancelled=c.cancelled, released=c.released,
-        )  # fmt: skip
+            "worker stopped",
+            worker_id=self.id,
+            succeeded=c.succeeded,
+            failed=c.failed,
+            retried=c.retried,
+            cancelled=c.cancelled,
+            released=c.released,
+        )
         if self.refused:
             return REFUSED_FOR_NOW if self.membership and self.membership.refused_for_now else 3
         return 1 if self.failure else 0
@@ -181,40 +197,11 @@ class Worker:
         done = f"{c.succeeded} succeeded, {c.failed} failed"
         if self.refused:
             return f"terminated by the manager: {self.refused}"
-        if self._stopping:
+        if self.stopping.asked:
             return f"stopping: {running} running jobs to finish or hand back ({done})"
         if self.membership is not None and not self.membership.accepted.is_set():
             return f"waiting for a manager to accept it ({running} jobs running)"
         return f"running {running} of {self.settings.concurrency} jobs ({done})"
-
-    async def _last_writes(self) -> None:
-        """Outcomes and hand-backs, notifications, the goodbye: what a stopping worker
-        still owes MongoDB, waiting for it at most ``STOP_WAIT`` (or until another
-        signal). What could not be written is logged: the leases of those jobs
-        expire, and the jobs return to the queue."""
-        self._writing_last = True
-        writing = asyncio.ensure_future(self._write_all())
-        given_up = asyncio.ensure_future(self._give_up.wait())
-        await asyncio.wait([writing, given_up], timeout=STOP_WAIT,
-                           return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
-        given_up.cancel()
-        if writing.done():
-            return
-        await cancel_and_wait([writing])
-        ops, notes = self.outbox.drain()
-        unwritten = self.outbox.describe(ops)
-        log.error(
-            "stopping without writing to MongoDB; their leases return these jobs to the queue",
-            unwritten=unwritten[:UNWRITTEN_SHOWN], more=max(0, len(unwritten) - UNWRITTEN_SHOWN),
-            notifications=len(notes) + len(self.writer.notes if self.writer else []),
-        )  # fmt: skip
-
-    async def _write_all(self) -> None:
-        assert self.writer is not None
-        self.writer.stopping = True
-        await self.writer.flush()
-        await self.writer.publish()
-        await self._say_goodbye()
 
     async def _say_goodbye(self) -> None:
         if self.membership is None:
@@ -233,52 +220,8 @@ class Worker:
                 await call(hook)
 
     def request_stop(self, force: bool = False) -> None:
-        """First signal: stop claiming and drain; second (or ``force``): stop at once.
-
-        A third signal, or any while the last writes wait for MongoDB, ends that wait.
-        """
-        if self._force.is_set() or self._writing_last:
-            log.warning("no longer waiting for MongoDB: stopping at once")
-            self._give_up.set()
-            return
-        if not self._stopping:  # the shutdown begins: tell systemd, if it runs us
-            status = f"stopping: {len(self.runs)} running jobs to finish or hand back"
-            systemd.stopping(status, within=self.settings.grace + systemd.STOP_MARGIN)
-        if self._stopping or force:
-            self._stopping = True
-            log.warning("stopping now, returning unfinished jobs to the queue")
-            self._force.set()
-        else:
-            log.info("stopping: finishing running jobs", grace=self.settings.grace,
-                     running=len(self.runs))  # fmt: skip
-            self._stopping = True
-        self._stop_asked.set()
-        self._wake.set()
-
-    async def _claim_until_stopped(self) -> None:
-        """The claim loop, ended by a stop: a read or claim that waits for an unreachable
-        server is not waited for beyond ``CLAIM_WAIT``."""
-        claiming = asyncio.ensure_future(self._claim_loop())
-        asked = asyncio.ensure_future(self._stop_asked.wait())
-        await asyncio.wait([claiming, asked], return_when=asyncio.FIRST_COMPLETED)
-        asked.cancel()
-        await asyncio.wait([claiming], timeout=CLAIM_WAIT)
-        await cancel_and_wait([claiming])
-        if not claiming.cancelled():
-            claiming.result()  # what the loop raised, it raises here
-
-    async def _drain_running(self) -> None:
-        """Let running jobs finish within the grace period (or until a second signal)."""
-        tasks = self.runs.tasks()
-        if tasks:
-            finished: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
-            forced: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
-            await asyncio.wait(
-                [finished, forced], timeout=self.settings.grace,
-                return_when=asyncio.FIRST_COMPLETED,
-            )  # fmt: skip
-            forced.cancel()
-        self.runs.release_all()
+        """A signal, the manager or ``worker.fail`` asks the worker to stop (see ``Stopping``)."""
+        self.stopping.request(force)
 
     # -- claiming --------------------------------------------------------
 
@@ -287,7 +230,7 @@ class Worker:
         return self.settings.concurrency if cap is None else cap - self.runs.per_task[task_id]
 
     async def _claim_loop(self) -> None:
-        while not self._stopping:
+        while not self.stopping.asked:
             if self.membership is not None and not self.membership.accepted.is_set():
                 await self._wait(self.settings.poll_interval)  # not accepted, or paused
                 continue
@@ -303,8 +246,7 @@ class Worker:
             if self.claims.should_read():
                 await self.claims.read()
             now = utcnow()
-            picks, solo = self.claims.candidates.take(free, now, self._room,
-                                                      alone=not self.runs)  # fmt: skip
+            picks, solo = self.claims.candidates.take(free, now, self._room, alone=not self.runs)
             if picks:
                 for doc in await self.claims.claim(picks, now, solo):
                     self.runs.start(doc)
@@ -363,8 +305,6 @@ class Worker:
             else:
                 log.warning("ignoring a malformed job:cancel")
 
-    # -- running ---------------------------------------------------------
-
     # -- what task code asks of the worker (taskapi.Engine) ----------------
 
     @property
@@ -408,8 +348,9 @@ class Worker:
         except PyMongoError:
             return  # the next lease renewal sees cancelRequested
         if asked is None:
-            log.warning("ignoring a job:cancel for a job whose cancel nobody asked for",
-                        job_id=job_id)  # fmt: skip
+            log.warning(
+                "ignoring a job:cancel for a job whose cancel nobody asked for", job_id=job_id
+            )
             return
         self.cancel_job(job_id)
 

@@ -32,10 +32,14 @@ log = structlog.get_logger("qworker.worker")
 
 class Leases:
     def __init__(
-        self, store: WorkerStore, lease: float, held: Callable[[], Iterable[str]],
-        cancel: Callable[[str], object], recovered: Callable[[], None],
+        self,
+        store: WorkerStore,
+        lease: float,
+        held: Callable[[], Iterable[str]],
+        cancel: Callable[[str], object],
+        recovered: Callable[[], None],
         upkeep: Callable[[], Awaitable[None]],
-    ) -> None:  # fmt: skip
+    ) -> None:
         """``held``: the claim tokens to renew; ``cancel(job_id)`` for a cancel found;
         ``recovered()`` once jobs were taken back; ``upkeep()`` each round besides."""
         self.store, self.lease = store, lease

@@ -63,16 +63,24 @@ class Membership:
 
     def events(self) -> list[str]:
         w = self.worker.id
-        return [protocol.start(w), protocol.stop(w), protocol.terminate(w),
-                protocol.MANAGER_START, protocol.MANAGER_STOP]  # fmt: skip
+        return [
+            protocol.start(w),
+            protocol.stop(w),
+            protocol.terminate(w),
+            protocol.MANAGER_START,
+            protocol.MANAGER_STOP,
+        ]
 
     async def on_message(self, event: str, body: dict[str, Any]) -> None:
         w = self.worker
         if event in (protocol.MANAGER_START, protocol.MANAGER_STOP):
             sender = body.get("managerId")
             if not await self._leads(event, sender):
-                log.warning(f"ignoring {event} from a manager that does not hold the lease",
-                            manager_id=str(sender)[:200], leader=self.leader)  # fmt: skip
+                log.warning(
+                    f"ignoring {event} from a manager that does not hold the lease",
+                    manager_id=str(sender)[:200],
+                    leader=self.leader,
+                )
                 return
             if event == protocol.MANAGER_START:
                 self.leader = sender
@@ -132,8 +140,10 @@ class Membership:
 
     async def _announce(self) -> None:
         w = self.worker
-        tasks = [{**m.raw, "id": m.id, "name": m.name, "description": m.description}
-                 for m in w.metas.values()]  # fmt: skip
+        tasks = [
+            {**m.raw, "id": m.id, "name": m.name, "description": m.description}
+            for m in w.metas.values()
+        ]
         await w.channel.publish(protocol.WORKER_CONNECTED, self._identity())
         await w.channel.publish(protocol.DEFINE_TASKS, {**self._identity(), "tasks": tasks})
         await w.channel.publish(

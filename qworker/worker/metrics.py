@@ -29,9 +29,10 @@ class _WorkerFigures(Collector):
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | InfoMetricFamily]:
         worker = self._worker
         yield InfoMetricFamily(
-            "qworker_worker", "This worker.",
+            "qworker_worker",
+            "This worker.",
             value={"worker_id": worker.id, "tasks": ",".join(sorted(worker.metas))},
-        )  # fmt: skip
+        )
         runs = CounterMetricFamily(
             "qworker_worker_jobs", "Runs this worker finished, by outcome.", labels=["outcome"]
         )

@@ -41,10 +41,15 @@ def notification(
 ) -> dict[str, Any]:
     """A channel message announcing ``kind`` (start, progress, success, fail, log…)."""
     body = {
-        "workerId": worker_id, "sourceType": "job", "sourceId": str(job["_id"]),
-        "task": job.get("name"), "type": kind, "triggeredAt": utcnow(),
-        "job": pick(job, paths), **extra,
-    }  # fmt: skip
+        "workerId": worker_id,
+        "sourceType": "job",
+        "sourceId": str(job["_id"]),
+        "task": job.get("name"),
+        "type": kind,
+        "triggeredAt": utcnow(),
+        "job": pick(job, paths),
+        **extra,
+    }
     note = message(protocol.WORKER_NOTIFICATION, body)
     if oversized(note):  # the selected attributes are too big to travel: say so instead
         body["job"], body["jobOmitted"] = {}, f"over {MAX_MESSAGE_BYTES} bytes"

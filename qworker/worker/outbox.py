@@ -123,16 +123,21 @@ class Outbox:
         self._move_chain(job.doc, outcome, now, retention)
         self.event(job, kind, view, **extra)
 
-    def _move_chain(self, doc: dict[str, Any], outcome: Outcome, now: datetime,
-                    retention: Retention) -> None:  # fmt: skip
+    def _move_chain(
+        self, doc: dict[str, Any], outcome: Outcome, now: datetime, retention: Retention
+    ) -> None:
         """Written with the outcome, in the same ordered batch: see ``chains``."""
         if outcome.state is JobState.SUCCEEDED:
             follow = advance(doc, outcome.result, now)
             if follow is not None:
                 self.add(follow, f"chain step after job {doc['_id']}")
                 following = doc["chain"]["next"]
-                hint = {"_id": following["id"], "name": following["task"],
-                        "priority": following["priority"], "nextRunAt": now}  # fmt: skip
+                hint = {
+                    "_id": following["id"],
+                    "name": following["task"],
+                    "priority": following["priority"],
+                    "nextRunAt": now,
+                }
                 self.publish(message(protocol.JOB_QUEUED, protocol.queued([hint])))
         elif outcome.retry_at is None:
             stopped = stop_chain(doc, outcome.reason or outcome.state.value, now, retention)
@@ -148,10 +153,14 @@ class Outbox:
             notes, self._notes = self._notes, []
         if self.notifying:
             notes += [
-                self._note({**job.doc, "progress": {"percent": value, "step": step}},
-                           "progress", percent=value, step=step)
+                self._note(
+                    {**job.doc, "progress": {"percent": value, "step": step}},
+                    "progress",
+                    percent=value,
+                    step=step,
+                )
                 for job, value, step in progress.values()
-            ]  # fmt: skip
+            ]
         first: list[Write] = []
         with self._lock:
             for job, value, step in progress.values():
@@ -206,9 +215,13 @@ class OutboxWriter:
     """
 
     def __init__(
-        self, outbox: Outbox, store: WorkerStore, channel: Channel,
-        written: Callable[[], None], failed: Callable[[], None],
-    ) -> None:  # fmt: skip
+        self,
+        outbox: Outbox,
+        store: WorkerStore,
+        channel: Channel,
+        written: Callable[[], None],
+        failed: Callable[[], None],
+    ) -> None:
         """``written()`` after each batch (slots held by unwritten outcomes are free);
         ``failed()`` when the server did not take one."""
         self.outbox, self.store, self.channel = outbox, store, channel
@@ -243,8 +256,9 @@ class OutboxWriter:
                         continue
                     check_cancelled()
                     self._failed()
-                    log.warning("cannot record job updates; retrying", error=str(exc),
-                                pending=len(ops))  # fmt: skip
+                    log.warning(
+                        "cannot record job updates; retrying", error=str(exc), pending=len(ops)
+                    )
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         except asyncio.CancelledError:
@@ -266,8 +280,11 @@ class OutboxWriter:
             return None  # a write concern problem: try the whole batch again
         index = int(errors[0]["index"])
         self.outbox.written(ops[: index + 1])
-        log.error("a job write was refused; dropped", error=str(errors[0].get("errmsg"))[:300],
-                  write=str(ops[index])[:300])  # fmt: skip
+        log.error(
+            "a job write was refused; dropped",
+            error=str(errors[0].get("errmsg"))[:300],
+            write=str(ops[index])[:300],
+        )
         return ops[index + 1 :]
 
     async def publish_loop(self) -> None:
@@ -287,8 +304,11 @@ class OutboxWriter:
                 # would be refused again.
                 refused = [e for e in exc.details.get("writeErrors", []) if e.get("code") != 11000]
                 if refused:
-                    log.warning("channel messages refused; dropped", dropped=len(refused),
-                                error=str(refused[0].get("errmsg"))[:300])  # fmt: skip
+                    log.warning(
+                        "channel messages refused; dropped",
+                        dropped=len(refused),
+                        error=str(refused[0].get("errmsg"))[:300],
+                    )
             except PyMongoError as exc:
                 self.notes[:0] = batch
                 check_cancelled()

@@ -44,9 +44,13 @@ class HandlerError(Exception):
 
 
 async def execute(
-    handler: Handler, job: Job, meta: TaskMeta, timeout: float | None, reporter: Reporter,
+    handler: Handler,
+    job: Job,
+    meta: TaskMeta,
+    timeout: float | None,
+    reporter: Reporter,
     engine: Engine,
-) -> Any:  # fmt: skip
+) -> Any:
     run: Awaitable[Any]
     if meta.isolation == "process":
         run = _in_process(meta, job, reporter, engine)
@@ -121,8 +125,9 @@ def _ignore_interrupts() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def _child_main(meta: TaskMeta, doc: dict[str, Any], conn: Connection,
-                context: ChildContext) -> None:  # fmt: skip
+def _child_main(
+    meta: TaskMeta, doc: dict[str, Any], conn: Connection, context: ChildContext
+) -> None:
     _ignore_interrupts()
     _exit_with_parent()
     configure_logs(context.log_settings)
@@ -167,9 +172,11 @@ async def _in_process(meta: TaskMeta, job: Job, reporter: Reporter, engine: Engi
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe(duplex=False)
     process = context.Process(
-        target=_child_main, name=f"qworker-job-{job.id}", daemon=True,
+        target=_child_main,
+        name=f"qworker-job-{job.id}",
+        daemon=True,
         args=(meta, job.doc, child, ChildContext(engine.worker_id, log_settings())),
-    )  # fmt: skip
+    )
     _start(process)
     child.close()
     try:

@@ -61,9 +61,13 @@ class Counters:
 
 class Runs:
     def __init__(
-        self, metas: Mapping[str, TaskMeta], registry: TaskSetup, outbox: Outbox,
-        engine: Engine, ended: Callable[[], None],
-    ) -> None:  # fmt: skip
+        self,
+        metas: Mapping[str, TaskMeta],
+        registry: TaskSetup,
+        outbox: Outbox,
+        engine: Engine,
+        ended: Callable[[], None],
+    ) -> None:
         """``ended()`` whenever a run ends: its slot is free."""
         self.metas, self.registry, self.outbox, self.engine = metas, registry, outbox, engine
         self._ended = ended
@@ -142,13 +146,18 @@ class Runs:
             outcome = Outcome(JobState.CANCELLED)
         self._count(outcome)
         self.outbox.finish(job, outcome, meta.retention)
-        said = log.info if outcome.state is not JobState.FAILED else (
-            log.warning if outcome.retry_at is not None else log.error)  # fmt: skip
+        said = (
+            log.info
+            if outcome.state is not JobState.FAILED
+            else (log.warning if outcome.retry_at is not None else log.error)
+        )
         said(
             f"job {outcome.state.value if outcome.retry_at is None else 'will retry'}",
-            job_id=job.id, task=job.task, seconds=round(time.monotonic() - started, 3),
+            job_id=job.id,
+            task=job.task,
+            seconds=round(time.monotonic() - started, 3),
             reason=outcome.reason,
-        )  # fmt: skip
+        )
 
     async def _observe_failure(self, job: Job, exc: BaseException) -> None:
         for observer in self.registry.after:
@@ -164,8 +173,11 @@ class Runs:
         elif isinstance(exc, HandlerError):
             error = {"type": exc.kind, "message": exc.message, "traceback": exc.trace}
         else:
-            error = {"type": type(exc).__name__, "message": str(exc),
-                     "traceback": "".join(traceback.format_exception(exc))}  # fmt: skip
+            error = {
+                "type": type(exc).__name__,
+                "message": str(exc),
+                "traceback": "".join(traceback.format_exception(exc)),
+            }
         fails = int(job.doc.get("failCount", 0)) + 1
         limit = int(job.doc.get("maxAttempts") or meta.max_attempts)
         retry_at = None
@@ -229,4 +241,3 @@ class Runs:
             self.outbox.add(op, f"hand-back of job {running.job.id}")
         self.counters.released += 1
         log.info("job returned to queue", job_id=running.job.id, task=running.job.task)
-

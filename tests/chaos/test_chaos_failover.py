@@ -80,8 +80,9 @@ def test_a_killed_leader_hands_its_schedules_over_without_doubling_or_losing_a_f
     for name in SCHEDULES:
         wait_for(
             lambda n=name: any(j["scheduledFor"] >= took_over + 5 * SECOND for j in fires(db, n)),
-            30, f"{name} to fire on m2",
-        )  # fmt: skip
+            30,
+            f"{name} to fire on m2",
+        )
 
     for name in SCHEDULES:
         jobs = fires(db, name)

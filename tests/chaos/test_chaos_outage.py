@@ -37,9 +37,13 @@ LEASE = 5
 
 
 def test_a_10s_mongodb_outage_mid_run_loses_nothing_and_everyone_recovers(
-    client: Client, db: Any, mongo_server: Server, spawn_manager: Any, spawn_worker: Any,
+    client: Client,
+    db: Any,
+    mongo_server: Server,
+    spawn_manager: Any,
+    spawn_worker: Any,
     mongo_url: str,
-) -> None:  # fmt: skip
+) -> None:
     if not mongo_server.managed:
         pytest.skip("QWORKER_TEST_MONGO_URL names an outside server: this test cannot restart it")
     manager = spawn_manager("m1")
@@ -55,10 +59,13 @@ def test_a_10s_mongodb_outage_mid_run_loses_nothing_and_everyone_recovers(
     before = client.enqueue_many("chaos_record", [{"sleeps": [8]} for _ in range(6)])
     before += client.enqueue_many("chaos_record", [{"sleeps": [0.05]} for _ in range(300)])
     wait_for(
-        lambda: {r["worker"] for r in db.effects.find({"job": {"$in": before[:6]}})} == {"w1", "s1"}
-        and db.effects.count_documents({"end": {"$exists": True}}) >= 20,
-        60, "both workers to be busy",
-    )  # fmt: skip
+        lambda: (
+            {r["worker"] for r in db.effects.find({"job": {"$in": before[:6]}})} == {"w1", "s1"}
+            and db.effects.count_documents({"end": {"$exists": True}}) >= 20
+        ),
+        60,
+        "both workers to be busy",
+    )
 
     # A client that waits for the server (longer than the outage) enqueues during it.
     waiting = Client(f"{mongo_url}?serverSelectionTimeoutMS=90000")
@@ -83,8 +90,9 @@ def test_a_10s_mongodb_outage_mid_run_loses_nothing_and_everyone_recovers(
     everything = before + during
     wait_for(
         lambda: db.jobs.count_documents({"state": {"$in": FINISHED}}) == len(everything),
-        120, "every job enqueued before and during the outage to finish",
-    )  # fmt: skip
+        120,
+        "every job enqueued before and during the outage to finish",
+    )
     report = audit(db, everything, {}, [member, solo])  # no process was killed
     assert report.interrupted == 0 and report.completed_twice == []
     assert db.jobs.count_documents({"state": "succeeded"}) == len(everything)
@@ -102,8 +110,9 @@ def test_a_10s_mongodb_outage_mid_run_loses_nothing_and_everyone_recovers(
     after = client.enqueue_many("chaos_record", [{"sleeps": [0.2]} for _ in range(40)])
     wait_for(
         lambda: db.jobs.count_documents({"state": {"$in": FINISHED}}) == len(everything) + 40,
-        60, "the jobs enqueued after the outage to finish",
-    )  # fmt: skip
+        60,
+        "the jobs enqueued after the outage to finish",
+    )
     audit(db, after, {}, [member, solo])
     ran_on = {doc["result"]["worker"] for doc in db.jobs.find({"_id": {"$in": _oids(after)}})}
     assert ran_on == {"w1", "s1"}, ran_on

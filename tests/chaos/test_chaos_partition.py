@@ -88,14 +88,24 @@ def link() -> Iterator[Link]:
         pytest.skip(f"cannot create a network namespace: {created.stderr.strip()}")
     try:
         for command in (
-            ["link", "add", net.host_side, "type", "veth", "peer", "name", net.inner_side,
-             "netns", net.namespace],
+            [
+                "link",
+                "add",
+                net.host_side,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                net.inner_side,
+                "netns",
+                net.namespace,
+            ],
             ["addr", "add", f"{net.host_address}/30", "dev", net.host_side],
             ["link", "set", net.host_side, "up"],
             ["-n", net.namespace, "addr", "add", f"{block}.2/30", "dev", net.inner_side],
             ["-n", net.namespace, "link", "set", net.inner_side, "up"],
             ["-n", net.namespace, "link", "set", "lo", "up"],
-        ):  # fmt: skip
+        ):
             result = _ip(*command)
             if result.returncode != 0:
                 pytest.skip(f"cannot set up a veth pair (ip {' '.join(command)}): {result.stderr}")
@@ -134,10 +144,21 @@ def server(link: Link, tmp_path: Path) -> Iterator[OwnServer]:
     command = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
     with open(tmp_path / "server.log", "ab") as log:
         process = subprocess.Popen(
-            [command, "--host", link.host_address, "--port", str(port),
-             "--storage-path", str(tmp_path / "data"), "--log-level", "WARNING"],
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path,
-        )  # fmt: skip
+            [
+                command,
+                "--host",
+                link.host_address,
+                "--port",
+                str(port),
+                "--storage-path",
+                str(tmp_path / "data"),
+                "--log-level",
+                "WARNING",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+        )
     url = f"mongodb://{link.host_address}:{port}"
     try:
         wait_for(lambda: _answers(url), 60, "the test's own server to answer")
@@ -159,9 +180,22 @@ def start_worker(
     started: list[WorkerProcess] = []
 
     def start(worker_id: str, *tasks: str, inside: bool = False) -> WorkerProcess:
-        args = ["--mongo", server.url, "--id", worker_id, "--standalone", "--lease", "2",
-                "--log-format", "json", "--poll-interval", "0.2", "--paths", str(TASKS),
-                *tasks]  # fmt: skip
+        args = [
+            "--mongo",
+            server.url,
+            "--id",
+            worker_id,
+            "--standalone",
+            "--lease",
+            "2",
+            "--log-format",
+            "json",
+            "--poll-interval",
+            "0.2",
+            "--paths",
+            str(TASKS),
+            *tasks,
+        ]
         command = qworker_command(*args)
         if inside:
             command = ["ip", "netns", "exec", link.namespace, *command]
@@ -201,8 +235,9 @@ def test_a_cut_off_worker_cannot_overwrite_the_outcome_of_the_run_that_replaced_
         outside = start_worker("outside", "chaos_record")
         done = wait_for(
             lambda: db.jobs.find_one({"_id": oid, "state": "succeeded"}),
-            60, "the job to be recovered and finished outside",
-        )  # fmt: skip
+            60,
+            "the job to be recovered and finished outside",
+        )
         second = db.effects.find_one({"job": job_id, "worker": "outside"})
         assert second is not None and "end" in second
         assert done["result"] == {
@@ -220,16 +255,18 @@ def test_a_cut_off_worker_cannot_overwrite_the_outcome_of_the_run_that_replaced_
         # Its stale run ends (its 'end' reaches the server once the link is back) ...
         stale = wait_for(
             lambda: db.effects.find_one({"_id": first["_id"], "end": {"$exists": True}}),
-            120, "the cut-off worker's run to end once the link is back",
-        )  # fmt: skip
+            120,
+            "the cut-off worker's run to end once the link is back",
+        )
         wait_logged(cut, "job succeeded", 30)
         # ... and it records it: a job it alone can run, finishing after that, shows its
         # outbox has been written (it writes in order, retrying until it succeeds).
         probe = client.now("noop")
         finished = wait_for(
             lambda: db.jobs.find_one({"_id": ObjectId(probe), "state": "succeeded"}),
-            120, "the cut-off worker to run a new job",
-        )  # fmt: skip
+            120,
+            "the cut-off worker to run a new job",
+        )
         assert finished["lastWorker"] == "cut"
 
         # The stale success changed nothing: the job is exactly as the outside worker left it.

@@ -42,10 +42,15 @@ def qworker(cwd: Path, *args: str, env: dict[str, str] | None = None) -> Result:
     started = time.monotonic()
     done = subprocess.run(
         [*QWORKER, *args],
-        cwd=cwd, capture_output=True, text=True, timeout=60,
-        env={**{k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")},
-             **(env or {})},
-    )  # fmt: skip
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")},
+            **(env or {}),
+        },
+    )
     return Result(done.returncode, done.stdout, done.stderr, time.monotonic() - started)
 
 
@@ -76,9 +81,12 @@ GOOD_CODE = "def setup(worker, task):\n    worker.task(task.id, lambda job: None
 
 
 def write_task(
-    folder: Path, name: str, meta: str | dict[str, object] = "{}", code: str | None = GOOD_CODE,
+    folder: Path,
+    name: str,
+    meta: str | dict[str, object] = "{}",
+    code: str | None = GOOD_CODE,
     suffix: str = ".json",
-) -> Path:  # fmt: skip
+) -> Path:
     path = folder / f"{name}{suffix}"
     path.write_text(meta if isinstance(meta, str) else json.dumps(meta))
     if code is not None:

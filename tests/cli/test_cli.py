@@ -34,9 +34,13 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
     return subprocess.run(
-        [*MANAGER, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [*MANAGER, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         env={**clean, "COLUMNS": "200", **(env or {})},
-    )  # fmt: skip
+    )
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:
@@ -58,11 +62,26 @@ def ids_in(text: str) -> list[str]:
 
 
 def test_enqueue_prints_the_id_of_the_stored_job(mongo_url: str, db: Any) -> None:
-    out = ok(run(
-        "--mongo", mongo_url, "enqueue", "send-mail", "--data", '{"to": ["a@b.c"], "n": 2}',
-        "--when", "in 10 minutes", "--priority", "high", "--max-attempts", "3",
-        "--timeout", "2.5", "--description", "welcome mail",
-    ))  # fmt: skip
+    out = ok(
+        run(
+            "--mongo",
+            mongo_url,
+            "enqueue",
+            "send-mail",
+            "--data",
+            '{"to": ["a@b.c"], "n": 2}',
+            "--when",
+            "in 10 minutes",
+            "--priority",
+            "high",
+            "--max-attempts",
+            "3",
+            "--timeout",
+            "2.5",
+            "--description",
+            "welcome mail",
+        )
+    )
     job_id = out.strip()
     assert re.fullmatch(r"[0-9a-f]{24}", job_id), out
     doc = db.jobs.find_one({"_id": ObjectId(job_id)})
@@ -181,8 +200,9 @@ def test_connection_options_may_follow_the_subcommand(mongo_url: str, client: Cl
     assert [job["_id"] for job in listed] == [job_id]
     # After the subcommand wins over before it (and over the environment).
     env = {"QWORKER_MONGO": UNREACHABLE}
-    listed = json.loads(ok(run("--mongo", UNREACHABLE, "jobs", "list", "-m", mongo_url, "--json",
-                               env=env)))  # fmt: skip
+    listed = json.loads(
+        ok(run("--mongo", UNREACHABLE, "jobs", "list", "-m", mongo_url, "--json", env=env))
+    )
     assert [job["_id"] for job in listed] == [job_id]
     queued = ok(run("enqueue", "noop", "--mongo", mongo_url, "--prefix", "other_")).strip()
     assert Client(mongo_url, prefix="other_").get(queued)["name"] == "noop"
@@ -241,9 +261,11 @@ def test_jobs_show_unknown_id(mongo_url: str, client: Client) -> None:
     missing = str(ObjectId())
     one_line_error(run("--mongo", mongo_url, "jobs", "show", missing), "jobs show", missing)
     one_line_error(
-        run("--mongo", mongo_url, "jobs", "show", "nope", "--json"), "jobs show", "'nope'",
+        run("--mongo", mongo_url, "jobs", "show", "nope", "--json"),
+        "jobs show",
+        "'nope'",
         "24 hexadecimal characters",
-    )  # fmt: skip
+    )
 
 
 # -- jobs list -------------------------------------------------------------------
@@ -331,8 +353,9 @@ def test_demo_runs_every_job_to_its_end_from_any_folder(
     for job in jobs:
         by_task.setdefault(job["name"], []).append(job)
     assert sorted(j["result"]["greeting"] for j in by_task["hello"]) == [
-        "Hello, qworker!", "Hello, world!",
-    ]  # fmt: skip
+        "Hello, qworker!",
+        "Hello, world!",
+    ]
     assert by_task["countdown"][0]["result"] == {"steps": 5}
     assert by_task["countdown"][0]["progress"]["percent"] == 100
     failed = next(j for j in by_task["flaky"] if j["state"] == "failed")
@@ -367,8 +390,15 @@ MANAGER_COMMANDS = _command_paths(manager_main)
 
 def test_the_manager_has_the_commands_we_test() -> None:
     names = {" ".join(p) for p in MANAGER_COMMANDS}
-    assert {"enqueue", "jobs", "jobs show", "jobs list", "jobs cancel", "jobs retry",
-            "demo"} <= names  # fmt: skip
+    assert {
+        "enqueue",
+        "jobs",
+        "jobs show",
+        "jobs list",
+        "jobs cancel",
+        "jobs retry",
+        "demo",
+    } <= names
 
 
 @pytest.mark.parametrize("path", MANAGER_COMMANDS, ids=lambda p: " ".join(p) or "(root)")
@@ -391,6 +421,14 @@ def test_worker_help() -> None:
     done = subprocess.run([*WORKER, "--help"], capture_output=True, text=True, timeout=60)
     out = ok(done)
     assert out.startswith("Usage: qworker [OPTIONS] [TASK]...")
-    for option in ("--mongo", "--paths", "--tasks", "--concurrency", "--config", "--standalone",
-                   "--print-config", "QWORKER_MONGO"):  # fmt: skip
+    for option in (
+        "--mongo",
+        "--paths",
+        "--tasks",
+        "--concurrency",
+        "--config",
+        "--standalone",
+        "--print-config",
+        "QWORKER_MONGO",
+    ):
         assert option in out

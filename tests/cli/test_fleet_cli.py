@@ -53,8 +53,10 @@ def rows(table: str) -> list[list[str]]:
 def by_id(table: str) -> dict[str, dict[str, str]]:
     header, *body = rows(table)
     # Empty cells at the end of a row are trimmed; none in the middle in these tests.
-    return {row[0]: dict(zip(header, row + [""] * (len(header) - len(row)), strict=True))
-            for row in body}  # fmt: skip
+    return {
+        row[0]: dict(zip(header, row + [""] * (len(header) - len(row)), strict=True))
+        for row in body
+    }
 
 
 def ids(result: Result) -> list[str]:
@@ -64,8 +66,16 @@ def ids(result: Result) -> list[str]:
 # -- a populated store ---------------------------------------------------------
 
 
-def job_in(db: Any, client: Client, task: str, state: str, *, created: datetime | None = None,
-           finished: datetime | None = None, worker: str | None = None) -> str:  # fmt: skip
+def job_in(
+    db: Any,
+    client: Client,
+    task: str,
+    state: str,
+    *,
+    created: datetime | None = None,
+    finished: datetime | None = None,
+    worker: str | None = None,
+) -> str:
     """A job of ``task`` put in ``state`` the way a worker would leave it."""
     job_id = client.now(task)
     fields: dict[str, Any] = {"state": state}
@@ -81,16 +91,30 @@ def job_in(db: Any, client: Client, task: str, state: str, *, created: datetime 
     return job_id
 
 
-def worker_entry(db: Any, worker_id: str, state: str, *, pinged: timedelta = timedelta(0),
-                 standalone: bool = False, tasks: list[str] | None = None,
-                 interval: float | None = None, pid: int = 100) -> None:  # fmt: skip
+def worker_entry(
+    db: Any,
+    worker_id: str,
+    state: str,
+    *,
+    pinged: timedelta = timedelta(0),
+    standalone: bool = False,
+    tasks: list[str] | None = None,
+    interval: float | None = None,
+    pid: int = 100,
+) -> None:
     """A ``workers`` entry as the manager writes it, or a standalone worker its own."""
     now = utcnow()
     doc: dict[str, Any] = {
-        "_id": worker_id, "host": "host-a", "pid": pid, "nonce": f"nonce-{worker_id}",
-        "tasks": tasks or ["mailer"], "state": state, "startedAt": now - DAY,
-        "pingedAt": now - pinged, "running": 0,
-    }  # fmt: skip
+        "_id": worker_id,
+        "host": "host-a",
+        "pid": pid,
+        "nonce": f"nonce-{worker_id}",
+        "tasks": tasks or ["mailer"],
+        "state": state,
+        "startedAt": now - DAY,
+        "pingedAt": now - pinged,
+        "running": 0,
+    }
     if standalone:
         doc.update(standalone=True, pingInterval=interval or 1.0)
     if state == "stopped":
@@ -107,13 +131,30 @@ def fleet(client: Client, db: Any) -> dict[str, Any]:
     worker_entry(db, "m-lost", "running", pinged=timedelta(minutes=5), pid=14)
     worker_entry(db, "m-stopped", "stopped", pid=15)
     worker_entry(db, "m-dead", "dead", pid=16)
-    db.tasks.insert_many([
-        {"_id": "mailer", "name": "Mailer", "description": "mails", "metadata": {},
-         "valid": True, "problems": [], "workers": ["m-live", "m-dead"], "definedAt": utcnow()},
-        {"_id": "billing", "name": "Billing", "description": "", "metadata": {"timeout": -1},
-         "valid": False, "problems": ["timeout: must be > 0"], "workers": ["m-live"],
-         "definedAt": utcnow()},
-    ])  # fmt: skip
+    db.tasks.insert_many(
+        [
+            {
+                "_id": "mailer",
+                "name": "Mailer",
+                "description": "mails",
+                "metadata": {},
+                "valid": True,
+                "problems": [],
+                "workers": ["m-live", "m-dead"],
+                "definedAt": utcnow(),
+            },
+            {
+                "_id": "billing",
+                "name": "Billing",
+                "description": "",
+                "metadata": {"timeout": -1},
+                "valid": False,
+                "problems": ["timeout: must be > 0"],
+                "workers": ["m-live"],
+                "definedAt": utcnow(),
+            },
+        ]
+    )
     ago = utcnow() - DAY
     mailer, report = ("mailer", "report")
     return {
@@ -121,15 +162,31 @@ def fleet(client: Client, db: Any) -> dict[str, Any]:
         "running2": job_in(db, client, mailer, "running", worker="m-live"),
         "queued": job_in(db, client, mailer, "queued"),
         # (created, finished) long ago, or now and an hour ago.
-        "old_ok": job_in(db, client, mailer, "succeeded", created=ago - 9 * DAY,
-                         finished=ago - 8 * DAY, worker="s-live"),
-        "young_ok": job_in(db, client, report, "succeeded", finished=ago + DAY - HOUR,
-                           worker="s-live"),
-        "old_failed": job_in(db, client, report, "failed", created=ago - 2 * DAY,
-                             finished=ago - 2 * DAY, worker="m-live"),
-        "old_cancelled": job_in(db, client, "billing", "cancelled", created=ago - 8 * DAY,
-                                finished=ago - 7 * DAY),
-    }  # fmt: skip
+        "old_ok": job_in(
+            db,
+            client,
+            mailer,
+            "succeeded",
+            created=ago - 9 * DAY,
+            finished=ago - 8 * DAY,
+            worker="s-live",
+        ),
+        "young_ok": job_in(
+            db, client, report, "succeeded", finished=ago + DAY - HOUR, worker="s-live"
+        ),
+        "old_failed": job_in(
+            db,
+            client,
+            report,
+            "failed",
+            created=ago - 2 * DAY,
+            finished=ago - 2 * DAY,
+            worker="m-live",
+        ),
+        "old_cancelled": job_in(
+            db, client, "billing", "cancelled", created=ago - 8 * DAY, finished=ago - 7 * DAY
+        ),
+    }
 
 
 # -- workers ---------------------------------------------------------------------
@@ -140,8 +197,17 @@ def test_workers_table_lists_live_workers_first_with_their_running_jobs(
 ) -> None:
     table = ok(cli(mongo_url, "workers"))
     header = rows(table)[0]
-    assert header == ["ID", "HOST", "PID", "STATE", "KIND", "TASKS", "RUNNING", "STARTED",
-                      "LAST PING"]  # fmt: skip
+    assert header == [
+        "ID",
+        "HOST",
+        "PID",
+        "STATE",
+        "KIND",
+        "TASKS",
+        "RUNNING",
+        "STARTED",
+        "LAST PING",
+    ]
     listed = by_id(table)
     assert list(listed) == ["m-live", "s-live", "m-lost", "s-lost", "m-stopped", "m-dead"]
     assert listed["m-live"]["STATE"] == "running" and listed["m-live"]["KIND"] == "managed"
@@ -167,8 +233,9 @@ def test_workers_json_and_state_filter(mongo_url: str, fleet: dict[str, Any]) ->
     assert {w["_id"]: w["status"] for w in found}["s-lost"] == "lost"  # as shown
 
     def listed(state: str) -> list[str]:
-        return [w["_id"] for w in json.loads(ok(cli(mongo_url, "workers", "--state", state,
-                                                    "--json")))]  # fmt: skip
+        return [
+            w["_id"] for w in json.loads(ok(cli(mongo_url, "workers", "--state", state, "--json")))
+        ]
 
     assert listed("running") == ["m-live", "s-live"]
     assert listed("lost") == ["m-lost", "s-lost"]
@@ -195,27 +262,47 @@ def test_tasks_table_counts_jobs_by_state_and_live_workers(
     mongo_url: str, fleet: dict[str, Any]
 ) -> None:
     table = ok(cli(mongo_url, "tasks"))
-    assert rows(table)[0] == ["ID", "NAME", "VALID", "WORKERS", "WAITING", "QUEUED", "RUNNING",
-                              "SUCCEEDED", "FAILED", "CANCELLED"]  # fmt: skip
+    assert rows(table)[0] == [
+        "ID",
+        "NAME",
+        "VALID",
+        "WORKERS",
+        "WAITING",
+        "QUEUED",
+        "RUNNING",
+        "SUCCEEDED",
+        "FAILED",
+        "CANCELLED",
+    ]
     listed = by_id(table)
     assert list(listed) == ["billing", "mailer", "report"]
     mailer = listed["mailer"]
     assert (mailer["NAME"], mailer["VALID"], mailer["WORKERS"]) == ("Mailer", "yes", "2")
-    assert [mailer[s] for s in ("WAITING", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED",
-                                "CANCELLED")] == ["0", "1", "2", "1", "0", "0"]  # fmt: skip
+    assert [
+        mailer[s] for s in ("WAITING", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+    ] == ["0", "1", "2", "1", "0", "0"]
     assert listed["billing"]["VALID"] == "no" and listed["billing"]["CANCELLED"] == "1"
     assert listed["billing"]["WORKERS"] == "1"  # m-live; m-dead announced it once
     # Only standalone workers run 'report': never announced, listed from its jobs.
     report = listed["report"]
     assert (report["VALID"], report["WORKERS"], report["SUCCEEDED"], report["FAILED"]) == (
-        "-", "1", "1", "1",
-    )  # fmt: skip
+        "-",
+        "1",
+        "1",
+        "1",
+    )
 
 
 def test_tasks_json(mongo_url: str, fleet: dict[str, Any]) -> None:
     found = {t["_id"]: t for t in json.loads(ok(cli(mongo_url, "tasks", "--json")))}
-    assert found["mailer"]["jobs"] == {"waiting": 0, "queued": 1, "running": 2, "succeeded": 1,
-                                       "failed": 0, "cancelled": 0}  # fmt: skip
+    assert found["mailer"]["jobs"] == {
+        "waiting": 0,
+        "queued": 1,
+        "running": 2,
+        "succeeded": 1,
+        "failed": 0,
+        "cancelled": 0,
+    }
     assert found["mailer"]["liveWorkers"] == ["m-live", "s-live"]
     assert found["mailer"]["workers"] == ["m-live", "m-dead"]  # who announced it, as stored
     assert found["billing"]["valid"] is False
@@ -234,11 +321,14 @@ def test_tasks_when_there_are_none(mongo_url: str) -> None:
 def test_jobs_list_by_worker(mongo_url: str, fleet: dict[str, Any]) -> None:
     j = fleet
     assert set(ids(cli(mongo_url, "jobs", "list", "--worker", "m-live", "--json"))) == {
-        j["running"], j["running2"], j["old_failed"],
-    }  # fmt: skip
+        j["running"],
+        j["running2"],
+        j["old_failed"],
+    }
     assert set(ids(cli(mongo_url, "jobs", "list", "--worker", "s-live", "--json"))) == {
-        j["old_ok"], j["young_ok"],
-    }  # fmt: skip
+        j["old_ok"],
+        j["young_ok"],
+    }
     assert ids(cli(mongo_url, "jobs", "list", "--worker", "nobody", "--json")) == []
 
 
@@ -256,18 +346,26 @@ def test_jobs_list_since_and_until(mongo_url: str, fleet: dict[str, Any]) -> Non
     assert set(ids(cli(mongo_url, "jobs", "list", "--since", "1 day", "--json"))) == recent
     assert set(ids(cli(mongo_url, "jobs", "list", "--since", "2 hours ago", "--json"))) == recent
     assert set(ids(cli(mongo_url, "jobs", "list", "--until", "1d", "--json"))) == {
-        j["old_ok"], j["old_failed"], j["old_cancelled"],
-    }  # fmt: skip
+        j["old_ok"],
+        j["old_failed"],
+        j["old_cancelled"],
+    }
     four_days_ago = (utcnow() - 4 * DAY).isoformat()
     five_days = ["--since", "5 days", "--until", "1 day", "--json"]
     assert ids(cli(mongo_url, "jobs", "list", *five_days)) == [j["old_failed"]]
-    assert ids(cli(mongo_url, "jobs", "list", "--since", four_days_ago, "--until", "1 day",
-                   "--json")) == [j["old_failed"]]  # fmt: skip
+    assert ids(
+        cli(mongo_url, "jobs", "list", "--since", four_days_ago, "--until", "1 day", "--json")
+    ) == [j["old_failed"]]
     assert ids(cli(mongo_url, "jobs", "list", "--since", "2030-01-01T00:00:00Z", "--json")) == []
-    one_line_error(cli(mongo_url, "jobs", "list", "--since", "yesterday"), "jobs list",
-                   "since='yesterday' is not a time", code=2)  # fmt: skip
-    one_line_error(cli(mongo_url, "jobs", "list", "--until", "soon"), "jobs list",
-                   "until='soon'", code=2)  # fmt: skip
+    one_line_error(
+        cli(mongo_url, "jobs", "list", "--since", "yesterday"),
+        "jobs list",
+        "since='yesterday' is not a time",
+        code=2,
+    )
+    one_line_error(
+        cli(mongo_url, "jobs", "list", "--until", "soon"), "jobs list", "until='soon'", code=2
+    )
 
 
 def test_client_jobs_since_until_take_datetimes(client: Client, fleet: dict[str, Any]) -> None:
@@ -321,11 +419,15 @@ def test_jobs_delete_deletes_queued_and_finished_jobs_and_refuses_running_ones(
     assert out.strip() == f"{fleet['old_failed']} deleted (was failed)"
     assert db.jobs.count_documents({"_id": ObjectId(fleet["queued"])}) == 0
     running = fleet["running"]
-    one_line_error(cli(mongo_url, "jobs", "delete", running), "jobs delete", running,
-                   "is running", "cancel it")  # fmt: skip
+    one_line_error(
+        cli(mongo_url, "jobs", "delete", running), "jobs delete", running, "is running", "cancel it"
+    )
     assert db.jobs.find_one({"_id": ObjectId(running)})["state"] == "running"
-    one_line_error(cli(mongo_url, "jobs", "delete", fleet["queued"]), "jobs delete",
-                   f"no job {fleet['queued']}")  # fmt: skip
+    one_line_error(
+        cli(mongo_url, "jobs", "delete", fleet["queued"]),
+        "jobs delete",
+        f"no job {fleet['queued']}",
+    )
     one_line_error(cli(mongo_url, "jobs", "delete", "zz"), "jobs delete", "'zz'")
     assert db.jobs.count_documents({}) == 5
 
@@ -373,13 +475,15 @@ def test_jobs_purge_asks_then_deletes_only_old_jobs_in_that_state(
     mongo_url: str, db: Any, fleet: dict[str, Any]
 ) -> None:
     before = states(db)
-    declined = cli(mongo_url, "jobs", "purge", "--state", "succeeded", "--older-than", "7 days",
-                   input="n\n")  # fmt: skip
+    declined = cli(
+        mongo_url, "jobs", "purge", "--state", "succeeded", "--older-than", "7 days", input="n\n"
+    )
     assert declined.exit_code == 1
     assert "delete 1 succeeded job finished more than 7 days ago? [y/N]" in declined.stdout
     assert states(db) == before
-    accepted = cli(mongo_url, "jobs", "purge", "--state", "succeeded", "--older-than", "7 days",
-                   input="y\n")  # fmt: skip
+    accepted = cli(
+        mongo_url, "jobs", "purge", "--state", "succeeded", "--older-than", "7 days", input="y\n"
+    )
     assert ok(accepted).splitlines()[-1] == "deleted 1 succeeded job finished more than 7 days ago"
     assert db.jobs.count_documents({"_id": ObjectId(fleet["old_ok"])}) == 0
     # The young succeeded job, and every job not finished, are still there.
@@ -395,8 +499,14 @@ def test_jobs_purge_yes_and_nothing_to_do(mongo_url: str, db: Any, fleet: dict[s
     # Nothing to delete: no question asked.
     out = ok(cli(mongo_url, "jobs", "purge", "--state", "cancelled", "--older-than", "30 days"))
     assert out.strip() == "deleted 0 cancelled jobs finished more than 30 days ago"
-    assert sorted(states(db)) == ["cancelled", "queued", "running", "running", "succeeded",
-                                  "succeeded"]  # fmt: skip
+    assert sorted(states(db)) == [
+        "cancelled",
+        "queued",
+        "running",
+        "running",
+        "succeeded",
+        "succeeded",
+    ]
 
 
 def test_jobs_purge_bad_input(mongo_url: str, db: Any, fleet: dict[str, Any]) -> None:
@@ -406,8 +516,11 @@ def test_jobs_purge_bad_input(mongo_url: str, db: Any, fleet: dict[str, Any]) ->
     assert result.exit_code == 2 and "--older-than" in result.stderr
     one_line_error(
         cli(mongo_url, "jobs", "purge", "--state", "failed", "--older-than", "soon", "--yes"),
-        "jobs purge", "older_than", "'soon' is not a duration", code=2,
-    )  # fmt: skip
+        "jobs purge",
+        "older_than",
+        "'soon' is not a duration",
+        code=2,
+    )
     assert db.jobs.count_documents({}) == 7
 
 

@@ -48,10 +48,23 @@ def test_watch_shows_workers_joining_and_jobs_moving(
 ) -> None:
     manager = spawn_manager("m1")
     wait_leading(manager)
-    command = [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "watch",
-               "--for", "120"]  # fmt: skip
-    watcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "qworker.cli.manager",
+        "--mongo",
+        mongo_url,
+        "watch",
+        "--for",
+        "120",
+    ]
+    watcher = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     lines, seen = follow(watcher), []
     try:
         wait_line(lines, seen, "watching the fleet")
@@ -80,10 +93,16 @@ def test_the_live_view_renders_progress_outcomes_and_workers() -> None:
     view.apply("worker:notification", {**job, "type": "start"})
     view.apply("worker:notification", {**job, "type": "progress", "percent": 42, "step": "load"})
     view.apply("worker:notification", {**job, "sourceId": "j2", "type": "start"})
-    line = view.apply("worker:notification", {
-        **job, "sourceId": "j2", "type": "fail", "retry": False,
-        "error": {"type": "ValueError", "message": "bad row"},
-    })  # fmt: skip
+    line = view.apply(
+        "worker:notification",
+        {
+            **job,
+            "sourceId": "j2",
+            "type": "fail",
+            "retry": False,
+            "error": {"type": "ValueError", "message": "bad row"},
+        },
+    )
     assert line == "j2 report failed: ValueError: bad row"
     view.apply("worker:dead", {"workerId": "w2"})
     console = Console(record=True, width=120)

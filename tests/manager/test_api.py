@@ -60,10 +60,20 @@ def ok(response: httpx.Response, status: int = 200) -> Any:
 
 
 def test_enqueue_show_cancel_retry_delete(api: TestClient, db: Any) -> None:
-    created = ok(api.post("/api/jobs", json={
-        "task": "noop", "data": {"n": 1}, "priority": "high", "when": "in 1 hour",
-        "description": "from the API", "max_attempts": 2,
-    }), 201)  # fmt: skip
+    created = ok(
+        api.post(
+            "/api/jobs",
+            json={
+                "task": "noop",
+                "data": {"n": 1},
+                "priority": "high",
+                "when": "in 1 hour",
+                "description": "from the API",
+                "max_attempts": 2,
+            },
+        ),
+        201,
+    )
     job_id = created["id"]
     job = ok(api.get(f"/api/jobs/{job_id}"))
     assert job["_id"] == job_id and job["state"] == "queued" and job["priority"] == 10
@@ -151,10 +161,19 @@ def test_a_schedule_from_task_metadata_cannot_be_removed(api: TestClient, client
 
 
 def test_schedules_add_list_pause_resume_remove(api: TestClient) -> None:
-    added = ok(api.post("/api/schedules", json={
-        "name": "nightly", "task": "noop", "cron": "0 3 * * *", "timezone": "Europe/Paris",
-        "data": {"full": True},
-    }), 201)  # fmt: skip
+    added = ok(
+        api.post(
+            "/api/schedules",
+            json={
+                "name": "nightly",
+                "task": "noop",
+                "cron": "0 3 * * *",
+                "timezone": "Europe/Paris",
+                "data": {"full": True},
+            },
+        ),
+        201,
+    )
     assert added["trigger"] == "cron 0 3 * * * (Europe/Paris)" and added["paused"] is False
     assert [s["name"] for s in ok(api.get("/api/schedules"))] == ["nightly"]
     assert ok(api.post("/api/schedules/nightly/pause"))["paused"] is True
@@ -205,9 +224,15 @@ def test_metrics_match_the_store(api: TestClient, client: Client, db: Any) -> No
 
 def test_with_a_token_every_api_request_needs_it(guarded: TestClient, client: Client) -> None:
     job_id = client.now("noop")
-    for method, path in [("get", "/api/jobs"), ("get", f"/api/jobs/{job_id}"),
-                         ("post", "/api/jobs"), ("get", "/api/schedules"), ("get", "/metrics"),
-                         ("get", "/api/events"), ("delete", f"/api/jobs/{job_id}")]:  # fmt: skip
+    for method, path in [
+        ("get", "/api/jobs"),
+        ("get", f"/api/jobs/{job_id}"),
+        ("post", "/api/jobs"),
+        ("get", "/api/schedules"),
+        ("get", "/metrics"),
+        ("get", "/api/events"),
+        ("delete", f"/api/jobs/{job_id}"),
+    ]:
         response = getattr(guarded, method)(path)
         assert response.status_code == 401, (path, response.text)
         assert "API token" in response.json()["error"]  # the shape of every error
@@ -250,10 +275,14 @@ def test_requests_for_another_host_name_are_refused(api: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"},
-     {"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:19000"}],
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site", "Origin": "http://127.0.0.1:19000"},
+    ],
     ids=["origin", "null-origin", "fetch-site", "another-port"],
-)  # fmt: skip
+)
 def test_a_change_from_another_site_is_refused(
     api: TestClient, client: Client, headers: dict[str, str]
 ) -> None:
@@ -269,14 +298,19 @@ def test_a_change_a_plain_form_could_send_is_refused(client: Client) -> None:
     """No JSON, no Authorization, no X-Qworker-Request: a form, or a no-cors fetch."""
     job_id = client.now("noop")
     with TestClient(create_app(client), base_url=BASE) as bare:
-        for body in ({}, {"content": b"task=noop", "headers": {"Content-Type": "text/plain"}},
-                     {"data": {"task": "noop"}}):  # fmt: skip
+        for body in (
+            {},
+            {"content": b"task=noop", "headers": {"Content-Type": "text/plain"}},
+            {"data": {"task": "noop"}},
+        ):
             assert bare.post(f"/api/jobs/{job_id}/cancel", **body).status_code == 403
             assert bare.post("/api/jobs", **body).status_code == 403
         assert bare.delete(f"/api/jobs/{job_id}").status_code == 403
-        same = bare.post(f"/api/jobs/{job_id}/cancel", headers={**SCRIPT, "Origin": BASE,
-                                                                 "Sec-Fetch-Site": "same-origin"})
-        assert same.status_code == 200  # the dashboard's own request  # fmt: skip
+        same = bare.post(
+            f"/api/jobs/{job_id}/cancel",
+            headers={**SCRIPT, "Origin": BASE, "Sec-Fetch-Site": "same-origin"},
+        )
+        assert same.status_code == 200  # the dashboard's own request
     assert client.get(job_id)["state"] == "cancelled"
 
 
@@ -343,10 +377,21 @@ def test_the_api_docs_page_loads_only_its_own_assets(api: TestClient) -> None:
 def test_openapi_describes_every_route(api: TestClient) -> None:
     spec = ok(api.get("/api/openapi.json"))
     paths = set(spec["paths"])
-    assert {"/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/retry",
-            "/api/jobs/{job_id}/cancel", "/api/schedules", "/api/schedules/{name}",
-            "/api/schedules/{name}/pause", "/api/schedules/{name}/resume", "/api/workers",
-            "/api/tasks", "/api/overview", "/api/events", "/metrics"} <= paths  # fmt: skip
+    assert {
+        "/api/jobs",
+        "/api/jobs/{job_id}",
+        "/api/jobs/{job_id}/retry",
+        "/api/jobs/{job_id}/cancel",
+        "/api/schedules",
+        "/api/schedules/{name}",
+        "/api/schedules/{name}/pause",
+        "/api/schedules/{name}/resume",
+        "/api/workers",
+        "/api/tasks",
+        "/api/overview",
+        "/api/events",
+        "/metrics",
+    } <= paths
     assert "delete" in spec["paths"]["/api/jobs/{job_id}"]
 
 
@@ -396,11 +441,13 @@ def _serve(mongo_url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize(
     ("args", "said"),
-    [(["--api-token", "none"], "needs an API token"),
-     (["--api-token", "short-token"], "has 11 characters"),
-     (["--api-token", "x", "--api-token-file", __file__], "not both")],
+    [
+        (["--api-token", "none"], "needs an API token"),
+        (["--api-token", "short-token"], "has 11 characters"),
+        (["--api-token", "x", "--api-token-file", __file__], "not both"),
+    ],
     ids=["none", "short", "both"],
-)  # fmt: skip
+)
 def test_serve_refuses_a_public_address_without_a_good_token(
     mongo_url: str, args: list[str], said: str
 ) -> None:
@@ -449,8 +496,14 @@ def test_a_planted_job_with_a_path_for_an_id_is_not_listed(
 ) -> None:
     """Its Retry button in the dashboard once POSTed to schedules/nightly/pause."""
     client.every("1 day", "noop", name="nightly")
-    db.jobs.insert_one({"_id": "../schedules/nightly/pause?", "name": "noop", "state": "failed",
-                        "createdAt": datetime.now(UTC)})  # fmt: skip
+    db.jobs.insert_one(
+        {
+            "_id": "../schedules/nightly/pause?",
+            "name": "noop",
+            "state": "failed",
+            "createdAt": datetime.now(UTC),
+        }
+    )
     real = client.now("noop")
     base = spawn_manager("m1").api_url()
     listed = httpx.get(f"{base}/api/jobs", timeout=30).json()
@@ -461,11 +514,15 @@ def test_a_planted_job_with_a_path_for_an_id_is_not_listed(
 
 def test_the_dashboard_encodes_every_id_it_puts_in_a_path() -> None:
     script = (Path(create_app.__code__.co_filename).parent / "web" / "app.js").read_text()
-    parts = [part for path in re.findall(r"api\(`([^`]*)`", script)
-             for part in re.findall(r"\$\{([^}]*)\}", path)]  # fmt: skip
+    parts = [
+        part
+        for path in re.findall(r"api\(`([^`]*)`", script)
+        for part in re.findall(r"\$\{([^}]*)\}", path)
+    ]
     literal = re.compile(r'\w+ \? "\w+" : "\w+"')  # a choice of words, not data
-    assert parts and all(part.startswith("encodeURIComponent(") or literal.fullmatch(part)
-                         for part in parts), parts  # fmt: skip
+    assert parts and all(
+        part.startswith("encodeURIComponent(") or literal.fullmatch(part) for part in parts
+    ), parts
 
 
 def test_manager_started_is_said_once_its_api_answers(spawn_manager: Any) -> None:

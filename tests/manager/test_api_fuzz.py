@@ -32,8 +32,9 @@ def test_no_generated_input_gives_a_server_error(client: Client) -> None:
             continue
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=30, deadline=None, database=None,
-                  suppress_health_check=list(HealthCheck))  # fmt: skip
+        @settings(
+            max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
         def call(case: Any) -> None:
             answer = case.call(headers={"X-Qworker-Request": "1"})
             case.validate_response(answer, checks=[not_a_server_error])

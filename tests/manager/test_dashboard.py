@@ -30,13 +30,20 @@ from qworker import Client
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
-    pytest.skip(f"the dashboard tests drive {CHROMIUM}, which is not installed",
-                allow_module_level=True)  # fmt: skip
+    pytest.skip(
+        f"the dashboard tests drive {CHROMIUM}, which is not installed", allow_module_level=True
+    )
 sync_api = pytest.importorskip("playwright.sync_api", reason="the dashboard tests need playwright")
 expect = sync_api.expect
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 # A slow two-core machine runs the manager, workers, the test server and Chromium at once.
 WAIT_MS = 45_000
 TOKEN = "s3cret"
@@ -263,9 +270,14 @@ def test_the_token_form_unlocks_a_guarded_manager(
 
 
 def test_the_overview_shows_workers_and_queue_depth(
-    spawn_manager: Any, spawn_worker: Any, mongo_url: str, client: Client, db: Any, page: Any,
+    spawn_manager: Any,
+    spawn_worker: Any,
+    mongo_url: str,
+    client: Client,
+    db: Any,
+    page: Any,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     _, base = serving(spawn_manager)
     worker = managed(spawn_worker, mongo_url, "dash_slow", worker_id="dash-w1")
     wait_accepted(worker)
@@ -294,8 +306,17 @@ def test_the_overview_shows_workers_and_queue_depth(
     expect(page).to_have_url(re.compile(r"#/jobs\?task=dash_fail&state=queued$"))
 
     # A worker with a long id and many tasks still fits its card at 1400 px.
-    wide = managed(spawn_worker, mongo_url, "dash_slow", "record", "noop", "notify",
-                   "tracked", "cooperative", worker_id="dash-worker-with-a-long-id-on-host-b7")
+    wide = managed(
+        spawn_worker,
+        mongo_url,
+        "dash_slow",
+        "record",
+        "noop",
+        "notify",
+        "tracked",
+        "cooperative",
+        worker_id="dash-worker-with-a-long-id-on-host-b7",
+    )
     wait_accepted(wide)
     page.set_viewport_size({"width": 1400, "height": 900})
     page.goto(f"{base}/#/overview")
@@ -347,9 +368,14 @@ ATTACK = """<!doctype html><html><body>
 
 
 def test_a_page_of_another_site_cannot_change_anything(
-    spawn_manager: Any, spawn_worker: Any, mongo_url: str, client: Client, db: Any, page: Any,
+    spawn_manager: Any,
+    spawn_worker: Any,
+    mongo_url: str,
+    client: Client,
+    db: Any,
+    page: Any,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     """What Chromium sends for a cross-site form POST and no-cors fetches, which need no
     CORS preflight: seen to cancel and retry jobs on a loopback manager without a token."""
     _, base = serving(spawn_manager)
@@ -363,8 +389,10 @@ def test_a_page_of_another_site_cannot_change_anything(
     (tmp_path / "attack" / "index.html").write_text(
         ATTACK.format(base=base, job=failed, running=running)
     )
-    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(
-        SimpleHTTPRequestHandler, directory=str(tmp_path / "attack")))  # fmt: skip
+    server = ThreadingHTTPServer(
+        ("127.0.0.1", 0),
+        functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "attack")),
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         page.goto(f"http://localhost:{server.server_address[1]}/index.html")

@@ -25,9 +25,13 @@ def _task(folder: Path, **metadata: Any) -> Path:
 
 
 def test_a_worker_defining_a_task_differently_is_refused_until_the_holder_stops(
-    client: Client, db: Any, mongo_url: str, spawn_worker: Any, spawn_manager: Any,
+    client: Client,
+    db: Any,
+    mongo_url: str,
+    spawn_worker: Any,
+    spawn_manager: Any,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     leading(spawn_manager())
     three = _task(tmp_path / "a", maxAttempts=3)
     one = _task(tmp_path / "b", maxAttempts=1, timeout=60)
@@ -37,8 +41,10 @@ def test_a_worker_defining_a_task_differently_is_refused_until_the_holder_stops(
     w2 = managed(spawn_worker, mongo_url, "report", worker_id="w2", paths=[one])
     assert w2.wait(60) == REFUSED_FOR_NOW, w2.output()
     said = w2.stderr.read_text().splitlines()[-1]
-    assert said.startswith("qworker: terminated by the manager: task 'report' is defined "
-                           "differently by live worker(s) w1: "), said  # fmt: skip
+    assert said.startswith(
+        "qworker: terminated by the manager: task 'report' is defined "
+        "differently by live worker(s) w1: "
+    ), said
     assert "maxAttempts (1 here, 3 there)" in said and "timeout (60 here, unset there)" in said
     assert db.tasks.find_one({"_id": "report"})["metadata"]["maxAttempts"] == 3
 

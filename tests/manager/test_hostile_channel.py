@@ -44,18 +44,45 @@ MANAGED, STANDALONE = "wm", "ws"
 WRONG_NONCE = "0badc0ffee00"  # no instance has it: instance nonces are 12 hex digits of uuid4
 # Every event a process acts on, messages to workers by id, and some it does not know.
 EVENTS = [
-    protocol.WORKER_CONNECTED, protocol.DEFINE_TASKS, protocol.WORKER_INITIALIZE,
-    protocol.WORKER_START, protocol.WORKER_PING, protocol.WORKER_STOP, protocol.WORKER_TERMINATE,
-    protocol.WORKER_DEAD, protocol.WORKER_NOTIFICATION, protocol.JOB_QUEUED,
-    "schedule:task", protocol.JOB_CANCEL, protocol.SCHEDULES_CHANGED,
-    *(f"{w}/{kind}" for w in (MANAGED, STANDALONE, "ghost")
-      for kind in ("start", "stop", "terminate")),
-    "hostile:unknown", "", "JOB:QUEUED", "job:queued ",
-]  # fmt: skip
+    protocol.WORKER_CONNECTED,
+    protocol.DEFINE_TASKS,
+    protocol.WORKER_INITIALIZE,
+    protocol.WORKER_START,
+    protocol.WORKER_PING,
+    protocol.WORKER_STOP,
+    protocol.WORKER_TERMINATE,
+    protocol.WORKER_DEAD,
+    protocol.WORKER_NOTIFICATION,
+    protocol.JOB_QUEUED,
+    "schedule:task",
+    protocol.JOB_CANCEL,
+    protocol.SCHEDULES_CHANGED,
+    *(
+        f"{w}/{kind}"
+        for w in (MANAGED, STANDALONE, "ghost")
+        for kind in ("start", "stop", "terminate")
+    ),
+    "hostile:unknown",
+    "",
+    "JOB:QUEUED",
+    "job:queued ",
+]
 NOT_DICTS: list[Any] = [
-    "text", "", [], [1, "two", None], None, 0, -1, 2**63 - 1, 3.5, math.nan, True, b"\x00\xff",
-    datetime(2030, 1, 1, tzinfo=UTC), ObjectId(),
-]  # fmt: skip
+    "text",
+    "",
+    [],
+    [1, "two", None],
+    None,
+    0,
+    -1,
+    2**63 - 1,
+    3.5,
+    math.nan,
+    True,
+    b"\x00\xff",
+    datetime(2030, 1, 1, tzinfo=UTC),
+    ObjectId(),
+]
 
 
 @dataclass
@@ -177,7 +204,9 @@ def corpus(nonce_of_managed: str) -> list[dict[str, Any]]:
     # Documents without an event or a message, non-string events, odd ids.
     docs += [
         {"_id": ObjectId(), "hello": "world"},
-        doc(None, {}), doc(5, {}), doc({"job:queued": 1}, {}),
+        doc(None, {}),
+        doc(5, {}),
+        doc({"job:queued": 1}, {}),
         doc(["job:queued", "x"], {"jobs": []}),
         doc([protocol.WORKER_PING], {"workerId": MANAGED}),
         {"_id": ObjectId(), "event": protocol.JOB_QUEUED},
@@ -186,17 +215,28 @@ def corpus(nonce_of_managed: str) -> list[dict[str, Any]]:
         doc(protocol.JOB_QUEUED, {"jobs": []}, _id=12345),
         doc(protocol.JOB_QUEUED, {"jobs": []}, _id={"nested": "id"}),
         doc(protocol.JOB_QUEUED, {"jobs": []}, _id=ObjectId.from_datetime(datetime(1971, 1, 1))),
-    ]  # fmt: skip
+    ]
     # Identities of the wrong type: a string workerId and nonce are required.
     for event in protocol.TO_MANAGER:
-        for worker_id, nonce in [(None, None), (5, "n"), (MANAGED, 5), (MANAGED, None),
-                                 ({"$ne": None}, {"$ne": None}), ([MANAGED], "n"),
-                                 (MANAGED, [nonce_of_managed])]:  # fmt: skip
+        for worker_id, nonce in [
+            (None, None),
+            (5, "n"),
+            (MANAGED, 5),
+            (MANAGED, None),
+            ({"$ne": None}, {"$ne": None}),
+            ([MANAGED], "n"),
+            (MANAGED, [nonce_of_managed]),
+        ]:
             add(event, {"workerId": worker_id, "nonce": nonce, "tasks": ["record"]})
     # Unknown workers, and the managed worker under a nonce that is not its own.
     for worker_id in (MANAGED, STANDALONE, "ghost", "", "x" * 10_000, "a/terminate"):
-        for event in (protocol.WORKER_PING, protocol.WORKER_STOP, protocol.WORKER_TERMINATE,
-                      protocol.WORKER_START, protocol.WORKER_CONNECTED):  # fmt: skip
+        for event in (
+            protocol.WORKER_PING,
+            protocol.WORKER_STOP,
+            protocol.WORKER_TERMINATE,
+            protocol.WORKER_START,
+            protocol.WORKER_CONNECTED,
+        ):
             add(event, {"workerId": worker_id, "nonce": WRONG_NONCE, "running": "lots"})
     # Forged orders to the workers: a wrong, missing or mistyped nonce.
     for target in (MANAGED, STANDALONE):
@@ -205,45 +245,80 @@ def corpus(nonce_of_managed: str) -> list[dict[str, Any]]:
                 add(f"{target}/{kind}", {"nonce": nonce, "reason": "forged", "pingInterval": 1e308})
             add(f"{target}/{kind}", {"reason": "forged, no nonce"})
     # worker:initialize that must be rejected: an id in use, unknown or bad task lists.
-    for worker_id, tasks in [(MANAGED, ["record"]), ("ghost-1", ["no-such-task"]),
-                             ("ghost-2", "record"), ("ghost-3", [5, None]),
-                             ("ghost-4", [["record"]]), ("ghost-5", {"record": 1}),
-                             ("ghost-6", None)]:  # fmt: skip
+    for worker_id, tasks in [
+        (MANAGED, ["record"]),
+        ("ghost-1", ["no-such-task"]),
+        ("ghost-2", "record"),
+        ("ghost-3", [5, None]),
+        ("ghost-4", [["record"]]),
+        ("ghost-5", {"record": 1}),
+        ("ghost-6", None),
+    ]:
         body = {"workerId": worker_id, "nonce": WRONG_NONCE, "tasks": tasks, "host": 5, "pid": "x"}
         add(protocol.WORKER_INITIALIZE, body)
     # define:tasks without a list, with junk in the list, with invalid metadata.
     ident = {"workerId": "ghost", "nonce": WRONG_NONCE}
     bad_metadata = [
-        {"id": "hostile-bad-1", "concurrency": "lots", "timeout": -1, "maxAttempts": 0,
-         "priority": [1], "isolation": "fork", "backoff": {"factor": 1e308, "max": 1e300},
-         "retention": "9" * 400 + " days", "schedule": "not a cron"},
+        {
+            "id": "hostile-bad-1",
+            "concurrency": "lots",
+            "timeout": -1,
+            "maxAttempts": 0,
+            "priority": [1],
+            "isolation": "fork",
+            "backoff": {"factor": 1e308, "max": 1e300},
+            "retention": "9" * 400 + " days",
+            "schedule": "not a cron",
+        },
         {"id": "hostile-bad-2", "colour": "red", "every": "often"},
         {"id": "hostile-bad-3", "schedule": {"cron": "0 0 30 2 *", "timezone": "America"}},
         {"id": "hostile-bad-4", "schedule": {"every": "1 minute", "data": {"n": math.nan}}},
         {"id": "hostile-bad-5", "jobAttributes": "data", "disabled": "no", "name": 5},
-        {"id": "Not Url Safe"}, {"id": ""}, {"id": "hostile-bad-6\n"},
-    ]  # fmt: skip
-    for tasks in ["record", 5, None, {"id": "x"}, [None, 5, "record", [], {}], [{"id": 5}],
-                  [{"name": "no id"}], bad_metadata]:  # fmt: skip
+        {"id": "Not Url Safe"},
+        {"id": ""},
+        {"id": "hostile-bad-6\n"},
+    ]
+    for tasks in [
+        "record",
+        5,
+        None,
+        {"id": "x"},
+        [None, 5, "record", [], {}],
+        [{"id": 5}],
+        [{"name": "no id"}],
+        bad_metadata,
+    ]:
         add(protocol.DEFINE_TASKS, {**ident, "tasks": tasks})
     # schedule:task, which workers of qworker 0.1 sent for sub-tasks: no one inserts
     # jobs from the channel any more (sub-tasks go with a worker's own writes).
-    add("schedule:task", {"workerId": MANAGED, "nonce": nonce_of_managed,
-                          "job": {"name": "record", "nextRunAt": now, "_id": ObjectId()}})
+    add(
+        "schedule:task",
+        {
+            "workerId": MANAGED,
+            "nonce": nonce_of_managed,
+            "job": {"name": "record", "nextRunAt": now, "_id": ObjectId()},
+        },
+    )
     # job:queued wake-ups whose entries are not jobs; some name the workers' tasks.
     oid = str(ObjectId())
-    for jobs in ["x", 5, None, {"id": oid}, [None, 5, "x", [], {}],
-                 [{"id": "zz", "name": "record", "priority": 0, "nextRunAt": soon}],
-                 [{"id": oid, "name": "hostile_echo", "priority": math.inf, "nextRunAt": soon}],
-                 [{"id": oid, "name": "hostile_echo", "priority": math.nan, "nextRunAt": soon}],
-                 [{"id": oid, "name": "record", "priority": 0, "nextRunAt": "2020-01-01T00:00:00"}],
-                 [{"id": oid, "name": "hostile_echo", "nextRunAt": "2020-01-01T00:00:00"}],
-                 [{"id": oid, "name": "record", "nextRunAt": 5}],
-                 [{"id": oid, "name": "record", "nextRunAt": "tomorrow"}],
-                 [{"id": oid, "name": ["record"], "nextRunAt": soon}],
-                 [{"id": 5, "name": "hostile_echo", "nextRunAt": soon}],
-                 [{"id": oid, "name": "hostile_echo", "priority": "high", "nextRunAt": soon}],
-                 [{"name": "record"}]]:  # fmt: skip
+    for jobs in [
+        "x",
+        5,
+        None,
+        {"id": oid},
+        [None, 5, "x", [], {}],
+        [{"id": "zz", "name": "record", "priority": 0, "nextRunAt": soon}],
+        [{"id": oid, "name": "hostile_echo", "priority": math.inf, "nextRunAt": soon}],
+        [{"id": oid, "name": "hostile_echo", "priority": math.nan, "nextRunAt": soon}],
+        [{"id": oid, "name": "record", "priority": 0, "nextRunAt": "2020-01-01T00:00:00"}],
+        [{"id": oid, "name": "hostile_echo", "nextRunAt": "2020-01-01T00:00:00"}],
+        [{"id": oid, "name": "record", "nextRunAt": 5}],
+        [{"id": oid, "name": "record", "nextRunAt": "tomorrow"}],
+        [{"id": oid, "name": ["record"], "nextRunAt": soon}],
+        [{"id": 5, "name": "hostile_echo", "nextRunAt": soon}],
+        [{"id": oid, "name": "hostile_echo", "priority": "high", "nextRunAt": soon}],
+        [{"name": "record"}],
+    ]:
         add(protocol.JOB_QUEUED, {"jobs": jobs})
     for tasks in ["record", 5, [["record"]], [None], {"record": 1}]:
         add(protocol.JOB_QUEUED, {"tasks": tasks})
@@ -251,10 +326,13 @@ def corpus(nonce_of_managed: str) -> list[dict[str, Any]]:
     for job_id in [str(ObjectId()), "garbage", None, 5, [1], {"$ne": 1}, "x" * 100_000]:
         add(protocol.JOB_CANCEL, {"jobId": job_id})
     # Notifications the sinks cannot filter on, or log, as they expect.
-    for note in [{"type": ["fail"], "task": "record"}, {"type": "fail", "task": {"a": 1}},
-                 {"type": {"$ne": 1}, "task": ["record"]}, {"event": "x", "level": 5, "job": "x"},
-                 {"workerId": MANAGED, "type": "success", "task": "record",
-                  "job": [1] * 1000}]:  # fmt: skip
+    for note in [
+        {"type": ["fail"], "task": "record"},
+        {"type": "fail", "task": {"a": 1}},
+        {"type": {"$ne": 1}, "task": ["record"]},
+        {"event": "x", "level": 5, "job": "x"},
+        {"workerId": MANAGED, "type": "success", "task": "record", "job": [1] * 1000},
+    ]:
         add(protocol.WORKER_NOTIFICATION, note)
     # Managers and schedules said to change.
     add(protocol.MANAGER_START, {"managerId": 5})
@@ -264,21 +342,54 @@ def corpus(nonce_of_managed: str) -> list[dict[str, Any]]:
 
 
 # Generated bodies: the fields the processes read, with values of every kind.
-FIELDS = ["workerId", "nonce", "tasks", "job", "jobs", "jobId", "running", "reason", "pingInterval",
-          "host", "pid", "managerId", "type", "task", "id", "name", "nextRunAt", "priority", "_id",
-          "data", "recovered"]  # fmt: skip
+FIELDS = [
+    "workerId",
+    "nonce",
+    "tasks",
+    "job",
+    "jobs",
+    "jobId",
+    "running",
+    "reason",
+    "pingInterval",
+    "host",
+    "pid",
+    "managerId",
+    "type",
+    "task",
+    "id",
+    "name",
+    "nextRunAt",
+    "priority",
+    "_id",
+    "data",
+    "recovered",
+]
 SCALARS = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**63), 2**63 - 1),
     st.floats(),
     st.text(max_size=20),
-    st.sampled_from([MANAGED, STANDALONE, "ghost", WRONG_NONCE, "record", "hostile_echo",
-                     str(ObjectId()), "2020-01-01T00:00:00", "2030-01-01T00:00:00+00:00", "zz"]),
-    st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1),
-                 timezones=st.just(UTC)),
+    st.sampled_from(
+        [
+            MANAGED,
+            STANDALONE,
+            "ghost",
+            WRONG_NONCE,
+            "record",
+            "hostile_echo",
+            str(ObjectId()),
+            "2020-01-01T00:00:00",
+            "2030-01-01T00:00:00+00:00",
+            "zz",
+        ]
+    ),
+    st.datetimes(
+        min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+    ),
     st.builds(ObjectId),
-)  # fmt: skip
+)
 VALUES = st.recursive(
     SCALARS,
     lambda kids: (
@@ -352,17 +463,23 @@ def test_malformed_and_forged_messages_are_logged_and_ignored(fleet: Fleet) -> N
 
     # What was ignored was said, by the manager and by both workers.
     manager_said = [
-        "ignoring malformed channel message", "ignoring a message without workerId/nonce",
+        "ignoring malformed channel message",
+        "ignoring a message without workerId/nonce",
         "ignoring a message from an unknown or stopped worker instance",
         "ignoring define:tasks without a task list",
         "ignoring a task definition that is not a mapping with an id",
         "worker rejected",
-    ]  # fmt: skip
-    workers_said = ["ignoring malformed channel message", "ignoring malformed job:queued entry",
-                    "ignoring a malformed job:queued message"]  # fmt: skip
-    said = [(fleet.manager, manager_said),
-            (fleet.managed, [*workers_said, "ignoring a message for another instance"]),
-            (fleet.standalone, [*workers_said, "ignoring a malformed job:cancel"])]  # fmt: skip
+    ]
+    workers_said = [
+        "ignoring malformed channel message",
+        "ignoring malformed job:queued entry",
+        "ignoring a malformed job:queued message",
+    ]
+    said = [
+        (fleet.manager, manager_said),
+        (fleet.managed, [*workers_said, "ignoring a message for another instance"]),
+        (fleet.standalone, [*workers_said, "ignoring a malformed job:cancel"]),
+    ]
     for process, lines in said:
         for line in lines:
             assert count_logged(process, line), f"{line!r} not logged:\n{process.output()[-3000:]}"
@@ -377,8 +494,7 @@ def test_malformed_and_forged_messages_are_logged_and_ignored(fleet: Fleet) -> N
 
     # Generated messages, a batch at a time, each batch followed by a liveness check.
     @given(batch=st.lists(st.tuples(GENERATED_EVENTS, BODIES), min_size=20, max_size=40))
-    @settings(max_examples=8, deadline=None, database=None,
-              suppress_health_check=list(HealthCheck))  # fmt: skip
+    @settings(max_examples=8, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     def barrage(batch: list[tuple[str, Any]]) -> None:
         publish(fleet.db, [doc(event, body) for event, body in batch if storable(body)])
         manager_caught_up(fleet)
@@ -412,8 +528,10 @@ def test_a_forged_definition_neither_rewrites_nor_invalidates_a_live_one(
 ) -> None:
     standing = fleet.db.tasks.find_one({"_id": "record"})["metadata"]
     ident = {"workerId": "ghost", "nonce": WRONG_NONCE}
-    for forged in ({**standing, "maxAttempts": 9, "schedule": "* * * * *"},
-                   {"id": "record", "concurrency": "lots"}):  # fmt: skip
+    for forged in (
+        {**standing, "maxAttempts": 9, "schedule": "* * * * *"},
+        {"id": "record", "concurrency": "lots"},
+    ):
         publish_sync(fleet.db.channel, protocol.DEFINE_TASKS, {**ident, "tasks": [forged]})
     manager_caught_up(fleet)
     task = fleet.db.tasks.find_one({"_id": "record"})
@@ -450,21 +568,32 @@ def test_a_message_stamped_in_the_future_does_not_deafen_anyone(fleet: Fleet) ->
     """An ``_id`` from tomorrow must not move a subscriber's position past today's messages."""
     tomorrow = ObjectId.from_datetime(datetime.now(UTC) + timedelta(days=1))
     later = ObjectId.from_datetime(datetime.now(UTC) + timedelta(days=1, seconds=1))
-    publish(fleet.db, [doc(protocol.WORKER_PING, {"workerId": "ghost", "nonce": WRONG_NONCE},
-                           _id=tomorrow),
-                       doc(protocol.JOB_QUEUED, {"jobs": "from the future"},
-                           _id=later)])  # fmt: skip
+    publish(
+        fleet.db,
+        [
+            doc(protocol.WORKER_PING, {"workerId": "ghost", "nonce": WRONG_NONCE}, _id=tomorrow),
+            doc(protocol.JOB_QUEUED, {"jobs": "from the future"}, _id=later),
+        ],
+    )
     wait_logged(fleet.standalone, "ignoring a malformed job:queued message", 30)
     # Messages published now still reach everyone.
     manager_caught_up(fleet)
-    publish(fleet.db, [doc(protocol.stop(MANAGED), {"nonce": WRONG_NONCE}),
-                       doc(protocol.JOB_CANCEL, {"jobId": None})])  # fmt: skip
+    publish(
+        fleet.db,
+        [
+            doc(protocol.stop(MANAGED), {"nonce": WRONG_NONCE}),
+            doc(protocol.JOB_CANCEL, {"jobId": None}),
+        ],
+    )
     wait_logged(fleet.managed, "ignoring a message for another instance", 30)
     wait_logged(fleet.standalone, "ignoring a malformed job:cancel", 30)
     # The manager still records the managed worker's pings: it is not declared dead.
     pinged = fleet.db.workers.find_one({"_id": MANAGED})["pingedAt"]
-    wait_for(lambda: fleet.db.workers.find_one({"_id": MANAGED})["pingedAt"] > pinged, 10,
-             "a ping recorded after the message from the future")  # fmt: skip
+    wait_for(
+        lambda: fleet.db.workers.find_one({"_id": MANAGED})["pingedAt"] > pinged,
+        10,
+        "a ping recorded after the message from the future",
+    )
     still_in_service(fleet)
     nothing_crashed(fleet)
     assert count_logged(fleet.manager, "worker dead") == 0
@@ -487,27 +616,38 @@ def test_oversized_messages_are_logged_and_ignored(fleet: Fleet) -> None:
     m, w, s = fleet.manager, fleet.managed, fleet.standalone
     said = "ignoring an oversized channel message"
     oversized: list[tuple[dict[str, Any], list[tuple[Any, str, int]]]] = [
-        (doc(protocol.WORKER_NOTIFICATION, {"type": "fail", "task": "record", "job": {"x": huge}}),
-         [(m, said, 1)]),
-        (doc(protocol.DEFINE_TASKS, {**ident, "tasks": [{"id": "hostile-1", "description": huge}]}),
-         [(m, said, 2)]),
+        (
+            doc(
+                protocol.WORKER_NOTIFICATION, {"type": "fail", "task": "record", "job": {"x": huge}}
+            ),
+            [(m, said, 1)],
+        ),
+        (
+            doc(
+                protocol.DEFINE_TASKS,
+                {**ident, "tasks": [{"id": "hostile-1", "description": huge}]},
+            ),
+            [(m, said, 2)],
+        ),
         (doc(protocol.DEFINE_TASKS, {**ident, "tasks": descriptions}), [(m, said, 3)]),
         (doc(protocol.JOB_QUEUED, {"jobs": many}), [(w, said, 1), (s, said, 1)]),
-        (doc(protocol.terminate(MANAGED), {"nonce": fleet.nonce, "reason": huge}),
-         [(w, said, 2)]),
+        (doc(protocol.terminate(MANAGED), {"nonce": fleet.nonce, "reason": huge}), [(w, said, 2)]),
         (doc(protocol.JOB_CANCEL, {"jobId": [huge]}), [(w, said, 3), (s, said, 2)]),
         (doc("hostile:unknown", {"padding": huge}), []),
         # Just under the limit: delivered, and recorded.
         (doc(protocol.DEFINE_TASKS, {**ident, "tasks": descriptions[:250]}), []),
-    ]  # fmt: skip
+    ]
     for one, heard in oversized:
         assert len(bson.encode(one)) < 16 * mib
         assert publish(fleet.db, [one]) == []
         for process, line, times in heard:
             wait_logged(process, line, 60, times=times)
         manager_caught_up(fleet, timeout=120)
-    wait_for(lambda: fleet.db.tasks.count_documents({"_id": {"$regex": "^hostile-[0-9]"}}) == 250,
-             30, "the 250 tasks of the message under the limit")  # fmt: skip
+    wait_for(
+        lambda: fleet.db.tasks.count_documents({"_id": {"$regex": "^hostile-[0-9]"}}) == 250,
+        30,
+        "the 250 tasks of the message under the limit",
+    )
     assert fleet.db.tasks.find_one({"_id": "hostile-1"})["description"] == "d" * 14_000
     nothing_crashed(fleet)
     no_job_from_a_bad_message(fleet)

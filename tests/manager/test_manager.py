@@ -164,20 +164,25 @@ def test_the_manager_rejects_workers_whose_tasks_are_unknown_or_invalid(
     wait_leading(manager)
 
     # A task nobody defined.
-    publish_sync(db.channel, "worker:initialize",
-                 {"workerId": "ghost", "nonce": "n-ghost", "host": "h", "pid": 1,
-                  "tasks": ["nowhere"]})  # fmt: skip
+    publish_sync(
+        db.channel,
+        "worker:initialize",
+        {"workerId": "ghost", "nonce": "n-ghost", "host": "h", "pid": 1, "tasks": ["nowhere"]},
+    )
     [refusal] = wait_for(lambda: messages(db, "ghost/terminate"), 20, "ghost/terminate")
     assert refusal["nonce"] == "n-ghost"
     assert refusal["reason"] == "task 'nowhere' is unknown: no worker defined it"
 
     # A task defined with metadata the manager finds invalid.
     bad = {"id": "broken", "name": "Broken", "concurrency": 0, "colour": "red"}
-    publish_sync(db.channel, "define:tasks",
-                 {"workerId": "forger", "nonce": "n-forger", "tasks": [bad]})  # fmt: skip
-    publish_sync(db.channel, "worker:initialize",
-                 {"workerId": "forger", "nonce": "n-forger", "host": "h", "pid": 2,
-                  "tasks": ["broken"]})  # fmt: skip
+    publish_sync(
+        db.channel, "define:tasks", {"workerId": "forger", "nonce": "n-forger", "tasks": [bad]}
+    )
+    publish_sync(
+        db.channel,
+        "worker:initialize",
+        {"workerId": "forger", "nonce": "n-forger", "host": "h", "pid": 2, "tasks": ["broken"]},
+    )
     [refusal] = wait_for(lambda: messages(db, "forger/terminate"), 20, "forger/terminate")
     assert refusal["nonce"] == "n-forger"
     assert refusal["reason"].startswith("task 'broken' has invalid metadata: ")
@@ -283,10 +288,11 @@ def test_a_killed_workers_running_job_is_recovered_by_the_manager_at_once(
     wait_leading(manager)
     # A 60 s job lease: only the manager's detection can bring the job back soon.
     workers = {
-        worker_id: managed(spawn_worker, mongo_url, "tracked", worker_id=worker_id,
-                           extra=["--lease", "60"])
+        worker_id: managed(
+            spawn_worker, mongo_url, "tracked", worker_id=worker_id, extra=["--lease", "60"]
+        )
         for worker_id in ("a", "b")
-    }  # fmt: skip
+    }
     for worker in workers.values():
         wait_accepted(worker)
 
@@ -303,8 +309,9 @@ def test_a_killed_workers_running_job_is_recovered_by_the_manager_at_once(
 
     wait_for(
         lambda: db.workers.find_one({"_id": victim_id, "state": "dead"}),
-        2 * PING + SLACK, f"worker {victim_id} to be marked dead",
-    )  # fmt: skip
+        2 * PING + SLACK,
+        f"worker {victim_id} to be marked dead",
+    )
     [dead] = wait_for(lambda: messages(db, "worker:dead"), 10, "a worker:dead message")
     assert dead["workerId"] == victim_id and dead["nonce"] == victim_nonce
     assert dead["recovered"] == [job_id]
@@ -367,9 +374,13 @@ def test_a_standby_manager_takes_over_when_the_leader_is_killed(
 
 
 def test_channel_subscribers_resume_after_the_mongodb_server_restarts(
-    client: Client, db: Any, mongo_server: Server, spawn_manager: Any, spawn_worker: Any,
+    client: Client,
+    db: Any,
+    mongo_server: Server,
+    spawn_manager: Any,
+    spawn_worker: Any,
     mongo_url: str,
-) -> None:  # fmt: skip
+) -> None:
     if not mongo_server.managed:
         pytest.skip("QWORKER_TEST_MONGO_URL names an outside server: this test cannot restart it")
     # A 30 s poll: only a job:queued wake-up on the channel can start a job sooner.
@@ -436,8 +447,11 @@ def test_a_cancel_reaches_the_managed_worker_running_the_job(
 
     # The worker announced it (after recording it).
     def cancels() -> list[dict[str, Any]]:
-        return [n for n in messages(db, "worker:notification")
-                if n["sourceId"] == job_id and n["type"] == "cancel"]  # fmt: skip
+        return [
+            n
+            for n in messages(db, "worker:notification")
+            if n["sourceId"] == job_id and n["type"] == "cancel"
+        ]
 
     wait_for(cancels, 20, "the cancel notification")
     assert len(cancels()) == 1 and cancels()[0]["workerId"] == "runner"

@@ -48,8 +48,12 @@ def test_a_flood_of_forged_pings_declares_no_live_worker_dead(
     manager = spawn_manager("m1", extra=["--ping-interval", "2"])
     wait_leading(manager)
     worker, job_id = _busy_worker(spawn_worker, mongo_url, db, client)
-    forged = [message(protocol.WORKER_PING, {"workerId": f"forged-{n}", "nonce": f"{n:012x}",
-                                              "running": 0}) for n in range(5_000)]  # fmt: skip
+    forged = [
+        message(
+            protocol.WORKER_PING, {"workerId": f"forged-{n}", "nonce": f"{n:012x}", "running": 0}
+        )
+        for n in range(5_000)
+    ]
     for start in range(0, len(forged), 1_000):
         db.channel.insert_many(forged[start : start + 1_000])
     _never_dead(db, client, job_id, manager, worker)

@@ -26,8 +26,13 @@ ADMIN = "admin:admin-password"
 
 def manager_cli(*args: str) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
-    return subprocess.run([sys.executable, "-m", "qworker.cli.manager", *args],
-                          capture_output=True, text=True, timeout=120, env=clean)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "qworker.cli.manager", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=clean,
+    )
 
 
 def test_init_db_makes_the_schema_and_the_roles_and_may_run_again(mongo_url: str, db: Any) -> None:
@@ -38,8 +43,10 @@ def test_init_db_makes_the_schema_and_the_roles_and_may_run_again(mongo_url: str
     assert db.channel.options()["capped"] is True
     assert {"claim", "unique_active", "retention"} <= {i["name"] for i in db.jobs.list_indexes()}
     roles = db.command("rolesInfo", 1, showPrivileges=True)["roles"]
-    granted = {r["role"]: {p["resource"]["collection"]: set(p["actions"]) for p in r["privileges"]}
-               for r in roles}  # fmt: skip
+    granted = {
+        r["role"]: {p["resource"]["collection"]: set(p["actions"]) for p in r["privileges"]}
+        for r in roles
+    }
     assert set(granted) >= set(privileges(Names()))
     app = granted["qworkerApp"]
     assert app["jobs"] == {"find", "insert", "update"} and app["channel"] == {"insert"}
@@ -49,8 +56,9 @@ def test_init_db_makes_the_schema_and_the_roles_and_may_run_again(mongo_url: str
 
 def test_each_part_runs_as_its_role_and_writes_only_what_it_may(own_server: Server) -> None:
     with MongoClient(own_server.url) as mongo:
-        mongo.admin.command("createUser", "admin", pwd="admin-password",
-                            roles=[{"role": "root", "db": "admin"}])  # fmt: skip
+        mongo.admin.command(
+            "createUser", "admin", pwd="admin-password", roles=[{"role": "root", "db": "admin"}]
+        )
     own_server.stop()
     admin_url = f"mongodb://{ADMIN}@127.0.0.1:{own_server.port}/app?authSource=admin"
     own_server.start("--auth", answering=admin_url)
@@ -74,6 +82,8 @@ def test_each_part_runs_as_its_role_and_writes_only_what_it_may(own_server: Serv
         except OperationFailure as exc:
             assert exc.code == 13  # Unauthorized: what MongoDB answers
         else:
-            pytest.skip("the last check needs a server that enforces the privileges of "
-                        "roles, as MongoDB does: SecantusDB 0.7.0b3 authenticates users but "
-                        "lets them write any collection")  # fmt: skip
+            pytest.skip(
+                "the last check needs a server that enforces the privileges of "
+                "roles, as MongoDB does: SecantusDB 0.7.0b3 authenticates users but "
+                "lets them write any collection"
+            )

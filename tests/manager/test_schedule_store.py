@@ -45,8 +45,9 @@ class Payload:
 
 def plant(db: Any, marker: Path) -> None:
     state = pickle.dumps({"version": 1, "id": "evil", "trigger": Payload(marker)})
-    db.schedules.insert_one({"_id": "evil", "next_run_time": time.time() - 5,
-                             "job_state": Binary(state)})  # fmt: skip
+    db.schedules.insert_one(
+        {"_id": "evil", "next_run_time": time.time() - 5, "job_state": Binary(state)}
+    )
 
 
 def test_a_planted_pickle_runs_nowhere_and_stays_for_the_operator(
@@ -59,8 +60,15 @@ def test_a_planted_pickle_runs_nowhere_and_stays_for_the_operator(
     wait_logged(manager, "a stored schedule could not be read safely", 30)
     listed = httpx.get(f"{manager.api_url()}/api/schedules", timeout=30)
     assert listed.status_code == 200 and listed.json() == []
-    command = [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "schedules",
-               "list"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "qworker.cli.manager",
+        "--mongo",
+        mongo_url,
+        "schedules",
+        "list",
+    ]
     cli = subprocess.run(command, capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0, cli.stderr
     assert client.schedule_list() == []
@@ -87,7 +95,7 @@ def test_what_a_schedule_holds_reads_back(client: Client, db: Any) -> None:
     "payload",
     [Payload(Path("/nonexistent/x")), Walk(), subprocess.Popen],
     ids=["reduce", "getattr", "class"],
-)  # fmt: skip
+)
 def test_the_unpickler_refuses_what_no_schedule_holds(payload: Any) -> None:
     with pytest.raises(RefusedPickle):
         loads(pickle.dumps(payload))

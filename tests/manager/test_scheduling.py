@@ -174,9 +174,13 @@ def test_two_schedulers_running_at_once_insert_each_fire_once(
 
 
 def test_a_tasks_metadata_schedule_is_installed_when_a_worker_defines_it(
-    client: Client, db: Any, spawn_manager: Any, spawn_worker: Any, mongo_url: str,
+    client: Client,
+    db: Any,
+    spawn_manager: Any,
+    spawn_worker: Any,
+    mongo_url: str,
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     folder = tmp_path / "tasks"
     folder.mkdir()
     for suffix in (".json", ".py"):

@@ -95,8 +95,9 @@ def test_a_webhook_receives_failures_of_its_task_after_a_retry(
     assert note["error"] == {"type": "ValueError", "message": "asked to fail"}
     assert note["job"]["failReason"] == "ValueError: asked to fail"
     # The structured log got every notification, the successes too.
-    logged = [json.loads(line) for line in manager.output().splitlines()
-              if '"notification"' in line]  # fmt: skip
+    logged = [
+        json.loads(line) for line in manager.output().splitlines() if '"notification"' in line
+    ]
     assert {(n["sourceId"], n["type"]) for n in logged} >= {(good, "success"), (bad, "fail")}
     # Times in the JSON log are ISO 8601, as in the API (not Python reprs).
     for entry in logged:

@@ -21,16 +21,26 @@ from qworker.worker.daemon import Worker
 from support.processes import TASKS
 
 
-def run_burst(mongo_url: str, *tasks: str, concurrency: int = 16,
-              paths: Sequence[Path] = (TASKS,),
-              until: Callable[[], Any] | None = None) -> Worker:  # fmt: skip
+def run_burst(
+    mongo_url: str,
+    *tasks: str,
+    concurrency: int = 16,
+    paths: Sequence[Path] = (TASKS,),
+    until: Callable[[], Any] | None = None,
+) -> Worker:
     """Load ``tasks`` and run their jobs in this thread's loop, until nothing is due or
     running (or, given ``until``, until it returns something truthy); the worker."""
     settings = WorkerSettings(
-        mongo=mongo_url, worker_id="in-process", tasks=tasks, paths=tuple(paths),
-        standalone=True, burst=until is None, concurrency=concurrency, grace=1,
+        mongo=mongo_url,
+        worker_id="in-process",
+        tasks=tasks,
+        paths=tuple(paths),
+        standalone=True,
+        burst=until is None,
+        concurrency=concurrency,
+        grace=1,
         poll_interval=0.2,
-    )  # fmt: skip
+    )
     worker = Worker(settings, select(settings.paths, settings.tasks))
     worker.load()
     code = asyncio.run(_drive(worker, until))

@@ -140,9 +140,26 @@ LEASE = 2.0
 def manager_command(mongo_url: str, manager_id: str, *extra: str) -> list[str]:
     # No API token unless the test gives one: it talks to loopback as a script would.
     token = [] if any(arg.startswith("--api-token") for arg in extra) else ["--api-token", "none"]
-    return [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, "serve",
-            "--ping-interval", str(PING), "--lease", str(LEASE), "--log-format", "json",
-            "--id", manager_id, "--http", "127.0.0.1:0", *token, *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "qworker.cli.manager",
+        "--mongo",
+        mongo_url,
+        "serve",
+        "--ping-interval",
+        str(PING),
+        "--lease",
+        str(LEASE),
+        "--log-format",
+        "json",
+        "--id",
+        manager_id,
+        "--http",
+        "127.0.0.1:0",
+        *token,
+        *extra,
+    ]
 
 
 def leading(manager: ManagerProcess, timeout: float = 60) -> ManagerProcess:
@@ -167,12 +184,20 @@ def pid_alive(pid: int) -> bool:
 
 
 def managed(
-    spawn_worker: Any, mongo_url: str, *tasks: str, worker_id: str,
-    extra: list[str] | None = None, paths: list[Any] | None = None,
-) -> WorkerProcess:  # fmt: skip
+    spawn_worker: Any,
+    mongo_url: str,
+    *tasks: str,
+    worker_id: str,
+    extra: list[str] | None = None,
+    paths: list[Any] | None = None,
+) -> WorkerProcess:
     """A worker that needs a manager (no --standalone), recording side effects."""
     worker: WorkerProcess = spawn_worker(
-        *tasks, worker_id=worker_id, standalone=False, env=effects_env(mongo_url),
-        extra=["--lease", "2", "--grace", "5", *(extra or [])], paths=paths,
-    )  # fmt: skip
+        *tasks,
+        worker_id=worker_id,
+        standalone=False,
+        env=effects_env(mongo_url),
+        extra=["--lease", "2", "--grace", "5", *(extra or [])],
+        paths=paths,
+    )
     return worker

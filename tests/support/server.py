@@ -55,10 +55,22 @@ class Server:
         command = shutil.which("secantusd-py") or str(Path(sys.executable).parent / "secantusd-py")
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [command, "--host", "127.0.0.1", "--port", str(self.port),
-                 "--storage-path", str(self.storage), "--log-level", "WARNING", *flags],
-                stdout=log, stderr=subprocess.STDOUT, cwd=self.storage.parent,
-            )  # fmt: skip
+                [
+                    command,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--storage-path",
+                    str(self.storage),
+                    "--log-level",
+                    "WARNING",
+                    *flags,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.storage.parent,
+            )
         url = answering or self.url
         wait_for(lambda: _answers(url), 60, "the test MongoDB server to answer")
 
@@ -76,8 +88,12 @@ class Server:
 def serving(root: Path) -> Iterator[Server]:
     """A SecantusDB server with its data in ``root``, running until the generator ends."""
     port = free_port()
-    server = Server(url=f"mongodb://127.0.0.1:{port}", storage=root / "data", port=port,
-                    log_path=root / "server.log")  # fmt: skip
+    server = Server(
+        url=f"mongodb://127.0.0.1:{port}",
+        storage=root / "data",
+        port=port,
+        log_path=root / "server.log",
+    )
     root.mkdir(parents=True, exist_ok=True)
     server.start()
     yield server

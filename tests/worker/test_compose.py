@@ -100,8 +100,9 @@ def test_progress_names_the_running_step(
     job_id = client.now("composed_waiting", {"go": str(go)})
     running = wait_for(
         lambda: db.jobs.find_one({"_id": ObjectId(job_id), "progress.step": "wait_for_go"}),
-        30, "the job to report its second step",
-    )  # fmt: skip
+        30,
+        "the job to report its second step",
+    )
     assert running["state"] == "running"
     assert running["progress"] == {"percent": 33.0, "step": "wait_for_go"}
 
@@ -120,8 +121,9 @@ def test_a_cancelled_composition_stops_before_its_next_step(
     job_id = client.now("composed_waiting", {"go": str(tmp_path / "never")})
     wait_for(
         lambda: db.effects.find_one({"job": job_id, "step": "wait_for_go"}),
-        30, "the second step to start",
-    )  # fmt: skip
+        30,
+        "the second step to start",
+    )
     client.cancel(job_id)
     done = wait_finished(db, job_id, 20)
 

@@ -54,15 +54,20 @@ def test_a_standalone_worker_lists_itself_pings_and_is_stopped_after_sigterm(
 
     # Its refresh carries the jobs it runs; runningJobs counts them in the jobs collection.
     client.now("record", {"sleep": 3})
-    busy = wait_for(lambda: (e := entry(client, "solo")) and e["running"] == 1 and e, 30,
-                    "a refresh with one running job")  # fmt: skip
+    busy = wait_for(
+        lambda: (e := entry(client, "solo")) and e["running"] == 1 and e,
+        30,
+        "a refresh with one running job",
+    )
     assert busy["runningJobs"] == 1 and busy["pingedAt"] > first_ping
 
     # The real CLI, in a process of its own, shows it.
     done = subprocess.run(
-        [*MANAGER, "--mongo", mongo_url, "workers", "--json"], capture_output=True, text=True,
+        [*MANAGER, "--mongo", mongo_url, "workers", "--json"],
+        capture_output=True,
+        text=True,
         timeout=60,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert [(w["_id"], w["status"], w["standalone"]) for w in json.loads(done.stdout)] == [
         ("solo", "running", True)
@@ -93,8 +98,11 @@ def test_a_killed_standalone_worker_is_lost_and_its_id_can_be_reused(
 
     # A new worker with the id takes the silent entry over.
     second = spawn_worker("noop", worker_id="solo", extra=FAST)
-    doc = wait_for(lambda: (e := entry(client, "solo")) and e["pid"] == second.pid and e, 30,
-                   "the new worker to take the entry over")  # fmt: skip
+    doc = wait_for(
+        lambda: (e := entry(client, "solo")) and e["pid"] == second.pid and e,
+        30,
+        "the new worker to take the entry over",
+    )
     assert doc["status"] == "running" and "stoppedAt" not in doc
 
 
@@ -109,15 +117,21 @@ def test_a_second_live_worker_with_the_same_id_does_not_hide_the_first(
     # Refreshes later the entry is still the first one's, and the warning was logged once.
     pinged = entry(client, "twin")
     assert pinged is not None
-    wait_for(lambda: (e := entry(client, "twin")) and e["pingedAt"] > pinged["pingedAt"], 30,
-             "another refresh")  # fmt: skip
+    wait_for(
+        lambda: (e := entry(client, "twin")) and e["pingedAt"] > pinged["pingedAt"],
+        30,
+        "another refresh",
+    )
     assert entry(client, "twin")["pid"] == first.pid
     assert count_logged(second, "another live worker is listed") == 1
     # Once the first stops, the second lists itself.
     first.signal(signal.SIGTERM)
     assert first.wait() == 0
-    doc = wait_for(lambda: (e := entry(client, "twin")) and e["pid"] == second.pid and e, 30,
-                   "the second worker to list itself")  # fmt: skip
+    doc = wait_for(
+        lambda: (e := entry(client, "twin")) and e["pid"] == second.pid and e,
+        30,
+        "the second worker to list itself",
+    )
     assert doc["status"] == "running"
 
 

@@ -39,8 +39,14 @@ JUNK: list[tuple[dict[str, Any], str | None]] = [
 
 
 def junk_job(fields: dict[str, Any]) -> dict[str, Any]:
-    return {"_id": ObjectId(), "name": "noop", "state": "queued", "nextRunAt": NOW,
-            "createdAt": NOW, **fields}  # fmt: skip
+    return {
+        "_id": ObjectId(),
+        "name": "noop",
+        "state": "queued",
+        "nextRunAt": NOW,
+        "createdAt": NOW,
+        **fields,
+    }
 
 
 def test_malformed_names_the_field() -> None:
@@ -70,14 +76,16 @@ def test_junk_in_the_jobs_collection_neither_crashes_nor_blocks_a_worker(
     for job_id in good:
         done = wait_for(
             lambda i=job_id: db.jobs.find_one({"_id": ObjectId(i), "state": {"$in": FINISHED}}),
-            60, f"good job {job_id} to finish",
-        )  # fmt: skip
+            60,
+            f"good job {job_id} to finish",
+        )
         assert done["state"] == "succeeded", done
     for (fields, field), doc in zip(JUNK, junk, strict=True):
         ended = wait_for(
             lambda d=doc: db.jobs.find_one({"_id": d["_id"], "state": {"$in": FINISHED}}),
-            60, f"junk {fields} to end",
-        )  # fmt: skip
+            60,
+            f"junk {fields} to end",
+        )
         if field is not None:
             assert ended["state"] == "failed", (fields, ended)
             assert field in ended["failReason"] and "malformed job" in ended["failReason"], ended

@@ -16,8 +16,10 @@ from qworker.worker.notifications import notification, pick
 def test_pick_takes_dotted_paths_and_leaves_out_missing_ones() -> None:
     doc = {"data": {"to": "a@b", "cc": "c@d"}, "state": "queued", "nested": {"a": {"b": 1}}}
     assert pick(doc, ["data.to", "state", "nested.a.b", "absent", "data.absent", "state.x"]) == {
-        "data": {"to": "a@b"}, "state": "queued", "nested": {"a": {"b": 1}},
-    }  # fmt: skip
+        "data": {"to": "a@b"},
+        "state": "queued",
+        "nested": {"a": {"b": 1}},
+    }
 
 
 def notes(db: Any, job_id: str) -> list[dict[str, Any]]:
@@ -56,8 +58,9 @@ def test_each_event_carries_the_attributes_its_metadata_selects(
     fail = {n["type"]: n for n in notes(db, bad)}["fail"]
     assert fail["job"] == {
         "data": {"to": "dev@example.com", "fail": True},
-        "failReason": "ValueError: asked to fail", "failCount": 1,
-    }  # fmt: skip
+        "failReason": "ValueError: asked to fail",
+        "failCount": 1,
+    }
     assert fail["error"] == {"type": "ValueError", "message": "asked to fail"}
     assert fail["retry"] is False
 

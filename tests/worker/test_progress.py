@@ -45,9 +45,18 @@ class Engine:
 
 @pytest.mark.parametrize(
     ("args", "expected"),
-    [((40,), 40.0), ((0.5,), 0.5), ((1,), 1.0), ((100,), 100.0), ((0,), 0.0),
-     ((1, 4), 25.0), ((200, 400), 50.0), ((0.5, 1), 50.0), ((3, 3), 100.0)],
-)  # fmt: skip
+    [
+        ((40,), 40.0),
+        ((0.5,), 0.5),
+        ((1,), 1.0),
+        ((100,), 100.0),
+        ((0,), 0.0),
+        ((1, 4), 25.0),
+        ((200, 400), 50.0),
+        ((0.5, 1), 50.0),
+        ((3, 3), 100.0),
+    ],
+)
 def test_a_number_alone_is_a_percentage_and_with_a_total_a_count(
     args: tuple[float, ...], expected: float
 ) -> None:
@@ -56,10 +65,18 @@ def test_a_number_alone_is_a_percentage_and_with_a_total_a_count(
 
 @pytest.mark.parametrize(
     ("args", "error"),
-    [((101,), ValueError), ((-1,), ValueError), ((float("nan"),), ValueError),
-     ((5, 4), ValueError), ((1, 0), ValueError), ((1, -2), ValueError), (("5",), TypeError),
-     ((True,), TypeError), ((1, True), TypeError)],
-)  # fmt: skip
+    [
+        ((101,), ValueError),
+        ((-1,), ValueError),
+        ((float("nan"),), ValueError),
+        ((5, 4), ValueError),
+        ((1, 0), ValueError),
+        ((1, -2), ValueError),
+        (("5",), TypeError),
+        ((True,), TypeError),
+        ((1, True), TypeError),
+    ],
+)
 def test_out_of_range_or_not_a_number_is_refused(args: tuple[Any, ...], error: type) -> None:
     with pytest.raises(error):
         percent(*args)
@@ -72,8 +89,12 @@ def test_the_seed_form_and_a_step_as_second_argument_still_work() -> None:
     job.progress(60, "loading")
     job.progress(3, total=4, step="three of four")
     job.progress(1, 2, "half")
-    assert recorder.reported == [(30.0, None), (60.0, "loading"), (75.0, "three of four"),
-                                 (50.0, "half")]  # fmt: skip
+    assert recorder.reported == [
+        (30.0, None),
+        (60.0, "loading"),
+        (75.0, "three of four"),
+        (50.0, "half"),
+    ]
 
 
 def test_the_countdown_example_over_400_steps_only_moves_forward() -> None:
@@ -83,8 +104,9 @@ def test_the_countdown_example_over_400_steps_only_moves_forward() -> None:
     worker = TaskSetup(Engine())
     run_setup(import_code(meta), worker, TaskHandle(meta, "test"))
     recorder = Recorder()
-    job = Job({"_id": ObjectId(), "name": "countdown", "data": {"steps": 400, "delay": 0}},
-              recorder)  # fmt: skip
+    job = Job(
+        {"_id": ObjectId(), "name": "countdown", "data": {"steps": 400, "delay": 0}}, recorder
+    )
     assert asyncio.run(worker.handlers["countdown"](job)) == {"steps": 400}
     values = recorder.percents()
     assert len(values) == 401

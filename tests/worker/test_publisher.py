@@ -27,8 +27,13 @@ def test_a_message_already_on_the_channel_is_taken_as_delivered(mongo_url: str, 
         client = async_client(mongo_url)
         database = client.get_default_database()
         outbox = Outbox(30, lambda: None, "w", lambda task, event: ())
-        writer = OutboxWriter(outbox, WorkerStore(database[Names().jobs]),
-                              Channel(database[Names().channel]), lambda: None, lambda: None)
+        writer = OutboxWriter(
+            outbox,
+            WorkerStore(database[Names().jobs]),
+            Channel(database[Names().channel]),
+            lambda: None,
+            lambda: None,
+        )
         writer.notes = [delivered, pending]
         try:
             await asyncio.wait_for(writer.publish(), 15)

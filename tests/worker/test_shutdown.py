@@ -22,7 +22,7 @@ from support.waits import wait_for
 
 from qworker import Client
 from qworker.mongo import CLOSE_WAIT
-from qworker.worker.daemon import CLAIM_WAIT, STOP_WAIT
+from qworker.worker.stopping import CLAIM_WAIT, STOP_WAIT
 
 LOCK_FIELDS = ("lockedBy", "lockToken", "lockedAt", "lockExpiresAt")
 
@@ -102,15 +102,17 @@ def test_a_worker_that_lost_its_lease_cannot_overwrite_the_new_run(
         ready(b)
         wait_for(
             lambda: db.effects.find_one({"job": job_id, "attempt": 2, "worker": "b"}),
-            30, "the job to be recovered and started again in b",
-        )  # fmt: skip
+            30,
+            "the job to be recovered and started again in b",
+        )
     finally:
         a.signal(signal.SIGCONT)
     # a wakes up and finishes its stale run while b's run is still going on.
     wait_for(
         lambda: db.effects.find_one({"job": job_id, "worker": "a", "end": {"$exists": True}}),
-        30, "the stale run in a to finish",
-    )  # fmt: skip
+        30,
+        "the stale run in a to finish",
+    )
     done = wait_finished(db, job_id, 30)
     assert done["state"] == "succeeded", done
     assert done["result"] == {"worker": "b"}  # not a's late result
@@ -254,11 +256,30 @@ def test_ctrl_c_is_the_workers_alone_and_a_process_isolated_job_still_finishes(
     """Ctrl-C in a terminal signals the whole foreground process group, the job's
     child process too; only the worker may decide: finish within the grace."""
     out, err = tmp_path / "w.out", tmp_path / "w.err"
-    args = qworker_command("--standalone", "--mongo", mongo_url, "--paths", str(TASKS),
-                           "--grace", "20", "--log-format", "json", "--id", "ctrl-c", "isolated")
+    args = qworker_command(
+        "--standalone",
+        "--mongo",
+        mongo_url,
+        "--paths",
+        str(TASKS),
+        "--grace",
+        "20",
+        "--log-format",
+        "json",
+        "--id",
+        "ctrl-c",
+        "isolated",
+    )
     with open(out, "wb") as o, open(err, "wb") as e:
-        process = subprocess.Popen(args, stdout=o, stderr=e, env=process_env(), cwd=tmp_path,
-                                   process_group=0, preexec_fn=_sigint_at_default)  # fmt: skip
+        process = subprocess.Popen(
+            args,
+            stdout=o,
+            stderr=e,
+            env=process_env(),
+            cwd=tmp_path,
+            process_group=0,
+            preexec_fn=_sigint_at_default,
+        )
     worker = WorkerProcess(process, out, err, args)
     try:
         ready(worker)
@@ -330,11 +351,24 @@ def test_a_second_signal_ends_the_wait_for_an_unreachable_server(
 
 def _plain_worker(url: str, folder: Any, worker_id: str, *extra: str) -> WorkerProcess:
     """A standalone worker of ``slow_thread`` on ``url``, with SIGINT at its default."""
-    args = qworker_command("--standalone", "--mongo", url, "--paths", str(TASKS), "--id",
-                           worker_id, "--log-format", "json", "--poll-interval", "0.2", *extra,
-                           "slow_thread")  # fmt: skip
+    args = qworker_command(
+        "--standalone",
+        "--mongo",
+        url,
+        "--paths",
+        str(TASKS),
+        "--id",
+        worker_id,
+        "--log-format",
+        "json",
+        "--poll-interval",
+        "0.2",
+        *extra,
+        "slow_thread",
+    )
     out, err = folder / f"{worker_id}.out", folder / f"{worker_id}.err"
     with open(out, "wb") as o, open(err, "wb") as e:
-        process = subprocess.Popen(args, stdout=o, stderr=e, env=process_env(), cwd=folder,
-                                   preexec_fn=_sigint_at_default)  # fmt: skip
+        process = subprocess.Popen(
+            args, stdout=o, stderr=e, env=process_env(), cwd=folder, preexec_fn=_sigint_at_default
+        )
     return WorkerProcess(process, out, err, args)

@@ -17,8 +17,7 @@ def test_a_job_schedules_a_sub_task_that_runs(
 ) -> None:
     if managed:
         leading(spawn_manager())
-    spawn_worker("parent", "record", standalone=not managed,
-                 env=effects_env(mongo_url))  # fmt: skip
+    spawn_worker("parent", "record", standalone=not managed, env=effects_env(mongo_url))
     parent = client.now("parent", {"when": "now"})
     done = client.wait(parent, timeout=60)
     assert done["state"] == "succeeded"

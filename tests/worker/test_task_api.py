@@ -23,7 +23,7 @@ from qworker import Client
 
 # The seed's example: setup logs through the task, the handler through the job,
 # and a sub-task is queued through the worker.
-SEED_EXAMPLE = '''
+SEED_EXAMPLE = """
 version = "1.2"
 
 
@@ -43,7 +43,7 @@ def setup(worker, task):
         job.progress(1, total=2, step="greeting")
         child = worker.schedule_task("now", "record", {"from": job.id})
         return {"greeting": "Hello, " + job.data["name"], "child": child}
-'''
+"""
 
 # The same handler, as ``async def``: it runs on the worker's event loop.
 ASYNC_EXAMPLE = SEED_EXAMPLE.replace("    def run(job):", "    async def run(job):")
@@ -59,22 +59,30 @@ def write_seed_task(folder: Path, flavour: str, **metadata: Any) -> Path:
     code, extra = FLAVOURS[flavour]
     folder.mkdir(exist_ok=True)
     (folder / "seed.py").write_text(code)
-    (folder / "seed.json").write_text(json.dumps({"description": "the seed's example",
-                                                  **extra, **metadata}))  # fmt: skip
+    (folder / "seed.json").write_text(
+        json.dumps({"description": "the seed's example", **extra, **metadata})
+    )
     return folder
 
 
 @pytest.mark.parametrize("flavour", list(FLAVOURS))
 @pytest.mark.parametrize("managed", [False, True], ids=["standalone", "managed"])
 def test_the_seed_example_runs_and_its_sub_task_exists_at_once(
-    client: Client, db: Any, mongo_url: str, spawn_worker: Any, spawn_manager: Any,
-    tmp_path: Path, flavour: str, managed: bool,
-) -> None:  # fmt: skip
+    client: Client,
+    db: Any,
+    mongo_url: str,
+    spawn_worker: Any,
+    spawn_manager: Any,
+    tmp_path: Path,
+    flavour: str,
+    managed: bool,
+) -> None:
     folder = write_seed_task(tmp_path / "tasks", flavour)
     if managed:
         leading(spawn_manager())
-    worker = spawn_worker("seed", "record", standalone=not managed, paths=[folder, TASKS],
-                          env=effects_env(mongo_url))  # fmt: skip
+    worker = spawn_worker(
+        "seed", "record", standalone=not managed, paths=[folder, TASKS], env=effects_env(mongo_url)
+    )
     (wait_accepted if managed else ready)(worker)
     job_id = client.now("seed", {"name": "Ada"})
     done = client.wait(job_id, timeout=60)
@@ -113,8 +121,11 @@ def test_job_fail_fails_the_run_with_the_reason_and_follows_the_retry_rules(
     assert done["error"] == {"type": "JobFailed", "message": "no greeting for Bob"}
     assert done["attempts"] == 2 and done["failCount"] == 2  # retried once, as maxAttempts says
     assert "Traceback" not in json.dumps(done, default=str)
-    levels = [e["level"] for e in log_events(worker.output()) if e.get("job_id") == str(done["_id"])
-              and e["event"] in ("job will retry", "job failed")]  # fmt: skip
+    levels = [
+        e["level"]
+        for e in log_events(worker.output())
+        if e.get("job_id") == str(done["_id"]) and e["event"] in ("job will retry", "job failed")
+    ]
     assert levels == ["warning", "error"]
 
 
@@ -138,8 +149,7 @@ def test_task_fail_in_setup_rejects_the_task_before_mongodb_is_touched(tmp_path:
     folder.mkdir()
     (folder / "picky.json").write_text("{}")
     (folder / "picky.py").write_text(
-        "def setup(worker, task):\n"
-        "    task.fail('needs %s to be set', 'PICKY_HOME')\n"
+        "def setup(worker, task):\n    task.fail('needs %s to be set', 'PICKY_HOME')\n"
     )
     # Nothing listens on port 1: touching MongoDB would be a different error.
     done = _qworker(folder, "picky")
@@ -163,10 +173,20 @@ def test_worker_fail_in_setup_stops_the_worker_with_the_reason(tmp_path: Path) -
 def _qworker(folder: Path, task: str) -> subprocess.CompletedProcess[str]:
     """``qworker`` for ``task`` against a port where no MongoDB listens."""
     return subprocess.run(
-        [*console_command("qworker", "qworker.cli.worker"), "--standalone", "--mongo",
-         "mongodb://127.0.0.1:1/x", "--paths", str(folder), task],
-        capture_output=True, text=True, timeout=60, env=process_env(),
-    )  # fmt: skip
+        [
+            *console_command("qworker", "qworker.cli.worker"),
+            "--standalone",
+            "--mongo",
+            "mongodb://127.0.0.1:1/x",
+            "--paths",
+            str(folder),
+            task,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=process_env(),
+    )
 
 
 def test_a_process_isolated_job_logs_json_like_its_worker(

@@ -147,8 +147,10 @@ def test_process_isolated_job_reports_from_its_child(
 def _manager(mongo_url: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "qworker.cli.manager", "--mongo", mongo_url, *args],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_progress_and_log_lines_reach_the_job_and_the_cli(
@@ -187,8 +189,12 @@ def test_progress_and_log_lines_reach_the_job_and_the_cli(
     assert "state:        running" in out
     assert "progress:     75% waiting for go" in out
     assert "locked by:    w0" in out
-    for level, text in (("log", "plain line"), ("info", "info line formatted"),
-                        ("warn", "warn line"), ("error", "error line")):  # fmt: skip
+    for level, text in (
+        ("log", "plain line"),
+        ("info", "info line formatted"),
+        ("warn", "warn line"),
+        ("error", "error line"),
+    ):
         assert any(level in line and line.endswith(text) for line in out.splitlines()), out
 
     go.touch()
@@ -272,8 +278,9 @@ def test_cancelling_a_running_async_job(
     job_id = client.now("async_capped", {"sleep": 40})
     wait_for(
         lambda: db.jobs.find_one({"_id": ObjectId(job_id), "state": "running"}),
-        30, "the job to start",
-    )  # fmt: skip
+        30,
+        "the job to start",
+    )
     client.cancel(job_id)
     done = wait_finished(db, job_id, 20)
     assert done["state"] == "cancelled", done

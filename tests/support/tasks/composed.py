@@ -6,10 +6,15 @@ from support.effects import effects
 
 
 def _record(job, step):
-    effects().insert_one({
-        "job": job.id, "step": step, "attempt": job.attempt, "data": job.data,
-        "thread": threading.current_thread().name,
-    })  # fmt: skip
+    effects().insert_one(
+        {
+            "job": job.id,
+            "step": step,
+            "attempt": job.attempt,
+            "data": job.data,
+            "thread": threading.current_thread().name,
+        }
+    )
 
 
 def parse(job):

@@ -11,8 +11,13 @@ def setup(worker, task):
     def run(job):
         start = time.time()
         time.sleep(float((job.data or {}).get("sleep", 0)))
-        effects().insert_one({
-            "job": job.id, "worker": worker.id, "pid": os.getpid(),
-            "start": start, "end": time.time(),
-        })  # fmt: skip
+        effects().insert_one(
+            {
+                "job": job.id,
+                "worker": worker.id,
+                "pid": os.getpid(),
+                "start": start,
+                "end": time.time(),
+            }
+        )
         return {"worker": worker.id}
