@@ -18,6 +18,8 @@ from typing import Any
 DEFAULT_PING_SECONDS = 5.0
 DEAD_AFTER_PINGS = 2
 LOST_AFTER_PINGS = 3
+# The id of the leadership lease in `leases`: workers read who holds it.
+LEADER_LEASE_ID = "manager"
 
 WORKER_CONNECTED = "worker:connected"
 DEFINE_TASKS = "define:tasks"

@@ -20,11 +20,12 @@ import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from qworker import protocol
 from qworker.when import utcnow
 
 log = structlog.get_logger("qworker.leadership")
 
-LEASE_ID = "manager"
+LEASE_ID = protocol.LEADER_LEASE_ID
 # A live manager's lease never runs further ahead than this many of its lifetimes.
 MAX_AHEAD = 3
 

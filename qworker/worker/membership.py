@@ -19,7 +19,6 @@ from qworker import protocol
 from qworker.aio import check_cancelled
 from qworker.channel import Channel
 from qworker.config import WorkerSettings
-from qworker.manager.leadership import LEASE_ID
 from qworker.mongo import Names
 from qworker.store import WorkerStore
 from qworker.tasks import TaskMeta
@@ -126,7 +125,7 @@ class Membership:
         w = self.worker
         leases = w.store.jobs.database[Names(w.settings.prefix).leases]
         try:
-            lease = await leases.find_one({"_id": LEASE_ID}, {"owner": 1})
+            lease = await leases.find_one({"_id": protocol.LEADER_LEASE_ID}, {"owner": 1})
         except PyMongoError:
             return False  # cannot tell: a real one is repeated (start) or followed by one
         owner = None if lease is None else lease.get("owner")
