@@ -37,7 +37,16 @@ from qworker.model import new_job
 from qworker.when import utcnow
 
 AGENDA = HERE / "agenda"
-PARTS = ("ceiling", "latency", "enqueue", "throughput", "channel", "depth", "scheduler")
+PARTS = (
+    "ceiling",
+    "latency",
+    "enqueue",
+    "throughput",
+    "channel",
+    "streams",
+    "depth",
+    "scheduler",
+)
 BATCH = 500  # jobs per bulk enqueue
 ENQUEUE_LIMIT = 120.0  # seconds the one-at-a-time enqueue gets
 POLL = 0.01  # seconds between reads of a latency job
@@ -93,7 +102,7 @@ class Qworker:
             "poll_interval_s": 1.0,
             "lease_s": 30.0,
             "enqueue": f"Client.enqueue_many, {BATCH} a call; Client.now one at a time",
-            "wake-ups": "the client publishes job:queued on the channel",
+            "wake-ups": "a change stream on jobs in each worker; the client writes the job only",
         }
 
     def fleet(self, db_url: str, workers: int) -> Fleet:
@@ -354,6 +363,28 @@ def enqueue_single(system: System, url: str, jobs: int) -> dict[str, Any]:
         "jobs": done,
         "queue_depth_at_end": done,
         "enqueue_per_second": round(done / seconds, 1),
+    }
+
+
+def enqueue_watched(url: str, jobs: int) -> dict[str, Any]:
+    """``Client.now`` one at a time while one idle worker watches ``jobs``: a watcher
+    costs every insert on some servers (see ``streams.watcher_cost``)."""
+    db_url, db = fresh(url, "cmp_qworker_enqueue_watched")
+    Client(db_url).close()
+    with qworker_fleet(db_url, 1):
+        time.sleep(1)
+        with Client(db_url) as client:
+            started = time.perf_counter()
+            for _ in range(jobs):
+                client.schedule("in 1 day", "noop")  # not run: the worker only watches
+            seconds = time.perf_counter() - started
+    _drop(db)
+    return {
+        "system": "qworker",
+        "workers": 1,
+        "jobs": jobs,
+        "queue_depth_at_end": jobs,
+        "enqueue_per_second": round(jobs / seconds, 1),
     }
 
 
@@ -760,6 +791,14 @@ def main() -> None:
 
             if "channel" in parts:
                 step("channel", channel_latency, url, p.latency_samples, 100)
+            if "enqueue" in parts:
+                step("enqueue_watched", enqueue_watched, url, p.enqueue_jobs)
+            if "streams" in parts:
+                from streams import enqueue_async, stream_latency, watcher_cost
+
+                step("stream_latency", stream_latency, url, p.latency_samples)
+                step("watcher_cost", watcher_cost, url, p.enqueue_jobs)
+                step("enqueue_async", enqueue_async, url, p.enqueue_jobs * 4)
             result["depth"] = []
             for depth in p.depths if "depth" in parts else []:
                 step("depth", depth_cost, url, depth, 300)

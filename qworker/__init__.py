@@ -1,5 +1,6 @@
 """qworker: a distributed task worker for Python backed by MongoDB."""
 
+from qworker.asyncclient import AsyncClient
 from qworker.chains import Step
 from qworker.client import Client
 from qworker.errors import (
@@ -12,7 +13,9 @@ from qworker.errors import (
     ScheduleExists,
     ScheduleNotFound,
     ScheduleOwnedByTask,
+    Snooze,
     TaskDefinitionError,
+    TransactionsUnsupported,
 )
 from qworker.job import Job
 from qworker.model import JobState
@@ -20,6 +23,7 @@ from qworker.model import JobState
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncClient",
     "Client",
     "ConfigError",
     "InvalidJobError",
@@ -32,7 +36,9 @@ __all__ = [
     "ScheduleExists",
     "ScheduleNotFound",
     "ScheduleOwnedByTask",
+    "Snooze",
     "Step",
     "TaskDefinitionError",
+    "TransactionsUnsupported",
     "__version__",
 ]

@@ -26,7 +26,7 @@ Doc = dict[str, Any]
 Write = UpdateOne | UpdateMany
 
 
-STEP_OPTIONS = ("priority", "max_attempts", "timeout", "description")
+STEP_OPTIONS = ("priority", "max_attempts", "timeout", "description", "expires")
 
 
 @dataclass(frozen=True, init=False)
@@ -40,7 +40,7 @@ class Step:
     task: str
     data: Any
     previous_result: bool  # the data is what the step before returned
-    options: dict[str, Any]  # priority, max_attempts, timeout, description
+    options: dict[str, Any]  # priority, max_attempts, timeout, description, expires
 
     def __init__(
         self, task: str, data: Any = None, *, previous_result: bool = False, **options: Any

@@ -1,54 +1,75 @@
-"""The client library: enqueue jobs and look after them from application code."""
+"""The client library: enqueue jobs and look after them from application code.
+
+``Client`` blocks; ``qworker.AsyncClient`` is the same for asyncio. Both run
+the operations of ``qworker.store`` and ``qworker.enqueue``, so they write
+the same documents, and both take the application's ``session=``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import pymongo
 import structlog
+from pymongo import MongoClient
+from pymongo.client_session import ClientSession
+from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from qworker import fleet, protocol
-from qworker.chains import Step, chain_jobs
+from qworker import enqueue, fleet, protocol, store, streams
+from qworker.chains import Step
 from qworker.channel import publish_sync
 from qworker.errors import InvalidJobError, ScheduleNotFound, ScheduleOwnedByTask
-from qworker.model import FINISHED_STATES, JobState, new_job
-from qworker.mongo import (
-    CHANNEL_BYTES,
-    Names,
-    database_name,
-    ensure_schema,
-    resolve_url,
-    sync_client,
-)
+from qworker.model import FINISHED_STATES, Expires, JobState
+from qworker.mongo import CHANNEL_BYTES, Names
+from qworker.mongo import sync_database as open_database
+from qworker.operations import Operation, run
 from qworker.schedules import Schedule, ScheduleBook, make_schedule
-from qworker.store import Doc, JobStore, job_query
+from qworker.schema import ensure_schema
+from qworker.store import Doc, job_query
+from qworker.transactions import Transactions
 from qworker.wakeups import Wakeups
-from qworker.when import parse_when, utcnow
+from qworker.when import utcnow
 
 log = structlog.get_logger("qworker.client")
 
-# Jobs due within this window are announced to workers with their ids, so an
-# idle worker claims them at once; later ones are found by the workers' reads.
-HINT_HORIZON = timedelta(seconds=60)
 PING_SECONDS = 3.0
+T = TypeVar("T")
+Target = str | MongoClient[Any] | Database[Any]
 
 
 class Client:
-    """``Client("mongodb://host/db")``; ``Client("embedded")`` for the local server."""
+    """``Client("mongodb://host/db")``, ``Client("embedded")`` for the local server, or
+    ``Client(mongo_client)`` / ``Client(database)`` to share the application's connection
+    (never closed by ``close``).
 
-    def __init__(self, url: str, prefix: str = "", channel_size: int = CHANNEL_BYTES) -> None:
-        self.url = resolve_url(url)
-        self._mongo = sync_client(self.url)
+    ``wakeups="auto"`` publishes a ``job:queued`` wake-up only where the server has
+    no change streams (workers watch ``jobs`` where it has them); ``"channel"``
+    always does, for workers run with ``--no-watch-jobs``.
+    """
+
+    def __init__(
+        self,
+        target: Target,
+        prefix: str = "",
+        channel_size: int = CHANNEL_BYTES,
+        *,
+        wakeups: str = "auto",
+    ) -> None:
+        self._wakeup_mode = wakeup_mode(wakeups)
+        self.db, opened = open_database(target)
+        self.url = opened
+        self._mongo: MongoClient[Doc] = self.db.client
         self.names = Names(prefix)
-        self.db = self._mongo[database_name(self.url)]
         ensure_schema(self.db, self.names, channel_size)
-        self.store = JobStore(self.db[self.names.jobs])
+        self.jobs_collection = self.db[self.names.jobs]
+        self._transactions = Transactions(self._mongo)
 
     def __enter__(self) -> Client:
         return self
@@ -57,17 +78,39 @@ class Client:
         self.close()
 
     def close(self) -> None:
+        """Publish what is pending and let go; a connection the application gave stays open."""
         if "_wakeups" in self.__dict__:
             self._wakeups.close()
         if "schedules" in self.__dict__:
             self.schedules.close()
-        self._mongo.close()
+        if self.url is not None:
+            self._mongo.close()
+
+    def _run(self, op: Operation[T], session: ClientSession | None) -> T:
+        return run(op, self.db, self.names, session)
+
+    # -- transactions ----------------------------------------------------
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[ClientSession]:
+        """``with client.transaction() as s:``: the jobs enqueued with ``session=s``
+        commit or abort with the block's other writes; a commit whose outcome is unknown
+        is retried. Raises ``TransactionsUnsupported`` on a server without transactions."""
+        with self._transactions.block() as session:
+            yield session
+
+    def run_in_transaction(self, body: Callable[[ClientSession], T]) -> T:
+        """Run ``body(session)`` in a transaction, again from the start on MongoDB's
+        transient transaction errors (as pymongo's ``with_transaction``); its result."""
+        return self._transactions.run(body)
 
     # -- enqueueing ------------------------------------------------------
 
-    def now(self, task: str, data: Any = None, **opts: Any) -> str:
+    def now(
+        self, task: str, data: Any = None, *, session: ClientSession | None = None, **opts: Any
+    ) -> str:
         """Queue a job to run as soon as a worker is free; returns its id."""
-        return self.schedule(None, task, data, **opts)
+        return self.schedule(None, task, data, session=session, **opts)
 
     def schedule(
         self,
@@ -76,6 +119,7 @@ class Client:
         data: Any = None,
         *,
         unique: str | None = None,
+        session: ClientSession | None = None,
         **opts: Any,
     ) -> str:
         """Queue a job for ``when`` (``now``, ``in 20 minutes``, an ISO time, ``tomorrow 9am``).
@@ -84,14 +128,8 @@ class Client:
         ``task`` with that key: while one exists, its id is returned instead.
         """
         if unique is None:
-            return self.enqueue_many(task, [data], when=when, **opts)[0]
-        now = utcnow()
-        doc = new_job(task, data, now=now, run_at=parse_when(when, now), unique=unique, **opts)
-        holder = self.store.insert_unique(doc)
-        if holder is not None:
-            return str(holder)
-        self._announce_due([doc], now)
-        return str(doc["_id"])
+            return self.enqueue_many(task, [data], when=when, session=session, **opts)[0]
+        return self._enqueue(enqueue.unique(task, data, when, unique, **opts), session)[0]
 
     def enqueue_many(
         self,
@@ -103,29 +141,32 @@ class Client:
         max_attempts: int | None = None,
         timeout: float | None = None,
         description: str | None = None,
+        expires: Expires | None = None,
+        session: ClientSession | None = None,
     ) -> list[str]:
-        """Queue one job per item of data in one round trip; all or nothing is validated."""
-        now = utcnow()
-        run_at = parse_when(when, now)
-        docs = [
-            new_job(
-                task,
-                data,
-                now=now,
-                run_at=run_at,
-                priority=priority,
-                max_attempts=max_attempts,
-                timeout=timeout,
-                description=description,
-            )
-            for data in items
-        ]
-        self.store.insert(docs)
-        self._announce_due(docs, now)
-        return [str(doc["_id"]) for doc in docs]
+        """Queue one job per item of data in one round trip; all or nothing is validated.
+
+        ``expires``: a job not started by then ends ``expired`` instead of running
+        late (seconds or a duration from its run time, or a time).
+        """
+        op = enqueue.many(
+            task,
+            items,
+            when,
+            priority=priority,
+            max_attempts=max_attempts,
+            timeout=timeout,
+            description=description,
+            expires=expires,
+        )
+        return self._enqueue(op, session)
 
     def chain(
-        self, steps: Sequence[Step | str | tuple[str, Any]], when: str | datetime | None = None
+        self,
+        steps: Sequence[Step | str | tuple[str, Any]],
+        when: str | datetime | None = None,
+        *,
+        session: ClientSession | None = None,
     ) -> str:
         """Queue steps to run one after another; returns the chain's id (its last job's).
 
@@ -135,19 +176,23 @@ class Client:
         ``cancelled``, their ``failReason`` naming the step. ``wait(chain_id)``
         returns the last step.
         """
-        now = utcnow()
-        docs = chain_jobs(steps, now, parse_when(when, now))
-        self.store.insert(docs)
-        self._announce_due(docs[:1], now)
-        return str(docs[-1]["_id"])
+        return self._enqueue(enqueue.chain(steps, when), session)[0]
 
-    def _announce_due(self, docs: list[Doc], now: datetime) -> None:
-        if docs and docs[0]["nextRunAt"] <= now + HINT_HORIZON:
-            self._announce(docs)
+    def _enqueue(self, op: Operation[enqueue.Enqueued], session: ClientSession | None) -> list[str]:
+        done = self._run(op, session)
+        self._announce(done.due, session)
+        return done.ids
 
-    def _announce(self, docs: list[Doc]) -> None:
-        """Wake idle workers, from the wake-up thread (see ``qworker.wakeups``)."""
-        self._wakeups.announce(docs)
+    def _announce(self, docs: list[Doc], session: ClientSession | None) -> None:
+        """Wake idle workers where they do not watch ``jobs`` (see ``qworker.streams``):
+        from the wake-up thread (``qworker.wakeups``), after the commit in a transaction."""
+        if docs and not self._watched:
+            self._transactions.after_commit(session, lambda: self._wakeups.announce(docs))
+
+    @cached_property
+    def _watched(self) -> bool:
+        """Whether workers learn of new jobs from a change stream (the server has them)."""
+        return self._wakeup_mode == "auto" and streams.watchable(self.jobs_collection)
 
     @cached_property
     def _wakeups(self) -> Wakeups:
@@ -263,8 +308,8 @@ class Client:
 
     # -- looking after jobs ----------------------------------------------
 
-    def get(self, job_id: str) -> Doc:
-        return self.store.get(job_id)
+    def get(self, job_id: str, *, session: ClientSession | None = None) -> Doc:
+        return self._run(store.get(job_id), session)
 
     def jobs(
         self,
@@ -284,8 +329,8 @@ class Client:
         bound the creation time: a datetime, an ISO 8601 time, or a duration
         meaning that long ago (``"2 hours"``, ``"7d"``).
         """
-        query = self._job_query(state, task, text, worker, since, until)
-        return self.store.find(query, limit=limit, skip=skip)
+        query = listing(state, task, text, worker, since, until)
+        return self._run(store.find(query, limit=limit, skip=skip), None)
 
     def count_jobs(
         self,
@@ -298,52 +343,25 @@ class Client:
         until: str | datetime | None = None,
     ) -> int:
         """How many jobs ``jobs`` would list without a limit: the total, for paging."""
-        return self.store.count(self._job_query(state, task, text, worker, since, until))
-
-    def _job_query(
-        self,
-        state: str | None,
-        task: str | None,
-        text: str | None,
-        worker: str | None,
-        since: str | datetime | None,
-        until: str | datetime | None,
-    ) -> Doc:
-        now = utcnow()
-        return job_query(
-            state,
-            task,
-            text,
-            worker,
-            fleet.moment(since, "since", now),
-            fleet.moment(until, "until", now),
-        )
+        return self._run(store.count(listing(state, task, text, worker, since, until)), None)
 
     def delete(self, job_id: str) -> Doc:
         """Delete a job that is not running, and return it; a running one must be cancelled first.
 
         Deleting a queued or waiting chain step stops its chain, as a cancel would.
         """
-        return self.store.delete(job_id, utcnow())
+        return self._run(store.delete(job_id, utcnow()), None)
 
     def purge(
         self, state: str, older_than: str | float | timedelta, *, dry_run: bool = False
     ) -> int:
         """Delete finished jobs in ``state`` that ended over ``older_than`` ago; how many.
 
-        ``state`` is succeeded, failed or cancelled, ``older_than`` a duration
+        ``state`` is succeeded, failed, cancelled or expired, ``older_than`` a duration
         (``"7 days"``): a clean-up sooner than retention's TTL. Waiting,
         queued and running jobs are never touched. ``dry_run`` only counts.
         """
-        finished = [s.value for s in FINISHED_STATES]
-        if state not in finished:
-            raise InvalidJobError(
-                f"purge deletes finished jobs: state must be one of {', '.join(finished)}, "
-                f"not {state!r}",
-                "state",
-            )
-        before = utcnow() - fleet.age(older_than, "older_than")
-        return self.store.purge(JobState(state), before, dry_run=dry_run)
+        return self._run(purge_finished(state, older_than, dry_run), None)
 
     # -- the fleet -------------------------------------------------------
 
@@ -369,27 +387,122 @@ class Client:
         )
 
     def wait(self, job_id: str, timeout: float | None = None) -> Doc:
-        """Block until the job is finished; ``TimeoutError`` after ``timeout`` seconds."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = 0.02
-        while True:
-            doc = self.store.get(job_id)
-            if doc["state"] in FINISHED_STATES:
-                return doc
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} is still {doc['state']} after {timeout}s")
-            time.sleep(pause)
-            pause = min(pause * 1.5, 0.5)
+        """Block until the job is finished; ``TimeoutError`` after ``timeout`` seconds.
 
-    def cancel(self, job_id: str) -> Doc:
+        Where the server has change streams the job is watched, not polled.
+        """
+        waiting = Waiting(job_id, timeout)
+        if not self._watched:
+            while not waiting.over(self.get(job_id)):
+                time.sleep(waiting.pause())
+            return waiting.doc
+        events = streams.finished(store.object_id(job_id))
+        with self.jobs_collection.watch(events, max_await_time_ms=WATCH_AWAIT_MS) as stream:
+            doc = self.get(job_id)
+            while not waiting.over(doc):
+                if stream.try_next() is not None or waiting.reread_due():
+                    doc = self.get(job_id)
+        return waiting.doc
+
+    def cancel(self, job_id: str, *, session: ClientSession | None = None) -> Doc:
         """Cancel a queued job; a running one is asked to stop (``job.cancelled``)."""
-        doc = self.store.cancel(job_id, utcnow())
-        if doc.get("cancelRequested"):
-            publish_sync(self.db[self.names.channel], "job:cancel", {"jobId": str(doc["_id"])})
+        doc = self._run(store.cancel(job_id, utcnow()), session)
+        if doc.get("cancelRequested") and not self._watched:
+            # A hint: workers see cancelRequested in their change stream where there is
+            # one, else at their next lease renewal anyway.
+            hint = {"jobId": str(doc["_id"])}
+            channel = self.db[self.names.channel]
+            self._transactions.after_commit(
+                session, lambda: publish_sync(channel, protocol.JOB_CANCEL, hint)
+            )
         return doc
 
-    def retry(self, job_id: str) -> Doc:
-        """Run a finished (failed, cancelled or succeeded) job again, now."""
-        doc = self.store.retry(job_id, utcnow())
-        self._announce([doc])
+    def retry(self, job_id: str, *, session: ClientSession | None = None) -> Doc:
+        """Run a finished (failed, cancelled, expired or succeeded) job again, now; an
+        expired one loses its deadline."""
+        doc = self._run(store.retry(job_id, utcnow()), session)
+        self._announce([doc], session)
         return doc
+
+
+# How long a waiter's change stream waits for an event before it checks its deadline,
+# and how often it reads the job anyway (an event lost in a broken stream).
+WATCH_AWAIT_MS = 250
+REREAD_SECONDS = 5.0
+
+
+class Waiting:
+    """One ``wait``: its deadline, its polling pace, and the job once it finished."""
+
+    def __init__(self, job_id: str, timeout: float | None) -> None:
+        self.job_id, self.timeout = job_id, timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self._pause = 0.02
+        self._read_at = time.monotonic()
+        self.doc: Doc = {}
+
+    def over(self, doc: Doc) -> bool:
+        """True once ``doc`` is finished; ``TimeoutError`` once the deadline has passed."""
+        self.doc, self._read_at = doc, time.monotonic()
+        if doc["state"] in FINISHED_STATES:
+            return True
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise TimeoutError(f"job {self.job_id} is still {doc['state']} after {self.timeout}s")
+        return False
+
+    def pause(self) -> float:
+        """The next pause of a waiter that polls: short at first, then up to half a second."""
+        pause, self._pause = self._pause, min(self._pause * 1.5, 0.5)
+        return pause
+
+    def reread_due(self) -> bool:
+        """Read the job again: a watcher's safety net, and its deadline check."""
+        now = time.monotonic()
+        late = self.deadline is not None and now >= self.deadline
+        return late or now - self._read_at >= REREAD_SECONDS
+
+
+def listing(
+    state: str | None,
+    task: str | None,
+    text: str | None,
+    worker: str | None,
+    since: str | datetime | None,
+    until: str | datetime | None,
+) -> Doc:
+    """The filter of ``jobs`` and ``count_jobs``: times may be durations ago."""
+    now = utcnow()
+    return job_query(
+        state,
+        task,
+        text,
+        worker,
+        fleet.moment(since, "since", now),
+        fleet.moment(until, "until", now),
+    )
+
+
+WAKEUP_MODES = ("auto", "channel")
+
+
+def wakeup_mode(value: str) -> str:
+    if value not in WAKEUP_MODES:
+        raise InvalidJobError(
+            f"wakeups must be one of {', '.join(WAKEUP_MODES)}, not {value!r}", "wakeups"
+        )
+    return value
+
+
+def purge_finished(
+    state: str, older_than: str | float | timedelta, dry_run: bool
+) -> Operation[int]:
+    """``Client.purge``'s checks, then ``store.purge``."""
+    finished = [s.value for s in FINISHED_STATES]
+    if state not in finished:
+        raise InvalidJobError(
+            f"purge deletes finished jobs: state must be one of {', '.join(finished)}, "
+            f"not {state!r}",
+            "state",
+        )
+    before = utcnow() - fleet.age(older_than, "older_than")
+    return store.purge(JobState(state), before, dry_run=dry_run)

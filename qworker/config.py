@@ -55,6 +55,7 @@ class WorkerSettings:
     poll_interval: float = 1.0
     prefix: str = ""
     burst: bool = False
+    watch_jobs: bool = True  # a change stream on jobs, where the server has them
     channel_size: int = CHANNEL_BYTES
     metrics: str | None = None  # HOST:PORT of this worker's own /metrics
     sources: Mapping[str, str] = field(default_factory=dict)

@@ -55,6 +55,10 @@ class ScheduleOwnedByTask(QworkerError):
     """The schedule comes from a task's metadata: removed, it would be installed again."""
 
 
+class TransactionsUnsupported(QworkerError):
+    """The server cannot run a transaction (a standalone mongod): enqueue without one."""
+
+
 # -- raised by the helpers that task code calls ------------------------------
 
 
@@ -68,3 +72,27 @@ class WorkerFailed(Exception):
 
 class TaskRejected(Exception):
     """``task.fail(msg)`` in ``setup``: the task's definition is invalid."""
+
+
+# A year, as a run's timeout: a longer snooze is a mistake, not a plan.
+MAX_SNOOZE_SECONDS = 366 * 86400.0
+
+
+class Snooze(Exception):
+    """``raise Snooze(seconds)`` in a handler: run the job again ``seconds`` from now.
+
+    The job goes back to ``queued`` without using an attempt; its deadline
+    (``expiresAt``) still holds. ``seconds`` is a number above 0 and at most a
+    year; anything else is a ``TypeError`` or ``ValueError`` where it is raised,
+    which fails the run as any error does.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float):
+            raise TypeError(f"Snooze takes a number of seconds, not {type(seconds).__name__}")
+        if not 0 < seconds <= MAX_SNOOZE_SECONDS:  # NaN fails this too
+            raise ValueError(
+                f"Snooze takes seconds above 0 and at most {MAX_SNOOZE_SECONDS:g}, not {seconds}"
+            )
+        super().__init__(f"snoozed for {seconds:g} s")
+        self.seconds = float(seconds)

@@ -2,10 +2,11 @@
 
 Every move a job makes is written here once, as the filter and update
 documents that MongoDB applies atomically: the claim, the outcome of a run
-(success, failure, a retry, a cancel), a refused malformed job, a run handed
-back or taken back from a lost worker, an operator's cancel and retry, and the
-moves of a chain that one step's outcome decides. The store writes them; the
-worker, the manager and the client choose which.
+(success, failure, a retry, a cancel, a snooze), a job claimed past its
+deadline, a refused malformed job, a run handed back or taken back from a lost
+worker, the manager's expiry of overdue jobs, an operator's cancel and retry,
+and the moves of a chain that one step's outcome decides. The store writes
+them; the worker, the manager and the client choose which.
 
 Every write of a run is conditional on the claim's ``lockToken`` (``owned``),
 so a worker that lost its lease can never overwrite another run's outcome.
@@ -31,6 +32,10 @@ LOCK_FIELDS = {"lockedBy": "", "lockToken": "", "lockExpiresAt": "", "lockedAt":
 MAX_LOST = 5
 # For jobs finished where the task's metadata is not known (client cancel, lost jobs).
 KEEP = Retention()
+# A job that ends without having run (expired at its claim) or that asked to run later
+# (a snooze) gives back the attempt its claim counted: attempts count runs made.
+UNCLAIM = {"attempts": -1}
+EXPIRED_REASON = "not started by its deadline (expiresAt)"
 
 
 # -- a run ----------------------------------------------------------------
@@ -69,13 +74,17 @@ def log_lines(entries: Sequence[Doc]) -> Doc:
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a run ended, turned into the update that records it."""
+    """How a run ended, turned into the update that records it.
+
+    ``EXPIRED`` is a job claimed past its deadline, which did not run;
+    ``QUEUED`` is a snooze: queued again for ``retry_at``. Neither uses an attempt.
+    """
 
     state: JobState
     result: Any = None
     error: dict[str, str] | None = None
     reason: str | None = None
-    retry_at: datetime | None = None
+    retry_at: datetime | None = None  # a failure's retry, or the end of a snooze
 
     def update(self, now: datetime, retention: Retention = KEEP) -> Doc:
         fields: Doc = {"lastFinishedAt": now}
@@ -83,8 +92,13 @@ class Outcome:
         if self.state is JobState.SUCCEEDED:
             fields.update(state=JobState.SUCCEEDED.value, result=self.result)
             fields["progress.percent"] = 100.0
-        elif self.state is JobState.CANCELLED:
-            fields.update(state=JobState.CANCELLED.value, failReason=self.reason or "cancelled")
+        elif self.state in (JobState.CANCELLED, JobState.EXPIRED):
+            fields.update(state=self.state.value, failReason=self.reason or self.state.value)
+            if self.state is JobState.EXPIRED:
+                inc.update(UNCLAIM)
+        elif self.state is JobState.QUEUED:
+            fields.update(state=JobState.QUEUED.value, nextRunAt=self.retry_at)
+            inc.update(UNCLAIM)
         else:
             fields.update(failReason=self.reason, error=self.error, failedAt=now)
             inc["failCount"] = 1
@@ -145,9 +159,36 @@ WAITING_OR_QUEUED = {"$in": [JobState.QUEUED.value, JobState.WAITING.value]}
 CANCEL_REQUEST: Doc = {"$set": {"cancelRequested": True}}
 
 
+def overdue(doc: Doc, now: datetime) -> bool:
+    """Whether a claimed job is past its deadline: then it is expired, not run."""
+    expires = doc.get("expiresAt")
+    return isinstance(expires, datetime) and expires <= now
+
+
+def past_deadline(now: datetime) -> Doc:
+    """The filter of the jobs not started by their deadline: queued (a snoozed one
+    too) or waiting for a chain step before them. The manager expires them."""
+    return {"state": WAITING_OR_QUEUED, "expiresAt": {"$lte": now}}
+
+
+def expiry(now: datetime, retention: Retention) -> Doc:
+    """The update that expires jobs ``past_deadline``: they were not claimed, so no
+    attempt is given back. ``lastFinishedAt`` is ``now`` exactly: what was expired by
+    this update is read back by it (``expired_at``)."""
+    update = Outcome(JobState.EXPIRED, reason=EXPIRED_REASON).update(now, retention)
+    del update["$inc"]
+    return update
+
+
+def expired_at(now: datetime) -> Doc:
+    """The filter of the jobs that ``expiry(now, …)`` expired."""
+    return {"state": JobState.EXPIRED.value, "lastFinishedAt": now}
+
+
 def retry(now: datetime) -> Doc:
     """A finished job queued again, now, with a fresh budget: its counts of runs,
-    failures and losses start again from zero."""
+    failures and losses start again from zero, and it has no deadline any more
+    (an expired job would expire again at once)."""
     return {
         "$set": {"state": JobState.QUEUED.value, "nextRunAt": now, "failCount": 0, "attempts": 0},
         "$unset": {
@@ -156,6 +197,7 @@ def retry(now: datetime) -> Doc:
             "error": "",
             "result": "",
             "expireAt": "",
+            "expiresAt": "",
             "lostCount": "",
         },
     }

@@ -20,6 +20,7 @@ from bson import ObjectId
 from bson.errors import InvalidDocument
 
 from qworker.errors import InvalidJobError
+from qworker.when import parse_duration, parse_when
 
 
 class JobState(StrEnum):
@@ -29,9 +30,10 @@ class JobState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    EXPIRED = "expired"  # not started by its deadline (``expiresAt``): it never runs late
 
 
-FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED, JobState.EXPIRED)
 # A unique key is held by at most one job of a task in these states.
 ACTIVE_STATES = (JobState.WAITING, JobState.QUEUED, JobState.RUNNING)
 
@@ -147,13 +149,16 @@ class Backoff:
 
 @dataclass(frozen=True)
 class Retention:
-    """Seconds a finished job is kept (``None``: forever); failed ones longer, for post-mortems."""
+    """Seconds a finished job is kept (``None``: forever); failed ones longer, for post-mortems.
+
+    An expired job is work that was not done, as a failed one is: it is kept as long.
+    """
 
     finished: float | None = 7 * 86400.0
     failed: float | None = 30 * 86400.0
 
     def expire_at(self, state: JobState, now: datetime) -> datetime | None:
-        keep = self.failed if state is JobState.FAILED else self.finished
+        keep = self.failed if state in (JobState.FAILED, JobState.EXPIRED) else self.finished
         return None if keep is None else now + timedelta(seconds=keep)
 
 
@@ -170,6 +175,39 @@ def check_unique_key(key: str | None) -> str | None:
     return key
 
 
+Expires = str | datetime | timedelta | float | int
+
+
+def deadline(expires: Expires, run_at: datetime) -> datetime:
+    """When a job due at ``run_at`` expires: ``expires`` read as ``when`` is, but
+    relative to the job's run time, not to now. A number of seconds, a timedelta or a
+    duration (``"10 minutes"``) is a lifetime counted from the run time; a datetime or
+    an ISO time is that moment. It must come after the run time."""
+    if isinstance(expires, bool) or not isinstance(expires, Expires):
+        raise InvalidJobError(
+            "expires must be seconds, a duration such as '10 minutes', a datetime or an ISO "
+            f"time, not {type(expires).__name__}",
+            "expires",
+        )
+    if isinstance(expires, timedelta):
+        expires = expires.total_seconds()
+    if isinstance(expires, str | datetime):
+        at = parse_when(expires, run_at, "expires")
+    else:
+        try:
+            at = run_at + timedelta(seconds=parse_duration(expires))
+        except ValueError as exc:
+            raise InvalidJobError(f"expires: {exc}", "expires") from None
+        except OverflowError:
+            raise InvalidJobError(f"expires={expires!r} is too far ahead", "expires") from None
+    if at <= run_at:
+        raise InvalidJobError(
+            f"expires ({at.isoformat()}) must be after the job's run time ({run_at.isoformat()})",
+            "expires",
+        )
+    return at
+
+
 def new_job(
     task: str,
     data: Any,
@@ -181,8 +219,13 @@ def new_job(
     timeout: float | None = None,
     description: str | None = None,
     unique: str | None = None,
+    expires: Expires | None = None,
 ) -> dict[str, Any]:
-    """A validated job document ready to insert; raises ``InvalidJobError``."""
+    """A validated job document ready to insert; raises ``InvalidJobError``.
+
+    ``expires`` (see ``deadline``) is stored as ``expiresAt``: a job not started by
+    then ends ``expired`` instead of running late.
+    """
     check_task_id(task)
     if max_attempts is not None and (
         isinstance(max_attempts, bool)
@@ -230,6 +273,8 @@ def new_job(
         doc["description"] = description
     if check_unique_key(unique) is not None:
         doc["uniqueKey"] = unique
+    if expires is not None:
+        doc["expiresAt"] = deadline(expires, run_at)
     return doc
 
 
@@ -252,6 +297,7 @@ _STORED_FIELDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("maxAttempts", lambda v: _whole(v) and 1 <= v <= MAX_ATTEMPTS, "a whole number from 1"),
     ("timeout", _seconds, "seconds, more than 0 and at most a year"),
     ("nextRunAt", lambda v: isinstance(v, datetime), "a date"),
+    ("expiresAt", lambda v: isinstance(v, datetime), "a date"),
     ("description", lambda v: isinstance(v, str), "a string"),
     ("chain", lambda v: isinstance(v, dict), "a chain"),
     ("logs", lambda v: isinstance(v, list), "a list"),

@@ -6,26 +6,25 @@ with an optional name prefix so several deployments can share a database.
 
 from __future__ import annotations
 
-import contextlib
 import re
+from datetime import UTC
 from typing import Any
 from urllib.parse import parse_qs
 
 import pymongo
 import structlog
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, MongoClient
+from bson.codec_options import CodecOptions
+from pymongo import AsyncMongoClient, MongoClient
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.database import Database
 from pymongo.errors import (
-    CollectionInvalid,
     ConfigurationError,
     ConnectionFailure,
     OperationFailure,
-    ServerSelectionTimeoutError,
 )
 from pymongo.uri_parser import parse_uri
 
 from qworker.errors import ConfigError
-from qworker.model import ACTIVE_STATES
 
 log = structlog.get_logger("qworker.mongo")
 
@@ -102,41 +101,52 @@ def async_client(url: str) -> AsyncMongoClient[dict]:  # type: ignore[type-arg]
     return AsyncMongoClient(url, **_options(url))
 
 
+def sync_database(
+    target: str | MongoClient[Any] | Database[Any],
+) -> tuple[Database[dict[str, Any]], str | None]:
+    """The database a blocking client works in, and the URL it opened it from: ``None``
+    for the application's own connection, which the client must never close."""
+    if isinstance(target, str):
+        url = resolve_url(target)
+        return sync_client(url)[database_name(url)], url
+    if isinstance(target, MongoClient):
+        target = target.get_default_database(default=DEFAULT_DATABASE)
+    if isinstance(target, Database):
+        return target.with_options(codec_options=_codecs(target.codec_options)), None
+    raise _not_a_target(target, "MongoClient")
+
+
+def async_database(
+    target: str | AsyncMongoClient[Any] | AsyncDatabase[Any],
+) -> tuple[AsyncDatabase[dict[str, Any]], str | None]:
+    """``sync_database`` for the asyncio client."""
+    if isinstance(target, str):
+        url = resolve_url(target)
+        return async_client(url)[database_name(url)], url
+    if isinstance(target, AsyncMongoClient):
+        target = target.get_default_database(default=DEFAULT_DATABASE)
+    if isinstance(target, AsyncDatabase):
+        return target.with_options(codec_options=_codecs(target.codec_options)), None
+    raise _not_a_target(target, "AsyncMongoClient")
+
+
+def _codecs(given: CodecOptions[Any]) -> CodecOptions[dict[str, Any]]:
+    """The application's codecs, with what qworker reads documents as: dicts, aware times."""
+    return given.with_options(document_class=dict, tz_aware=True, tzinfo=UTC)
+
+
+def _not_a_target(target: object, kind: str) -> ConfigError:
+    return ConfigError(
+        f"a client connects to a MongoDB URL (mongodb://host/db), 'embedded', a pymongo "
+        f"{kind} or one of its databases, not {type(target).__name__}"
+    )
+
+
 async def close_async(client: AsyncMongoClient[dict]) -> None:  # type: ignore[type-arg]
     """Close a connection, waiting for the server at most ``CLOSE_WAIT``: closing ends
     the sessions used there, which waits for a server that is gone as for any operation."""
     with pymongo.timeout(CLOSE_WAIT):
         await client.close()
-
-
-def ensure_schema(
-    db: Database[dict],  # type: ignore[type-arg]
-    names: Names,
-    channel_bytes: int = CHANNEL_BYTES,
-    required: bool = False,
-) -> None:
-    """Create the channel and the indexes that the claim path and the views need.
-
-    Idempotent, so every process may call it at start. It is a process's
-    first round trip, so an unreachable server is reported here, in one line.
-    A user not allowed to create indexes is let be, unless ``required``.
-    """
-    try:
-        _ensure_schema(db, names, channel_bytes)
-    except ServerSelectionTimeoutError as exc:
-        raise ConfigError(f"{mongo_problem(exc)} (database '{db.name}')") from None
-    except OperationFailure as exc:
-        if exc.code == UNAUTHORIZED and not required:
-            # A user of least privilege (an application, a worker, a viewer) may not
-            # make indexes: the manager and `qworker-manager init-db` make them.
-            log.debug(
-                "not allowed to set up collections and indexes; leaving it to the manager",
-                database=db.name,
-            )
-            return
-        if exc.code in AUTH_CODES:  # bad credentials are bad settings, like a bad URL
-            raise ConfigError(f"{mongo_problem(exc)} (database '{db.name}')") from None
-        raise
 
 
 def mongo_problem(exc: BaseException) -> str:
@@ -149,52 +159,3 @@ def mongo_problem(exc: BaseException) -> str:
     if isinstance(exc, OperationFailure) and exc.code == UNAUTHORIZED:
         return f"MongoDB refused the operation to this user: {reason} (see docs/deploy.md, roles)"
     return f"MongoDB refused the operation: {reason}"
-
-
-def _ensure_schema(db: Database[dict], names: Names, channel_bytes: int) -> None:  # type: ignore[type-arg]
-    with contextlib.suppress(CollectionInvalid):
-        db.create_collection(names.channel, capped=True, size=channel_bytes)
-    jobs = db[names.jobs]
-    jobs.create_index(
-        [
-            ("state", ASCENDING),
-            ("name", ASCENDING),
-            ("priority", DESCENDING),
-            ("nextRunAt", ASCENDING),
-        ],
-        name="claim",
-    )
-    jobs.create_index([("lockToken", ASCENDING)], name="lock_token", sparse=True)
-    jobs.create_index([("state", ASCENDING), ("lockExpiresAt", ASCENDING)], name="leases")
-    jobs.create_index([("createdAt", DESCENDING)], name="recent")
-    active = [s.value for s in ACTIVE_STATES]
-    jobs.create_index(
-        [("name", ASCENDING), ("uniqueKey", ASCENDING)],
-        name="unique_active",
-        unique=True,
-        partialFilterExpression={"uniqueKey": {"$exists": True}, "state": {"$in": active}},
-    )
-    jobs.create_index([("fireKey", ASCENDING)], name="fire_key", unique=True, sparse=True)
-    jobs.create_index([("expireAt", ASCENDING)], name="retention", expireAfterSeconds=0)
-    jobs.create_index(
-        [("scheduleId", ASCENDING), ("scheduledFor", DESCENDING)], name="schedule_runs", sparse=True
-    )
-    jobs.create_index(
-        [("scheduleId", ASCENDING), ("state", ASCENDING), ("scheduledFor", DESCENDING)],
-        name="schedule_outcomes",
-    )
-    db[names.workers].create_index([("state", ASCENDING), ("pingedAt", ASCENDING)], name="pings")
-    db[names.workers].create_index([("expireAt", ASCENDING)], name="forget", expireAfterSeconds=0)
-    db[names.leases].create_index([("expireAt", ASCENDING)], name="forget", expireAfterSeconds=0)
-
-
-def prepare(
-    url: str, names: Names, channel_bytes: int = CHANNEL_BYTES, required: bool = False
-) -> None:
-    """``ensure_schema`` over a short-lived connection, for a daemon's start."""
-    client = sync_client(url)
-    try:
-        db = client.get_default_database(default=DEFAULT_DATABASE)
-        ensure_schema(db, names, channel_bytes, required)
-    finally:
-        client.close()

@@ -16,39 +16,48 @@ from pymongo.database import Database
 from pymongo.errors import OperationFailure
 
 from qworker.mongo import Names
+from qworker.streams import watchable
 
 READ = ["find"]
 WRITE = ["find", "insert", "update"]
 ALL = ["find", "insert", "update", "remove"]
+# Watching jobs: the workers' wake-ups and every client's wait.
+WATCH = ["changeStream"]
 
 Doc = dict[str, Any]
 
 
-def privileges(names: Names) -> dict[str, dict[str, list[str]]]:
-    """Role name → collection → actions."""
+def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[str]]]:
+    """Role name → collection → actions.
+
+    Where the server has change streams (``streams``), an application writes
+    nothing to the channel: workers watch ``jobs``. Then only workers, managers
+    and operators can write the channel, and so forge what it carries.
+    """
+    app = {names.jobs: WRITE + WATCH} if streams else {names.jobs: WRITE, names.channel: ["insert"]}
     return {
-        "qworkerApp": {names.jobs: WRITE, names.channel: ["insert"]},
+        "qworkerApp": app,
         "qworkerWorker": {
-            names.jobs: WRITE,
+            names.jobs: WRITE + WATCH,
             names.channel: ["find", "insert"],
             names.workers: WRITE,
             names.leases: READ,
         },
         "qworkerOperator": {
-            names.jobs: ALL,
+            names.jobs: ALL + WATCH,
             names.schedules: ALL,
             names.channel: ["insert"],
             names.workers: READ,
             names.tasks: READ,
         },
         "qworkerViewer": {
-            names.jobs: READ,
+            names.jobs: READ + WATCH,
             names.schedules: READ,
             names.workers: READ,
             names.tasks: READ,
         },
         "qworkerManager": {
-            names.jobs: ALL,
+            names.jobs: ALL + WATCH,
             names.channel: ["find", "insert"],
             names.workers: ALL,
             names.tasks: ALL,
@@ -62,10 +71,10 @@ def privileges(names: Names) -> dict[str, dict[str, list[str]]]:
 SCHEMA_ACTIONS = ["createCollection", "createIndex", "listIndexes", "collMod"]
 
 
-def role_documents(db_name: str, names: Names) -> dict[str, list[Doc]]:
+def role_documents(db_name: str, names: Names, streams: bool = True) -> dict[str, list[Doc]]:
     """Role name → its privileges as ``createRole`` takes them."""
     roles: dict[str, list[Doc]] = {}
-    for role, collections in privileges(names).items():
+    for role, collections in privileges(names, streams).items():
         roles[role] = [
             {"resource": {"db": db_name, "collection": name}, "actions": actions}
             for name, actions in collections.items()
@@ -80,7 +89,8 @@ def role_documents(db_name: str, names: Names) -> dict[str, list[Doc]]:
 def create_roles(db: Database[Doc], names: Names) -> list[str]:
     """Create the roles in ``db``, or bring existing ones up to date; what was done."""
     done = []
-    for role, granted in role_documents(db.name, names).items():
+    watched = watchable(db[names.jobs])
+    for role, granted in role_documents(db.name, names, watched).items():
         try:
             db.command("createRole", role, privileges=granted, roles=[])
             done.append(f"created role {role}")

@@ -19,12 +19,12 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import DESCENDING, InsertOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from qworker import lifecycle
 from qworker.errors import InvalidJobError, JobNotFound, JobStateError
 from qworker.model import ACTIVE_STATES, FINISHED_STATES, JobState
+from qworker.operations import Call, Operation
 
 CANDIDATE_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1, "lostCount": 1}
 MAX_TEXT_CHARS = 200  # a description search: each description is matched against it
@@ -193,117 +193,127 @@ async def take_back(
     return requeued
 
 
-class JobStore:
-    """What clients and operators do to jobs, synchronously."""
+# What clients and operators do to jobs: operations (see ``qworker.operations``)
+# that ``Client`` runs blocking and ``AsyncClient`` on the loop.
 
-    def __init__(self, jobs: Collection[Doc]) -> None:
-        self.jobs = jobs
 
-    def insert(self, docs: Sequence[Doc]) -> None:
-        if len(docs) == 1:
-            self.jobs.insert_one(docs[0])
-        elif docs:
-            self.jobs.insert_many(list(docs), ordered=True)
+def _jobs(method: str, *args: Any, **kwargs: Any) -> Call:
+    return Call("jobs", method, args, kwargs)
 
-    def insert_unique(self, doc: Doc) -> ObjectId | None:
-        """Insert a job with a ``uniqueKey``; ``None``, or the id of the active job holding it.
 
-        The partial unique index decides, so this holds with many clients at once.
-        """
-        for _ in range(UNIQUE_INSERT_TRIES):
-            try:
-                self.jobs.insert_one(doc)
-                return None
-            except DuplicateKeyError:
-                holder = self.jobs.find_one(_holding(doc), {"_id": 1})
-            if holder is not None:
-                return ObjectId(holder["_id"])
-        raise JobStateError(f"unique key {doc['uniqueKey']!r} is contended; try again")
+def insert(docs: Sequence[Doc]) -> Operation[None]:
+    if len(docs) == 1:
+        yield _jobs("insert_one", docs[0])
+    elif docs:
+        yield _jobs("insert_many", list(docs), ordered=True)
 
-    def get(self, job_id: str | ObjectId) -> Doc:
-        doc = self.jobs.find_one({"_id": object_id(job_id)})
-        if doc is None:
-            raise JobNotFound(f"no job {job_id}")
-        return doc
 
-    def find(self, query: Doc, limit: int = 50, skip: int = 0) -> list[Doc]:
-        """Jobs matching ``query`` (see ``job_query``), newest first, without their logs."""
-        cursor = self.jobs.find(query, {"logs": 0}).sort("createdAt", DESCENDING)
-        return list(cursor.skip(skip).limit(limit))
+def insert_unique(doc: Doc) -> Operation[ObjectId | None]:
+    """Insert a job with a ``uniqueKey``; ``None``, or the id of the active job holding it.
 
-    def count(self, query: Doc) -> int:
-        return self.jobs.count_documents(query)
-
-    def delete(self, job_id: str | ObjectId, now: datetime) -> Doc:
-        """Delete a job that is not running; a chain it held up is stopped as by a cancel."""
-        oid = object_id(job_id)
-        idle = {"_id": oid, "state": {"$ne": JobState.RUNNING.value}}
-        doc = self.jobs.find_one_and_delete(idle)
-        if doc is None:
-            state = self.get(oid)["state"]
-            if state == JobState.RUNNING.value:
-                raise JobStateError(
-                    f"job {job_id} is running: cancel it, then delete it once it has stopped"
-                )
-            doc = self.jobs.find_one_and_delete(idle)  # it ended between the two reads
-            if doc is None:
-                raise JobStateError(f"job {job_id} changed while being deleted; try again")
-        if doc["state"] in (JobState.QUEUED.value, JobState.WAITING.value):
-            stopped = lifecycle.stop_chain(doc, "deleted", now, lifecycle.KEEP)
-            if stopped is not None:
-                self.jobs.bulk_write([stopped])
-        return doc
-
-    def purge(self, state: JobState, before: datetime, dry_run: bool = False) -> int:
-        """Delete (``dry_run``: count) the finished ``state`` jobs that ended before ``before``."""
-        if state not in FINISHED_STATES:
-            raise ValueError(f"purge deletes finished jobs only, not {state.value!r} ones")
-        query = {"state": state.value, "lastFinishedAt": {"$lt": before}}
-        if dry_run:
-            return self.jobs.count_documents(query)
-        return self.jobs.delete_many(query).deleted_count
-
-    def cancel(self, job_id: str | ObjectId, now: datetime) -> Doc:
-        """Cancel a queued job at once; ask a running one to stop."""
-        oid = object_id(job_id)
-        done = self.jobs.update_one(
-            {"_id": oid, "state": lifecycle.WAITING_OR_QUEUED},
-            lifecycle.Outcome(JobState.CANCELLED).update(now),
-        )
-        if not done.modified_count:
-            self.jobs.update_one(
-                {"_id": oid, "state": JobState.RUNNING.value}, lifecycle.CANCEL_REQUEST
-            )
-        doc = self.get(oid)
-        if not done.modified_count and not doc.get("cancelRequested"):
-            raise JobStateError(f"job {job_id} is already {doc['state']}: nothing to cancel")
-        stopped = (
-            lifecycle.stop_chain(doc, "cancelled", now, lifecycle.KEEP)
-            if done.modified_count
-            else None
-        )
-        if stopped is not None:
-            self.jobs.bulk_write([stopped])
-        return doc
-
-    def retry(self, job_id: str | ObjectId, now: datetime) -> Doc:
-        """Queue a finished job again, now, with a fresh budget (``lifecycle.retry``)."""
-        oid = object_id(job_id)
+    The partial unique index decides, so this holds with many clients at once.
+    """
+    for _ in range(UNIQUE_INSERT_TRIES):
         try:
-            done = self.jobs.update_one(
-                {"_id": oid, "state": lifecycle.FINISHED}, lifecycle.retry(now)
-            )
+            yield _jobs("insert_one", doc)
+            return None
         except DuplicateKeyError:
-            holder = self.jobs.find_one(_holding(self.get(oid)), {"_id": 1}) or {}
+            holder = yield _jobs("find_one", _holding(doc), {"_id": 1})
+        if holder is not None:
+            return ObjectId(holder["_id"])
+    raise JobStateError(f"unique key {doc['uniqueKey']!r} is contended; try again")
+
+
+def get(job_id: str | ObjectId) -> Operation[Doc]:
+    doc = yield _jobs("find_one", {"_id": object_id(job_id)})
+    if doc is None:
+        raise JobNotFound(f"no job {job_id}")
+    return doc  # type: ignore[no-any-return]
+
+
+def find(query: Doc, limit: int = 50, skip: int = 0) -> Operation[list[Doc]]:
+    """Jobs matching ``query`` (see ``job_query``), newest first, without their logs."""
+    sort = [("createdAt", DESCENDING)]
+    docs = yield _jobs("find", query, {"logs": 0}, sort=sort, skip=skip, limit=limit)
+    return docs  # type: ignore[no-any-return]
+
+
+def count(query: Doc) -> Operation[int]:
+    n = yield _jobs("count_documents", query)
+    return n  # type: ignore[no-any-return]
+
+
+def delete(job_id: str | ObjectId, now: datetime) -> Operation[Doc]:
+    """Delete a job that is not running; a chain it held up is stopped as by a cancel."""
+    oid = object_id(job_id)
+    idle = {"_id": oid, "state": {"$ne": JobState.RUNNING.value}}
+    doc = yield _jobs("find_one_and_delete", idle)
+    if doc is None:
+        state = (yield from get(oid))["state"]
+        if state == JobState.RUNNING.value:
             raise JobStateError(
-                f"job {job_id} cannot run again while job {holder.get('_id')} holds its unique key"
-            ) from None
-        doc = self.get(oid)
-        if not done.modified_count:
-            raise JobStateError(
-                f"job {job_id} is {doc['state']}: only finished jobs can be retried"
+                f"job {job_id} is running: cancel it, then delete it once it has stopped"
             )
-        revived = lifecycle.revive_chain(doc)
-        if revived is not None:
-            self.jobs.bulk_write([revived])
-        return doc
+        doc = yield _jobs("find_one_and_delete", idle)  # it ended between the two reads
+        if doc is None:
+            raise JobStateError(f"job {job_id} changed while being deleted; try again")
+    if doc["state"] in (JobState.QUEUED.value, JobState.WAITING.value):
+        stopped = lifecycle.stop_chain(doc, "deleted", now, lifecycle.KEEP)
+        if stopped is not None:
+            yield _jobs("bulk_write", [stopped])
+    return doc  # type: ignore[no-any-return]
+
+
+def purge(state: JobState, before: datetime, dry_run: bool = False) -> Operation[int]:
+    """Delete (``dry_run``: count) the finished ``state`` jobs that ended before ``before``."""
+    if state not in FINISHED_STATES:
+        raise ValueError(f"purge deletes finished jobs only, not {state.value!r} ones")
+    query = {"state": state.value, "lastFinishedAt": {"$lt": before}}
+    if dry_run:
+        return (yield from count(query))
+    deleted = yield _jobs("delete_many", query)
+    return deleted.deleted_count  # type: ignore[no-any-return]
+
+
+def cancel(job_id: str | ObjectId, now: datetime) -> Operation[Doc]:
+    """Cancel a queued job at once; ask a running one to stop."""
+    oid = object_id(job_id)
+    done = yield _jobs(
+        "update_one",
+        {"_id": oid, "state": lifecycle.WAITING_OR_QUEUED},
+        lifecycle.Outcome(JobState.CANCELLED).update(now),
+    )
+    if not done.modified_count:
+        yield _jobs(
+            "update_one", {"_id": oid, "state": JobState.RUNNING.value}, lifecycle.CANCEL_REQUEST
+        )
+    doc = yield from get(oid)
+    if not done.modified_count and not doc.get("cancelRequested"):
+        raise JobStateError(f"job {job_id} is already {doc['state']}: nothing to cancel")
+    stopped = (
+        lifecycle.stop_chain(doc, "cancelled", now, lifecycle.KEEP) if done.modified_count else None
+    )
+    if stopped is not None:
+        yield _jobs("bulk_write", [stopped])
+    return doc
+
+
+def retry(job_id: str | ObjectId, now: datetime) -> Operation[Doc]:
+    """Queue a finished job again, now, with a fresh budget (``lifecycle.retry``)."""
+    oid = object_id(job_id)
+    try:
+        done = yield _jobs(
+            "update_one", {"_id": oid, "state": lifecycle.FINISHED}, lifecycle.retry(now)
+        )
+    except DuplicateKeyError:
+        holder = (yield _jobs("find_one", _holding((yield from get(oid))), {"_id": 1})) or {}
+        raise JobStateError(
+            f"job {job_id} cannot run again while job {holder.get('_id')} holds its unique key"
+        ) from None
+    doc = yield from get(oid)
+    if not done.modified_count:
+        raise JobStateError(f"job {job_id} is {doc['state']}: only finished jobs can be retried")
+    revived = lifecycle.revive_chain(doc)
+    if revived is not None:
+        yield _jobs("bulk_write", [revived])
+    return doc

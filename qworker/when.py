@@ -91,14 +91,17 @@ def format_duration(seconds: float) -> str:
     return "".join(parts)
 
 
-def parse_when(when: str | datetime | None, now: datetime | None = None) -> datetime:
+def parse_when(
+    when: str | datetime | None, now: datetime | None = None, field: str = "when"
+) -> datetime:
     """An aware UTC datetime for ``when``.
 
     ``now``, ``in 20 minutes``, ``20 minutes``, ISO 8601, or else an English
     phrase such as ``tomorrow at 9am`` or ``next monday 10:00``, read by
     dateparser relative to ``now``. Naive ISO times and datetimes are taken as UTC.
     A time in the past, in any of these forms, is due at once (as Celery's and
-    Sidekiq's are); only a negative duration is refused.
+    Sidekiq's are); only a negative duration is refused. Errors name ``field``
+    (a job's ``expires`` is read the same way).
     """
     now = now or utcnow()
     if when is None:
@@ -107,14 +110,14 @@ def parse_when(when: str | datetime | None, now: datetime | None = None) -> date
         try:
             return when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
         except OverflowError:
-            raise InvalidJobError(f"when={when!r} is out of the range of dates", "when") from None
+            raise InvalidJobError(f"{field}={when!r} is out of the range of dates", field) from None
     if not isinstance(when, str):
         raise InvalidJobError(
-            f"when must be a string or a datetime, not {type(when).__name__}", "when"
+            f"{field} must be a string or a datetime, not {type(when).__name__}", field
         )
     if len(when) > MAX_WHEN_CHARS:  # a phrase parser's time grows with its input
         raise InvalidJobError(
-            f"when is {len(when)} characters long: at most {MAX_WHEN_CHARS}", "when"
+            f"{field} is {len(when)} characters long: at most {MAX_WHEN_CHARS}", field
         )
     text = when.strip().lower()
     if text in ("", "now", "immediately"):
@@ -125,21 +128,21 @@ def parse_when(when: str | datetime | None, now: datetime | None = None) -> date
     except ValueError:
         pass
     except OverflowError:
-        raise InvalidJobError(f"when={when!r} is too far in the future", "when") from None
+        raise InvalidJobError(f"{field}={when!r} is too far in the future", field) from None
     try:
         parsed = datetime.fromisoformat(when.strip().replace("Z", "+00:00"))
     except ValueError:
         pass
     else:
-        return parse_when(parsed, now)
+        return parse_when(parsed, now, field)
     now = parse_when(now)  # aware UTC: what phrases are read relative to
     found = _parse_phrase(text, now)
     if found is None:
         raise InvalidJobError(
-            f"cannot understand when={when!r}: use 'now', 'in 20 minutes', '20 minutes', "
+            f"cannot understand {field}={when!r}: use 'now', 'in 20 minutes', '20 minutes', "
             "an ISO 8601 time such as 2030-01-31T09:00:00Z or a phrase such as "
             "'tomorrow at 9am' or 'next monday 10:00'",
-            "when",
+            field,
         )
     return found
 

@@ -114,12 +114,13 @@ def spawn_worker(mongo_url: str, tmp_path: Path) -> Iterator[Callable[..., Worke
         paths: list[Path] | None = None,
         env: dict[str, str] | None = None,
         standalone: bool = True,
+        mongo: str | None = None,
     ) -> WorkerProcess:
         n = len(started)
         worker_id = worker_id or f"w{n}"
         args = [
             "--mongo",
-            mongo_url,
+            mongo or mongo_url,
             "--id",
             worker_id,
             "--log-format",

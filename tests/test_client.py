@@ -9,13 +9,16 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo import MongoClient, monitoring
 
 from qworker import Client, InvalidJobError, JobNotFound, JobStateError
 from qworker.model import PRIORITY_NAMES, parse_priority
@@ -29,6 +32,14 @@ MS = timedelta(milliseconds=1)
 
 def jobs_count(db: Any) -> int:
     return int(db.jobs.count_documents({}))
+
+
+@pytest.fixture
+def client(mongo_url: str) -> Iterator[Client]:
+    """A client that always announces its jobs on the channel, as where the server has
+    no change streams: the wake-ups these tests read."""
+    with Client(mongo_url, wakeups="channel") as made:
+        yield made
 
 
 def hints(client: Client, db: Any) -> list[dict[str, Any]]:
@@ -264,6 +275,7 @@ def test_retry_refuses_a_queued_job(client: Client) -> None:
 
 
 FAILS_FIRST_TIME = """
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -310,7 +322,7 @@ def test_wake_ups_follow_one_at_a_time_enqueues_and_close_sends_the_last(
     mongo_url: str, db: Any
 ) -> None:
     """Wake-ups go out from a thread of their own; every job is named once, none lost."""
-    quick = Client(mongo_url)
+    quick = Client(mongo_url, wakeups="channel")
     ids = [quick.now("send-mail", {"n": n}) for n in range(60)]
     quick.close()  # flushes what is still pending
     named = [
@@ -758,3 +770,43 @@ def test_an_unstorable_result_fails_its_job_only(
     assert "return value cannot be stored in MongoDB" in failed["failReason"]
     assert client.get(good)["state"] == "succeeded"
     assert client.get(good)["result"] == {"n": 1}
+
+
+class _Finds(monitoring.CommandListener):
+    """Counts the ``find`` commands a client sends."""
+
+    def __init__(self) -> None:
+        self.finds = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.finds += event.command_name == "find"
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+def test_wait_watches_the_job_instead_of_polling_it(mongo_url: str, db: Any) -> None:
+    listener = _Finds()
+    app: MongoClient[dict[str, Any]] = MongoClient(mongo_url, event_listeners=[listener])
+    try:
+        waiter = Client(app)
+        job_id = waiter.now("send-mail", {})
+        finisher = threading.Timer(
+            1.5,
+            lambda: db.jobs.update_one(
+                {"_id": ObjectId(job_id)}, {"$set": {"state": "succeeded", "result": 7}}
+            ),
+        )
+        before = listener.finds
+        finisher.start()
+        assert waiter.wait(job_id, timeout=20)["result"] == 7
+        # Read once at the start and once after the event; a poll reads ~10 times in 1.5 s.
+        assert listener.finds - before <= 3, listener.finds - before
+        with pytest.raises(TimeoutError, match="still queued"):
+            waiter.wait(waiter.now("send-mail", {}), timeout=0.5)
+    finally:
+        finisher.join()
+        app.close()

@@ -542,7 +542,7 @@ def assert_usable(meta: TaskMeta) -> None:
         seconds = meta.backoff.seconds(attempt)
         assert math.isfinite(seconds) and seconds >= 0, (attempt, seconds)
         now + timedelta(seconds=seconds)
-    for event in ("start", "progress", "success", "fail", "cancel", "log"):
+    for event in ("start", "progress", "success", "fail", "cancel", "expire", "snooze", "log"):
         assert all(isinstance(p, str) and p for p in meta.attributes_for(event))
     # The worker announces its metadata on the channel (define:tasks): it must be BSON.
     announced = {**meta.raw, "id": meta.id, "name": meta.name, "description": meta.description}
@@ -865,6 +865,36 @@ def test_check_json_gives_plain_json_or_an_invalid_job_error(value: Any) -> None
         return
     assert plain == json_plain(plain)
     assert roundtrip({"v": plain}) == {"v": plain}
+
+
+EXPIRES = mostly(
+    st.one_of(
+        st.floats(0.001, 1e9),
+        st.integers(1, 10**9),
+        st.timedeltas(min_value=timedelta(milliseconds=1)),
+        st.datetimes(timezones=st.just(UTC)),
+        WHEN_TEXT,
+    ),
+    st.one_of(NUMBERS, STRINGS, ANYTHING),
+)
+
+
+@FAST
+@given(expires=EXPIRES)
+@example(expires=timedelta.max)
+@example(expires=2**1100)
+@example(expires="in 10000000000 days")
+def test_a_deadline_is_after_the_run_time_or_an_invalid_job_naming_expires(expires: Any) -> None:
+    try:
+        doc = new_job("noop", None, now=STAMP, run_at=STAMP, expires=expires)
+    except InvalidJobError as exc:
+        assert exc.field == "expires" and "expires" in str(exc)
+        return
+    if expires is None:  # no deadline
+        assert "expiresAt" not in doc
+        return
+    assert isinstance(doc["expiresAt"], datetime) and doc["expiresAt"] > STAMP
+    bson.encode(doc)  # a date MongoDB stores
 
 
 def test_data_at_the_size_limit_is_refused_clearly() -> None:

@@ -45,12 +45,12 @@ from qworker.mongo import (
     CHANNEL_BYTES,
     Names,
     database_name,
-    prepare,
     redact,
     resolve_url,
     sync_client,
 )
 from qworker.roles import create_roles
+from qworker.schema import prepare
 from qworker.store import MAX_SKIP
 from qworker.when import utcnow
 
@@ -108,6 +108,11 @@ def main(
 @click.option("--max-attempts", type=click.IntRange(min=1), help="Runs allowed to fail.")
 @click.option("--timeout", type=Seconds(min=0, min_open=True), help="Seconds.")
 @click.option("--description", help="Free text, searchable with 'jobs list --text'.")
+@click.option(
+    "--expires",
+    help="A deadline: seconds or a duration from the run time ('10 minutes'), or a time; "
+    "a job not started by then ends expired.",
+)
 @pass_settings
 @reports_errors
 def enqueue(settings: Settings, /, task: str, data: Any, **opts: Any) -> None:
@@ -274,6 +279,7 @@ def demo(settings: Settings, paths: str) -> None:
     """
     settings.mongo = settings.mongo or "embedded"
     with settings.client() as client:
+        assert client.url is not None  # made from a URL
         ids = [client.now(task, data, description="demo") for task, data in DEMO_JOBS]
         click.echo(f"queued {len(ids)} jobs on {redact(client.url)}; starting a worker\n")
         tasks = sorted({task for task, _ in DEMO_JOBS})

@@ -10,6 +10,8 @@ from typing import Any
 import click
 from bson import ObjectId
 
+from qworker.model import JobState
+
 
 def _plain(value: Any) -> Any:
     if isinstance(value, ObjectId):
@@ -116,7 +118,7 @@ def worker_rows(workers: Sequence[dict[str, Any]], now: datetime) -> None:
 
 
 def task_rows(tasks: Sequence[dict[str, Any]]) -> None:
-    states = ["waiting", "queued", "running", "succeeded", "failed", "cancelled"]
+    states = [s.value for s in JobState]
     valid = {True: "yes", False: "no", None: "-"}
     table(
         ["ID", "NAME", "VALID", "WORKERS", *(s.upper() for s in states)],
@@ -148,6 +150,7 @@ def job_detail(job: dict[str, Any]) -> None:
         ("progress", f"{progress.get('percent', 0):.0f}% {progress.get('step') or ''}".strip()),
         ("created", when(job.get("createdAt"))),
         ("next run", when(job.get("nextRunAt"))),
+        ("deadline", when(job.get("expiresAt"))),
         ("last run", when(job.get("lastRunAt"))),
         ("finished", when(job.get("lastFinishedAt"))),
         ("locked by", job.get("lockedBy")),
@@ -161,7 +164,7 @@ def job_detail(job: dict[str, Any]) -> None:
             and f"{job['scheduleId']} (fire of {when(job.get('scheduledFor'))})",
         ),
         ("chain", chain and f"step {chain['index'] + 1} of {chain['size']} (chain {chain['id']})"),
-        ("expires", when(job.get("expireAt"))),
+        ("kept until", when(job.get("expireAt"))),
     ]
     labelled(fields)
     error = job.get("error")

@@ -30,6 +30,14 @@ from qworker.mongo import Names, async_client, close_async, database_name, resol
 
 Doc = dict[str, Any]
 RECENT = 12
+# How each job notification that ends a run reads ("… succeeded", "… snoozed").
+ENDED = {
+    "success": "succeeded",
+    "fail": "failed",
+    "cancel": "cancelled",
+    "expire": "expired",
+    "snooze": "snoozed",
+}
 
 
 @dataclass
@@ -74,7 +82,8 @@ class FleetView:
     def _job_event(self, worker: str, body: Doc) -> str | None:
         job_id, kind = str(body.get("sourceId", "?")), str(body.get("type", ""))
         task = str(body.get("task", "?"))
-        self.workers.setdefault(worker, "joined")
+        if body.get("workerId") is not None:  # the manager expires jobs of no worker's
+            self.workers.setdefault(worker, "joined")
         if kind == "start":
             self.running[job_id] = RunningJob(job_id, task, worker)
             return self._remember(f"{job_id} {task} started on {worker}")
@@ -82,13 +91,12 @@ class FleetView:
             job = self.running.setdefault(job_id, RunningJob(job_id, task, worker))
             job.percent, job.step = float(body.get("percent") or 0), str(body.get("step") or "")
             return f"{job_id} {task} {job.percent:.0f}% {job.step}".rstrip()
-        if kind in ("success", "fail", "cancel"):
+        if kind in ENDED:
             self.running.pop(job_id, None)
             error = body.get("error") or {}
             detail = f": {error.get('type')}: {error.get('message')}" if error else ""
             retry = " (will retry)" if body.get("retry") else ""
-            verb = {"success": "succeeded", "fail": "failed", "cancel": "cancelled"}[kind]
-            return self._remember(f"{job_id} {task} {verb}{retry}{detail}")
+            return self._remember(f"{job_id} {task} {ENDED[kind]}{retry}{detail}")
         if kind.startswith("log"):
             return f"{job_id} {task} {body.get('level', 'log')}: {body.get('message', '')}"
         return None

@@ -128,6 +128,14 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
     help="Exit once no job of these tasks is due and none is running.",
 )
 @_option(
+    "--watch-jobs/--no-watch-jobs",
+    name="watch_jobs",
+    default=True,
+    show_default=True,
+    help="Learn of new jobs from a change stream on jobs, where the server has them "
+    "(else, and with --no-watch-jobs, from job:queued wake-ups; always also by polling).",
+)
+@_option(
     "--metrics",
     name="metrics",
     default=None,
@@ -165,6 +173,7 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
         poll_interval=opts["poll_interval"],
         prefix=opts["prefix"],
         burst=opts["burst"],
+        watch_jobs=opts["watch_jobs"],
         channel_size=opts["channel_size"],
         metrics=opts["metrics"],
         sources=sources(ctx),

@@ -87,6 +87,11 @@ class Enqueue(BaseModel):
     timeout: float | None = Field(None, gt=0, description="Seconds.")
     description: str | None = None
     unique: str | None = Field(None, description="At most one active job of the task per key.")
+    expires: str | float | None = Field(
+        None,
+        description="Not started by then, it ends expired: seconds or a duration from "
+        "its run time, or an ISO time.",
+    )
 
 
 class ScheduleIn(BaseModel):
@@ -147,7 +152,7 @@ def create_app(
     async def overview(window: Annotated[float, Query(gt=0, le=86_400)] = 60.0) -> Any:
         """Queue depth by task and state, recent throughput and failures, live workers."""
         workers = await run(client.workers)
-        return plain(await run(stats.overview, client.store.jobs, workers, window))
+        return plain(await run(stats.overview, client.jobs_collection, workers, window))
 
     @app.get("/api/workers", tags=["fleet"])
     async def workers() -> Any:

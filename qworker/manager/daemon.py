@@ -1,4 +1,5 @@
-"""The manager daemon: validates workers, watches their pings, recovers their jobs.
+"""The manager daemon: validates workers, watches their pings, recovers their jobs,
+and expires the jobs past their deadline.
 
 Every manager listens; only the one holding the lease (``leadership``) acts.
 Worker and task state lives in MongoDB (``workers``, ``tasks``), so a new
@@ -33,6 +34,7 @@ from qworker.config import parse_bind
 from qworker.errors import TaskDefinitionError
 from qworker.fleet import kept_until
 from qworker.logs import Throttle
+from qworker.manager.deadlines import Deadlines
 from qworker.manager.definitions import Conflicts, differences, refusal
 from qworker.manager.events import WATCHED, EventHub
 from qworker.manager.leadership import Leadership
@@ -45,9 +47,9 @@ from qworker.mongo import (
     Names,
     async_client,
     close_async,
-    prepare,
     resolve_url,
 )
+from qworker.schema import prepare
 from qworker.store import LOST_FIELDS, take_back
 from qworker.tasks import check_metadata
 from qworker.when import utcnow
@@ -101,6 +103,7 @@ class Manager:
         self.jobs, self.workers, self.tasks = db[names.jobs], db[names.workers], db[names.tasks]
         self.channel = Channel(db[names.channel])
         self.leadership = Leadership(db[names.leases], self.id, self.settings.lease)
+        self.deadlines = Deadlines(self.jobs, self.tasks, self.channel, self.id)
         self.scheduler = Scheduler(url, names)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -172,7 +175,7 @@ class Manager:
             print(f"qworker-manager: the dashboard: {url}/#token={quote(token)}", file=sys.stderr)
 
     async def _lead(self) -> None:
-        """Hold (or wait for) the lease; while leading, look for dead workers."""
+        """Hold (or wait for) the lease; while leading, look for dead workers and overdue jobs."""
         systemd.notify("READY=1")  # listening on the channel (and serving HTTP, if asked)
         every = min(self.settings.lease / 3, self.settings.ping_interval)
         gap = timedelta(seconds=every + self.settings.ping_interval)
@@ -195,6 +198,7 @@ class Manager:
                 self.leading = leading
                 if leading:
                     await self._find_dead()
+                    await self.deadlines.sweep()
                     self.scheduler.wakeup()  # in case a schedules:changed was missed
             except PyMongoError as exc:
                 log.warning("cannot reach MongoDB", error=str(exc))

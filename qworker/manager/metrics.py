@@ -3,6 +3,8 @@
 Gauges (jobs by task and state, live workers) are counted at each scrape.
 Counters and histograms are fed by the jobs that finished since the last
 scrape, so they cover standalone workers too, which tell no one but MongoDB.
+An expired job is counted, but has no run to time. A snooze leaves nothing
+in the store to count: workers count theirs (``worker.metrics``).
 A job is observed a few seconds after it finished, once its worker's batched
 write has surely landed, and only once.
 """
@@ -44,7 +46,7 @@ class _Store(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         jobs = GaugeMetricFamily("qworker_jobs", "Jobs in the store.", labels=["task", "state"])
-        for task, by_state in sorted(stats.job_counts(self._client.store.jobs).items()):
+        for task, by_state in sorted(stats.job_counts(self._client.jobs_collection).items()):
             for state in JobState:
                 jobs.add_metric([task, state.value], by_state.get(state.value, 0))
         yield jobs
@@ -63,6 +65,12 @@ class Metrics:
         )
         self.failed = Counter(
             "qworker_jobs_failed", "Jobs that failed for good.", ["task"], registry=self.registry
+        )
+        self.expired = Counter(
+            "qworker_jobs_expired",
+            "Jobs not started by their deadline.",
+            ["task"],
+            registry=self.registry,
         )
         self.duration = Histogram(
             "qworker_job_duration_seconds",
@@ -84,14 +92,19 @@ class Metrics:
         """Count the jobs that finished since the last call."""
         with self._lock:
             until = utcnow() - SETTLE
-            for doc in stats.finished_between(self._client.store.jobs, self._seen_until, until):
+            for doc in stats.finished_between(
+                self._client.jobs_collection, self._seen_until, until
+            ):
                 task = str(doc["name"])
                 if doc["state"] == JobState.SUCCEEDED.value:
                     self.succeeded.labels(task).inc()
                 elif doc["state"] == JobState.FAILED.value:
                     self.failed.labels(task).inc()
+                elif doc["state"] == JobState.EXPIRED.value:
+                    self.expired.labels(task).inc()
+                    continue  # it never ran: nothing to time
                 else:
-                    continue  # a failed attempt that will be retried, or a cancel
+                    continue  # a failed attempt that will be retried, a snooze, or a cancel
                 for histogram, seconds in (
                     (self.duration, stats.run_seconds(doc)),
                     (self.wait, stats.wait_seconds(doc)),

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from qworker.errors import Snooze
 from qworker.worker.threads import call
 
 if TYPE_CHECKING:
@@ -28,8 +29,9 @@ def composed(task_id: str, steps: list[Handler] | tuple[Handler, ...], taken: bo
     Before each step the job's progress names it. A cancelled (or timed
     out) job stops before its next step. A failing step fails the job with
     its own exception, after a log line naming it; a retry runs every step
-    again. If any step is ``async def`` so is the handler, and the plain
-    steps run in threads, off the loop.
+    again, and so does the run after a step's ``Snooze``. If any step is
+    ``async def`` so is the handler, and the plain steps run in threads,
+    off the loop.
     """
     if not isinstance(steps, list | tuple):
         raise TypeError(
@@ -110,6 +112,8 @@ def _stop_before(job: Job, n: int, names: list[str]) -> bool:
 
 
 def _failed(job: Job, n: int, names: list[str], exc: Exception) -> None:
+    if isinstance(exc, Snooze):
+        return  # no failure: the run says it snoozed
     job.error(
         "step %d/%d (%s) failed: %s: %s", n + 1, len(names), names[n], type(exc).__name__, exc
     )

@@ -27,11 +27,13 @@ from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
 from qworker.errors import TaskDefinitionError, WorkerFailed
 from qworker.fleet import Listing
-from qworker.mongo import Names, async_client, close_async, prepare, resolve_url
+from qworker.mongo import Names, async_client, close_async, resolve_url
+from qworker.schema import prepare
 from qworker.store import WorkerStore
 from qworker.tasks import TaskMeta, import_code
 from qworker.when import utcnow
 from qworker.worker.claims import Claims
+from qworker.worker.jobfeed import JobFeed
 from qworker.worker.leases import Leases
 from qworker.worker.membership import Membership
 from qworker.worker.outbox import Outbox, OutboxWriter
@@ -139,6 +141,16 @@ class Worker:
             asyncio.create_task(self.channel.subscribe(events, self._on_message, listening)),
             asyncio.create_task(systemd.supervise(self.status_line)),
         ]
+        feed = JobFeed(
+            self.store.jobs,
+            self.metas,
+            self.settings.poll_interval,
+            self._new_jobs,
+            self._refill_now,
+            self.cancel_job,
+        )
+        if self.settings.watch_jobs and await feed.open():
+            background.append(asyncio.create_task(feed.run()))
         try:
             await asyncio.wait_for(listening.wait(), 10)
         except TimeoutError:
@@ -268,11 +280,14 @@ class Worker:
         return self.settings.concurrency - len(self.runs) - behind
 
     def _queue_empty(self) -> bool:
-        """Nothing runs, and a read made since the last run ended found nothing due soon."""
+        """Nothing runs, and a read made since the last outcome was written (with the
+        chain steps and sub-tasks it queued) found nothing due soon."""
         return (
             not self.runs
             and len(self.claims.candidates) == 0
-            and self.claims.last_read_started > self.runs.last_finished
+            and self.outbox.pending_outcomes() == 0
+            and self.claims.last_read_started
+            > max(self.runs.last_finished, self.outbox.last_written)
         )
 
     async def _sleep(self, now: datetime) -> None:
@@ -386,6 +401,11 @@ class Worker:
         """Claim tokens whose leases must be renewed: running jobs, and finished ones whose
         outcome is still to be written."""
         return [*self.runs.tokens(), *self.outbox.unwritten()]
+
+    def _new_jobs(self, docs: list[dict[str, Any]]) -> None:
+        """Jobs of our tasks were just inserted (the change stream): candidates at once."""
+        self.claims.candidates.add(docs)
+        self._wake.set()
 
     def _refill_now(self) -> None:
         """Jobs came back to the queue (a lost worker's): read it at once."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -25,11 +26,21 @@ from qworker.job import Job
 from qworker.lifecycle import Outcome, advance, log_lines, owned, stop_chain
 from qworker.lifecycle import progress as progress_update
 from qworker.model import JobState, Retention
+from qworker.notifications import notification
 from qworker.store import WorkerStore
 from qworker.when import utcnow
-from qworker.worker.notifications import notification
 
 Write = UpdateOne | UpdateMany | InsertOne[Any]
+# The notification each outcome makes; any other is a failure ("fail").
+EVENTS = {
+    JobState.SUCCEEDED: "success",
+    JobState.CANCELLED: "cancel",
+    JobState.EXPIRED: "expire",
+    JobState.QUEUED: "snooze",
+}
+# A snooze this short is announced with the job's id, so it is claimed on time
+# (as a client announces the jobs it enqueues due within a minute).
+HINTED_SNOOZE = timedelta(seconds=60)
 NOTES_BATCH = 500
 MAX_PENDING_NOTES = 20_000  # notifications, not jobs: bounded, oldest dropped
 log = structlog.get_logger("qworker.worker")
@@ -60,6 +71,7 @@ class Outbox:
         # renewed, or a slow or unreachable server would let the job be
         # recovered as lost and run again although it finished.
         self._unwritten: dict[str, Write] = {}
+        self.last_written = 0.0  # monotonic: when a write last reached the server
         # What each pending write is, for the log of a worker that stops without
         # being able to write them: by id() of the write, while it is pending.
         self._what: dict[int, str] = {}
@@ -110,9 +122,7 @@ class Outbox:
             view[key] = int(job.doc.get(key, 0)) + update["$inc"][key]
         for key in update["$unset"]:
             view.pop(key, None)
-        kind = {JobState.SUCCEEDED: "success", JobState.CANCELLED: "cancel"}.get(
-            outcome.state, "fail"
-        )
+        kind = EVENTS.get(outcome.state, "fail")
         extra: dict[str, Any] = {"retry": outcome.retry_at is not None} if kind == "fail" else {}
         if outcome.error:
             extra["error"] = {"type": outcome.error["type"], "message": outcome.error["message"]}
@@ -120,29 +130,32 @@ class Outbox:
         with self._lock:
             self._unwritten[job.doc["lockToken"]] = op
         self.add(op, f"outcome of job {job.id} ({kind})")
-        self._move_chain(job.doc, outcome, now, retention)
+        self._follow_up(job.doc, outcome, now, retention)
         self.event(job, kind, view, **extra)
 
-    def _move_chain(
+    def _follow_up(
         self, doc: dict[str, Any], outcome: Outcome, now: datetime, retention: Retention
     ) -> None:
-        """Written with the outcome, in the same ordered batch: see ``chains``."""
+        """What an outcome sets off, in the same ordered batch: the chain's moves (see
+        ``chains``), or a snooze's wake-up, so that the job is claimed on time."""
         if outcome.state is JobState.SUCCEEDED:
             follow = advance(doc, outcome.result, now)
             if follow is not None:
                 self.add(follow, f"chain step after job {doc['_id']}")
                 following = doc["chain"]["next"]
-                hint = {
-                    "_id": following["id"],
-                    "name": following["task"],
-                    "priority": following["priority"],
-                    "nextRunAt": now,
-                }
-                self.publish(message(protocol.JOB_QUEUED, protocol.queued([hint])))
+                self._hint(following["id"], following["task"], following["priority"], now)
+        elif outcome.state is JobState.QUEUED:
+            if outcome.retry_at is not None and outcome.retry_at - now <= HINTED_SNOOZE:
+                self._hint(doc["_id"], doc["name"], doc.get("priority", 0), outcome.retry_at)
         elif outcome.retry_at is None:
             stopped = stop_chain(doc, outcome.reason or outcome.state.value, now, retention)
             if stopped is not None:
                 self.add(stopped, f"chain stop after job {doc['_id']}")
+
+    def _hint(self, job_id: Any, task: str, priority: int, due: datetime) -> None:
+        """A ``job:queued`` wake-up naming a job, sent after the batch that queues it."""
+        hint = {"_id": job_id, "name": task, "priority": priority, "nextRunAt": due}
+        self.publish(message(protocol.JOB_QUEUED, protocol.queued([hint])))
 
     def drain(self) -> tuple[list[Write], list[dict[str, Any]]]:
         """Pending writes (progress and logs before the outcomes they precede) and notes."""
@@ -188,6 +201,7 @@ class Outbox:
                 del self._unwritten[token]
             for key in done:
                 self._what.pop(key, None)
+            self.last_written = time.monotonic()
 
     def describe(self, ops: Sequence[Write]) -> list[str]:
         """What these pending writes are, in order."""

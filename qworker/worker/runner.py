@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from qworker.errors import JobFailed, WorkerFailed
+from qworker.errors import JobFailed, Snooze, WorkerFailed
 from qworker.job import Job, Reporter
 from qworker.logs import LogSettings, log_settings
 from qworker.logs import configure as configure_logs
@@ -140,6 +140,8 @@ def _child_main(
         conn.send(("ok", result))
     except JobFailed as exc:
         conn.send(("fail", str(exc)))
+    except Snooze as exc:
+        conn.send(("snooze", exc.seconds))
     except WorkerFailed as exc:
         conn.send(("stopped", str(exc)))
     except BaseException as exc:
@@ -190,6 +192,8 @@ async def _in_process(meta: TaskMeta, job: Job, reporter: Reporter, engine: Engi
         return final[1]
     if final[0] == "fail":
         raise JobFailed(final[1])
+    if final[0] == "snooze":
+        raise Snooze(final[1])
     if final[0] == "stopped":
         raise WorkerFailed(final[1])
     raise HandlerError(final[1], final[2], final[3])

@@ -3,8 +3,10 @@
 A run starts from its claimed document, runs the ``before_job`` observers, the
 handler (on the loop, in a thread or in a child process: ``runner``) and the
 ``after_job`` observers, and ends with its outcome in the outbox: succeeded,
-failed (retried or not, by the task's rules), cancelled, or handed back to the
-queue, which is no failed attempt (a shutdown, ``worker.fail``).
+failed (retried or not, by the task's rules), cancelled, snoozed (``raise
+Snooze(seconds)``: queued again for later, no attempt used), or handed back to
+the queue, which is no failed attempt (a shutdown, ``worker.fail``). A job
+claimed past its deadline does not run: it is expired at once.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 import structlog
 from pymongo import UpdateOne
 
-from qworker.errors import JobFailed, WorkerFailed
+from qworker.errors import JobFailed, Snooze, WorkerFailed
 from qworker.job import Job
-from qworker.lifecycle import Outcome, owned, refusal, release
+from qworker.lifecycle import EXPIRED_REASON, Outcome, overdue, owned, refusal, release
 from qworker.model import JobState, check_json, malformed
 from qworker.tasks import TaskMeta
 from qworker.when import utcnow
@@ -57,6 +59,8 @@ class Counters:
     retried: int = 0
     cancelled: int = 0
     released: int = 0
+    snoozed: int = 0  # not failures: the job asked to run later
+    expired: int = 0  # claimed past their deadline, not run
 
 
 class Runs:
@@ -101,10 +105,19 @@ class Runs:
             what = f"failure of malformed job {doc['_id']}"
             self.outbox.add(UpdateOne(owned(doc["_id"], doc["lockToken"]), refused), what)
             return
+        if overdue(doc, utcnow()):
+            self._expire(Job(doc, self.outbox), meta)
+            return
         running = Running(Job(doc, self.outbox), meta)
         self.running[running.key] = running
         self.per_task[meta.id] += 1
         running.task = asyncio.create_task(self._run(running))
+
+    def _expire(self, job: Job, meta: TaskMeta) -> None:
+        """A job claimed past its deadline ends ``expired`` instead of running late."""
+        self.counters.expired += 1
+        self.outbox.finish(job, Outcome(JobState.EXPIRED, reason=EXPIRED_REASON), meta.retention)
+        log.info("job expired", job_id=job.id, task=job.task, deadline=str(job.doc["expiresAt"]))
 
     async def _run(self, running: Running) -> None:
         job, meta = running.job, running.meta
@@ -134,6 +147,15 @@ class Runs:
             self._done(running)
             self.release(running, utcnow())  # worker.fail(): not the job's fault
             return
+        except Snooze as snooze:
+            job.info("%s", snooze)  # "snoozed for 30 s", in the job's own log
+            outcome = Outcome(
+                JobState.QUEUED,
+                reason=str(snooze),
+                retry_at=utcnow() + timedelta(seconds=snooze.seconds),
+            )
+            if not observed:
+                await self._observe_failure(job, snooze)
         except Exception as exc:
             outcome = self._failure(
                 running, exc, "timeout" if isinstance(exc, JobTimeout) else None
@@ -146,13 +168,8 @@ class Runs:
             outcome = Outcome(JobState.CANCELLED)
         self._count(outcome)
         self.outbox.finish(job, outcome, meta.retention)
-        said = (
-            log.info
-            if outcome.state is not JobState.FAILED
-            else (log.warning if outcome.retry_at is not None else log.error)
-        )
-        said(
-            f"job {outcome.state.value if outcome.retry_at is None else 'will retry'}",
+        getattr(log, _level(outcome))(
+            _ended(outcome),
             job_id=job.id,
             task=job.task,
             seconds=round(time.monotonic() - started, 3),
@@ -196,6 +213,8 @@ class Runs:
             c.succeeded += 1
         elif outcome.state is JobState.CANCELLED:
             c.cancelled += 1
+        elif outcome.state is JobState.QUEUED:
+            c.snoozed += 1
         elif outcome.retry_at is not None:
             c.retried += 1
         else:
@@ -241,3 +260,17 @@ class Runs:
             self.outbox.add(op, f"hand-back of job {running.job.id}")
         self.counters.released += 1
         log.info("job returned to queue", job_id=running.job.id, task=running.job.task)
+
+
+def _ended(outcome: Outcome) -> str:
+    """The log message of a run's end: ``job succeeded``, ``job will retry``, ``job snoozed``…"""
+    if outcome.state is JobState.QUEUED:
+        return "job snoozed"
+    return f"job {outcome.state.value if outcome.retry_at is None else 'will retry'}"
+
+
+def _level(outcome: Outcome) -> str:
+    """At which level a run's end is logged: a failure for good is an error."""
+    if outcome.state is not JobState.FAILED:
+        return "info"
+    return "warning" if outcome.retry_at is not None else "error"

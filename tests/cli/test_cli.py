@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from support.logs import one_error_line
 from support.processes import REPO, console_command
 
-from qworker import Client
+from qworker import Client, lifecycle
 from qworker.cli.manager import main as manager_main
 from qworker.schedules import make_schedule
 
@@ -335,6 +335,41 @@ def test_jobs_cancel_unknown(mongo_url: str) -> None:
     missing = str(ObjectId())
     one_line_error(run("--mongo", mongo_url, "jobs", "cancel", missing), "jobs cancel", missing)
     one_line_error(run("--mongo", mongo_url, "jobs", "retry", "zz"), "jobs retry", "'zz'")
+
+
+# -- expired jobs ------------------------------------------------------------------
+
+
+def test_expired_jobs_are_listed_shown_counted_and_retried(mongo_url: str, db: Any) -> None:
+    now = datetime.now(UTC)
+
+    def cli(*args: str) -> str:
+        # In-process (the same commands, without a process start) to keep this quick.
+        result = CliRunner().invoke(manager_main, ["--mongo", mongo_url, *args])
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    job_id = cli("enqueue", "mailer", "--expires", "2 minutes").strip()
+    deadline = db.jobs.find_one({"_id": ObjectId(job_id)})["expiresAt"]
+    assert abs((deadline - now).total_seconds() - 120) < 5
+    db.jobs.update_one({"_id": ObjectId(job_id)}, lifecycle.expiry(now, lifecycle.KEEP))
+
+    assert [j["_id"] for j in json.loads(cli("jobs", "list", "--state", "expired", "--json"))] == [
+        job_id
+    ]
+    header, _, row = cli("jobs", "list", "--state", "expired").strip().splitlines()
+    assert ids_in(row) == [job_id] and "expired" in row and lifecycle.EXPIRED_REASON in row
+    fields = dict(
+        re.split(r":\s+", line, maxsplit=1) for line in cli("jobs", "show", job_id).splitlines()
+    )
+    assert fields["state"] == "expired" and fields["fail reason"] == lifecycle.EXPIRED_REASON
+    assert fields["deadline"] == (now + timedelta(minutes=2)).strftime("%Y-%m-%d %H:%M:%S")
+    assert "kept until" in fields  # retention (expireAt), not the deadline
+    header, _, row = cli("tasks").strip().splitlines()
+    counts = dict(zip(header.split(), row.split(), strict=True))
+    assert counts["EXPIRED"] == "1" and counts["QUEUED"] == "0"
+    assert cli("jobs", "purge", "--state", "expired", "--older-than", "1 day", "--yes")
+    assert cli("jobs", "retry", job_id).split() == [job_id, "queued"]
 
 
 # -- demo --------------------------------------------------------------------------

@@ -273,6 +273,7 @@ def test_tasks_table_counts_jobs_by_state_and_live_workers(
         "SUCCEEDED",
         "FAILED",
         "CANCELLED",
+        "EXPIRED",
     ]
     listed = by_id(table)
     assert list(listed) == ["billing", "mailer", "report"]
@@ -302,6 +303,7 @@ def test_tasks_json(mongo_url: str, fleet: dict[str, Any]) -> None:
         "succeeded": 1,
         "failed": 0,
         "cancelled": 0,
+        "expired": 0,
     }
     assert found["mailer"]["liveWorkers"] == ["m-live", "s-live"]
     assert found["mailer"]["workers"] == ["m-live", "m-dead"]  # who announced it, as stored

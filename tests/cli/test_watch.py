@@ -112,3 +112,15 @@ def test_the_live_view_renders_progress_outcomes_and_workers() -> None:
     assert "w1" in text and "joined" in text and "w2" in text and "dead" in text
     assert "j2 report failed: ValueError: bad row" in text
     assert view.apply("job:queued", {"jobs": []}) is None
+
+
+def test_snoozed_and_expired_jobs_leave_the_running_list() -> None:
+    view = FleetView()
+    job = {"workerId": "w1", "sourceId": "j1", "task": "report"}
+    view.apply("worker:notification", {**job, "type": "start"})
+    assert view.apply("worker:notification", {**job, "type": "snooze"}) == "j1 report snoozed"
+    assert not view.running
+    # The leader expires jobs no worker claimed: no worker joins the view for it.
+    expired = {"workerId": None, "managerId": "m1", "sourceId": "j2", "task": "report"}
+    assert view.apply("worker:notification", {**expired, "type": "expire"}) == "j2 report expired"
+    assert view.workers == {"w1": "joined"}

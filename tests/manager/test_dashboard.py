@@ -27,6 +27,9 @@ from support.processes import REPO, ManagerProcess, managed, worker_ready
 from support.waits import wait_for
 
 from qworker import Client
+from qworker.lifecycle import EXPIRED_REASON
+from qworker.model import new_job
+from qworker.when import utcnow
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -232,6 +235,35 @@ def test_a_failed_job_is_listed_and_retried(
     again = page.get_by_test_id("retry")
     expect(again).to_have_text("Run again")
     assert "btn-primary" not in (again.get_attribute("class") or "")
+
+
+def test_a_job_the_manager_expired_is_shown_expired_and_can_be_retried(
+    spawn_manager: Any, db: Any, page: Any, tmp_path: Path
+) -> None:
+    _, base = serving(spawn_manager)
+    doc = new_job("dash_slow", {"why": "too late"}, now=utcnow(), run_at=utcnow(), expires=1)
+    db.jobs.insert_one(doc)  # enqueue(base, ..., expires=1) once the API takes it
+    job_id = str(doc["_id"])
+    wait_for(lambda: job_doc(db, job_id)["state"] == "expired", 15, "the manager to expire it")
+
+    page.goto(f"{base}/#/jobs?state=expired")
+    expect(page.get_by_test_id("filter-state")).to_have_value("expired")
+    row = page.locator(f'[data-testid="job-row"][data-job-id="{job_id}"]')
+    expect(row.locator("[data-state]").last).to_have_text("expired")
+    shot(page, tmp_path, "jobs-expired")
+
+    row.locator("a").first.click()
+    expect(page.get_by_test_id("job-state")).to_have_text("expired")
+    expect(page.get_by_test_id("job-error-title")).to_have_text(EXPIRED_REASON)
+    expect(page.locator("#job-error h2")).to_have_text("Expired")
+    expect(page.locator("#job-facts")).to_contain_text("Deadline")
+    shot(page, tmp_path, "job-expired")
+
+    page.go_back()
+    row.get_by_test_id("retry").click()
+    expect(page.get_by_test_id("toast").first).to_contain_text("requeued")
+    queued = job_doc(db, job_id)
+    assert queued["state"] == "queued" and "expiresAt" not in queued
 
 
 def test_the_token_form_unlocks_a_guarded_manager(

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import socket
 from typing import Any
 
 import httpx
 from support.jobs import wait_finished
 from support.logs import ready, wait_leading
+from support.prometheus import value
 from support.waits import wait_for
 
 from qworker import Client
-
-
-def value(text: str, name: str, labels: str = "") -> float | None:
-    """One sample of a Prometheus text exposition, by name and exact label set."""
-    pattern = re.escape(name + (f"{{{labels}}}" if labels else "")) + r" ([0-9.e+-]+)$"
-    match = re.search(pattern, text, re.MULTILINE)
-    return float(match.group(1)) if match else None
 
 
 def free_port() -> int:

@@ -49,8 +49,9 @@ def test_init_db_makes_the_schema_and_the_roles_and_may_run_again(mongo_url: str
     }
     assert set(granted) >= set(privileges(Names()))
     app = granted["qworkerApp"]
-    assert app["jobs"] == {"find", "insert", "update"} and app["channel"] == {"insert"}
-    for kept in ("schedules", "leases", "tasks", "workers"):  # an application writes none
+    # This server has change streams: the application watches jobs and writes no hint.
+    assert app["jobs"] == {"find", "insert", "update", "changeStream"}
+    for kept in ("channel", "schedules", "leases", "tasks", "workers"):  # it writes none
         assert kept not in app
 
 
@@ -87,3 +88,12 @@ def test_each_part_runs_as_its_role_and_writes_only_what_it_may(own_server: Serv
                 "roles, as MongoDB does: SecantusDB 0.7.0b3 authenticates users but "
                 "lets them write any collection"
             )
+
+
+def test_without_change_streams_an_application_may_still_send_its_wake_ups() -> None:
+    names = Names()
+    assert privileges(names, streams=False)["qworkerApp"] == {
+        "jobs": ["find", "insert", "update"],
+        "channel": ["insert"],
+    }
+    assert "channel" not in privileges(names, streams=True)["qworkerApp"]

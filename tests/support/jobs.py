@@ -7,9 +7,10 @@ from typing import Any
 
 from bson import ObjectId
 
+from qworker.model import FINISHED_STATES
 from support.waits import wait_for
 
-FINISHED = ["succeeded", "failed", "cancelled"]
+FINISHED = [s.value for s in FINISHED_STATES]
 
 
 def finished(db: Any, job_id: str) -> dict[str, Any] | None:

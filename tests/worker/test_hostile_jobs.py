@@ -34,6 +34,7 @@ JUNK: list[tuple[dict[str, Any], str | None]] = [
     ({"chain": "next"}, "chain"),
     ({"logs": "none"}, "logs"),
     ({"description": 5}, "description"),
+    ({"expiresAt": "soon"}, "expiresAt"),  # not a deadline it could compare with now
     ({"data": {"deep": [[[{"a": None}]]]}}, None),  # odd but valid data: it runs
 ]
 

@@ -10,7 +10,7 @@ from support.waits import wait_for
 
 from qworker import Client
 from qworker.channel import MAX_MESSAGE_BYTES, oversized
-from qworker.worker.notifications import notification, pick
+from qworker.notifications import notification, pick
 
 
 def test_pick_takes_dotted_paths_and_leaves_out_missing_ones() -> None:

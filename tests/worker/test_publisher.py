@@ -11,7 +11,8 @@ from typing import Any
 
 from qworker import protocol
 from qworker.channel import Channel, message
-from qworker.mongo import Names, async_client, prepare
+from qworker.mongo import Names, async_client
+from qworker.schema import prepare
 from qworker.store import WorkerStore
 from qworker.worker.outbox import Outbox, OutboxWriter
 

@@ -5,11 +5,13 @@
 // listens to the manager's server-sent events (/api/events) for live updates.
 // Everything shown is inserted as text nodes: job data is user input.
 
-const STATES = ["waiting", "queued", "running", "succeeded", "failed", "cancelled"];
+const STATES = ["waiting", "queued", "running", "succeeded", "failed", "cancelled", "expired"];
 const ACTIVE = new Set(["waiting", "queued", "running"]);
-const FINISHED = new Set(["succeeded", "failed", "cancelled"]);
+const FINISHED = new Set(["succeeded", "failed", "cancelled", "expired"]);
 // What an operator retries; a succeeded job can be run again from its own page.
-const RETRYABLE = new Set(["failed", "cancelled"]);
+const RETRYABLE = new Set(["failed", "cancelled", "expired"]);
+// Notifications of a job that moved (the rest are progress and log lines).
+const MOVES = ["start", "success", "fail", "cancel", "expire", "snooze"];
 const TOKEN_KEY = "qworker_token"; // in sessionStorage: this origin's, this tab's
 const SINCE_CHOICES = [
   ["", "any time"], ["5 minutes", "last 5 minutes"], ["1 hour", "last hour"],
@@ -645,7 +647,7 @@ function overviewView() {
     root, refresh, every: REFRESH_MS,
     onEvent(name, body) {
       if (name !== "worker:notification") return "soon"; // workers and managers come and go
-      return ["start", "success", "fail", "cancel"].includes(body.type) ? "soon" : null;
+      return MOVES.includes(body.type) ? "soon" : null;
     },
   };
 }
@@ -989,7 +991,8 @@ function jobView(id) {
           shortId(chain.next.id))] : null,
         chain.id && chain.id !== id ? [" · last ", h("a", { href: jobHref(chain.id), class: "mono" },
           shortId(chain.id))] : null) : null,
-      job.expireAt ? fact("Expires", timeEl(job.expireAt)) : null,
+      job.expiresAt ? fact("Deadline", timeEl(job.expiresAt)) : null,
+      job.expireAt ? fact("Kept until", timeEl(job.expireAt)) : null,
     );
   }
 
@@ -1078,7 +1081,7 @@ function jobView(id) {
     const failedish = Boolean(error || (job.failReason && job.state !== "succeeded" &&
       !(cancelled && job.failReason === "cancelled")));
     errorCard.hidden = !failedish;
-    errorCard.classList.toggle("card-error", !cancelled);
+    errorCard.classList.toggle("card-error", !cancelled && job.state !== "expired");
     if (failedish) {
       const title = error ? `${error.type || "Error"}: ${error.message ?? ""}` : "";
       setText(errorTitle, title || job.failReason);
@@ -1088,7 +1091,8 @@ function jobView(id) {
       traceBox.hidden = !(error && error.traceback);
       setText(trace, (error && error.traceback) || "");
       setText(errorCard.querySelector("h2"), job.state === "cancelled" ? "Cancelled"
-        : ACTIVE.has(job.state) ? "Last error (will retry)" : "Error");
+        : job.state === "expired" ? "Expired"
+          : ACTIVE.has(job.state) ? "Last error (will retry)" : "Error");
     }
     renderLogs(job);
   }
@@ -1132,7 +1136,7 @@ function jobView(id) {
         if (doc) renderLogs(doc);
         return null;
       }
-      return "now"; // start, success, fail, cancel: read the job again
+      return "now"; // start, success, fail, cancel, expire, snooze: read the job again
     },
   };
 }
@@ -1202,8 +1206,7 @@ function schedulesView() {
   return {
     root, refresh, every: REFRESH_MS,
     onEvent(name, body) {
-      return name === "worker:notification" && ["success", "fail", "start"].includes(body.type)
-        ? "soon" : null;
+      return name === "worker:notification" && MOVES.includes(body.type) ? "soon" : null;
     },
   };
 }

@@ -3,6 +3,8 @@
 A task's metadata picks which job attributes each event carries
 (``jobAttributes``, or ``jobStartAttributes`` … ``jobFailAttributes`` for one
 event), as dotted paths such as ``data.to``; nothing else of the job leaves.
+Workers announce what their runs do; the leader manager announces the jobs it
+expires (``expire``), which no worker touched, in the same shape.
 """
 
 from __future__ import annotations
@@ -37,9 +39,10 @@ def pick(doc: dict[str, Any], paths: Iterable[str]) -> dict[str, Any]:
 
 
 def notification(
-    worker_id: str, job: dict[str, Any], kind: str, paths: Iterable[str], **extra: Any
+    worker_id: str | None, job: dict[str, Any], kind: str, paths: Iterable[str], **extra: Any
 ) -> dict[str, Any]:
-    """A channel message announcing ``kind`` (start, progress, success, fail, log…)."""
+    """A channel message announcing ``kind`` (start, progress, success, fail, log…);
+    ``worker_id`` None for an event of no worker's (the manager's, in ``extra``)."""
     body = {
         "workerId": worker_id,
         "sourceType": "job",

@@ -1,0 +1,138 @@
+"""What the change-stream wake-up path costs and gives, for ``compare.py``.
+
+* ``stream_latency``: the server's own insert -> change-stream event time, the
+  floor of qworker's enqueue -> start latency on the stream path.
+* ``watcher_cost``: ``insert_one`` per second into ``jobs`` with 0, 1, 2 and 4
+  watchers, with qworker's projected pipeline and with whole documents: what
+  each watching worker costs every enqueue on this server.
+* ``enqueue_async``: ``AsyncClient.now`` with many enqueues in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import threading
+import time
+from typing import Any
+
+from common import fresh, percentile
+from pymongo import MongoClient
+
+from qworker import AsyncClient, Client
+from qworker.streams import for_workers
+
+Doc = dict[str, Any]
+
+
+def _summary(ms: list[float]) -> Doc:
+    return {
+        "samples": len(ms),
+        "p50_ms": round(statistics.median(ms), 2),
+        "p95_ms": round(percentile(ms, 0.95), 2),
+    }
+
+
+class _Watcher(threading.Thread):
+    """A change stream on ``jobs`` in a thread and a connection of its own."""
+
+    def __init__(self, db_url: str, pipeline: list[Doc]) -> None:
+        super().__init__(daemon=True)
+        self.mongo: MongoClient[Doc] = MongoClient(db_url, tz_aware=True)
+        self.pipeline = pipeline
+        self.seen: list[float] = []
+        self.opened = threading.Event()
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        jobs = self.mongo.get_default_database().jobs
+        with jobs.watch(self.pipeline, max_await_time_ms=200) as stream:
+            self.opened.set()
+            while not self.done.is_set():
+                if stream.try_next() is not None:
+                    self.seen.append(time.time())
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)
+        self.mongo.close()
+
+
+def _job(n: int) -> Doc:
+    return {"name": "noop", "state": "queued", "priority": 0, "n": n, "sent": time.time()}
+
+
+def stream_latency(url: str, samples: int) -> Doc:
+    """Insert a queued job every 50 ms; the time until a watcher sees it."""
+    db_url, db = fresh(url, "bench_stream")
+    watcher = _Watcher(db_url, for_workers(["noop"]))
+    watcher.start()
+    watcher.opened.wait(30)
+    sent = []
+    for n in range(samples):
+        sent.append(time.time())
+        db.jobs.insert_one(_job(n))
+        time.sleep(0.05)
+    time.sleep(0.5)
+    watcher.stop()
+    ms = [(seen - at) * 1000 for at, seen in zip(sent, watcher.seen, strict=False)]
+    return {"figure": "insert -> change-stream event", **_summary(ms)}
+
+
+def watcher_cost(url: str, inserts: int, counts: tuple[int, ...] = (0, 1, 2, 4)) -> Doc:
+    """Inserts per second from one client, one at a time, with each number of watchers."""
+    rows = []
+    for projected in (True, False):
+        pipeline = for_workers(["noop"]) if projected else []
+        for count in counts if projected else counts[1:2]:
+            db_url, db = fresh(url, "bench_watchers")
+            watchers = [_Watcher(db_url, pipeline) for _ in range(count)]
+            for w in watchers:
+                w.start()
+                w.opened.wait(30)
+            started = time.perf_counter()
+            for n in range(inserts):
+                db.jobs.insert_one(_job(n))
+            rate = inserts / (time.perf_counter() - started)
+            for w in watchers:
+                w.stop()
+            rows.append(
+                {
+                    "watchers": count,
+                    "pipeline": "qworker's (matched, projected)" if projected else "everything",
+                    "inserts_per_second": round(rate, 1),
+                    "queue_depth_at_end": inserts,
+                }
+            )
+    return {"inserts": inserts, "rows": rows}
+
+
+def enqueue_async(url: str, jobs: int, in_flight: int = 50) -> Doc:
+    """``AsyncClient.now`` with ``in_flight`` calls at once, no worker running."""
+    db_url, db = fresh(url, "bench_async_enqueue")
+    Client(db_url).close()  # the collections, as for the blocking client's figure
+
+    async def run() -> float:
+        async with AsyncClient(db_url) as client:
+            await client.prepare()
+            gate = asyncio.Semaphore(in_flight)
+
+            async def one() -> None:
+                async with gate:
+                    await client.now("noop")
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one() for _ in range(jobs)))
+            return time.perf_counter() - started
+
+    seconds = asyncio.run(run())
+    stored = db.jobs.count_documents({})
+    db.client.drop_database(db.name)
+    return {
+        "system": "qworker",
+        "client": "AsyncClient",
+        "in_flight": in_flight,
+        "jobs": stored,
+        "queue_depth_at_end": stored,
+        "enqueue_per_second": round(stored / seconds, 1),
+    }

@@ -1,0 +1,274 @@
+"""``AsyncClient``: the client library for asyncio applications (FastAPI, Starlette, aiohttp).
+
+The jobs' methods of ``Client``, as coroutines, over pymongo's
+``AsyncMongoClient``: no thread is used, so a handler awaits an enqueue as it
+awaits any other write. It runs the same operations as ``Client``
+(``qworker.store``, ``qworker.enqueue``), so both write the same documents.
+The collections and indexes are set up at the first call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeVar
+
+import pymongo
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.client_session import AsyncClientSession
+from pymongo.asynchronous.database import AsyncDatabase
+
+from qworker import enqueue, protocol, store, streams
+from qworker.aio import cancel_and_wait
+from qworker.chains import Step
+from qworker.channel import Channel
+from qworker.client import (
+    PING_SECONDS,
+    WATCH_AWAIT_MS,
+    Waiting,
+    listing,
+    purge_finished,
+    wakeup_mode,
+)
+from qworker.mongo import CHANNEL_BYTES, Names, async_database, close_async
+from qworker.operations import Operation, run_async
+from qworker.schema import ensure_schema_async
+from qworker.store import Doc
+from qworker.transactions import AsyncTransactions
+from qworker.when import utcnow
+
+T = TypeVar("T")
+Session = AsyncClientSession | None
+AsyncTarget = str | AsyncMongoClient[Any] | AsyncDatabase[Any]
+
+
+class AsyncClient:
+    """``AsyncClient("mongodb://host/db")``, ``"embedded"``, or the application's
+    ``AsyncMongoClient`` or database (then never closed by ``close``)."""
+
+    def __init__(
+        self,
+        target: AsyncTarget,
+        prefix: str = "",
+        channel_size: int = CHANNEL_BYTES,
+        *,
+        wakeups: str = "auto",
+    ) -> None:
+        self._wakeup_mode = wakeup_mode(wakeups)
+        self.db, self.url = async_database(target)
+        self._mongo: AsyncMongoClient[Doc] = self.db.client
+        self.names = Names(prefix)
+        self.jobs_collection = self.db[self.names.jobs]
+        self._channel_size = channel_size
+        self._prepared = False
+        self._watched: bool | None = None
+        self._transactions = AsyncTransactions(self._mongo)
+        self._hints: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object | type[BaseException] | TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Publish what is pending and let go; a connection the application gave stays open."""
+        await self.flush()
+        if self.url is not None:
+            await close_async(self._mongo)
+
+    async def prepare(self) -> None:
+        """Set up the collections and indexes, once; the first call does it otherwise.
+
+        Call it at the application's start (a FastAPI lifespan) when the first
+        enqueue may be in a transaction: a collection cannot be created in one.
+        """
+        if not self._prepared:
+            await ensure_schema_async(self.db, self.names, self._channel_size)
+            self._prepared = True
+
+    async def _run(self, op: Operation[T], session: Session) -> T:
+        await self.prepare()
+        return await run_async(op, self.db, self.names, session)
+
+    # -- transactions ----------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncClientSession]:
+        """``async with client.transaction() as s:`` (see ``Client.transaction``)."""
+        await self.prepare()
+        async with self._transactions.block() as session:
+            yield session
+
+    async def run_in_transaction(self, body: Callable[[AsyncClientSession], Awaitable[T]]) -> T:
+        """``await body(session)`` in a transaction, again on transient errors."""
+        await self.prepare()
+        return await self._transactions.run(body)
+
+    # -- enqueueing ------------------------------------------------------
+
+    async def now(
+        self, task: str, data: Any = None, *, session: Session = None, **opts: Any
+    ) -> str:
+        """Queue a job to run as soon as a worker is free; returns its id."""
+        return await self.schedule(None, task, data, session=session, **opts)
+
+    async def schedule(
+        self,
+        when: str | datetime | None,
+        task: str,
+        data: Any = None,
+        *,
+        unique: str | None = None,
+        session: Session = None,
+        **opts: Any,
+    ) -> str:
+        """Queue a job for ``when``; ``unique=KEY`` as ``Client.schedule``."""
+        if unique is None:
+            op = enqueue.many(task, [data], when, **opts)
+        else:
+            op = enqueue.unique(task, data, when, unique, **opts)
+        return (await self._enqueue(op, session))[0]
+
+    async def enqueue_many(
+        self,
+        task: str,
+        items: Iterable[Any],
+        when: str | datetime | None = None,
+        *,
+        session: Session = None,
+        **opts: Any,
+    ) -> list[str]:
+        """Queue one job per item of data in one round trip; all or nothing is validated."""
+        return await self._enqueue(enqueue.many(task, items, when, **opts), session)
+
+    async def chain(
+        self,
+        steps: Sequence[Step | str | tuple[str, Any]],
+        when: str | datetime | None = None,
+        *,
+        session: Session = None,
+    ) -> str:
+        """Queue steps to run one after another (see ``Client.chain``); the chain's id."""
+        return (await self._enqueue(enqueue.chain(steps, when), session))[0]
+
+    async def _enqueue(self, op: Operation[enqueue.Enqueued], session: Session) -> list[str]:
+        done = await self._run(op, session)
+        await self._hint(protocol.JOB_QUEUED, protocol.queued(done.due), bool(done.due), session)
+        return done.ids
+
+    async def _hint(self, event: str, body: Doc, wanted: bool, session: Session) -> None:
+        """A hint where workers do not watch ``jobs``, sent in a task of its own (after
+        the commit, in a transaction)."""
+        if not wanted or await self._streams():
+            return
+        channel = Channel(self.db[self.names.channel])
+
+        def send() -> None:
+            task = asyncio.get_running_loop().create_task(channel.publish(event, body))
+            self._hints.add(task)
+            task.add_done_callback(self._hints.discard)
+
+        self._transactions.after_commit(session, send)
+
+    async def _streams(self) -> bool:
+        if self._watched is None:
+            self._watched = self._wakeup_mode == "auto" and await streams.watchable_async(
+                self.jobs_collection
+            )
+        return self._watched
+
+    async def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until the wake-ups sent so far are on the channel; True if all went out."""
+        pending = set(self._hints)
+        if not pending:
+            return True
+        _, late = await asyncio.wait(pending, timeout=timeout)
+        await cancel_and_wait(list(late))
+        return not late
+
+    async def ping(self, timeout: float = PING_SECONDS) -> None:
+        with pymongo.timeout(timeout):
+            await self.db.command("ping")
+
+    # -- looking after jobs ----------------------------------------------
+
+    async def get(self, job_id: str, *, session: Session = None) -> Doc:
+        return await self._run(store.get(job_id), session)
+
+    async def jobs(
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        text: str | None = None,
+        limit: int = 50,
+        skip: int = 0,
+        *,
+        worker: str | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+    ) -> list[Doc]:
+        """Jobs newest first, without their logs (see ``Client.jobs``)."""
+        query = listing(state, task, text, worker, since, until)
+        return await self._run(store.find(query, limit=limit, skip=skip), None)
+
+    async def count_jobs(
+        self,
+        state: str | None = None,
+        task: str | None = None,
+        text: str | None = None,
+        *,
+        worker: str | None = None,
+        since: str | datetime | None = None,
+        until: str | datetime | None = None,
+    ) -> int:
+        query = listing(state, task, text, worker, since, until)
+        return await self._run(store.count(query), None)
+
+    async def delete(self, job_id: str) -> Doc:
+        """Delete a job that is not running, and return it."""
+        return await self._run(store.delete(job_id, utcnow()), None)
+
+    async def purge(
+        self, state: str, older_than: str | float | timedelta, *, dry_run: bool = False
+    ) -> int:
+        """Delete finished jobs in ``state`` that ended over ``older_than`` ago; how many."""
+        return await self._run(purge_finished(state, older_than, dry_run), None)
+
+    async def cancel(self, job_id: str, *, session: Session = None) -> Doc:
+        """Cancel a queued job; a running one is asked to stop (``job.cancelled``)."""
+        doc = await self._run(store.cancel(job_id, utcnow()), session)
+        hint = {"jobId": str(doc["_id"])}
+        await self._hint(protocol.JOB_CANCEL, hint, bool(doc.get("cancelRequested")), session)
+        return doc
+
+    async def retry(self, job_id: str, *, session: Session = None) -> Doc:
+        """Run a finished job again, now."""
+        doc = await self._run(store.retry(job_id, utcnow()), session)
+        await self._hint(protocol.JOB_QUEUED, protocol.queued([doc]), True, session)
+        return doc
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> Doc:
+        """Until the job is finished, watched where the server has change streams."""
+        waiting = Waiting(job_id, timeout)
+        if not await self._streams():
+            while not waiting.over(await self.get(job_id)):
+                await asyncio.sleep(waiting.pause())
+            return waiting.doc
+        async with self._watching(job_id) as stream:
+            doc = await self.get(job_id)
+            while not waiting.over(doc):
+                if await stream.try_next() is not None or waiting.reread_due():
+                    doc = await self.get(job_id)
+        return waiting.doc
+
+    @contextlib.asynccontextmanager
+    async def _watching(self, job_id: str) -> AsyncIterator[Any]:
+        events = streams.finished(store.object_id(job_id))
+        async with await self.jobs_collection.watch(
+            events, max_await_time_ms=WATCH_AWAIT_MS
+        ) as stream:
+            yield stream

@@ -1,0 +1,70 @@
+"""What an enqueue writes, shared by ``Client`` and ``AsyncClient``.
+
+Each function validates everything before anything is stored, and is an
+operation (``qworker.operations``) that returns the new ids and the jobs
+whose wake-up the caller may publish: only jobs due soon are announced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from qworker import store
+from qworker.chains import Step, chain_jobs
+from qworker.model import new_job
+from qworker.operations import Operation
+from qworker.when import parse_when, utcnow
+
+Doc = dict[str, Any]
+
+# Jobs due within this window are announced to workers with their ids, so an
+# idle worker claims them at once; later ones are found by the workers' reads.
+HINT_HORIZON = timedelta(seconds=60)
+
+
+@dataclass
+class Enqueued:
+    """The ids an enqueue returns, and the stored jobs that want a wake-up."""
+
+    ids: list[str]
+    due: list[Doc] = field(default_factory=list)
+
+
+def _due_soon(docs: list[Doc], now: datetime) -> list[Doc]:
+    return docs if docs and docs[0]["nextRunAt"] <= now + HINT_HORIZON else []
+
+
+def many(
+    task: str, items: Iterable[Any], when: str | datetime | None, **options: Any
+) -> Operation[Enqueued]:
+    """One job per item of data, in one round trip."""
+    now = utcnow()
+    run_at = parse_when(when, now)
+    docs = [new_job(task, data, now=now, run_at=run_at, **options) for data in items]
+    yield from store.insert(docs)
+    return Enqueued([str(doc["_id"]) for doc in docs], _due_soon(docs, now))
+
+
+def unique(
+    task: str, data: Any, when: str | datetime | None, key: str, **options: Any
+) -> Operation[Enqueued]:
+    """A job with a unique key: the id of the active job holding the key, if one does."""
+    now = utcnow()
+    doc = new_job(task, data, now=now, run_at=parse_when(when, now), unique=key, **options)
+    holder = yield from store.insert_unique(doc)
+    if holder is not None:
+        return Enqueued([str(holder)])
+    return Enqueued([str(doc["_id"])], _due_soon([doc], now))
+
+
+def chain(
+    steps: Sequence[Step | str | tuple[str, Any]], when: str | datetime | None
+) -> Operation[Enqueued]:
+    """A chain's jobs; its id is its last job's. Only the first step is runnable."""
+    now = utcnow()
+    docs = chain_jobs(steps, now, parse_when(when, now))
+    yield from store.insert(docs)
+    return Enqueued([str(docs[-1]["_id"])], _due_soon(docs[:1], now))
