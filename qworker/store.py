@@ -158,11 +158,13 @@ class WorkerStore:
         )
         return {str(doc["_id"]): True async for doc in cancelled}
 
-    async def recover_expired(self, now: datetime) -> list[ObjectId]:
-        """Take back jobs whose lease ran out (their worker died); the ids re-queued."""
-        expired = await self.jobs.find(
-            {"state": JobState.RUNNING.value, "lockExpiresAt": {"$lt": now}}, LOST_FIELDS
-        ).to_list()
+    async def recover_expired(self, now: datetime, held: Sequence[str] = ()) -> list[ObjectId]:
+        """Take back jobs whose lease ran out (their worker died), but none of the claims
+        ``held`` by the caller; the ids re-queued."""
+        query: Doc = {"state": JobState.RUNNING.value, "lockExpiresAt": {"$lt": now}}
+        if held:
+            query["lockToken"] = {"$nin": list(held)}
+        expired = await self.jobs.find(query, LOST_FIELDS).to_list()
         return await take_back(self.jobs, expired, now)
 
 

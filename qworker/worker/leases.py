@@ -59,9 +59,10 @@ class Leases:
             now = utcnow()
             try:
                 until = now + timedelta(seconds=self.lease)
-                for job_id in await self.store.renew(list(self._held()), until):
+                held = list(self._held())
+                for job_id in await self.store.renew(held, until):
                     self._cancel(job_id)
-                recovered = await self._take_back_expired(now)
+                recovered = await self._take_back_expired(now, held)
             except PyMongoError as exc:
                 check_cancelled()
                 self.unreachable()
@@ -71,10 +72,12 @@ class Leases:
                 log.warning("recovered jobs of a lost worker", jobs=[str(i) for i in recovered])
                 self._recovered()
 
-    async def _take_back_expired(self, now: datetime) -> list[ObjectId]:
+    async def _take_back_expired(self, now: datetime, held: list[str]) -> list[ObjectId]:
+        """The jobs whose lease ran out, but never one of ``held``: this worker is alive
+        and runs them (a read that saw a lease before its renewal must not free it)."""
         reached = time.monotonic()
         if self._reachable_since is None:
             self._reachable_since = reached
         if reached - self._reachable_since < self.lease:
             return []
-        return await self.store.recover_expired(now)
+        return await self.store.recover_expired(now, held)

@@ -8,7 +8,8 @@ codes are what the process-level tests in test_worker.py and test_shutdown.py pr
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -16,6 +17,8 @@ from support.jobs import finished, max_overlap
 
 from qworker import Client
 from qworker.model import PRIORITY_NAMES
+from qworker.mongo import async_client
+from qworker.store import WorkerStore
 
 
 def job(db: Any, job_id: str) -> dict[str, Any]:
@@ -159,3 +162,24 @@ def test_worker_concurrency_limits_jobs_at_once(client: Client, db: Any, burst: 
     effects = list(db.effects.find())
     assert len(effects) == 9
     assert max_overlap((e["start"], e["end"]) for e in effects) == 3
+
+
+def test_a_lease_round_never_takes_back_a_claim_the_worker_holds(mongo_url: str, db: Any) -> None:
+    """A read that saw a lease before its renewal landed (a busy server) must not free a
+    job its worker is running: only the claims of others are taken back."""
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    running = {"state": "running", "name": "record", "lockExpiresAt": past, "priority": 0}
+    mine = db.jobs.insert_one({**running, "lockToken": "w1:n:1"}).inserted_id
+    lost = db.jobs.insert_one({**running, "lockToken": "w2:n:1"}).inserted_id
+
+    async def recover() -> list[Any]:
+        mongo = async_client(mongo_url)
+        try:
+            store = WorkerStore(mongo.get_default_database().jobs)
+            return await store.recover_expired(datetime.now(UTC), held=["w1:n:1"])
+        finally:
+            await mongo.close()
+
+    assert asyncio.run(recover()) == [lost]
+    assert db.jobs.find_one({"_id": lost})["state"] == "queued"
+    assert db.jobs.find_one({"_id": mine})["state"] == "running"
