@@ -35,11 +35,13 @@ def test_the_managers_metrics_count_finished_jobs_and_time_them(
 
     def scraped() -> str | None:
         text = httpx.get(metrics, timeout=30).text
+        # Each job is counted once its settling time has passed since it finished: the
+        # failed one may have finished last.
         done = value(text, "qworker_jobs_succeeded_total", 'task="noop"') == 3.0
-        return text if done else None
+        failed = value(text, "qworker_jobs_failed_total", 'task="shortlived"') == 1.0
+        return text if done and failed else None
 
-    text = wait_for(scraped, 30, "the finished jobs to be counted")  # after their settling time
-    assert value(text, "qworker_jobs_failed_total", 'task="shortlived"') == 1.0
+    text = wait_for(scraped, 30, "the finished jobs to be counted")
     assert value(text, "qworker_jobs", 'state="succeeded",task="noop"') == 3.0
     assert value(text, "qworker_jobs", 'state="queued",task="noop"') == 2.0
     assert value(text, "qworker_jobs", 'state="failed",task="shortlived"') == 1.0
