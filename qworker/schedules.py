@@ -160,7 +160,7 @@ def make_schedule(
             raise InvalidScheduleError(
                 f"schedule {name!r}: every must be between {MIN_INTERVAL:g} second and 10 years"
             )
-    zone = timezone or "UTC"
+    zone = "UTC" if timezone is None or timezone == "" else timezone
     _zone(zone)
     if cron is not None:
         cron = " ".join(str(cron).split())
@@ -202,6 +202,8 @@ def make_schedule(
 
 def _zone(name: str) -> ZoneInfo:
     try:
+        if not isinstance(name, str):  # ZoneInfo's cache answers some non-strings
+            raise TypeError(name)
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):  # OSError: "Europe", a folder
         raise InvalidScheduleError(

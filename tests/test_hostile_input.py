@@ -1045,6 +1045,8 @@ def plain_fields(kwargs: dict[str, Any]) -> None:
     trigger={"every": 60},
     opts={"start_at": "9999-12-31T23:00:00Z"},
 )
+@example(name="n", task="noop", data=None, trigger={"every": 1}, opts={"timezone": 1})
+@example(name="n", task="noop", data=None, trigger={"every": 1}, opts={"timezone": (None, False)})
 def test_make_schedule_gives_a_schedule_that_fires_or_an_invalid_schedule_error(
     name: Any, task: Any, data: Any, trigger: dict[str, Any], opts: dict[str, Any]
 ) -> None:
