@@ -351,19 +351,37 @@ def throughput(system: System, url: str, jobs: int, workers: int, timeout: float
     }
 
 
-def enqueue_single(system: System, url: str, jobs: int) -> dict[str, Any]:
-    """One job per call, no worker running: the client's own rate."""
-    db_url, db = fresh(url, f"cmp_{system.name}_enqueue")
-    if system.name == "qworker":
-        Client(db_url).close()
-    done, seconds = system.enqueue(db_url, jobs, 1, ENQUEUE_LIMIT)
-    _drop(db)
-    return {
-        "system": system.name,
-        "jobs": done,
-        "queue_depth_at_end": done,
-        "enqueue_per_second": round(done / seconds, 1),
-    }
+def enqueue_single(
+    systems: list[System], url: str, jobs: int, rounds: int = 5
+) -> list[dict[str, Any]]:
+    """One job per call, no worker running: each client's own rate.
+
+    The systems take turns, ``jobs / rounds`` calls at a time, so that the
+    machine's drift in speed falls on all of them alike; the figure is each
+    one's median round.
+    """
+    dbs = {s.name: fresh(url, f"cmp_{s.name}_enqueue") for s in systems}
+    if "qworker" in dbs:
+        Client(dbs["qworker"][0]).close()  # the schema, made before the clock starts
+    rates: dict[str, list[float]] = {s.name: [] for s in systems}
+    done = dict.fromkeys(rates, 0)
+    for _ in range(rounds):
+        for system in systems:
+            made, seconds = system.enqueue(dbs[system.name][0], jobs // rounds, 1, ENQUEUE_LIMIT)
+            rates[system.name].append(made / seconds)
+            done[system.name] += made
+    for _, db in dbs.values():
+        _drop(db)
+    return [
+        {
+            "system": name,
+            "jobs": done[name],
+            "queue_depth_at_end": done[name],
+            "rounds_per_second": [round(r, 1) for r in rates[name]],
+            "enqueue_per_second": round(statistics.median(rates[name]), 1),
+        }
+        for name in rates
+    ]
 
 
 def enqueue_watched(url: str, jobs: int) -> dict[str, Any]:
@@ -756,16 +774,18 @@ def main() -> None:
         partial = args.out / "compare-partial.json"
         args.out.mkdir(parents=True, exist_ok=True)
 
-        def step(key: str, measure: Callable[..., dict[str, Any]], *given: Any) -> None:
+        def step(key: str, measure: Callable[..., Any], *given: Any) -> None:
             try:
                 value = measure(*given)
             except Exception as exc:  # one figure failing does not lose the others
                 print(key, "FAILED:", repr(exc), flush=True)
                 result.setdefault("errors", []).append({"figure": key, "error": repr(exc)})
                 return
-            shown = {k: v for k, v in value.items() if not isinstance(v, list) or len(v) < 8}
-            print(key, shown, flush=True)
-            if isinstance(result.get(key), list):
+            for one in value if isinstance(value, list) else [value]:
+                print(key, {k: v for k, v in one.items() if not isinstance(v, list) or len(v) < 8})
+            if isinstance(value, list):
+                result[key].extend(value)
+            elif isinstance(result.get(key), list):
                 result[key].append(value)
             else:
                 result[key] = value
@@ -778,8 +798,8 @@ def main() -> None:
             step("latency", latency, system, url, p.latency_samples)
         for system in defaults if "latency" in parts else []:
             step("latency", latency, system, url, p.slow_latency_samples)
-        for system in tuned if "enqueue" in parts else []:
-            step("enqueue_single", enqueue_single, system, url, p.enqueue_jobs)
+        if "enqueue" in parts:
+            step("enqueue_single", enqueue_single, tuned, url, p.enqueue_jobs)
         loaded = [Agenda(args.agenda_throughput_every) if s.name == "agenda" else s for s in tuned]
         result["settings"].update({f"{s.name} {s.variant}": s.settings() for s in loaded})
         for jobs in p.jobs if "throughput" in parts else []:

@@ -388,7 +388,8 @@ class ScheduleBook:
         }
 
     def _last(self, name: str, state: JobState | None = None) -> Doc | None:
-        query: Doc = {"scheduleId": name}
+        # Its fires' keys are "<name>@<UTC time>": the fire_key index holds them in order.
+        query: Doc = {"fireKey": {"$gt": f"{name}@", "$lt": f"{name}A"}, "scheduleId": name}
         if state is not None:
             query["state"] = state.value
         fields = {
@@ -398,4 +399,4 @@ class ScheduleBook:
             "lastFinishedAt": 1,
             "failReason": 1,
         }
-        return self.jobs.find_one(query, fields, sort=[("scheduledFor", DESCENDING)])
+        return self.jobs.find_one(query, fields, sort=[("fireKey", DESCENDING)])

@@ -34,13 +34,14 @@ log = structlog.get_logger("qworker.mongo")
 Doc = dict[str, Any]
 
 ASC, DESC = ASCENDING, DESCENDING
-# The indexes of each collection: name, keys, options.
+# The indexes of each collection: name, keys, options. Few on ``jobs``: every
+# one costs each enqueue (on SecantusDB about a tenth of an insert, partial or
+# not), so the queries that are not the claim path share ``claim``'s prefix or
+# ``_id`` (see docs/decisions.md, "The indexes of jobs").
 INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], Doc]]] = {
     "jobs": [
+        # also: running jobs by state (leases, recovery), counts by state and task
         ("claim", [("state", ASC), ("name", ASC), ("priority", DESC), ("nextRunAt", ASC)], {}),
-        ("lock_token", [("lockToken", ASC)], {"sparse": True}),
-        ("leases", [("state", ASC), ("lockExpiresAt", ASC)], {}),
-        ("recent", [("createdAt", DESC)], {}),
         (
             "unique_active",
             [("name", ASC), ("uniqueKey", ASC)],
@@ -52,6 +53,7 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], Doc]]] = {
                 },
             },
         ),
+        # also: a schedule's fires, newest first (the key is "<schedule>@<UTC time>")
         ("fire_key", [("fireKey", ASC)], {"unique": True, "sparse": True}),
         (
             "deadlines",  # the manager's sweep of jobs past their expiresAt
@@ -64,8 +66,6 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], Doc]]] = {
             },
         ),
         ("retention", [("expireAt", ASC)], {"expireAfterSeconds": 0}),
-        ("schedule_runs", [("scheduleId", ASC), ("scheduledFor", DESC)], {"sparse": True}),
-        ("schedule_outcomes", [("scheduleId", ASC), ("state", ASC), ("scheduledFor", DESC)], {}),
     ],
     "workers": [
         ("pings", [("state", ASC), ("pingedAt", ASC)], {}),
@@ -73,10 +73,16 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], Doc]]] = {
     ],
     "leases": [("forget", [("expireAt", ASC)], {"expireAfterSeconds": 0})],
 }
+# Indexes earlier versions made, dropped by the manager's set-up.
+RETIRED_INDEXES = {
+    "jobs": ["lock_token", "leases", "recent", "schedule_runs", "schedule_outcomes"],
+}
+INDEX_NOT_FOUND = 27
 
 
-def schema(names: Names, channel_bytes: int) -> Operation[None]:
-    """Create the channel and the indexes that the claim path and the views need."""
+def schema(names: Names, channel_bytes: int, retire: bool = False) -> Operation[None]:
+    """Create the channel and the indexes that the claim path and the views need;
+    with ``retire``, drop the indexes of earlier versions."""
     with contextlib.suppress(CollectionInvalid):  # it exists
         yield Call(
             None, "create_collection", (names.channel,), {"capped": True, "size": channel_bytes}
@@ -84,15 +90,22 @@ def schema(names: Names, channel_bytes: int) -> Operation[None]:
     for collection, indexes in INDEXES.items():
         for name, keys, options in indexes:
             yield Call(collection, "create_index", (keys,), {"name": name, **options})
+    for collection, retired in RETIRED_INDEXES.items() if retire else ():
+        for name in retired:
+            try:
+                yield Call(collection, "drop_index", (name,), {})
+            except OperationFailure as exc:
+                if exc.code != INDEX_NOT_FOUND:
+                    raise
 
 
 def ensure_schema(
     db: Database[Doc], names: Names, channel_bytes: int = CHANNEL_BYTES, required: bool = False
 ) -> None:
     """``schema`` with the blocking driver. A user not allowed to create indexes is let
-    be, unless ``required``."""
+    be, unless ``required`` (the manager's set-up, which also drops retired indexes)."""
     try:
-        run(schema(names, channel_bytes), db, names)
+        run(schema(names, channel_bytes, retire=required), db, names)
     except (ServerSelectionTimeoutError, OperationFailure) as exc:
         _refused(exc, db.name, required)
 

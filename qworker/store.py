@@ -154,7 +154,12 @@ class WorkerStore:
             {"$set": {"lockExpiresAt": until}},
         )
         cancelled = self.jobs.find(
-            {"lockToken": {"$in": tokens}, "cancelRequested": True}, {"_id": 1}
+            {
+                "state": JobState.RUNNING.value,
+                "lockToken": {"$in": tokens},
+                "cancelRequested": True,
+            },
+            {"_id": 1},
         )
         return {str(doc["_id"]): True async for doc in cancelled}
 
@@ -235,7 +240,7 @@ def get(job_id: str | ObjectId) -> Operation[Doc]:
 
 def find(query: Doc, limit: int = 50, skip: int = 0) -> Operation[list[Doc]]:
     """Jobs matching ``query`` (see ``job_query``), newest first, without their logs."""
-    sort = [("createdAt", DESCENDING)]
+    sort = [("_id", DESCENDING)]  # an ObjectId starts with its creation time
     docs = yield _jobs("find", query, {"logs": 0}, sort=sort, skip=skip, limit=limit)
     return docs  # type: ignore[no-any-return]
 
