@@ -123,6 +123,50 @@ def rows(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _stream_rows(result: dict[str, Any]) -> list[str]:
+    """The change-stream wake-up path: its own latency, the enqueues around it."""
+    out = []
+    stream = result.get("stream_latency")
+    if stream:
+        q = next((r for r in result["latency"] if r["system"] == "qworker"), None)
+        against = (
+            f"; qworker's enqueue→start is {q['p50_ms'] / stream['p50_ms']:.2f}x it" if q else ""
+        )
+        shown = f"p50 {stream['p50_ms']} ms, p95 {stream['p95_ms']} ms{against}"
+        out.append(_row("insert into jobs → change-stream event", 0, "1 watcher", shown))
+    watched = result.get("enqueue_watched")
+    if watched:
+        out.append(
+            _row(
+                "Client.now one at a time, an idle worker watching",
+                f"0 → {watched['jobs']}",
+                watched["workers"],
+                f"{watched['enqueue_per_second']:,}/s",
+            )
+        )
+    a = result.get("enqueue_async")
+    if a:
+        out.append(
+            _row(
+                f"AsyncClient.now, {a['in_flight']} in flight",
+                f"0 → {a['jobs']:,}",
+                0,
+                f"{a['enqueue_per_second']:,}/s",
+            )
+        )
+    for r in result.get("watcher_cost", {}).get("rows", []):
+        out.append(
+            _row(
+                f"insert_one into jobs, {r['watchers']} watchers ({r['pipeline']}, "
+                f"max_await_time_ms {r['max_await_time_ms']})",
+                f"0 → {r['queue_depth_at_end']}",
+                0,
+                f"{r['inserts_per_second']:,}/s",
+            )
+        )
+    return out
+
+
 def extra_rows(result: dict[str, Any]) -> list[str]:
     """qworker's own figures: the ceiling, channel, depth, scheduler, memory."""
     out = [_row("figure", "queue depth", "workers", "result"), _row(*["---"] * 4)]
@@ -154,6 +198,7 @@ def extra_rows(result: dict[str, Any]) -> list[str]:
                 f"p50 {ch['p50_ms']} ms, p95 {ch['p95_ms']} ms",
             )
         )
+    out += _stream_rows(result)
     for d in result.get("depth", []):
         out.append(
             _row(

@@ -1,8 +1,9 @@
 """``AsyncClient``: the client library for asyncio applications (FastAPI, Starlette, aiohttp).
 
-The jobs' methods of ``Client``, as coroutines, over pymongo's
-``AsyncMongoClient``: no thread is used, so a handler awaits an enqueue as it
-awaits any other write. It runs the same operations as ``Client``
+The methods of ``Client``, as coroutines, over pymongo's ``AsyncMongoClient``:
+no thread is used, so a handler awaits an enqueue as it awaits any other
+write. The schedules' methods are the exception: APScheduler's store is
+blocking, so they run ``Client``'s in a thread. It runs the same operations as ``Client``
 (``qworker.store``, ``qworker.enqueue``), so both write the same documents.
 The collections and indexes are set up at the first call.
 """
@@ -21,20 +22,23 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from qworker import enqueue, protocol, store, streams
+from qworker import enqueue, fleet, protocol, store, streams
 from qworker.aio import cancel_and_wait
 from qworker.chains import Step
 from qworker.channel import Channel
 from qworker.client import (
     PING_SECONDS,
     WATCH_AWAIT_MS,
+    Client,
     Waiting,
     listing,
     purge_finished,
     wakeup_mode,
 )
+from qworker.errors import ConfigError
 from qworker.mongo import CHANNEL_BYTES, Names, async_database, close_async
 from qworker.operations import Operation, run_async
+from qworker.schedules import Schedule
 from qworker.schema import ensure_schema_async
 from qworker.store import Doc
 from qworker.transactions import AsyncTransactions
@@ -67,6 +71,7 @@ class AsyncClient:
         self._watched: bool | None = None
         self._transactions = AsyncTransactions(self._mongo)
         self._hints: set[asyncio.Task[None]] = set()
+        self._blocking: Client | None = None  # for the schedules, made at their first use
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -77,6 +82,8 @@ class AsyncClient:
     async def close(self) -> None:
         """Publish what is pending and let go; a connection the application gave stays open."""
         await self.flush()
+        if self._blocking is not None:
+            await asyncio.to_thread(self._blocking.close)
         if self.url is not None:
             await close_async(self._mongo)
 
@@ -264,6 +271,58 @@ class AsyncClient:
                 if await stream.try_next() is not None or waiting.reread_due():
                     doc = await self.get(job_id)
         return waiting.doc
+
+    # -- the fleet -------------------------------------------------------
+
+    async def workers(self, state: str | None = None) -> list[Doc]:
+        """The worker registry (see ``Client.workers``)."""
+        return await self._run(fleet.workers(state), None)
+
+    async def tasks(self) -> list[Doc]:
+        """Every task, with its jobs counted by state (see ``Client.tasks``)."""
+        return await self._run(fleet.tasks(), None)
+
+    # -- recurring schedules ---------------------------------------------
+    # APScheduler 3's job store is blocking: these run ``Client``'s in a thread.
+
+    async def every(self, interval: str | float, task: str, data: Any = None, **opts: Any) -> Doc:
+        """``Client.every``: run ``task`` every ``interval``."""
+        return await self._scheduling(lambda c: c.every(interval, task, data, **opts))
+
+    async def cron(self, expr: str, task: str, data: Any = None, **opts: Any) -> Doc:
+        """``Client.cron``: run ``task`` on a crontab schedule."""
+        return await self._scheduling(lambda c: c.cron(expr, task, data, **opts))
+
+    async def add_schedule(self, schedule: Schedule, replace: bool = True) -> Doc:
+        return await self._scheduling(lambda c: c.add_schedule(schedule, replace))
+
+    async def schedule_list(self) -> list[Doc]:
+        return await self._scheduling(Client.schedule_list)
+
+    async def schedule_info(self, name: str) -> Doc:
+        return await self._scheduling(lambda c: c.schedule_info(name))
+
+    async def pause_schedule(self, name: str) -> Doc:
+        return await self._scheduling(lambda c: c.pause_schedule(name))
+
+    async def resume_schedule(self, name: str) -> Doc:
+        return await self._scheduling(lambda c: c.resume_schedule(name))
+
+    async def remove_schedule(self, name: str) -> None:
+        await self._scheduling(lambda c: c.remove_schedule(name))
+
+    async def _scheduling(self, edit: Callable[[Client], T]) -> T:
+        if self._blocking is None:
+            if self.url is None:
+                raise ConfigError(
+                    "schedules are edited through a blocking connection, which an AsyncClient "
+                    "made from the application's AsyncMongoClient does not have: make it from "
+                    "a URL, or edit schedules with Client(MongoClient)"
+                )
+            self._blocking = await asyncio.to_thread(
+                Client, self.url, self.names.prefix, self._channel_size
+            )
+        return await asyncio.to_thread(edit, self._blocking)
 
     @contextlib.asynccontextmanager
     async def _watching(self, job_id: str) -> AsyncIterator[Any]:

@@ -374,7 +374,7 @@ class Client:
         and ``runningJobs``, the jobs it holds now. ``state`` filters on
         ``status``: running, lost, stopped or dead.
         """
-        return fleet.workers(self.db[self.names.workers], self.db[self.names.jobs], state)
+        return self._run(fleet.workers(state), None)
 
     def tasks(self) -> list[Doc]:
         """Every task announced by workers or named by jobs, with ``jobs`` counted by state.
@@ -382,9 +382,7 @@ class Client:
         ``liveWorkers`` serve it now; ``valid`` and ``problems`` are the
         manager's check of its metadata (None for a task never announced).
         """
-        return fleet.tasks(
-            self.db[self.names.tasks], self.db[self.names.workers], self.db[self.names.jobs]
-        )
+        return self._run(fleet.tasks(), None)
 
     def wait(self, job_id: str, timeout: float | None = None) -> Doc:
         """Block until the job is finished; ``TimeoutError`` after ``timeout`` seconds.

@@ -14,13 +14,13 @@ from typing import Any
 
 import structlog
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.collection import Collection
 from pymongo.errors import DuplicateKeyError
 
 from qworker.errors import InvalidJobError
 from qworker.model import JobState
+from qworker.operations import Call, Operation
 from qworker.protocol import DEFAULT_PING_SECONDS, LOST_AFTER_PINGS
-from qworker.stats import job_counts
+from qworker.stats import COUNT_BY_TASK_AND_STATE, counts_of
 from qworker.when import parse_duration, parse_when, utcnow
 
 log = structlog.get_logger("qworker.fleet")
@@ -48,9 +48,7 @@ def status(worker: Doc, now: datetime) -> str:
     return "lost" if state == "running" and silent else state
 
 
-def workers(
-    registry: Collection[Doc], jobs: Collection[Doc], state: str | None = None
-) -> list[Doc]:
+def workers(state: str | None = None) -> Operation[list[Doc]]:
     """Every listed worker, live ones first, with ``status``, ``live`` and ``runningJobs``.
 
     ``running`` is what the worker said at its last ping; ``runningJobs``
@@ -63,8 +61,9 @@ def workers(
     query: Doc = {}
     if state is not None:
         query["state"] = "running" if state == "lost" else state
-    docs = list(registry.find(query))
-    held = running_jobs(jobs)
+    docs: list[Doc] = yield Call("workers", "find", (query,))
+    rows: list[Doc] = yield Call("jobs", "aggregate", (RUNNING_BY_WORKER,))
+    held = {str(row["_id"]): int(row["n"]) for row in rows}
     now = utcnow()
     for doc in docs:
         doc["status"] = status(doc, now)
@@ -76,18 +75,14 @@ def workers(
     return sorted(docs, key=lambda d: (order.get(d["status"], len(order)), str(d["_id"])))
 
 
-def running_jobs(jobs: Collection[Doc]) -> dict[str, int]:
-    """Running jobs per worker id: one aggregation, whose cost is that of the running jobs."""
-    pipeline: list[Doc] = [
-        {"$match": {"state": JobState.RUNNING.value}},
-        {"$group": {"_id": "$lockedBy", "n": {"$sum": 1}}},
-    ]
-    return {str(row["_id"]): int(row["n"]) for row in jobs.aggregate(pipeline)}
+# Running jobs per worker id: one aggregation, whose cost is that of the running jobs.
+RUNNING_BY_WORKER: list[Doc] = [
+    {"$match": {"state": JobState.RUNNING.value}},
+    {"$group": {"_id": "$lockedBy", "n": {"$sum": 1}}},
+]
 
 
-def tasks(
-    announced: Collection[Doc], registry: Collection[Doc], jobs: Collection[Doc]
-) -> list[Doc]:
+def tasks() -> Operation[list[Doc]]:
     """Every task announced by a worker or named by a job, with its jobs counted by state.
 
     Tasks that only standalone workers run are never announced, so a task
@@ -96,17 +91,19 @@ def tasks(
     serve it now; ``workers`` are those that ever announced it.
     """
     counts: dict[str, dict[str, int]] = defaultdict(lambda: {s.value: 0 for s in JobState})
-    for name, by_state in job_counts(jobs).items():
+    rows: list[Doc] = yield Call("jobs", "aggregate", (COUNT_BY_TASK_AND_STATE,))
+    for name, by_state in counts_of(rows).items():
         counts[name].update(by_state)
     now = utcnow()
     live: dict[str, list[str]] = defaultdict(list)
-    for worker in registry.find(
-        {"state": "running"}, {"tasks": 1, "state": 1, "pingedAt": 1, "pingInterval": 1}
-    ):
+    fields = {"tasks": 1, "state": 1, "pingedAt": 1, "pingInterval": 1}
+    running: list[Doc] = yield Call("workers", "find", ({"state": "running"}, fields))
+    for worker in running:
         if status(worker, now) == "running":
             for task_id in worker.get("tasks") or []:
                 live[task_id].append(str(worker["_id"]))
-    found = {str(doc["_id"]): doc for doc in announced.find()}
+    announced: list[Doc] = yield Call("tasks", "find", ())
+    found = {str(doc["_id"]): doc for doc in announced}
     for name in counts.keys() - found.keys():
         found[name] = {
             "_id": name,

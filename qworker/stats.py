@@ -6,6 +6,7 @@ the same numbers the same way.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,11 +26,21 @@ OUTCOME_FIELDS = {
 }
 
 
+# One row per task and state: read by ``job_counts`` (or as an operation's call).
+COUNT_BY_TASK_AND_STATE: list[Doc] = [
+    {"$group": {"_id": {"name": "$name", "state": "$state"}, "n": {"$sum": 1}}}
+]
+
+
 def job_counts(jobs: Collection[Doc]) -> dict[str, dict[str, int]]:
     """``{task: {state: count}}`` over every job in the store."""
+    return counts_of(jobs.aggregate(COUNT_BY_TASK_AND_STATE))
+
+
+def counts_of(rows: Iterable[Doc]) -> dict[str, dict[str, int]]:
+    """``{task: {state: count}}`` from the rows of ``COUNT_BY_TASK_AND_STATE``."""
     counts: dict[str, dict[str, int]] = {}
-    group = {"$group": {"_id": {"name": "$name", "state": "$state"}, "n": {"$sum": 1}}}
-    for row in jobs.aggregate([group]):
+    for row in rows:
         key = row["_id"]
         counts.setdefault(str(key["name"]), {})[str(key["state"])] = int(row["n"])
     return counts

@@ -13,7 +13,7 @@ import pytest
 from fastapi import FastAPI
 from pymongo import AsyncMongoClient
 
-from qworker import AsyncClient, InvalidJobError, JobStateError
+from qworker import AsyncClient, Client, ConfigError, InvalidJobError, JobStateError
 
 
 def run(body: Callable[[], Awaitable[Any]]) -> Any:
@@ -55,6 +55,42 @@ def test_every_job_method_works_from_asyncio(mongo_url: str, db: Any, burst: Any
             assert await client.purge("succeeded", "0 seconds", dry_run=True) == 5
 
     run(after)
+
+
+def test_the_fleet_views_and_the_schedules_match_the_blocking_client_s(
+    mongo_url: str, client: Client, burst: Any
+) -> None:
+    client.now("double", {"x": 1})
+    burst("double")  # a standalone worker lists itself
+
+    async def body() -> None:
+        async with AsyncClient(mongo_url) as aclient:
+            assert await aclient.workers() == client.workers()
+            assert await aclient.workers(state="running") == client.workers(state="running")
+            assert await aclient.tasks() == client.tasks()
+            assert (await aclient.tasks())[0]["jobs"]["succeeded"] == 1
+            every = await aclient.every("1 hour", "double", {"x": 2}, name="hourly")
+            assert every["trigger"] == "every 1h"
+            await aclient.cron("0 3 * * *", "double", name="nightly", tz="Europe/Paris")
+            assert [s["name"] for s in await aclient.schedule_list()] == ["hourly", "nightly"]
+            assert (await aclient.pause_schedule("hourly"))["paused"] is True
+            assert (await aclient.resume_schedule("hourly"))["paused"] is False
+            await aclient.remove_schedule("hourly")
+            assert (await aclient.schedule_info("nightly"))["timezone"] == "Europe/Paris"
+        assert [s["name"] for s in client.schedule_list()] == ["nightly"]
+
+    run(body)
+
+
+def test_schedules_from_an_application_s_async_connection_say_what_to_do(mongo_url: str) -> None:
+    async def body() -> None:
+        app: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
+        async with AsyncClient(app) as aclient:
+            with pytest.raises(ConfigError, match="make it from a URL"):
+                await aclient.every("1 hour", "double")
+        await app.close()
+
+    run(body)
 
 
 def test_transactions_commit_and_abort_with_the_application_s_writes(mongo_url: str) -> None:
