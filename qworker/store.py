@@ -132,7 +132,7 @@ class WorkerStore:
         result = await self.jobs.update_many(query, lifecycle.claim(worker_id, token, now, lease))
         if result.modified_count == 0:
             return []
-        return await self.jobs.find({"lockToken": token}).to_list()
+        return await self.jobs.find({"_id": {"$in": list(ids)}, "lockToken": token}).to_list()
 
     async def refuse(self, job_id: Any, reason: str, now: datetime) -> None:
         """Fail a queued job that cannot even be claimed (its counters are not numbers)."""
