@@ -355,7 +355,7 @@ def throughput(system: System, url: str, jobs: int, workers: int, timeout: float
 
 
 def enqueue_single(
-    systems: list[System], url: str, jobs: int, rounds: int = 5
+    systems: list[System], url: str, jobs: int, rounds: int = 10
 ) -> list[dict[str, Any]]:
     """One job per call, no worker running: each client's own rate.
 
@@ -802,7 +802,7 @@ def main() -> None:
         for system in defaults if "latency" in parts else []:
             step("latency", latency, system, url, p.slow_latency_samples)
         if "enqueue" in parts:
-            step("enqueue_single", enqueue_single, tuned, url, p.enqueue_jobs)
+            step("enqueue_single", enqueue_single, tuned, url, p.enqueue_jobs * 4)
         loaded = [Agenda(args.agenda_throughput_every) if s.name == "agenda" else s for s in tuned]
         result["settings"].update({f"{s.name} {s.variant}": s.settings() for s in loaded})
         for jobs in p.jobs if "throughput" in parts else []:
@@ -819,10 +819,10 @@ def main() -> None:
             if "streams" in parts:
                 from streams import enqueue_async, stream_latency, watcher_cost
 
-                # the async client first: the watcher runs leave the server slower
-                step("enqueue_async", enqueue_async, url, p.enqueue_jobs * 4)
                 step("stream_latency", stream_latency, url, p.latency_samples)
                 step("watcher_cost", watcher_cost, url, p.enqueue_jobs)
+                # last: after its 50 connections the server is slower for a while
+                step("enqueue_async", enqueue_async, url, p.enqueue_jobs * 4)
             result["depth"] = []
             for depth in p.depths if "depth" in parts else []:
                 step("depth", depth_cost, url, depth, 300)
