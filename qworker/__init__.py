@@ -17,8 +17,10 @@ from qworker.errors import (
     TaskDefinitionError,
     TransactionsUnsupported,
 )
+from qworker.fanin import UpstreamFailure
 from qworker.job import Job
 from qworker.model import JobState
+from qworker.workflows import Dep, Workflow
 
 __version__ = "0.1.0"
 
@@ -26,6 +28,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ConfigError",
+    "Dep",
     "InvalidJobError",
     "InvalidScheduleError",
     "Job",
@@ -40,5 +43,7 @@ __all__ = [
     "Step",
     "TaskDefinitionError",
     "TransactionsUnsupported",
+    "UpstreamFailure",
+    "Workflow",
     "__version__",
 ]

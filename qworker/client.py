@@ -22,7 +22,7 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from qworker import enqueue, fleet, protocol, store, streams
+from qworker import enqueue, fleet, protocol, store, streams, workflows, workflowstore
 from qworker.chains import Step
 from qworker.channel import publish_sync
 from qworker.errors import InvalidJobError, ScheduleNotFound, ScheduleOwnedByTask
@@ -35,7 +35,8 @@ from qworker.schema import ensure_schema
 from qworker.store import Doc, job_query
 from qworker.transactions import Transactions
 from qworker.wakeups import Wakeups
-from qworker.when import utcnow
+from qworker.when import parse_when, utcnow
+from qworker.workflows import Workflow
 
 log = structlog.get_logger("qworker.client")
 
@@ -177,6 +178,66 @@ class Client:
         returns the last step.
         """
         return self._enqueue(enqueue.chain(steps, when), session)[0]
+
+    # -- workflows -------------------------------------------------------
+
+    def group(
+        self,
+        steps: Sequence[Step | str | tuple[str, Any]],
+        *,
+        on_success: Step | str | tuple[str, Any] | None = None,
+        on_complete: Step | str | tuple[str, Any] | None = None,
+        name: str = "group",
+        when: str | datetime | None = None,
+        session: ClientSession | None = None,
+    ) -> str:
+        """Queue jobs to run side by side; returns the group's id (see ``group_info``).
+
+        ``on_success`` runs once every one succeeded, with their results in
+        order as its data (a chord); ``on_complete`` once every one finished,
+        however, with a summary (``total``, ``succeeded``, ``failed``,
+        ``results``, ``failures`` with their reasons). Steps are as ``chain``'s.
+        """
+        now = utcnow()
+        built = workflows.group(steps, now, parse_when(when, now), on_success, on_complete, name)
+        return self._enqueue(workflowstore.insert(built, now), session)[0]
+
+    def workflow(self, name: str) -> Workflow[str]:
+        """A DAG to build: ``wf.add(task, data, deps=[...])``, then ``wf.enqueue()``."""
+
+        def submit(wf: Workflow[str], session: ClientSession | None) -> str:
+            now = utcnow()
+            return self._enqueue(workflowstore.insert(wf.build(now, now), now), session)[0]
+
+        return Workflow(name, submit)
+
+    def workflow_info(self, workflow_id: str) -> Doc:
+        """A workflow's state, its counts by state, its progress and each node."""
+        return self._run(workflowstore.info(workflow_id), None)
+
+    def group_info(self, group_id: str) -> Doc:
+        """``workflow_info`` of a group, with ``results`` (its jobs', in order) and its
+        progress counted over its jobs."""
+        return self.workflow_info(group_id)
+
+    def workflows(self, limit: int = 50, skip: int = 0) -> list[Doc]:
+        """Workflows and groups, newest first, each with its state and counts."""
+        return self._run(workflowstore.listing(limit, skip), None)
+
+    def cancel_workflow(self, workflow_id: str, *, session: ClientSession | None = None) -> Doc:
+        """Cancel the nodes not started yet; ask the running ones to stop."""
+        asked = self._run(workflowstore.cancel(workflow_id, utcnow()), session)
+        self._cancel_hints([str(job_id) for job_id in asked], session)
+        return self.workflow_info(workflow_id)
+
+    def retry_workflow(
+        self, workflow_id: str, *, session: ClientSession | None = None
+    ) -> list[Doc]:
+        """Run a finished workflow's failed and cancelled nodes again (the succeeded
+        ones are kept); returns the nodes queued now, the rest wait for them."""
+        queued = self._run(workflowstore.retry(workflow_id, utcnow()), session)
+        self._announce(queued, session)
+        return queued
 
     def _enqueue(self, op: Operation[enqueue.Enqueued], session: ClientSession | None) -> list[str]:
         done = self._run(op, session)
@@ -405,15 +466,22 @@ class Client:
     def cancel(self, job_id: str, *, session: ClientSession | None = None) -> Doc:
         """Cancel a queued job; a running one is asked to stop (``job.cancelled``)."""
         doc = self._run(store.cancel(job_id, utcnow()), session)
-        if doc.get("cancelRequested") and not self._watched:
-            # A hint: workers see cancelRequested in their change stream where there is
-            # one, else at their next lease renewal anyway.
-            hint = {"jobId": str(doc["_id"])}
-            channel = self.db[self.names.channel]
-            self._transactions.after_commit(
-                session, lambda: publish_sync(channel, protocol.JOB_CANCEL, hint)
-            )
+        if doc.get("cancelRequested"):
+            self._cancel_hints([str(doc["_id"])], session)
         return doc
+
+    def _cancel_hints(self, job_ids: list[str], session: ClientSession | None) -> None:
+        """Tell workers of cancels asked, where they do not see ``cancelRequested`` in
+        their change stream (else they would at their next lease renewal anyway)."""
+        if self._watched:
+            return
+        channel = self.db[self.names.channel]
+
+        def send() -> None:
+            for job_id in job_ids:
+                publish_sync(channel, protocol.JOB_CANCEL, {"jobId": job_id})
+
+        self._transactions.after_commit(session, send)
 
     def retry(self, job_id: str, *, session: ClientSession | None = None) -> Doc:
         """Run a finished (failed, cancelled, expired or succeeded) job again, now; an

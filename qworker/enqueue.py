@@ -33,7 +33,7 @@ class Enqueued:
     due: list[Doc] = field(default_factory=list)
 
 
-def _due_soon(docs: list[Doc], now: datetime) -> list[Doc]:
+def due_soon(docs: list[Doc], now: datetime) -> list[Doc]:
     return docs if docs and docs[0]["nextRunAt"] <= now + HINT_HORIZON else []
 
 
@@ -45,7 +45,7 @@ def many(
     run_at = parse_when(when, now)
     docs = [new_job(task, data, now=now, run_at=run_at, **options) for data in items]
     yield from store.insert(docs)
-    return Enqueued([str(doc["_id"]) for doc in docs], _due_soon(docs, now))
+    return Enqueued([str(doc["_id"]) for doc in docs], due_soon(docs, now))
 
 
 def unique(
@@ -57,7 +57,7 @@ def unique(
     holder = yield from store.insert_unique(doc)
     if holder is not None:
         return Enqueued([str(holder)])
-    return Enqueued([str(doc["_id"])], _due_soon([doc], now))
+    return Enqueued([str(doc["_id"])], due_soon([doc], now))
 
 
 def chain(
@@ -67,4 +67,4 @@ def chain(
     now = utcnow()
     docs = chain_jobs(steps, now, parse_when(when, now))
     yield from store.insert(docs)
-    return Enqueued([str(docs[-1]["_id"])], _due_soon(docs[:1], now))
+    return Enqueued([str(docs[-1]["_id"])], due_soon(docs[:1], now))

@@ -48,6 +48,8 @@ class Job:
         self.task: str = doc["name"]
         self.data: Any = doc.get("data")
         self.attempt: int = int(doc.get("attempts", 1))
+        # A workflow node's dependencies: node name -> result (or ``UpstreamFailure``).
+        self.upstream: dict[str, Any] = {}
         self._reporter = reporter
         self._cancelled = threading.Event()
 

@@ -85,6 +85,7 @@ class Outcome:
     error: dict[str, str] | None = None
     reason: str | None = None
     retry_at: datetime | None = None  # a failure's retry, or the end of a snooze
+    ran: bool = True  # False: claimed, then ended without running (a doomed workflow node)
 
     def update(self, now: datetime, retention: Retention = KEEP) -> Doc:
         fields: Doc = {"lastFinishedAt": now}
@@ -110,6 +111,9 @@ class Outcome:
         if fields["state"] != JobState.QUEUED.value and expire_at is not None:
             fields["expireAt"] = expire_at
         update: Doc = {"$set": fields, "$unset": LOCK_FIELDS}
+        if not self.ran:
+            inc.update(UNCLAIM)
+            update["$unset"] = {**LOCK_FIELDS, "lastRunAt": ""}
         if inc:
             update["$inc"] = inc
         return update
@@ -204,6 +208,15 @@ def retry(now: datetime) -> Doc:
 
 
 FINISHED = {"$in": [s.value for s in FINISHED_STATES]}
+
+
+def kept_with_workflow(doc: Doc, update: Doc) -> Doc:
+    """A workflow's node is deleted with its workflow, not on its own: the expiry its
+    outcome would set is kept as ``flow.keepUntil``, which the manager's sweep reads."""
+    fields = update.get("$set") or {}
+    if "flow" in doc and "expireAt" in fields:
+        fields["flow.keepUntil"] = fields.pop("expireAt")
+    return update
 
 
 # -- chains -------------------------------------------------------------------------

@@ -46,6 +46,7 @@ class Names:
         self.tasks = f"{prefix}tasks"
         self.leases = f"{prefix}leases"
         self.schedules = f"{prefix}schedules"
+        self.workflows = f"{prefix}workflows"
 
 
 _USERINFO = re.compile(r"^(?P<scheme>mongodb(?:\+srv)?://)(?P<user>[^:@/]*):(?P<password>[^/]*)@")

@@ -35,6 +35,7 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
     and operators can write the channel, and so forge what it carries.
     """
     app = {names.jobs: WRITE + WATCH} if streams else {names.jobs: WRITE, names.channel: ["insert"]}
+    app[names.workflows] = WRITE
     return {
         "qworkerApp": app,
         "qworkerWorker": {
@@ -42,6 +43,7 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.channel: ["find", "insert"],
             names.workers: WRITE,
             names.leases: READ,
+            names.workflows: WRITE,  # a job's sub-workflows
         },
         "qworkerOperator": {
             names.jobs: ALL + WATCH,
@@ -49,12 +51,14 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.channel: ["insert"],
             names.workers: READ,
             names.tasks: READ,
+            names.workflows: WRITE,
         },
         "qworkerViewer": {
             names.jobs: READ + WATCH,
             names.schedules: READ,
             names.workers: READ,
             names.tasks: READ,
+            names.workflows: READ,
         },
         "qworkerManager": {
             names.jobs: ALL + WATCH,
@@ -63,12 +67,13 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.tasks: ALL,
             names.leases: ALL,
             names.schedules: ALL,
+            names.workflows: ALL,
         },
     }
 
 
 # The manager makes the collections and indexes (init-db, and at every start).
-SCHEMA_ACTIONS = ["createCollection", "createIndex", "listIndexes", "collMod"]
+SCHEMA_ACTIONS = ["createCollection", "createIndex", "dropIndex", "listIndexes", "collMod"]
 
 
 def role_documents(db_name: str, names: Names, streams: bool = True) -> dict[str, list[Doc]]:

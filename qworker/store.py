@@ -19,7 +19,7 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo import DESCENDING, InsertOne, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from qworker import lifecycle
 from qworker.errors import InvalidJobError, JobNotFound, JobStateError
@@ -34,6 +34,7 @@ MAX_SKIP = 1_000_000_000
 UNIQUE_INSERT_TRIES = 5
 
 Doc = dict[str, Any]
+DUPLICATE_KEY = 11000
 log = structlog.get_logger("qworker.store")
 
 
@@ -96,8 +97,20 @@ def job_query(
 class WorkerStore:
     """What a worker does to jobs, asynchronously."""
 
-    def __init__(self, jobs: AsyncCollection[Doc]) -> None:
-        self.jobs = jobs
+    def __init__(self, jobs: AsyncCollection[Doc], workflows: AsyncCollection[Doc]) -> None:
+        self.jobs, self.workflows = jobs, workflows
+
+    async def find(self, query: Doc, fields: Doc) -> list[Doc]:
+        return await self.jobs.find(query, fields).to_list()
+
+    async def add_workflows(self, docs: list[Doc]) -> None:
+        """Insert these workflow documents; one there already is one written before."""
+        if docs:
+            try:
+                await self.workflows.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                    raise
 
     async def candidates(self, tasks: Iterable[str], until: datetime, cap: int) -> list[Doc]:
         """Queued jobs of ``tasks`` due by ``until``: ids and ordering fields only."""

@@ -27,6 +27,7 @@ from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
 from qworker.errors import TaskDefinitionError, WorkerFailed
 from qworker.fleet import Listing
+from qworker.model import JobState
 from qworker.mongo import Names, async_client, close_async, resolve_url
 from qworker.schema import prepare
 from qworker.store import WorkerStore
@@ -41,6 +42,7 @@ from qworker.worker.runs import Counters, Runs
 from qworker.worker.stopping import Stopping
 from qworker.worker.taskapi import TaskHandle, TaskSetup, run_setup
 from qworker.worker.threads import call
+from qworker.workflows import Built
 
 log = structlog.get_logger("qworker.worker")
 
@@ -75,7 +77,14 @@ class Worker:
         )
         self.outbox.notifying = self.membership is not None
         self.registry = TaskSetup(self)
-        self.runs = Runs(self.metas, self.registry, self.outbox, self, self._wake.set)
+        self.runs = Runs(
+            self.metas,
+            self.registry,
+            self.outbox,
+            self,
+            self._wake.set,
+            lambda query, fields: self.store.find(query, fields),
+        )
         self.stopping = Stopping(settings.grace, self.runs, self._wake.set)
         self.failure: str | None = None  # why task code stopped the worker (worker.fail)
 
@@ -101,7 +110,7 @@ class Worker:
         await asyncio.to_thread(prepare, url, names, self.settings.channel_size)
         client = async_client(url)
         db = client.get_default_database(default="qworker")
-        self.store = WorkerStore(db[names.jobs])
+        self.store = WorkerStore(db[names.jobs], db[names.workflows])
         self.channel = Channel(db[names.channel])
         self.claims = Claims(
             self.store,
@@ -333,6 +342,15 @@ class Worker:
         """
         self.outbox.add(InsertOne(doc), f"sub-task {doc['_id']} ({doc['name']})")
         self.outbox.publish(message(protocol.JOB_QUEUED, protocol.queued([doc])))
+
+    def add_workflow(self, built: Built) -> None:
+        """A workflow from task code: its jobs written as sub-tasks are, its document
+        (in another collection, so not in that batch) by the outbox's writer before them."""
+        self.outbox.add_workflow(built.workflow)
+        for doc in built.jobs:
+            self.outbox.add(InsertOne(doc), f"workflow node {doc['_id']} ({doc['name']})")
+        queued = [doc for doc in built.jobs if doc["state"] == JobState.QUEUED.value]
+        self.outbox.publish(message(protocol.JOB_QUEUED, protocol.queued(queued)))
 
     def fail_worker(self, reason: str) -> None:
         """``worker.fail(reason)``: stop as on SIGTERM, then exit 1 with the reason."""

@@ -19,11 +19,11 @@ import structlog
 from pymongo import InsertOne, UpdateMany, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from qworker import protocol
+from qworker import fanin, protocol
 from qworker.aio import check_cancelled
 from qworker.channel import Channel, message
 from qworker.job import Job
-from qworker.lifecycle import Outcome, advance, log_lines, owned, stop_chain
+from qworker.lifecycle import Outcome, advance, kept_with_workflow, log_lines, owned, stop_chain
 from qworker.lifecycle import progress as progress_update
 from qworker.model import JobState, Retention
 from qworker.notifications import notification
@@ -66,6 +66,7 @@ class Outbox:
         self._progress: dict[str, tuple[Job, float, str | None]] = {}
         self._logs: dict[str, tuple[Job, list[dict[str, Any]]]] = {}
         self._ops: list[Write] = []
+        self._workflows: list[dict[str, Any]] = []  # documents for ``workflows``, first
         self._notes: list[dict[str, Any]] = []
         # Outcomes not yet written, by claim token: their leases must still be
         # renewed, or a slow or unreachable server would let the job be
@@ -114,9 +115,20 @@ class Outbox:
             self._what[id(op)] = what
         self._notify()
 
+    def add_workflow(self, doc: dict[str, Any]) -> None:
+        """A workflow's own document, written before the next batch (its jobs are in it)."""
+        with self._lock:
+            self._workflows.append(doc)
+        self._notify()
+
+    def take_workflows(self) -> list[dict[str, Any]]:
+        with self._lock:
+            docs, self._workflows = self._workflows, []
+        return docs
+
     def finish(self, job: Job, outcome: Outcome, retention: Retention) -> None:
         now = utcnow()
-        update = outcome.update(now, retention)
+        update = kept_with_workflow(job.doc, outcome.update(now, retention))
         view = {**job.doc, **{k: v for k, v in update["$set"].items() if "." not in k}}
         for key in update.get("$inc", {}):
             view[key] = int(job.doc.get(key, 0)) + update["$inc"][key]
@@ -137,7 +149,8 @@ class Outbox:
         self, doc: dict[str, Any], outcome: Outcome, now: datetime, retention: Retention
     ) -> None:
         """What an outcome sets off, in the same ordered batch: the chain's moves (see
-        ``chains``), or a snooze's wake-up, so that the job is claimed on time."""
+        ``chains``), a final outcome's count-down in the workflow nodes waiting for it
+        (``fanin``), or a snooze's wake-up, so that the job is claimed on time."""
         if outcome.state is JobState.SUCCEEDED:
             follow = advance(doc, outcome.result, now)
             if follow is not None:
@@ -151,6 +164,9 @@ class Outbox:
             stopped = stop_chain(doc, outcome.reason or outcome.state.value, now, retention)
             if stopped is not None:
                 self.add(stopped, f"chain stop after job {doc['_id']}")
+        if outcome.state is not JobState.QUEUED and outcome.retry_at is None:
+            for op in fanin.released(doc, outcome.state, outcome.reason, now):
+                self.add(op, f"workflow step after job {doc['_id']}")
 
     def _hint(self, job_id: Any, task: str, priority: int, due: datetime) -> None:
         """A ``job:queued`` wake-up naming a job, sent after the batch that queues it."""
@@ -254,11 +270,14 @@ class OutboxWriter:
     async def flush(self) -> None:
         """Write what the outbox holds, retrying until it is written (or cancelled:
         then it is put back, for the last writes of a stop to try or to report)."""
+        workflows = self.outbox.take_workflows()
         ops, notes = self.outbox.drain()
         delay = 0.1
         try:
             while ops:
                 try:
+                    await self.store.add_workflows(workflows)
+                    workflows = []
                     await self.store.write(ops)
                     self.outbox.written(ops)
                     self._written()
@@ -276,6 +295,8 @@ class OutboxWriter:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 5.0)
         except asyncio.CancelledError:
+            for doc in workflows:
+                self.outbox.add_workflow(doc)
             self.outbox.restore(ops, notes)
             raise
         if notes:  # after the writes they announce

@@ -29,6 +29,7 @@ from qworker.tasks import TaskMeta, import_code
 from qworker.worker.registry import Handler
 from qworker.worker.taskapi import Engine, TaskHandle, TaskSetup, run_setup
 from qworker.worker.threads import in_thread
+from qworker.workflows import Built
 
 
 class JobTimeout(Exception):
@@ -90,6 +91,9 @@ class _PipeEngine:
 
     def add_subtask(self, doc: dict[str, Any]) -> None:
         self.conn.send(("subtask", doc))
+
+    def add_workflow(self, built: Built) -> None:
+        self.conn.send(("workflow", built))
 
     def fail_worker(self, reason: str) -> None:
         self.conn.send(("worker-fail", reason))
@@ -164,6 +168,8 @@ def _pump(conn: Connection, job: Job, reporter: Reporter, engine: Engine) -> tup
             reporter.log(job, message[1], message[2])
         elif kind == "subtask":
             engine.add_subtask(message[1])
+        elif kind == "workflow":
+            engine.add_workflow(message[1])
         elif kind == "worker-fail":
             engine.fail_worker(message[1])
         else:

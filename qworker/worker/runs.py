@@ -6,7 +6,9 @@ handler (on the loop, in a thread or in a child process: ``runner``) and the
 failed (retried or not, by the task's rules), cancelled, snoozed (``raise
 Snooze(seconds)``: queued again for later, no attempt used), or handed back to
 the queue, which is no failed attempt (a shutdown, ``worker.fail``). A job
-claimed past its deadline does not run: it is expired at once.
+claimed past its deadline does not run: it is expired at once; nor does a
+workflow node one of whose dependencies failed (``fanin``): it is cancelled,
+naming that dependency. A node that runs reads its dependencies' results first.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import structlog
 from pymongo import UpdateOne
 
+from qworker import fanin
 from qworker.errors import JobFailed, Snooze, WorkerFailed
 from qworker.job import Job
 from qworker.lifecycle import EXPIRED_REASON, Outcome, overdue, owned, refusal, release
@@ -35,6 +38,7 @@ from qworker.worker.taskapi import Engine, TaskSetup
 from qworker.worker.threads import call
 
 log = structlog.get_logger("qworker.worker")
+Doc = dict[str, Any]
 
 
 @dataclass
@@ -71,9 +75,12 @@ class Runs:
         outbox: Outbox,
         engine: Engine,
         ended: Callable[[], None],
+        read: Callable[[Doc, Doc], Awaitable[list[Doc]]],
     ) -> None:
-        """``ended()`` whenever a run ends: its slot is free."""
+        """``ended()`` whenever a run ends: its slot is free; ``read(query, fields)``
+        finds jobs (a workflow node's dependencies)."""
         self.metas, self.registry, self.outbox, self.engine = metas, registry, outbox, engine
+        self._read = read
         self._ended = ended
         self.running: dict[str, Running] = {}
         self.per_task: dict[str, int] = dict.fromkeys(metas, 0)
@@ -108,6 +115,15 @@ class Runs:
         if overdue(doc, utcnow()):
             self._expire(Job(doc, self.outbox), meta)
             return
+        doomed = fanin.doomed_reason(doc)
+        if doomed is not None:  # a dependency failed: it ends without running
+            self.counters.cancelled += 1
+            outcome = Outcome(JobState.CANCELLED, reason=doomed, ran=False)
+            self.outbox.finish(Job(doc, self.outbox), outcome, meta.retention)
+            log.info(
+                "workflow node not run", job_id=str(doc["_id"]), task=doc["name"], reason=doomed
+            )
+            return
         running = Running(Job(doc, self.outbox), meta)
         self.running[running.key] = running
         self.per_task[meta.id] += 1
@@ -128,6 +144,7 @@ class Runs:
         observed = False
         hooks = self.registry
         try:
+            await self._inputs(job)
             for observer in hooks.before:
                 await call(observer, job)
             handler = hooks.handlers[meta.id]
@@ -175,6 +192,13 @@ class Runs:
             seconds=round(time.monotonic() - started, 3),
             reason=outcome.reason,
         )
+
+    async def _inputs(self, job: Job) -> None:
+        """A workflow node's data and upstream: read from its dependencies as it starts."""
+        query = fanin.reads(job.doc)
+        if query is not None:
+            found = await self._read(query, fanin.INPUT_FIELDS)
+            job.data, job.upstream = fanin.inputs(job.doc, found)
 
     async def _observe_failure(self, job: Job, exc: BaseException) -> None:
         for observer in self.registry.after:

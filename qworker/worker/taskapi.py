@@ -13,18 +13,22 @@ the worker, the task and the job alike, as the seed's task API has them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from types import ModuleType
 from typing import Any, Protocol
 
 import structlog
 
+from qworker import workflows
+from qworker.chains import Step
 from qworker.errors import InvalidJobError, TaskDefinitionError, TaskRejected, WorkerFailed
 from qworker.logs import message
 from qworker.model import new_job
 from qworker.tasks import TaskMeta, describe, where
 from qworker.when import parse_when, utcnow
 from qworker.worker.registry import Registry
+from qworker.workflows import Built, Workflow
 
 Doc = dict[str, Any]
 
@@ -37,6 +41,9 @@ class Engine(Protocol):
 
     def add_subtask(self, doc: Doc) -> None:
         """Write this job with the next batch of writes, before the caller's outcome."""
+
+    def add_workflow(self, built: Built) -> None:
+        """Store this workflow: its jobs with the next batch, before the caller's outcome."""
 
     def fail_worker(self, reason: str) -> None:
         """Stop the worker: its running jobs are handed back, and it exits non-zero."""
@@ -65,7 +72,8 @@ class TaskSetup(Registry, Helpers):
     """The ``worker`` that ``setup(worker, task)`` receives.
 
     ``task()``, ``compose()`` and the hooks register code (see ``Registry``);
-    ``schedule_task`` queues a sub-task; ``log``…``error`` log with the worker
+    ``schedule_task`` queues a sub-task, ``schedule_group`` and
+    ``schedule_workflow`` a group or a DAG; ``log``…``error`` log with the worker
     id; ``fail`` stops the worker.
     """
 
@@ -96,6 +104,28 @@ class TaskSetup(Registry, Helpers):
         doc = new_job(task, data, now=now, run_at=parse_when(when, now), **opts)
         self._engine.add_subtask(doc)
         return str(doc["_id"])
+
+    def schedule_group(
+        self,
+        steps: Sequence[Step | str | tuple[str, Any]],
+        *,
+        on_success: Step | str | tuple[str, Any] | None = None,
+        on_complete: Step | str | tuple[str, Any] | None = None,
+        name: str = "group",
+    ) -> str:
+        """Fan out from task code: a group, with callbacks that collect it (see
+        ``Client.group``); written as ``schedule_task`` writes. Returns its id."""
+        now = utcnow()
+        built = workflows.group(steps, now, now, on_success, on_complete, name)
+        self._engine.add_workflow(built)
+        return built.id
+
+    def schedule_workflow(self, workflow: Workflow[Any]) -> str:
+        """Store a DAG built with ``qworker.Workflow(name)`` from task code; its id."""
+        now = utcnow()
+        built = workflow.build(now, now)
+        self._engine.add_workflow(built)
+        return built.id
 
     def fail(self, msg: object, *args: object) -> None:
         """Stop this worker with ``msg`` as the reason: it exits non-zero (1).

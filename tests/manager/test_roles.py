@@ -100,5 +100,6 @@ def test_without_change_streams_an_application_may_still_send_its_wake_ups() -> 
     assert privileges(names, streams=False)["qworkerApp"] == {
         "jobs": ["find", "insert", "update"],
         "channel": ["insert"],
+        "workflows": ["find", "insert", "update"],
     }
     assert "channel" not in privileges(names, streams=True)["qworkerApp"]

@@ -175,7 +175,8 @@ def test_a_lease_round_never_takes_back_a_claim_the_worker_holds(mongo_url: str,
     async def recover() -> list[Any]:
         mongo = async_client(mongo_url)
         try:
-            store = WorkerStore(mongo.get_default_database().jobs)
+            db = mongo.get_default_database()
+            store = WorkerStore(db.jobs, db.workflows)
             return await store.recover_expired(datetime.now(UTC), held=["w1:n:1"])
         finally:
             await mongo.close()

@@ -30,7 +30,7 @@ def test_a_message_already_on_the_channel_is_taken_as_delivered(mongo_url: str, 
         outbox = Outbox(30, lambda: None, "w", lambda task, event: ())
         writer = OutboxWriter(
             outbox,
-            WorkerStore(database[Names().jobs]),
+            WorkerStore(database[Names().jobs], database[Names().workflows]),
             Channel(database[Names().channel]),
             lambda: None,
             lambda: None,

@@ -1,0 +1,221 @@
+"""What clients and operators do to workflows: store one, read it, cancel it, run it again.
+
+Each is an operation (``qworker.operations``), run by ``Client`` and
+``AsyncClient`` alike. A workflow's nodes are read as one ``_id`` range
+(``workflows.node_range``): the read is the size of the workflow, never of
+the queue.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo import UpdateOne
+from pymongo.errors import OperationFailure
+
+from qworker import lifecycle, store
+from qworker.enqueue import Enqueued, due_soon
+from qworker.errors import InvalidJobError, JobNotFound, JobStateError
+from qworker.fanin import set_bits
+from qworker.model import ACTIVE_STATES, JobState
+from qworker.mongo import UNAUTHORIZED
+from qworker.operations import Call, Operation
+from qworker.workflows import Built, node_range
+
+Doc = dict[str, Any]
+
+NODE_FIELDS = {
+    "name": 1,
+    "state": 1,
+    "priority": 1,
+    "result": 1,
+    "failReason": 1,
+    "lastRunAt": 1,
+    "lastFinishedAt": 1,
+    "flow.node": 1,
+    "flow.deps": 1,
+    "flow.over": 1,
+    "flow.pending": 1,
+}
+ACTIVE = [s.value for s in ACTIVE_STATES]
+CANCELLED_REASON = "its workflow was cancelled"
+
+
+def check_tasks(tasks: Iterable[str]) -> Operation[None]:
+    """Refuse a task no worker knows, where workers have said what they run."""
+    try:
+        announced: list[str] = yield Call("tasks", "distinct", ("_id",))
+        listed: list[str] = yield Call("workers", "distinct", ("tasks",))
+    except OperationFailure as exc:
+        if exc.code != UNAUTHORIZED:
+            raise
+        return  # an application's role reads no fleet: the workers will refuse what they lack
+    known = set(announced) | set(listed)
+    unknown = sorted(set(tasks) - known)
+    if known and unknown:
+        raise InvalidJobError(
+            f"unknown task(s) {', '.join(map(repr, unknown))}: no worker has announced them "
+            f"(known: {', '.join(sorted(known))})",
+            "task",
+        )
+
+
+def insert(built: Built, now: datetime) -> Operation[Enqueued]:
+    """Store a workflow: its document, then its jobs in one ordered insert."""
+    yield from check_tasks({doc["name"] for doc in built.jobs})
+    yield Call("workflows", "insert_one", (built.workflow,))
+    yield from store.insert(built.jobs)
+    queued = [doc for doc in built.jobs if doc["state"] == JobState.QUEUED.value]
+    return Enqueued([built.id], due_soon(queued, now))
+
+
+def _workflow(workflow_id: str | ObjectId) -> Operation[Doc]:
+    oid = store.object_id(workflow_id)
+    doc = yield Call("workflows", "find_one", ({"_id": oid},))
+    if doc is None:
+        raise JobNotFound(f"no workflow {workflow_id}")
+    return doc  # type: ignore[no-any-return]
+
+
+def _nodes(workflow_id: ObjectId, fields: Doc = NODE_FIELDS) -> Operation[list[Doc]]:
+    query = {"_id": node_range(workflow_id)}
+    docs = yield Call("jobs", "find", (query, fields), {"sort": [("_id", 1)]})
+    return docs  # type: ignore[no-any-return]
+
+
+def info(workflow_id: str | ObjectId) -> Operation[Doc]:
+    """The workflow, its state, its nodes' counts by state, and each node."""
+    doc = yield from _workflow(workflow_id)
+    nodes = yield from _nodes(doc["_id"])
+    counts = Counter(node["state"] for node in nodes)
+    finished = sum(n for state, n in counts.items() if state not in ACTIVE)
+    doc.update(
+        state=_state(counts),
+        counts={s.value: counts.get(s.value, 0) for s in JobState},
+        progress={"finished": finished, "total": len(nodes)},
+        nodes=[_node(node) for node in nodes],
+    )
+    if doc["kind"] == "group":
+        children = [n for n in doc["nodes"] if n["node"].isdigit()]
+        doc["results"] = [n["result"] for n in children]
+        done = sum(1 for n in children if n["state"] not in ACTIVE)
+        doc["progress"] = {"finished": done, "total": len(children)}
+    return doc
+
+
+def _node(doc: Doc) -> Doc:
+    flow = doc.get("flow") or {}
+    deps = [dep["node"] for dep in flow.get("deps") or []]
+    return {
+        "node": flow.get("node"),
+        "id": str(doc["_id"]),
+        "task": doc.get("name"),
+        "state": doc.get("state"),
+        "deps": deps,
+        "ignoreFailure": [dep["node"] for dep in flow.get("deps") or [] if dep["ignoreFailure"]],
+        "waitsForGroup": "over" in flow,
+        "pending": flow.get("pending") if doc.get("state") == JobState.WAITING.value else 0,
+        "result": doc.get("result"),
+        "reason": doc.get("failReason"),
+        "lastRunAt": doc.get("lastRunAt"),
+        "lastFinishedAt": doc.get("lastFinishedAt"),
+    }
+
+
+def _state(counts: Counter[str]) -> str:
+    """running while a node is active; else succeeded, failed (or expired), cancelled."""
+    if any(counts.get(s) for s in ACTIVE):
+        return "running"
+    if set(counts) <= {JobState.SUCCEEDED.value}:
+        return JobState.SUCCEEDED.value
+    if counts.get(JobState.FAILED.value) or counts.get(JobState.EXPIRED.value):
+        return JobState.FAILED.value
+    return JobState.CANCELLED.value
+
+
+def listing(limit: int = 50, skip: int = 0) -> Operation[list[Doc]]:
+    """Workflows, newest first, each with its state and counts."""
+    docs = yield Call(
+        "workflows", "find", ({},), {"sort": [("_id", -1)], "limit": limit, "skip": skip}
+    )
+    shown = []
+    for doc in docs:
+        full = yield from info(doc["_id"])
+        del full["nodes"]
+        full.pop("results", None)
+        shown.append(full)
+    return shown
+
+
+def cancel(workflow_id: str | ObjectId, now: datetime) -> Operation[list[ObjectId]]:
+    """Cancel the nodes not started; ask the running ones to stop. The ids asked."""
+    doc = yield from _workflow(workflow_id)
+    nodes = {"_id": node_range(doc["_id"])}
+    update = lifecycle.Outcome(JobState.CANCELLED, reason=CANCELLED_REASON).update(now)
+    yield Call("jobs", "update_many", ({**nodes, "state": lifecycle.WAITING_OR_QUEUED}, update))
+    running = {**nodes, "state": JobState.RUNNING.value}
+    asked: list[Doc] = yield Call("jobs", "find", (running, {"_id": 1}))
+    yield Call("jobs", "update_many", (running, lifecycle.CANCEL_REQUEST))
+    return [job["_id"] for job in asked]
+
+
+def retry(workflow_id: str | ObjectId, now: datetime) -> Operation[list[Doc]]:
+    """Run the nodes that did not succeed again, each waiting for those of its
+    dependencies that run again; the succeeded ones are kept. The nodes queued."""
+    doc = yield from _workflow(workflow_id)
+    fields = {"state": 1, "name": 1, "priority": 1, "nextRunAt": 1, "flow": 1}
+    nodes = yield from _nodes(doc["_id"], fields)
+    active = [n for n in nodes if n["state"] in ACTIVE]
+    if active:
+        raise JobStateError(
+            f"workflow {workflow_id} is still running ({len(active)} nodes waiting, queued or "
+            "running): cancel it, or wait for it to end"
+        )
+    again = {n["_id"] for n in nodes if n["state"] != JobState.SUCCEEDED.value}
+    if not again:
+        raise JobStateError(f"workflow {workflow_id}: every node succeeded, nothing to run again")
+    writes = [_again(node, again, now) for node in nodes if node["_id"] in again]
+    yield Call("jobs", "bulk_write", (writes,), {"ordered": False})
+    queued = yield Call(
+        "jobs",
+        "find",
+        ({"_id": {"$in": list(again)}, "state": JobState.QUEUED.value}, {"logs": 0}),
+    )
+    return queued  # type: ignore[no-any-return]
+
+
+def _again(node: Doc, again: set[ObjectId], now: datetime) -> UpdateOne:
+    """One node run again: waiting for the dependencies that run again too, or queued."""
+    flow = node["flow"]
+    if "over" in flow:
+        width = flow["over"]["count"]
+        children = _span(flow["over"]["from"], flow["over"]["to"])
+        bits = [n for n, job_id in enumerate(children) if job_id in again]
+    else:
+        width = len(flow.get("deps") or [])
+        bits = [n for n, dep in enumerate(flow.get("deps") or []) if dep["id"] in again]
+    update = lifecycle.retry(now)
+    update["$unset"]["flow.doomedBy"] = ""
+    if bits:
+        update["$set"].update(
+            {
+                "state": JobState.WAITING.value,
+                "flow.pending": len(bits),
+                "flow.bits": set_bits(bits, width),
+            }
+        )
+    return UpdateOne({"_id": node["_id"]}, update)
+
+
+def _span(lo: ObjectId, hi: ObjectId) -> list[ObjectId]:
+    """The ids from ``lo`` to ``hi`` of one workflow, in order."""
+    prefix, first, last = (
+        lo.binary[:9],
+        int.from_bytes(lo.binary[9:]),
+        int.from_bytes(hi.binary[9:]),
+    )
+    return [ObjectId(prefix + n.to_bytes(3, "big")) for n in range(first, last + 1)]

@@ -1,0 +1,238 @@
+"""Workflows on real workers: groups and chords, DAGs, both failure policies, cancel and
+retry, transactions, and the fan-in's count that a repeated write cannot move twice."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo import MongoClient
+from support.effects import effects_env
+
+from qworker import Client, Dep, InvalidJobError, JobStateError, Step, fanin, workflows
+from qworker.model import JobState
+from qworker.when import utcnow
+
+
+def nodes_of(db: Any, workflow_id: str) -> dict[str, dict[str, Any]]:
+    query = {"_id": workflows.node_range(ObjectId(workflow_id))}
+    return {doc["flow"]["node"]: doc for doc in db.jobs.find(query)}
+
+
+def runs_of(db: Any, job_id: Any) -> int:
+    return int(db.effects.count_documents({"job": str(job_id)}))
+
+
+def test_a_chord_of_200_gets_the_200_results_in_order(
+    client: Client, db: Any, mongo_url: str, spawn_worker: Any
+) -> None:
+    group_id = client.group([("double", {"x": n}) for n in range(200)], on_success=Step("gather"))
+    nodes = nodes_of(db, group_id)
+    assert nodes["on_success"]["state"] == "waiting" and nodes["0"]["state"] == "queued"
+    spawn_worker("double", "gather", env=effects_env(mongo_url))
+    callback = client.wait(str(nodes["on_success"]["_id"]), timeout=120)
+    assert callback["state"] == "succeeded", callback.get("error")
+    assert callback["result"]["data"] == [{"x": 2.0 * n} for n in range(200)]
+    assert runs_of(db, callback["_id"]) == 1
+    info = client.group_info(group_id)
+    assert info["state"] == "succeeded" and info["progress"] == {"finished": 200, "total": 200}
+    assert info["counts"]["succeeded"] == 201
+    assert info["results"] == [{"x": 2.0 * n} for n in range(200)]
+    last_child = max(nodes_of(db, group_id)[str(n)]["lastFinishedAt"] for n in range(200))
+    assert last_child <= client.get(str(nodes["on_success"]["_id"]))["lastRunAt"]
+
+
+def test_on_complete_sums_up_a_group_with_failures_and_on_success_is_cancelled(
+    client: Client, db: Any, burst: Any
+) -> None:
+    steps = [("double", {"x": 1}), ("shortlived", {"fail": True}), ("double", {"x": 3})]
+    group_id = client.group(steps, on_success="gather", on_complete="gather")
+    burst("double", "shortlived", "gather")
+    nodes = nodes_of(db, group_id)
+    failed = nodes["1"]
+    assert nodes["on_success"]["state"] == "cancelled"
+    assert nodes["on_success"]["failReason"] == (
+        f"not run: node '1' (job {failed['_id']}) failed: RuntimeError: asked to fail"
+    )
+    summary = nodes["on_complete"]["result"]["data"]
+    assert summary == {
+        "total": 3,
+        "succeeded": 2,
+        "failed": 1,
+        "results": [{"x": 2.0}, None, {"x": 6.0}],
+        "failures": [
+            {
+                "index": 1,
+                "job": str(failed["_id"]),
+                "state": "failed",
+                "reason": "RuntimeError: asked to fail",
+            }
+        ],
+    }
+    assert client.group_info(group_id)["state"] == "failed"
+
+
+def diamonds(client: Client, count: int) -> tuple[str, list[str]]:
+    """``count`` diamonds in a row: top → left, right → bottom, each bottom the next top."""
+    wf = client.workflow("diamonds")
+    top = wf.add("gather", {"n": 0}, name="top0")
+    names = ["top0"]
+    for n in range(count):
+        left = wf.add("gather", {"side": "left"}, name=f"left{n}", deps=[top])
+        right = wf.add("gather", {"side": "right"}, name=f"right{n}", deps=[top])
+        top = wf.add("gather", {"n": n + 1}, name=f"top{n + 1}", deps=[left, right])
+        names += [f"left{n}", f"right{n}", f"top{n + 1}"]
+    return wf.enqueue(), names
+
+
+def test_a_dag_of_diamonds_runs_each_node_once_after_its_dependencies(
+    client: Client, db: Any, burst: Any
+) -> None:
+    workflow_id, names = diamonds(client, 3)
+    assert {n: d["state"] for n, d in nodes_of(db, workflow_id).items()} == {
+        name: "queued" if name == "top0" else "waiting" for name in names
+    }
+    burst("gather")
+    nodes = nodes_of(db, workflow_id)
+    for name, doc in nodes.items():
+        assert doc["state"] == "succeeded", name
+        assert runs_of(db, doc["_id"]) == 1, name
+        for dep in doc["flow"].get("deps", []):
+            assert nodes[dep["node"]]["lastFinishedAt"] <= doc["lastRunAt"], (name, dep)
+    assert nodes["top1"]["result"]["upstream"] == {
+        "left0": {
+            "data": {"side": "left"},
+            "upstream": {"top0": {"data": {"n": 0}, "upstream": {}}},
+        },
+        "right0": {
+            "data": {"side": "right"},
+            "upstream": {"top0": {"data": {"n": 0}, "upstream": {}}},
+        },
+    }
+    info = client.workflow_info(workflow_id)
+    assert info["state"] == "succeeded" and info["progress"] == {"finished": 10, "total": 10}
+    assert [n["node"] for n in info["nodes"]] == names
+    assert info["nodes"][-1]["deps"] == ["left2", "right2"]
+
+
+def test_a_failure_cancels_what_depends_on_it_unless_the_dependency_ignores_it(
+    client: Client, db: Any, burst: Any
+) -> None:
+    wf = client.workflow("policies")
+    broken = wf.add("shortlived", {"fail": True}, name="broken")
+    fine = wf.add("gather", {"ok": 1}, name="fine")
+    strict = wf.add("gather", name="strict", deps=[broken, fine])
+    wf.add("gather", name="after_strict", deps=[strict])
+    lenient = wf.add("gather", name="lenient", deps=[Dep(broken, ignore_failure=True), fine])
+    wf.add("gather", name="all_lenient", deps=[strict, lenient], ignore_failure=True)
+    workflow_id = wf.enqueue()
+    burst("shortlived", "gather")
+    nodes = nodes_of(db, workflow_id)
+    assert nodes["broken"]["state"] == "failed"
+    assert nodes["strict"]["state"] == "cancelled" and "lastRunAt" not in nodes["strict"]
+    assert nodes["strict"]["failReason"] == (
+        f"not run: node 'broken' (job {nodes['broken']['_id']}) failed: RuntimeError: asked to fail"
+    )
+    assert nodes["after_strict"]["state"] == "cancelled"
+    assert nodes["after_strict"]["failReason"] == nodes["strict"]["failReason"] + (
+        " (through node 'strict')"
+    )
+    assert nodes["strict"]["attempts"] == 0
+    assert nodes["lenient"]["state"] == "succeeded"
+    assert nodes["lenient"]["result"]["upstream"] == {
+        "broken": {"failed": "failed", "reason": "RuntimeError: asked to fail"},
+        "fine": {"data": {"ok": 1}, "upstream": {}},
+    }
+    seen = nodes["all_lenient"]["result"]["upstream"]
+    assert seen["strict"]["failed"] == "cancelled" and "data" in seen["lenient"]
+    assert runs_of(db, nodes["lenient"]["_id"]) == 1
+
+
+def test_a_dag_is_checked_when_built_and_nothing_is_stored(client: Client, db: Any) -> None:
+    wf = client.workflow("checked")
+    a = wf.add("gather", name="a")
+    with pytest.raises(InvalidJobError, match="'later', which is not a node added before it"):
+        wf.add("gather", name="b", deps=[a, "later"])
+    with pytest.raises(InvalidJobError, match="there is a node 'a' already"):
+        wf.add("gather", name="a")
+    with pytest.raises(InvalidJobError, match="names a dependency twice"):
+        wf.add("gather", name="c", deps=[a, "a"])
+    with pytest.raises(InvalidJobError, match="unknown option"):
+        wf.add("gather", name="d", colour="red")
+    with pytest.raises(InvalidJobError, match="workflow name"):
+        client.workflow("bad name")
+    assert wf.add("gather", deps=[a]) == workflows.Node("gather")
+    assert wf.add("gather", deps=[a]).name == "gather-2"
+    db.workers.insert_one({"_id": "w1", "tasks": ["gather"], "state": "running"})
+    wf.add("no-such-task", name="e")
+    with pytest.raises(InvalidJobError, match=r"unknown task.*'no-such-task'"):
+        wf.enqueue()
+    assert db.jobs.count_documents({}) == 0 and db.workflows.count_documents({}) == 0
+
+
+def test_cancel_and_retry_a_workflow(client: Client, db: Any, burst: Any) -> None:
+    wf = client.workflow("again")
+    first = wf.add("gather", {"n": 1}, name="first")
+    second = wf.add("shortlived", {"fail": True}, name="second", deps=[first])
+    wf.add("gather", name="third", deps=[second])
+    workflow_id = wf.enqueue()
+    with pytest.raises(JobStateError, match="still running"):
+        client.retry_workflow(workflow_id)
+    burst("gather", "shortlived")
+    nodes = nodes_of(db, workflow_id)
+    assert [nodes[n]["state"] for n in ("first", "second", "third")] == [
+        "succeeded",
+        "failed",
+        "cancelled",
+    ]
+    # Run it again, with "second" fixed: the succeeded node is kept.
+    db.jobs.update_one({"_id": nodes["second"]["_id"]}, {"$set": {"data": {"fail": False}}})
+    queued = client.retry_workflow(workflow_id)
+    assert [str(doc["_id"]) for doc in queued] == [str(nodes["second"]["_id"])]
+    assert client.get(str(nodes["third"]["_id"]))["state"] == "waiting"
+    burst("gather", "shortlived")
+    nodes = nodes_of(db, workflow_id)
+    assert {n: d["state"] for n, d in nodes.items()} == dict.fromkeys(nodes, "succeeded")
+    assert runs_of(db, nodes["first"]["_id"]) == 1 and runs_of(db, nodes["third"]["_id"]) == 1
+    with pytest.raises(JobStateError, match="every node succeeded"):
+        client.retry_workflow(workflow_id)
+
+    again_id, _ = diamonds(client, 1)
+    asked = client.cancel_workflow(again_id)
+    assert asked["state"] == "cancelled" and asked["counts"]["cancelled"] == 4
+    assert {d["failReason"] for d in nodes_of(db, again_id).values()} == {
+        "its workflow was cancelled"
+    }
+
+
+def test_a_workflow_enqueued_in_an_aborted_transaction_leaves_nothing(
+    client: Client, db: Any
+) -> None:
+    with pytest.raises(RuntimeError), client.transaction() as s:
+        client.group([("double", {"x": 1})], on_success="gather", session=s)
+        raise RuntimeError("declined")
+    assert db.jobs.count_documents({}) == 0 and db.workflows.count_documents({}) == 0
+    with client.transaction() as s:
+        group_id = client.group([("double", {"x": 1})], on_success="gather", session=s)
+    assert client.group_info(group_id)["counts"]["waiting"] == 1
+    assert [w["_id"] for w in client.workflows()] == [ObjectId(group_id)]
+
+
+def test_an_outcome_written_twice_counts_once(mongo_url: str, db: Any) -> None:
+    built = workflows.group(
+        [("double", {"x": n}) for n in range(130)], utcnow(), utcnow(), "gather"
+    )
+    db.jobs.insert_many(built.jobs)
+    callback = built.jobs[-1]["_id"]
+    with MongoClient(mongo_url) as mongo:
+        jobs = mongo.get_default_database().jobs
+        for child in built.jobs[:-1]:
+            writes = fanin.released(child, JobState.SUCCEEDED, None, utcnow())
+            jobs.bulk_write(writes, ordered=True)
+            jobs.bulk_write(writes, ordered=True)  # a retried batch
+            if child is built.jobs[0]:
+                assert db.jobs.find_one({"_id": callback})["flow"]["pending"] == 129
+    done = db.jobs.find_one({"_id": callback})
+    assert done["state"] == "queued" and done["flow"]["pending"] == 0
+    assert done["flow"]["bits"] == [0, 0, 0]
