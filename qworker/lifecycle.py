@@ -22,6 +22,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import UpdateMany, UpdateOne
 
+from qworker import fanin
 from qworker.model import FINISHED_STATES, MAX_LOG_LINES, JobState, Retention
 
 Doc = dict[str, Any]
@@ -144,6 +145,10 @@ def release(job_id: ObjectId, token: str | None, now: datetime, lost: bool) -> l
     return [UpdateOne({**mine, "cancelRequested": True}, cancelled), UpdateOne(mine, queued)]
 
 
+def lost_reason(times: int) -> str:
+    return f"lost with its worker {times} times"
+
+
 def lost_writes(doc: Doc, now: datetime) -> list[UpdateOne]:
     """Take a job back from a run that was lost (its worker died, or its lease ran out):
     queued again, or failed once lost ``MAX_LOST`` times, so that a job that kills its
@@ -151,7 +156,7 @@ def lost_writes(doc: Doc, now: datetime) -> list[UpdateOne]:
     lost = int(doc.get("lostCount", 0)) + 1
     if lost < MAX_LOST:
         return release(doc["_id"], doc.get("lockToken"), now, lost=True)
-    failed = Outcome(JobState.FAILED, reason=f"lost with its worker {lost} times").update(now)
+    failed = Outcome(JobState.FAILED, reason=lost_reason(lost)).update(now)
     failed["$inc"]["lostCount"] = 1
     return [UpdateOne(owned(doc["_id"], doc.get("lockToken")), failed)]
 
@@ -252,6 +257,17 @@ def stop_chain(doc: Doc, reason: str, now: datetime, retention: Retention) -> Up
     if expire_at is not None:
         fields["expireAt"] = expire_at
     return UpdateMany({"chain.id": chain["id"], "state": JobState.WAITING.value}, {"$set": fields})
+
+
+def ended(
+    doc: Doc, state: JobState, reason: str, now: datetime, retention: Retention
+) -> list[UpdateOne | UpdateMany]:
+    """What a job ending ``state`` outside a worker's run sets off (a cancel, a
+    deletion, an expiry, a job lost too often): the rest of its chain stopped, and
+    the count-down in the workflow nodes waiting for it. Written once the end itself
+    was, as they must not follow an end that did not happen."""
+    stopped = stop_chain(doc, reason, now, retention)
+    return [*([stopped] if stopped is not None else []), *fanin.released(doc, state, reason, now)]
 
 
 def revive_chain(doc: Doc) -> UpdateMany | None:

@@ -186,7 +186,16 @@ class WorkerStore:
         return await take_back(self.jobs, expired, now)
 
 
-LOST_FIELDS = {"lockToken": 1, "lostCount": 1, "name": 1, "priority": 1}
+LOST_FIELDS = {
+    "lockToken": 1,
+    "lostCount": 1,
+    "name": 1,
+    "priority": 1,
+    "chain": 1,  # a job failed for being lost too often ends its chain
+    "flow.node": 1,  # and counts down in the workflow nodes waiting for it
+    "flow.next": 1,
+    "flow.doomedBy": 1,
+}
 
 
 async def take_back(
@@ -210,6 +219,10 @@ async def take_back(
                 task=doc.get("name"),
                 times=lifecycle.MAX_LOST,
             )
+            reason = lifecycle.lost_reason(int(doc.get("lostCount", 0)) + 1)
+            after = lifecycle.ended(doc, JobState.FAILED, reason, now, lifecycle.KEEP)
+            if after:
+                await jobs.bulk_write(after, ordered=True)
     return requeued
 
 
@@ -278,9 +291,9 @@ def delete(job_id: str | ObjectId, now: datetime) -> Operation[Doc]:
         if doc is None:
             raise JobStateError(f"job {job_id} changed while being deleted; try again")
     if doc["state"] in (JobState.QUEUED.value, JobState.WAITING.value):
-        stopped = lifecycle.stop_chain(doc, "deleted", now, lifecycle.KEEP)
-        if stopped is not None:
-            yield _jobs("bulk_write", [stopped])
+        after = lifecycle.ended(doc, JobState.CANCELLED, "deleted", now, lifecycle.KEEP)
+        if after:
+            yield _jobs("bulk_write", after)
     return doc  # type: ignore[no-any-return]
 
 
@@ -310,11 +323,10 @@ def cancel(job_id: str | ObjectId, now: datetime) -> Operation[Doc]:
     doc = yield from get(oid)
     if not done.modified_count and not doc.get("cancelRequested"):
         raise JobStateError(f"job {job_id} is already {doc['state']}: nothing to cancel")
-    stopped = (
-        lifecycle.stop_chain(doc, "cancelled", now, lifecycle.KEEP) if done.modified_count else None
-    )
-    if stopped is not None:
-        yield _jobs("bulk_write", [stopped])
+    if done.modified_count:
+        after = lifecycle.ended(doc, JobState.CANCELLED, "cancelled", now, lifecycle.KEEP)
+        if after:
+            yield _jobs("bulk_write", after)
     return doc
 
 

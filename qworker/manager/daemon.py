@@ -41,6 +41,7 @@ from qworker.manager.leadership import Leadership
 from qworker.manager.pings import Pings
 from qworker.manager.scheduler import Scheduler
 from qworker.manager.sinks import Sinks, SinkSettings
+from qworker.manager.workflowsweep import WorkflowSweep
 from qworker.model import JobState
 from qworker.mongo import (
     CHANNEL_BYTES,
@@ -104,6 +105,7 @@ class Manager:
         self.channel = Channel(db[names.channel])
         self.leadership = Leadership(db[names.leases], self.id, self.settings.lease)
         self.deadlines = Deadlines(self.jobs, self.tasks, self.channel, self.id)
+        self.workflow_sweep = WorkflowSweep(self.jobs, db[names.workflows])
         self.scheduler = Scheduler(url, names)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -199,6 +201,7 @@ class Manager:
                 if leading:
                     await self._find_dead()
                     await self.deadlines.sweep()
+                    await self.workflow_sweep.sweep()
                     self.scheduler.wakeup()  # in case a schedules:changed was missed
             except PyMongoError as exc:
                 log.warning("cannot reach MongoDB", error=str(exc))

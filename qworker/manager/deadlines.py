@@ -23,6 +23,7 @@ from qworker import lifecycle
 from qworker.channel import Channel
 from qworker.errors import TaskDefinitionError
 from qworker.lifecycle import EXPIRED_REASON, KEEP
+from qworker.model import JobState
 from qworker.notifications import notification
 from qworker.tasks import TaskMeta, check_metadata
 from qworker.when import utcnow
@@ -80,9 +81,9 @@ class Deadlines:
             {**lifecycle.expired_at(now), "_id": {"$in": ids}}, {"logs": 0}
         ).to_list()
         stops = [
-            stop
+            write
             for doc in done
-            if (stop := lifecycle.stop_chain(doc, EXPIRED_REASON, now, retention)) is not None
+            for write in lifecycle.ended(doc, JobState.EXPIRED, EXPIRED_REASON, now, retention)
         ]
         if stops:
             await self.jobs.bulk_write(stops, ordered=False)
