@@ -22,7 +22,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from qworker import enqueue, fleet, protocol, store, streams
+from qworker import enqueue, fleet, protocol, store, streams, workflows, workflowstore
 from qworker.aio import cancel_and_wait
 from qworker.chains import Step
 from qworker.channel import Channel
@@ -42,7 +42,8 @@ from qworker.schedules import Schedule
 from qworker.schema import ensure_schema_async
 from qworker.store import Doc
 from qworker.transactions import AsyncTransactions
-from qworker.when import utcnow
+from qworker.when import parse_when, utcnow
+from qworker.workflows import Workflow
 
 T = TypeVar("T")
 Session = AsyncClientSession | None
@@ -161,6 +162,54 @@ class AsyncClient:
     ) -> str:
         """Queue steps to run one after another (see ``Client.chain``); the chain's id."""
         return (await self._enqueue(enqueue.chain(steps, when), session))[0]
+
+    # -- workflows -------------------------------------------------------
+
+    async def group(
+        self,
+        steps: Sequence[Step | str | tuple[str, Any]],
+        *,
+        on_success: Step | str | tuple[str, Any] | None = None,
+        on_complete: Step | str | tuple[str, Any] | None = None,
+        name: str = "group",
+        when: str | datetime | None = None,
+        session: Session = None,
+    ) -> str:
+        """Jobs side by side, and callbacks that collect them (see ``Client.group``)."""
+        now = utcnow()
+        built = workflows.group(steps, now, parse_when(when, now), on_success, on_complete, name)
+        return (await self._enqueue(workflowstore.insert(built, now), session))[0]
+
+    def workflow(self, name: str) -> Workflow[Awaitable[str]]:
+        """A DAG to build (see ``Client.workflow``): ``await wf.enqueue()`` stores it."""
+
+        async def store_it(wf: Workflow[Awaitable[str]], session: Session) -> str:
+            now = utcnow()
+            return (await self._enqueue(workflowstore.insert(wf.build(now, now), now), session))[0]
+
+        return Workflow(name, store_it)
+
+    async def workflow_info(self, workflow_id: str) -> Doc:
+        return await self._run(workflowstore.info(workflow_id), None)
+
+    async def group_info(self, group_id: str) -> Doc:
+        return await self.workflow_info(group_id)
+
+    async def workflows(self, limit: int = 50, skip: int = 0) -> list[Doc]:
+        return await self._run(workflowstore.listing(limit, skip), None)
+
+    async def cancel_workflow(self, workflow_id: str, *, session: Session = None) -> Doc:
+        """Cancel the nodes not started; ask the running ones to stop."""
+        asked = await self._run(workflowstore.cancel(workflow_id, utcnow()), session)
+        for job_id in asked:
+            await self._hint(protocol.JOB_CANCEL, {"jobId": str(job_id)}, True, session)
+        return await self.workflow_info(workflow_id)
+
+    async def retry_workflow(self, workflow_id: str, *, session: Session = None) -> list[Doc]:
+        """Run the failed and cancelled nodes again; the nodes queued now."""
+        queued = await self._run(workflowstore.retry(workflow_id, utcnow()), session)
+        await self._hint(protocol.JOB_QUEUED, protocol.queued(queued), bool(queued), session)
+        return queued
 
     async def _enqueue(self, op: Operation[enqueue.Enqueued], session: Session) -> list[str]:
         done = await self._run(op, session)

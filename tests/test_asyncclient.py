@@ -82,6 +82,33 @@ def test_the_fleet_views_and_the_schedules_match_the_blocking_client_s(
     run(body)
 
 
+def test_workflows_from_asyncio(mongo_url: str, db: Any, burst: Any) -> None:
+    async def enqueue() -> tuple[str, str]:
+        async with AsyncClient(mongo_url) as aclient:
+            group_id = await aclient.group([("double", {"x": 1}), ("double", {"x": 2})])
+            wf = aclient.workflow("pair")
+            first = wf.add("double", {"x": 3}, name="first")
+            wf.add("shortlived", {"fail": True}, name="second", deps=[first])
+            workflow_id = await wf.enqueue()
+            assert (await aclient.workflow_info(workflow_id))["counts"]["waiting"] == 1
+            assert len(await aclient.workflows()) == 2
+            return group_id, workflow_id
+
+    group_id, workflow_id = run(enqueue)
+    burst("double", "shortlived")
+
+    async def after() -> None:
+        async with AsyncClient(mongo_url) as aclient:
+            assert (await aclient.group_info(group_id))["results"] == [{"x": 2.0}, {"x": 4.0}]
+            assert (await aclient.workflow_info(workflow_id))["state"] == "failed"
+            queued = await aclient.retry_workflow(workflow_id)
+            assert [doc["flow"]["node"] for doc in queued] == ["second"]
+            cancelled = await aclient.cancel_workflow(workflow_id)
+            assert cancelled["state"] == "cancelled" and cancelled["counts"]["cancelled"] == 1
+
+    run(after)
+
+
 def test_schedules_from_an_application_s_async_connection_say_what_to_do(mongo_url: str) -> None:
     async def body() -> None:
         app: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)

@@ -236,3 +236,19 @@ def test_an_outcome_written_twice_counts_once(mongo_url: str, db: Any) -> None:
     done = db.jobs.find_one({"_id": callback})
     assert done["state"] == "queued" and done["flow"]["pending"] == 0
     assert done["flow"]["bits"] == [0, 0, 0]
+
+
+def test_a_job_fans_out_a_group_and_a_dag_that_its_callbacks_collect(
+    client: Client, db: Any, burst: Any
+) -> None:
+    group_parent = client.now("fanout", {"xs": [1, 2, 3]})
+    dag_parent = client.now("fanout", {"dag": True, "xs": [5]})
+    burst("fanout", "double", "gather")
+    group_id = client.get(group_parent)["result"]["started"]
+    info = client.group_info(group_id)
+    assert info["state"] == "succeeded" and info["results"] == [{"x": 2.0}, {"x": 4.0}, {"x": 6.0}]
+    callback = nodes_of(db, group_id)["on_success"]
+    assert callback["result"]["data"] == info["results"]
+    dag = nodes_of(db, client.get(dag_parent)["result"]["started"])
+    assert dag["then"]["result"]["upstream"] == {"first": {"x": 10.0}}
+    assert db.workflows.count_documents({}) == 2
