@@ -72,7 +72,10 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], Doc]]] = {
         ("forget", [("expireAt", ASC)], {"expireAfterSeconds": 0}),
     ],
     "leases": [("forget", [("expireAt", ASC)], {"expireAfterSeconds": 0})],
-    "workflows": [("check", [("checkAt", ASC)], {})],  # the manager's retention sweep
+    "workflows": [
+        ("check", [("checkAt", ASC)], {}),  # the manager's retention sweep
+        ("recent", [("createdAt", DESC)], {}),  # listings, newest first
+    ],
 }
 # Indexes earlier versions made, dropped by the manager's set-up.
 RETIRED_INDEXES = {

@@ -139,9 +139,8 @@ def _state(counts: Counter[str]) -> str:
 
 def listing(limit: int = 50, skip: int = 0) -> Operation[list[Doc]]:
     """Workflows, newest first, each with its state and counts."""
-    docs = yield Call(
-        "workflows", "find", ({},), {"sort": [("_id", -1)], "limit": limit, "skip": skip}
-    )
+    newest = [("createdAt", -1), ("_id", -1)]
+    docs = yield Call("workflows", "find", ({},), {"sort": newest, "limit": limit, "skip": skip})
     shown = []
     for doc in docs:
         full = yield from info(doc["_id"])

@@ -34,6 +34,7 @@ from qworker.cli.output import (
     worker_rows,
 )
 from qworker.cli.schedules import schedules
+from qworker.cli.workflows import workflows
 from qworker.credentials import api_token as api_token_of
 from qworker.embedded import data_dir_from_url, is_embedded, stop_server
 from qworker.fleet import WORKER_STATES
@@ -481,6 +482,7 @@ def watch(settings: Settings, seconds: float | None) -> None:
 
 
 main.add_command(schedules)
+main.add_command(workflows)
 
 if __name__ == "__main__":
     main()

@@ -225,3 +225,62 @@ def schedule_detail(s: dict[str, Any]) -> None:
         ),
     ]
     labelled(fields)
+
+
+def workflow_rows(found: Sequence[dict[str, Any]]) -> None:
+    table(
+        ["ID", "NAME", "KIND", "STATE", "FINISHED", "FAILED", "CREATED"],
+        [
+            [
+                str(w["_id"]),
+                w["name"],
+                w["kind"],
+                w["state"],
+                f"{w['progress']['finished']}/{w['progress']['total']}",
+                w["counts"]["failed"] + w["counts"]["expired"],
+                when(w.get("createdAt")),
+            ]
+            for w in found
+        ],
+    )
+
+
+# A group's jobs shown by ``workflows show`` unless --all: the failed ones come first.
+SHOWN_CHILDREN = 20
+
+
+def workflow_tree(info: dict[str, Any], every_node: bool) -> None:
+    """The workflow and its nodes, each indented by its depth, with its state."""
+    progress = info["progress"]
+    click.echo(
+        f"{info['kind']} {info['_id']} {info['name']!r}: {info['state']}, "
+        f"{progress['finished']} of {progress['total']} finished"
+    )
+    counts = ", ".join(f"{n} {state}" for state, n in info["counts"].items() if n)
+    click.echo(f"  {counts}")
+    nodes = info["nodes"]
+    if info["kind"] == "group" and not every_node and len(nodes) > SHOWN_CHILDREN:
+        nodes = _some_children(nodes)
+        click.echo(f"  (showing {len(nodes)} of {len(info['nodes'])} nodes: --all for every one)")
+    depth: dict[str, int] = {}  # roots 0; a node one more than its deepest dependency
+    for node in info["nodes"]:
+        deepest = max((depth[d] for d in node["deps"]), default=0 if node["waitsForGroup"] else -1)
+        depth[node["node"]] = 1 + deepest
+    for node in nodes:
+        indent = "  " * (1 + depth[node["node"]])
+        after = f"  after {', '.join(node['deps'])}" if node["deps"] else ""
+        if node["waitsForGroup"]:
+            after = "  after the group"
+        reason = f"  ({node['reason']})" if node.get("reason") else ""
+        click.echo(
+            f"{indent}{node['node']}  {node['state']}  {node['task']}  {node['id']}{after}{reason}"
+        )
+
+
+def _some_children(nodes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The first ``SHOWN_CHILDREN`` of a group's jobs, those that did not succeed first,
+    and its callbacks."""
+    children = [n for n in nodes if not n["waitsForGroup"]]
+    failed = [n for n in children if n["state"] in ("failed", "cancelled", "expired")]
+    shown = {n["id"] for n in (failed + children)[:SHOWN_CHILDREN]}
+    return [n for n in nodes if n["id"] in shown or n["waitsForGroup"]]

@@ -133,7 +133,7 @@ def create_app(
         redoc_url=None,
         openapi_url="/api/openapi.json",
         static_url="/api/docs/assets",
-        description="Jobs, workers, tasks and schedules of a qworker fleet.",
+        description="Jobs, workflows, workers, tasks and schedules of a qworker fleet.",
     )
     app.add_exception_handler(QworkerError, _qworker_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -211,6 +211,28 @@ def create_app(
     async def delete(job_id: str) -> Response:
         await run(client.delete, job_id)
         return Response(status_code=204)
+
+    @app.get("/api/workflows", tags=["workflows"])
+    async def workflows(
+        limit: Annotated[int, Query(ge=1, le=1_000)] = 50,
+        skip: Annotated[int, Query(ge=0, le=MAX_SKIP)] = 0,
+    ) -> Any:
+        """Workflows and groups, newest first, with their state and progress."""
+        return plain(await run(lambda: client.workflows(limit=limit, skip=skip)))
+
+    @app.get("/api/workflows/{workflow_id}", tags=["workflows"])
+    async def workflow(workflow_id: str) -> Any:
+        """One workflow: its state, counts, progress and every node with its dependencies."""
+        return plain(await run(client.workflow_info, workflow_id))
+
+    @app.post("/api/workflows/{workflow_id}/cancel", tags=["workflows"])
+    async def cancel_workflow(workflow_id: str) -> Any:
+        return plain(await run(client.cancel_workflow, workflow_id))
+
+    @app.post("/api/workflows/{workflow_id}/retry", tags=["workflows"])
+    async def retry_workflow(workflow_id: str) -> Any:
+        """Run the failed and cancelled nodes again; the nodes queued now."""
+        return {"queued": plain(await run(client.retry_workflow, workflow_id))}
 
     @app.get("/api/schedules", tags=["schedules"])
     async def schedules() -> Any:

@@ -87,6 +87,30 @@ def test_enqueue_show_cancel_retry_delete(api: TestClient, db: Any) -> None:
     assert api.get(f"/api/jobs/{job_id}").status_code == 404
 
 
+def test_workflows_list_show_retry_cancel(api: TestClient, client: Client, burst: Any) -> None:
+    wf = client.workflow("api")
+    first = wf.add("double", {"x": 1}, name="first")
+    wf.add("shortlived", {"fail": True}, name="second", deps=[first])
+    workflow_id = wf.enqueue()
+    burst("double", "shortlived")
+    listed = api.get("/api/workflows").json()
+    assert [(w["_id"], w["state"], w["progress"]) for w in listed] == [
+        (workflow_id, "failed", {"finished": 2, "total": 2})
+    ]
+    shown = api.get(f"/api/workflows/{workflow_id}").json()
+    assert [(n["node"], n["state"], n["deps"]) for n in shown["nodes"]] == [
+        ("first", "succeeded", []),
+        ("second", "failed", ["first"]),
+    ]
+    queued = api.post(f"/api/workflows/{workflow_id}/retry").json()["queued"]
+    assert [doc["flow"]["node"] for doc in queued] == ["second"]
+    assert api.post(f"/api/workflows/{workflow_id}/retry").status_code == 409
+    cancelled = api.post(f"/api/workflows/{workflow_id}/cancel").json()
+    assert cancelled["counts"]["cancelled"] == 1 and cancelled["state"] == "cancelled"
+    missing = api.get(f"/api/workflows/{'0' * 24}")
+    assert missing.status_code == 404 and missing.json() == {"error": f"no workflow {'0' * 24}"}
+
+
 def test_unique_enqueue_returns_the_holder(api: TestClient) -> None:
     first = ok(api.post("/api/jobs", json={"task": "noop", "unique": "k"}), 201)
     again = ok(api.post("/api/jobs", json={"task": "noop", "unique": "k"}), 201)
