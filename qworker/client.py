@@ -189,6 +189,7 @@ class Client:
         on_complete: Step | str | tuple[str, Any] | None = None,
         name: str = "group",
         when: str | datetime | None = None,
+        check_tasks: bool = True,
         session: ClientSession | None = None,
     ) -> str:
         """Queue jobs to run side by side; returns the group's id (see ``group_info``).
@@ -197,17 +198,22 @@ class Client:
         order as its data (a chord); ``on_complete`` once every one finished,
         however, with a summary (``total``, ``succeeded``, ``failed``,
         ``results``, ``failures`` with their reasons). Steps are as ``chain``'s.
+        ``check_tasks``: refuse a task that no worker has announced, where workers
+        have announced any.
         """
         now = utcnow()
         built = workflows.group(steps, now, parse_when(when, now), on_success, on_complete, name)
-        return self._enqueue(workflowstore.insert(built, now), session)[0]
+        return self._enqueue(workflowstore.insert(built, now, check_tasks), session)[0]
 
-    def workflow(self, name: str) -> Workflow[str]:
-        """A DAG to build: ``wf.add(task, data, deps=[...])``, then ``wf.enqueue()``."""
+    def workflow(self, name: str, check_tasks: bool = True) -> Workflow[str]:
+        """A DAG to build: ``wf.add(task, data, deps=[...])``, then ``wf.enqueue()``
+        (``check_tasks`` as ``group``'s)."""
 
         def submit(wf: Workflow[str], session: ClientSession | None) -> str:
             now = utcnow()
-            return self._enqueue(workflowstore.insert(wf.build(now, now), now), session)[0]
+            return self._enqueue(
+                workflowstore.insert(wf.build(now, now), now, check_tasks), session
+            )[0]
 
         return Workflow(name, submit)
 

@@ -2,15 +2,18 @@
 node reads of its dependencies when it starts.
 
 A waiting node holds ``flow.pending`` (its dependencies not finished) and
-``flow.bits`` (one bit per dependency, 64 to a word). A dependency's end
-clears its bit and counts down in one update that matches only while the bit
-is set, so an outcome written twice (a retried batch) counts once, at O(1)
-writes whatever the group's size, and nothing scans the group. The update that
-follows queues the node once the count is zero. A failure that the edge does
-not ignore queues the node at once, marked ``doomedBy``: the worker that
-claims it ends it cancelled, naming the failed node, and its own end moves the
-nodes after it, so a failure goes down the graph one claim at a time, through
-the same crash-proof path as any outcome.
+``flow.bits`` (one bit per dependency, in words of ``WORD`` bits: ``w0``,
+``w1``, ...). A dependency's end clears its bit and counts down in one update
+(``count_down``, an update pipeline) that counts only the bits still set, so an
+outcome written twice (a retried batch) counts once, and that queues the node
+when the count reaches zero. A worker counts down all the ends of one batch of
+writes for one node in one update, after their outcomes in the same ordered
+write: a chord's callback costs each child a share of one write, whatever the
+group's size, and nothing scans the group. A failure that the edge does not
+ignore queues the node at once, marked ``doomedBy``: the worker that claims it
+ends it cancelled, naming the failed node, and its own end moves the nodes
+after it, so a failure goes down the graph one claim at a time, through the
+same crash-proof path as any outcome.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from bson import ObjectId
 from bson.int64 import Int64
 from pymongo import UpdateOne
 
@@ -27,8 +31,9 @@ from qworker.model import JobState
 
 Doc = dict[str, Any]
 
-WORD = 64
-_ALL = (1 << WORD) - 1
+# Bits per word: below 2**53, so that the pipeline's arithmetic (doubles) is exact.
+WORD = 52
+_FULL = (1 << WORD) - 1
 # What a starting node reads of each job it depends on.
 INPUT_FIELDS = {"result": 1, "state": 1, "failReason": 1, "flow.node": 1}
 
@@ -41,44 +46,99 @@ class UpstreamFailure:
     reason: str | None
 
 
-def bit_words(count: int) -> list[Int64]:
-    """``count`` set bits, as the 64-bit words of ``flow.bits``."""
+def bit_words(count: int) -> Doc:
+    """``count`` set bits, as the words of ``flow.bits``."""
     return set_bits(range(count), count)
 
 
-def set_bits(bits: Iterable[int], width: int) -> list[Int64]:
+def set_bits(bits: Iterable[int], width: int) -> Doc:
     """The words of ``width`` bits of which ``bits`` are set."""
     words = [0] * -(-width // WORD)
     for bit in bits:
         words[bit // WORD] |= 1 << (bit % WORD)
-    return [Int64(_signed(word)) for word in words]
+    return {f"w{n}": word for n, word in enumerate(words)}
 
 
-def _signed(value: int) -> int:
-    return value - (1 << WORD) if value >= 1 << (WORD - 1) else value
+def ends(
+    doc: Doc, state: JobState, reason: str | None, now: datetime
+) -> tuple[list[tuple[ObjectId, int]], list[UpdateOne]]:
+    """What ``doc`` ending ``state`` sets off: the (node, bit) edges to count down
+    (``count_down``), and the writes that doom the nodes its failure cancels."""
+    flow = doc.get("flow") or {}
+    counted: list[tuple[ObjectId, int]] = []
+    dooms: list[UpdateOne] = []
+    for edge in flow.get("next") or []:
+        bit = int(edge["bit"])
+        if state is JobState.SUCCEEDED or edge.get("ignoreFailure"):
+            counted.append((edge["id"], bit))
+            continue
+        word, offset = divmod(bit, WORD)
+        path = f"flow.bits.w{word}"
+        pending = {
+            "_id": edge["id"],
+            "state": JobState.WAITING.value,
+            path: {"$bitsAllSet": [offset]},
+        }
+        fields = {
+            "state": JobState.QUEUED.value,
+            "nextRunAt": now,
+            "flow.doomedBy": _doom(doc, state, reason),
+        }
+        clear = {
+            "$bit": {path: {"and": Int64(_FULL ^ (1 << offset))}},
+            "$inc": {"flow.pending": -1},
+        }
+        dooms.append(UpdateOne(pending, {**clear, "$set": fields}))
+    return counted, dooms
 
 
 def released(doc: Doc, state: JobState, reason: str | None, now: datetime) -> list[UpdateOne]:
-    """The writes that ``doc`` ending in ``state`` sets off in the nodes waiting for it."""
-    flow = doc.get("flow") or {}
-    writes: list[UpdateOne] = []
-    for edge in flow.get("next") or []:
-        word, bit = divmod(int(edge["bit"]), WORD)
-        path = f"flow.bits.{word}"
-        pending = {"_id": edge["id"], "state": JobState.WAITING.value, path: {"$bitsAllSet": [bit]}}
-        count: Doc = {
-            "$bit": {path: {"and": Int64(_signed(_ALL ^ (1 << bit)))}},
-            "$inc": {"flow.pending": -1},
-        }
-        if state is JobState.SUCCEEDED or edge.get("ignoreFailure"):
-            last = {"_id": edge["id"], "state": JobState.WAITING.value, "flow.pending": 0}
-            queued = {"$set": {"state": JobState.QUEUED.value, "nextRunAt": now}}
-            writes += [UpdateOne(pending, count), UpdateOne(last, queued)]
-        else:
-            doomed = _doom(doc, state, reason)
-            fields = {"state": JobState.QUEUED.value, "nextRunAt": now, "flow.doomedBy": doomed}
-            writes.append(UpdateOne(pending, {**count, "$set": fields}))
-    return writes
+    """``ends`` as writes, one count-down per node: for a job that ends on its own."""
+    counted, dooms = ends(doc, state, reason, now)
+    by_node: dict[ObjectId, list[int]] = {}
+    for node, bit in counted:
+        by_node.setdefault(node, []).append(bit)
+    return [*(count_down(node, bits, now) for node, bits in by_node.items()), *dooms]
+
+
+def count_down(node: ObjectId, bits: Iterable[int], now: datetime) -> UpdateOne:
+    """Clear these bits of a waiting node and count down by those that were still set;
+    queue it if none is left. Applied twice, the second time changes nothing."""
+    clears: dict[int, list[int]] = {}
+    for bit in set(bits):
+        word, offset = divmod(bit, WORD)
+        clears.setdefault(word, []).append(offset)
+    words: Doc = {}
+    counted: list[Doc] = []
+    for word, offsets in sorted(clears.items()):
+        path = f"$flow.bits.w{word}"
+        still = [{"$cond": [_bit_set(path, offset), 1 << offset, 0]} for offset in offsets]
+        words[f"flow.bits.w{word}"] = {"$subtract": [path, {"$add": still}]}
+        counted += [{"$cond": [_bit_set(path, offset), 1, 0]} for offset in offsets]
+    last = {"$eq": ["$flow.pending", 0]}
+    return UpdateOne(
+        {"_id": node, "state": JobState.WAITING.value},
+        [
+            {
+                "$set": {
+                    **words,
+                    "flow.pending": {"$subtract": ["$flow.pending", {"$add": counted}]},
+                }
+            },
+            {
+                "$set": {
+                    "state": {"$cond": [last, JobState.QUEUED.value, "$state"]},
+                    "nextRunAt": {"$cond": [last, now, "$nextRunAt"]},
+                }
+            },
+        ],
+    )
+
+
+def _bit_set(path: str, offset: int) -> Doc:
+    """Whether bit ``offset`` of the word at ``path`` is set, in the pipeline's arithmetic
+    (``$bitAnd`` is MongoDB 6.3's; this is 4.2's)."""
+    return {"$eq": [{"$mod": [{"$floor": {"$divide": [path, 1 << offset]}}, 2]}, 1]}
 
 
 def _doom(doc: Doc, state: JobState, reason: str | None) -> Doc:

@@ -67,6 +67,7 @@ class Outbox:
         self._logs: dict[str, tuple[Job, list[dict[str, Any]]]] = {}
         self._ops: list[Write] = []
         self._workflows: list[dict[str, Any]] = []  # documents for ``workflows``, first
+        self._countdowns: dict[Any, list[int]] = {}  # workflow node -> bits of ended deps
         self._notes: list[dict[str, Any]] = []
         # Outcomes not yet written, by claim token: their leases must still be
         # renewed, or a slow or unreachable server would let the job be
@@ -165,8 +166,12 @@ class Outbox:
             if stopped is not None:
                 self.add(stopped, f"chain stop after job {doc['_id']}")
         if outcome.state is not JobState.QUEUED and outcome.retry_at is None:
-            for op in fanin.released(doc, outcome.state, outcome.reason, now):
-                self.add(op, f"workflow step after job {doc['_id']}")
+            counted, dooms = fanin.ends(doc, outcome.state, outcome.reason, now)
+            with self._lock:
+                for node, bit in counted:  # one count-down per node and batch (drain)
+                    self._countdowns.setdefault(node, []).append(bit)
+            for op in dooms:
+                self.add(op, f"workflow node doomed by job {doc['_id']}")
 
     def _hint(self, job_id: Any, task: str, priority: int, due: datetime) -> None:
         """A ``job:queued`` wake-up naming a job, sent after the batch that queues it."""
@@ -180,6 +185,10 @@ class Outbox:
             progress, logs, ops = self._progress, self._logs, self._ops
             self._progress, self._logs, self._ops = {}, {}, []
             notes, self._notes = self._notes, []
+            countdowns, self._countdowns = self._countdowns, {}
+        for node, bits in countdowns.items():  # after the outcomes that end the deps
+            ops.append(fanin.count_down(node, bits, now))
+            self._what[id(ops[-1])] = f"count-down of workflow node {node} ({len(bits)})"
         if self.notifying:
             notes += [
                 self._note(

@@ -10,7 +10,9 @@ The effect writes ride out a MongoDB outage or a network cut (they retry for
 up to two minutes, and a retried insert that had landed is not written twice),
 so that what the fault-injection tests observe is qworker's behaviour, not this
 task's. Data: ``{"sleeps": [seconds for attempt 1, attempt 2, ...]}``
-(the last entry serves later attempts too).
+(the last entry serves later attempts too). As a chord's callback its data is
+the list of the group's results: the run records how many it received
+(``received``) and how many were missing (``missing``), and sleeps 0.2 s.
 """
 
 import os
@@ -39,7 +41,8 @@ def _retrying(write):
 def setup(worker, task):
     @worker.task(task.id)
     def run(job):
-        sleeps = (job.data or {}).get("sleeps") or [0]
+        given = job.data if isinstance(job.data, dict) else {"sleeps": [0.2]}
+        sleeps = given.get("sleeps") or [0]
         run_id = ObjectId()
         doc = {
             "_id": run_id,
@@ -50,6 +53,8 @@ def setup(worker, task):
             "token": job.doc.get("lockToken"),
             "start": time.time(),
         }
+        if isinstance(job.data, list):  # a chord's callback: the group's results
+            doc.update(received=len(job.data), missing=sum(r is None for r in job.data))
         _retrying(lambda: effects().insert_one(doc))
         time.sleep(float(sleeps[min(job.attempt, len(sleeps)) - 1]))
         end = time.time()  # the work is done; recording it may wait out an outage
