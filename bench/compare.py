@@ -46,6 +46,7 @@ PARTS = (
     "streams",
     "depth",
     "scheduler",
+    "workflows",
 )
 BATCH = 500  # jobs per bulk enqueue
 ENQUEUE_LIMIT = 120.0  # seconds the one-at-a-time enqueue gets
@@ -671,11 +672,12 @@ class Plan:
     schedules: int
     schedule_window: float
     ceiling_ops: int
+    fan_in_jobs: int  # the children of the workflows part's group
 
 
 def plan(args: argparse.Namespace) -> Plan:
     if args.quick:
-        return Plan([200], [1, 4], 20, 5, 100, 120, [100, 1000], 10, 10, 300)
+        return Plan([200], [1, 4], 20, 5, 100, 120, [100, 1000], 10, 10, 300, 500)
     return Plan(
         args.jobs or [1000, 10000],
         args.workers or [1, 4],
@@ -687,6 +689,7 @@ def plan(args: argparse.Namespace) -> Plan:
         20,
         30,
         1000,
+        10_000,
     )
 
 
@@ -826,6 +829,13 @@ def main() -> None:
             result["depth"] = []
             for depth in p.depths if "depth" in parts else []:
                 step("depth", depth_cost, url, depth, 300)
+            if "workflows" in parts:
+                from workflows import callback_gaps, fan_in
+
+                result["fan_in"] = []
+                for workers in p.workers:
+                    step("fan_in", fan_in, url, p.fan_in_jobs, workers, p.timeout)
+                step("callback_gaps", callback_gaps, url, p.latency_samples // 5)
             if "scheduler" in parts:
                 step("scheduler_idle", scheduler, url, p.schedules, p.schedule_window, 1, 0)
                 step("scheduler", scheduler, url, p.schedules, p.schedule_window, 1, 500)

@@ -167,6 +167,35 @@ def _stream_rows(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _workflow_rows(result: dict[str, Any]) -> list[str]:
+    """A group's fan-in against plain jobs, and the callback's wait after the last child."""
+    out = []
+    for r in result.get("fan_in", []):
+        out.append(
+            _row(
+                f"group of {r['jobs']:,}: ms per child vs per plain job",
+                f"{r['jobs']:,} at start",
+                r["workers"],
+                f"{r['group_ms_per_child']} vs {r['plain_ms_per_job']} ms: "
+                f"{r['cost_per_child_vs_plain']}x; last child → callback "
+                f"{r['last_child_to_callback_ms']} ms",
+            )
+        )
+    gaps = result.get("callback_gaps")
+    if gaps:
+        q = next((r for r in result["latency"] if r["system"] == "qworker"), None)
+        against = f"; {gaps['p50_ms'] / q['p50_ms']:.2f}x enqueue→start p50" if q else ""
+        out.append(
+            _row(
+                f"last child → callback start, {gaps['groups']} groups of {gaps['children']}",
+                f"{gaps['children']} per group",
+                gaps["workers"],
+                f"p50 {gaps['p50_ms']} ms, p95 {gaps['p95_ms']} ms{against}",
+            )
+        )
+    return out
+
+
 def extra_rows(result: dict[str, Any]) -> list[str]:
     """qworker's own figures: the ceiling, channel, depth, scheduler, memory."""
     out = [_row("figure", "queue depth", "workers", "result"), _row(*["---"] * 4)]
@@ -199,6 +228,7 @@ def extra_rows(result: dict[str, Any]) -> list[str]:
             )
         )
     out += _stream_rows(result)
+    out += _workflow_rows(result)
     for d in result.get("depth", []):
         out.append(
             _row(

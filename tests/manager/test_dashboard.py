@@ -437,3 +437,59 @@ def test_a_page_of_another_site_cannot_change_anything(
     )
     assert job_doc(db, failed)["state"] == "cancelled"  # not retried
     assert client.count_jobs(task="dash_slow") == 1  # nothing enqueued
+
+
+def test_the_workflows_view_draws_a_live_graph_that_can_be_retried(
+    spawn_manager: Any, spawn_worker: Any, client: Client, db: Any, page: Any, tmp_path: Path
+) -> None:
+    _, base = serving(spawn_manager)
+    wf = client.workflow("dash-dag", check_tasks=False)
+    extract = wf.add("dash_slow", {"steps": 1, "delay": 0.2}, name="extract")
+    transform = wf.add("dash_fail", {"why": "in a dag"}, name="transform", deps=[extract])
+    wf.add("dash_slow", {"steps": 1}, name="load", deps=[extract, transform])
+    workflow_id = wf.enqueue()
+    children = [("dash_slow", {"steps": 1, "delay": 0.05})] * 50
+    group_id = client.group(children, on_success="dash_fail", check_tasks=False)
+
+    page.goto(f"{base}/#/workflows")
+    rows = page.get_by_test_id("workflow-row")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_have_attribute("data-workflow-id", group_id)
+    rows.nth(1).click()
+    expect(page.get_by_test_id("workflow-detail")).to_have_attribute(
+        "data-workflow-id", workflow_id
+    )
+    expect(page.get_by_test_id("workflow-node")).to_have_count(3)
+
+    def node(name: str) -> Any:
+        return page.locator(f'[data-testid="workflow-node"][data-node="{name}"]')
+
+    expect(node("extract")).to_have_attribute("data-state", "queued")
+    expect(node("load")).to_have_attribute("data-state", "waiting")
+    assert page.locator(".wf-edge").count() == 3
+
+    # Live: the graph follows the run, without a reload.
+    worker = spawn_worker("dash_slow", "dash_fail", worker_id="dash-wf")
+    wait_for(lambda: worker_ready(worker), 60, "the standalone worker to start")
+    expect(node("transform")).to_have_attribute("data-state", "failed")
+    expect(node("load")).to_have_attribute("data-state", "cancelled")
+    expect(page.get_by_test_id("workflow-state")).to_have_text("failed")
+    shot(page, tmp_path, "workflow-failed")
+
+    transform_id = ObjectId(client.workflow_info(workflow_id)["nodes"][1]["id"])
+    first_run = job_doc(db, str(transform_id))["lastRunAt"]
+    page.get_by_test_id("workflow-retry").click()
+    expect(page.get_by_test_id("toast").first).to_contain_text("queued again")
+    wait_for(
+        lambda: job_doc(db, str(transform_id)).get("lastRunAt", first_run) > first_run,
+        60,
+        "the retried node to run",
+    )
+    expect(node("load")).to_have_attribute("data-state", "cancelled")
+
+    # A large group is a grid of its jobs, and its callback.
+    page.goto(f"{base}/#/workflows/{group_id}")
+    expect(page.locator(".wf-cell")).to_have_count(50)
+    expect(page.locator('.wf-cell[data-state="succeeded"]')).to_have_count(50)
+    expect(node("on_success")).to_have_attribute("data-state", "failed")
+    shot(page, tmp_path, "workflow-group")
