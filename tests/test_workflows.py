@@ -3,6 +3,7 @@ retry, transactions, and the fan-in's count that a repeated write cannot move tw
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -255,3 +256,21 @@ def test_a_job_fans_out_a_group_and_a_dag_that_its_callbacks_collect(
     dag = nodes_of(db, client.get(dag_parent)["result"]["started"])
     assert dag["then"]["result"]["upstream"] == {"first": {"x": 10.0}}
     assert db.workflows.count_documents({}) == 2
+
+
+def test_a_child_that_fails_is_retried_and_succeeds_counts_once(
+    client: Client, db: Any, burst: Any
+) -> None:
+    steps = [Step("retrying", {"fail_times": 1}, priority="high"), ("double", {"x": 4})]
+    group_id = client.group(steps, on_success="gather", on_complete="gather")
+    for _ in range(5):  # a burst ends while the retry waits out its 1 s backoff
+        burst("retrying", "double", "gather")
+        if client.group_info(group_id)["state"] != "running":
+            break
+        time.sleep(1)
+    nodes = nodes_of(db, group_id)
+    assert nodes["0"]["attempts"] == 2 and nodes["0"]["priority"] > 0
+    assert nodes["on_success"]["result"]["data"] == [{"attempt": 2}, {"x": 8.0}]
+    assert nodes["on_complete"]["result"]["data"]["succeeded"] == 2
+    assert runs_of(db, nodes["on_success"]["_id"]) == 1
+    assert runs_of(db, nodes["on_complete"]["_id"]) == 1
