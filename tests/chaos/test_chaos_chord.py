@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from support.chaos import audit, dead_now
+from support.chaos import Killings, audit
 from support.effects import effects_env
 from support.jobs import FINISHED
-from support.logs import ready
 
 from qworker import Client, Step
 from qworker.workflows import node_range
@@ -40,40 +39,22 @@ FINISH_WITHIN = 240.0
 def test_a_chord_s_callback_runs_once_with_every_result_while_workers_are_killed(
     client: Client, db: Any, spawn_worker: Any, mongo_url: str
 ) -> None:
-    rng = random.Random(SEED)
-    env = effects_env(mongo_url)
     extra = ["--lease", str(LEASE), "--concurrency", "4", "--grace", "1"]
-    spawned = []
-
-    def start(worker_id: str) -> Any:
-        spawned.append(spawn_worker("chaos_record", worker_id=worker_id, env=env, extra=extra))
-        return spawned[-1]
-
-    workers = {f"c{n}": start(f"c{n}") for n in range(WORKERS)}
-    ready(*workers.values())
+    fleet = Killings(spawn_worker, effects_env(mongo_url), extra, [f"c{n}" for n in range(WORKERS)])
     steps = [("chaos_record", {"n": n, "sleeps": [0.05]}) for n in range(CHILDREN)]
     group_id = client.group(steps, on_success=Step("chaos_record"))
-    nodes = list(db.jobs.find({"_id": node_range(ObjectId(group_id))}, {"_id": 1}).sort("_id"))
-    ids = [str(doc["_id"]) for doc in nodes]
+    nodes = {"_id": node_range(ObjectId(group_id))}
+    ids = [str(doc["_id"]) for doc in db.jobs.find(nodes, {"_id": 1}).sort("_id")]
     callback_id = ids[-1]
-    began = time.monotonic()
 
     def unfinished() -> int:
-        query = {"_id": node_range(ObjectId(group_id)), "state": {"$in": FINISHED}}
-        return len(ids) - db.jobs.count_documents(query)
+        return len(ids) - db.jobs.count_documents({**nodes, "state": {"$in": FINISHED}})
 
-    deaths: dict[int, float] = {}
-    while unfinished() and len(deaths) < MAX_KILLS:
-        time.sleep(rng.uniform(*KILL_EVERY))
-        worker_id = rng.choice(sorted(workers))
-        deaths[workers[worker_id].pid] = dead_now(workers[worker_id])
-        workers[worker_id] = start(worker_id)
-        assert time.monotonic() - began < FINISH_WITHIN, f"{unfinished()} jobs left"
-    while unfinished():
-        assert time.monotonic() - began < FINISH_WITHIN, f"{unfinished()} jobs never finished"
-        time.sleep(0.5)
+    deadline = time.monotonic() + FINISH_WITHIN
+    fleet.kill_while(unfinished, random.Random(SEED), KILL_EVERY, MAX_KILLS, deadline)
+    deaths = fleet.deaths
 
-    report = audit(db, ids, deaths, spawned)
+    report = audit(db, ids, deaths, fleet.spawned)
     assert len(deaths) >= 10 and report.interrupted >= 1
     callback = db.jobs.find_one({"_id": ObjectId(callback_id)})
     runs = list(db.effects.find({"job": callback_id}))
@@ -87,7 +68,7 @@ def test_a_chord_s_callback_runs_once_with_every_result_while_workers_are_killed
     assert all(run["received"] == CHILDREN and run["missing"] == 0 for run in runs), runs
     # Released once: every claim of the callback but the first came from a lost run.
     assert callback["attempts"] == 1 + callback.get("lostCount", 0), callback
-    children = db.jobs.find({"_id": node_range(ObjectId(group_id)), "flow.over": None})
+    children = db.jobs.find({**nodes, "flow.over": None})
     last_child = max(doc["lastFinishedAt"] for doc in children)
     first_run = min(run["start"] for run in runs)
     assert first_run >= last_child.timestamp() - 0.001, (first_run, last_child)

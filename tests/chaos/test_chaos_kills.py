@@ -17,10 +17,9 @@ import time
 from typing import Any
 
 import pytest
-from support.chaos import audit, dead_now
+from support.chaos import Killings, audit
 from support.effects import effects_env
 from support.jobs import FINISHED
-from support.logs import ready
 
 from qworker import Client
 from qworker.lifecycle import MAX_LOST
@@ -46,43 +45,24 @@ FINISH_WITHIN = 180.0
 def test_random_sigkills_of_workers_lose_nothing_and_never_overlap_runs(
     client: Client, db: Any, spawn_worker: Any, mongo_url: str
 ) -> None:
-    rng = random.Random(SEED)
-    env = effects_env(mongo_url)
     extra = ["--lease", str(LEASE), "--concurrency", "4", "--grace", "1"]
-
-    spawned = []
-
-    def start(worker_id: str) -> Any:
-        spawned.append(spawn_worker("chaos_record", worker_id=worker_id, env=env, extra=extra))
-        return spawned[-1]
-
-    workers = {f"k{n}": start(f"k{n}") for n in range(WORKERS)}
-    ready(*workers.values())
+    fleet = Killings(spawn_worker, effects_env(mongo_url), extra, [f"k{n}" for n in range(WORKERS)])
     ids = client.enqueue_many("chaos_record", [{"n": n, "sleeps": [0.05]} for n in range(JOBS)])
     began = time.monotonic()
 
     def unfinished() -> int:
         return JOBS - db.jobs.count_documents({"state": {"$in": FINISHED}})
 
-    deaths: dict[int, float] = {}
-    kills_while_busy = 0
-    while unfinished() and len(deaths) < MAX_KILLS:
-        time.sleep(rng.uniform(*KILL_EVERY))
-        worker_id = rng.choice(sorted(workers))
-        victim = workers[worker_id]
-        busy = db.jobs.count_documents({"state": "running", "lockedBy": worker_id}) > 0
-        deaths[victim.pid] = dead_now(victim)
-        kills_while_busy += busy
-        workers[worker_id] = start(worker_id)
-        assert time.monotonic() - began < FINISH_WITHIN, f"{unfinished()} jobs left"
+    def busy(worker_id: str) -> bool:
+        return db.jobs.count_documents({"state": "running", "lockedBy": worker_id}) > 0
 
-    deadline = began + FINISH_WITHIN
-    while unfinished():
-        assert time.monotonic() < deadline, f"{unfinished()} of {JOBS} jobs never finished"
-        time.sleep(0.5)
+    kills_while_busy = fleet.kill_while(
+        unfinished, random.Random(SEED), KILL_EVERY, MAX_KILLS, began + FINISH_WITHIN, busy
+    )
+    deaths, workers = fleet.deaths, fleet.workers
     took = time.monotonic() - began
 
-    report = audit(db, ids, deaths, spawned)
+    report = audit(db, ids, deaths, fleet.spawned)
     window = max(report.unrecorded_for, default=0.0)
     print(
         f"\n{JOBS} jobs in {took:.0f}s, {len(deaths)} kills ({kills_while_busy} of a busy "

@@ -14,9 +14,10 @@ overlap, no two runs of that job ever did their work at once.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +25,7 @@ from bson import ObjectId
 
 from qworker.lifecycle import MAX_LOST
 from support.jobs import max_overlap
-from support.logs import log_events
+from support.logs import log_events, ready
 
 LOST_REASON = f"lost with its worker {MAX_LOST} times"
 
@@ -151,3 +152,45 @@ def dead_now(process: Any) -> float:
     process.process.kill()
     process.process.wait()
     return time.time()
+
+
+class Killings:
+    """Standalone ``chaos_record`` workers that a test kills with SIGKILL at seeded random
+    moments, each started again at once under the same id."""
+
+    def __init__(self, spawn_worker: Any, env: dict[str, str], extra: list[str], ids: list[str]):
+        self._spawn, self._env, self._extra = spawn_worker, env, extra
+        self.spawned: list[Any] = []  # every process started, for the audit's logs
+        self.workers = {worker_id: self._start(worker_id) for worker_id in ids}
+        self.deaths: dict[int, float] = {}  # pid -> a time by which it was dead
+        ready(*self.workers.values())
+
+    def _start(self, worker_id: str) -> Any:
+        worker = self._spawn("chaos_record", worker_id=worker_id, env=self._env, extra=self._extra)
+        self.spawned.append(worker)
+        return worker
+
+    def kill_while(
+        self,
+        unfinished: Callable[[], int],
+        rng: random.Random,
+        every: tuple[float, float],
+        most: int,
+        deadline: float,
+        busy: Callable[[str], bool] = lambda worker_id: False,
+    ) -> int:
+        """Kill a random worker every ``every`` seconds while jobs are left, ``most``
+        times; how many kills found the worker ``busy``. ``deadline`` is monotonic."""
+        busy_kills = 0
+        while unfinished() and len(self.deaths) < most:
+            time.sleep(rng.uniform(*every))
+            worker_id = rng.choice(sorted(self.workers))
+            victim = self.workers[worker_id]
+            busy_kills += busy(worker_id)
+            self.deaths[victim.pid] = dead_now(victim)
+            self.workers[worker_id] = self._start(worker_id)
+            assert time.monotonic() < deadline, f"{unfinished()} jobs left"
+        while unfinished():
+            assert time.monotonic() < deadline, f"{unfinished()} jobs never finished"
+            time.sleep(0.5)
+        return busy_kills
