@@ -211,40 +211,42 @@ def group(
     if not children:
         raise InvalidJobError("a group needs at least one job")
     callbacks = [
-        (n, step(s))
-        for n, s in (("on_success", on_success), ("on_complete", on_complete))
+        (node, _callback_step(node, s))
+        for node, s in (("on_success", on_success), ("on_complete", on_complete))
         if s is not None
     ]
     if len(children) + len(callbacks) > MAX_NODES:
         raise InvalidJobError(f"a group has at most {MAX_NODES - 2:,} jobs")
     ids = node_ids(len(children) + len(callbacks))
-    over = {"from": ids[1], "to": ids[len(children)], "count": len(children)}
     jobs = []
     for n, child in enumerate(children):
         doc = new_job(child.task, child.data, now=now, run_at=run_at, **child.options)
-        doc.update(_id=ids[n + 1], flow={"id": ids[0], "name": name, "node": str(n), "next": []})
+        doc.update(_id=ids[n + 1], flow={"id": ids[0], "name": name, "node": str(n)})
         jobs.append(doc)
+    over = {"from": ids[1], "to": ids[len(children)], "count": len(children)}
     for offset, (node, callback) in enumerate(callbacks):
         doc = new_job(callback.task, None, now=now, run_at=run_at, **callback.options)
         doc["_id"] = ids[len(children) + 1 + offset]
-        flow = {
-            "id": ids[0],
-            "name": name,
-            "node": node,
-            "over": over,
-            "input": "results" if node == "on_success" else "summary",
-        }
-        _wait(doc, flow, len(children))
-        doc["flow"] = flow
+        doc["flow"] = {"id": ids[0], "name": name, "node": node, "over": over}
+        doc["flow"]["input"] = "results" if node == "on_success" else "summary"
+        _wait(doc, doc["flow"], len(children))
         for bit, child_doc in enumerate(jobs[: len(children)]):
             edge = {"id": doc["_id"], "bit": bit, "ignoreFailure": node == "on_complete"}
-            child_doc["flow"]["next"].append(edge)
+            child_doc["flow"].setdefault("next", []).append(edge)
         jobs.append(doc)
-    for child_doc in jobs[: len(children)]:
-        if not child_doc["flow"]["next"]:
-            del child_doc["flow"]["next"]
-    workflow = _workflow_doc(ids[0], name, "group", len(jobs), now)
-    return Built(workflow, jobs)
+    return Built(_workflow_doc(ids[0], name, "group", len(jobs), now), jobs)
+
+
+def _callback_step(node: str, value: Step | str | tuple[str, Any]) -> Step:
+    """A group's callback: a task and its options; its data is what the group gives it."""
+    callback = step(value)
+    if callback.data is not None:
+        raise InvalidJobError(
+            f"{node} is given the group's {'results' if node == 'on_success' else 'summary'} "
+            f"as its data: give it a task and options, not data ({callback.data!r})",
+            node,
+        )
+    return callback
 
 
 def _wait(doc: Doc, flow: Doc, deps: int) -> None:

@@ -163,6 +163,10 @@ def test_a_dag_is_checked_when_built_and_nothing_is_stored(client: Client, db: A
         wf.add("gather", name="d", colour="red")
     with pytest.raises(InvalidJobError, match="workflow name"):
         client.workflow("bad name")
+    with pytest.raises(InvalidJobError, match="on_success is given the group's results"):
+        client.group([("double", {"x": 1})], on_success=("gather", {"table": "t"}))
+    with pytest.raises(InvalidJobError, match="a group needs at least one job"):
+        client.group([], on_complete="gather")
     assert wf.add("gather", deps=[a]) == workflows.Node("gather")
     assert wf.add("gather", deps=[a]).name == "gather-2"
     db.workers.insert_one({"_id": "w1", "tasks": ["gather"], "state": "running"})
