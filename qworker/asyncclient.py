@@ -200,6 +200,13 @@ class AsyncClient:
     async def group_info(self, group_id: str) -> Doc:
         return await self.workflow_info(group_id)
 
+    async def wait_workflow(self, workflow_id: str, timeout: float | None = None) -> Doc:
+        """Until every node has ended (see ``Client.wait_workflow``)."""
+        waiting = Waiting(workflow_id, timeout, "workflow")
+        while not waiting.over({"state": await self._run(workflowstore.state(workflow_id), None)}):
+            await asyncio.sleep(waiting.pause())
+        return await self.workflow_info(workflow_id)
+
     async def workflows(self, limit: int = 50, skip: int = 0) -> list[Doc]:
         return await self._run(workflowstore.listing(limit, skip), None)
 

@@ -226,6 +226,14 @@ class Client:
         progress counted over its jobs."""
         return self.workflow_info(group_id)
 
+    def wait_workflow(self, workflow_id: str, timeout: float | None = None) -> Doc:
+        """Block until every node has ended; its ``workflow_info``. ``TimeoutError`` after
+        ``timeout`` seconds."""
+        waiting = Waiting(workflow_id, timeout, "workflow")
+        while not waiting.over({"state": self._run(workflowstore.state(workflow_id), None)}):
+            time.sleep(waiting.pause())
+        return self.workflow_info(workflow_id)
+
     def workflows(self, limit: int = 50, skip: int = 0) -> list[Doc]:
         """Workflows and groups, newest first, each with its state and counts."""
         return self._run(workflowstore.listing(limit, skip), None)
@@ -506,8 +514,8 @@ REREAD_SECONDS = 5.0
 class Waiting:
     """One ``wait``: its deadline, its polling pace, and the job once it finished."""
 
-    def __init__(self, job_id: str, timeout: float | None) -> None:
-        self.job_id, self.timeout = job_id, timeout
+    def __init__(self, job_id: str, timeout: float | None, what: str = "job") -> None:
+        self.job_id, self.timeout, self.what = job_id, timeout, what
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self._pause = 0.02
         self._read_at = time.monotonic()
@@ -519,7 +527,9 @@ class Waiting:
         if doc["state"] in FINISHED_STATES:
             return True
         if self.deadline is not None and time.monotonic() >= self.deadline:
-            raise TimeoutError(f"job {self.job_id} is still {doc['state']} after {self.timeout}s")
+            raise TimeoutError(
+                f"{self.what} {self.job_id} is still {doc['state']} after {self.timeout}s"
+            )
         return False
 
     def pause(self) -> float:

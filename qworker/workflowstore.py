@@ -110,6 +110,16 @@ def info(workflow_id: str | ObjectId) -> Operation[Doc]:
     return doc
 
 
+def state(workflow_id: str | ObjectId) -> Operation[str]:
+    """``running`` while a node is waiting, queued or running; else ``info``'s state (one
+    read that stops at the first active node, then the counts once it is over)."""
+    doc = yield from _workflow(workflow_id)
+    active = {"_id": node_range(doc["_id"]), "state": {"$in": ACTIVE}}
+    if (yield Call("jobs", "find_one", (active, {"_id": 1}))) is not None:
+        return "running"
+    return str((yield from info(doc["_id"]))["state"])
+
+
 def _node(doc: Doc) -> Doc:
     flow = doc.get("flow") or {}
     deps = [dep["node"] for dep in flow.get("deps") or []]

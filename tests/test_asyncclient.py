@@ -100,7 +100,7 @@ def test_workflows_from_asyncio(mongo_url: str, db: Any, burst: Any) -> None:
     async def after() -> None:
         async with AsyncClient(mongo_url) as aclient:
             assert (await aclient.group_info(group_id))["results"] == [{"x": 2.0}, {"x": 4.0}]
-            assert (await aclient.workflow_info(workflow_id))["state"] == "failed"
+            assert (await aclient.wait_workflow(workflow_id, timeout=10))["state"] == "failed"
             queued = await aclient.retry_workflow(workflow_id)
             assert [doc["flow"]["node"] for doc in queued] == ["second"]
             cancelled = await aclient.cancel_workflow(workflow_id)

@@ -32,7 +32,10 @@ def test_a_chord_of_200_gets_the_200_results_in_order(
     nodes = nodes_of(db, group_id)
     assert nodes["on_success"]["state"] == "waiting" and nodes["0"]["state"] == "queued"
     spawn_worker("double", "gather", env=effects_env(mongo_url))
-    callback = client.wait(str(nodes["on_success"]["_id"]), timeout=120)
+    with pytest.raises(TimeoutError, match=f"workflow {group_id} is still running"):
+        client.wait_workflow(group_id, timeout=0.1)
+    assert client.wait_workflow(group_id, timeout=120)["state"] == "succeeded"
+    callback = client.get(str(nodes["on_success"]["_id"]))
     assert callback["state"] == "succeeded", callback.get("error")
     assert callback["result"]["data"] == [{"x": 2.0 * n} for n in range(200)]
     assert runs_of(db, callback["_id"]) == 1
