@@ -249,12 +249,13 @@ def test_an_outcome_written_twice_counts_once(mongo_url: str, db: Any) -> None:
     assert done["flow"]["bits"] == {"w0": 0, "w1": 0, "w2": 0}
 
 
+@pytest.mark.parametrize("fanout", ["fanout", "fanout_isolated"])
 def test_a_job_fans_out_a_group_and_a_dag_that_its_callbacks_collect(
-    client: Client, db: Any, burst: Any
+    client: Client, db: Any, burst: Any, fanout: str
 ) -> None:
-    group_parent = client.now("fanout", {"xs": [1, 2, 3]})
-    dag_parent = client.now("fanout", {"dag": True, "xs": [5]})
-    burst("fanout", "double", "gather")
+    group_parent = client.now(fanout, {"xs": [1, 2, 3]})
+    dag_parent = client.now(fanout, {"dag": True, "xs": [5]})
+    burst(fanout, "double", "gather")
     group_id = client.get(group_parent)["result"]["started"]
     info = client.group_info(group_id)
     assert info["state"] == "succeeded" and info["results"] == [{"x": 2.0}, {"x": 4.0}, {"x": 6.0}]
