@@ -152,10 +152,6 @@ class Workflow(Generic[T]):
             )
         return name, ignore
 
-    @property
-    def tasks(self) -> set[str]:
-        return {spec.step.task for spec in self._nodes.values()}
-
     def enqueue(self, *, session: Any = None) -> T:
         """Store the workflow (in the application's transaction with ``session=``); its id
         (from an ``AsyncClient``'s workflow, a coroutine to await)."""

@@ -282,3 +282,16 @@ def test_a_child_that_fails_is_retried_and_succeeds_counts_once(
     assert nodes["on_complete"]["result"]["data"]["succeeded"] == 2
     assert runs_of(db, nodes["on_success"]["_id"]) == 1
     assert runs_of(db, nodes["on_complete"]["_id"]) == 1
+
+
+def test_too_many_nodes_is_an_error_at_the_call(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(workflows, "MAX_NODES", 3)
+    wf = client.workflow("big")
+    for n in range(3):
+        wf.add("double", {"x": n}, name=f"n{n}")
+    with pytest.raises(InvalidJobError, match="at most 3 nodes"):
+        wf.add("double", name="n3")
+    with pytest.raises(InvalidJobError, match="a group has at most 1 jobs"):
+        client.group([("double", {"x": n}) for n in range(3)], on_success="gather")
