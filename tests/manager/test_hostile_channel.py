@@ -545,7 +545,9 @@ def test_a_forged_definition_neither_rewrites_nor_invalidates_a_live_one(
 def test_a_forged_cancel_of_a_running_job_is_ignored(fleet: Fleet) -> None:
     """A cancel is asked by a client on the job itself (cancelRequested): a message
     on the channel alone, which anyone who enqueues can write, stops nothing."""
-    job_id = fleet.client.now("record", {"sleep": 3})
+    # Long enough for the channel to deliver the message while it runs, on a loaded server
+    # (once, with 3 s, the message came after the job had ended, and nothing was checked).
+    job_id = fleet.client.now("record", {"sleep": 10})
     wait_for(lambda: fleet.client.get(job_id)["state"] == "running", 30, "the job to run")
     publish_sync(fleet.db.channel, protocol.JOB_CANCEL, {"jobId": job_id})
     wait_logged(fleet.managed, "ignoring a job:cancel for a job whose cancel nobody asked for", 30)
