@@ -6,6 +6,8 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bson import ObjectId
+
 from qworker.channel import Channel
 from qworker.mongo import async_client
 
@@ -62,3 +64,36 @@ def test_a_rolled_window_is_detected_and_skipped(mongo_url: str) -> None:
     long_ago, rolled, recent, kept = run(scenario())
     assert rolled > long_ago + timedelta(minutes=9), "a rolled position jumps to now"
     assert kept == recent, "a position still inside the window is kept"
+
+
+def test_a_message_that_became_visible_late_is_still_delivered(mongo_url: str) -> None:
+    """A message's id is stamped when its publisher builds it; on a loaded server the insert
+    can land seconds later. A live cursor that has caught up in between must still deliver it
+    (once, a forged-cancel test lost its message so on CI)."""
+
+    async def scenario() -> list[int]:
+        client = async_client(mongo_url)
+        db = client.get_default_database()
+        await db.create_collection("channel", capped=True, size=1 << 20)
+        channel = Channel(db.channel)
+        got: list[int] = []
+        ready = asyncio.Event()
+
+        async def on(event: str, body: dict[str, Any]) -> None:
+            got.append(body["n"])
+
+        task = asyncio.create_task(channel.subscribe(["late"], on, ready))
+        await ready.wait()
+        await asyncio.sleep(8)  # the cursor catches up, empty, several times
+        stamped = ObjectId.from_datetime(datetime.now(UTC) - timedelta(seconds=5))
+        await db.channel.insert_one({"_id": stamped, "event": "late", "message": {"n": 1}})
+        await channel.publish("late", {"n": 2})
+        for _ in range(200):
+            if len(got) >= 2:
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+        await client.close()
+        return got
+
+    assert run(scenario()) == [1, 2]
