@@ -1,7 +1,6 @@
 """qworker: a distributed task worker for Python backed by MongoDB."""
 
 from qworker.asyncclient import AsyncClient
-from qworker.chains import Step
 from qworker.client import Client
 from qworker.errors import (
     ConfigError,
@@ -20,6 +19,7 @@ from qworker.errors import (
 from qworker.fanin import UpstreamFailure
 from qworker.job import Job
 from qworker.model import JobState
+from qworker.steps import Step
 from qworker.workflows import Dep, Workflow
 
 __version__ = "0.1.0"

@@ -24,7 +24,6 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from qworker import enqueue, fleet, protocol, store, streams, workflows, workflowstore
 from qworker.aio import cancel_and_wait
-from qworker.chains import Step
 from qworker.channel import Channel
 from qworker.client import (
     PING_SECONDS,
@@ -40,6 +39,7 @@ from qworker.mongo import CHANNEL_BYTES, Names, async_database, close_async
 from qworker.operations import Operation, run_async
 from qworker.schedules import Schedule
 from qworker.schema import ensure_schema_async
+from qworker.steps import Step
 from qworker.store import Doc
 from qworker.transactions import AsyncTransactions
 from qworker.when import parse_when, utcnow
@@ -161,7 +161,7 @@ class AsyncClient:
         session: Session = None,
     ) -> str:
         """Queue steps to run one after another (see ``Client.chain``); the chain's id."""
-        return (await self._enqueue(enqueue.chain(steps, when), session))[0]
+        return (await self._enqueue(workflowstore.chain(steps, when), session))[0]
 
     # -- workflows -------------------------------------------------------
 
@@ -315,7 +315,7 @@ class AsyncClient:
 
     async def retry(self, job_id: str, *, session: Session = None) -> Doc:
         """Run a finished job again, now."""
-        doc = await self._run(store.retry(job_id, utcnow()), session)
+        doc = await self._run(workflowstore.retry_job(job_id, utcnow()), session)
         await self._hint(protocol.JOB_QUEUED, protocol.queued([doc]), True, session)
         return doc
 

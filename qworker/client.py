@@ -23,7 +23,6 @@ from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
 from qworker import enqueue, fleet, protocol, store, streams, workflows, workflowstore
-from qworker.chains import Step
 from qworker.channel import publish_sync
 from qworker.errors import InvalidJobError, ScheduleNotFound, ScheduleOwnedByTask
 from qworker.model import FINISHED_STATES, Expires, JobState
@@ -32,6 +31,7 @@ from qworker.mongo import sync_database as open_database
 from qworker.operations import Operation, run
 from qworker.schedules import Schedule, ScheduleBook, make_schedule
 from qworker.schema import ensure_schema
+from qworker.steps import Step
 from qworker.store import Doc, job_query
 from qworker.transactions import Transactions
 from qworker.wakeups import Wakeups
@@ -175,9 +175,10 @@ class Client:
         previous step's result, or a ``Step`` with job options. The chain
         stops at the first step that fails for good: the steps after it end
         ``cancelled``, their ``failReason`` naming the step. ``wait(chain_id)``
-        returns the last step.
+        returns the last step. A chain is a workflow (kind ``chain``): see
+        ``workflows()``; retrying its failed step runs the rest again.
         """
-        return self._enqueue(enqueue.chain(steps, when), session)[0]
+        return self._enqueue(workflowstore.chain(steps, when), session)[0]
 
     # -- workflows -------------------------------------------------------
 
@@ -500,7 +501,7 @@ class Client:
     def retry(self, job_id: str, *, session: ClientSession | None = None) -> Doc:
         """Run a finished (failed, cancelled, expired or succeeded) job again, now; an
         expired one loses its deadline."""
-        doc = self._run(store.retry(job_id, utcnow()), session)
+        doc = self._run(workflowstore.retry_job(job_id, utcnow()), session)
         self._announce([doc], session)
         return doc
 

@@ -7,13 +7,12 @@ whose wake-up the caller may publish: only jobs due soon are announced.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from qworker import store
-from qworker.chains import Step, chain_jobs
 from qworker.model import new_job
 from qworker.operations import Operation
 from qworker.when import parse_when, utcnow
@@ -58,13 +57,3 @@ def unique(
     if holder is not None:
         return Enqueued([str(holder)])
     return Enqueued([str(doc["_id"])], due_soon([doc], now))
-
-
-def chain(
-    steps: Sequence[Step | str | tuple[str, Any]], when: str | datetime | None
-) -> Operation[Enqueued]:
-    """A chain's jobs; its id is its last job's. Only the first step is runnable."""
-    now = utcnow()
-    docs = chain_jobs(steps, now, parse_when(when, now))
-    yield from store.insert(docs)
-    return Enqueued([str(docs[-1]["_id"])], due_soon(docs[:1], now))

@@ -13,7 +13,9 @@ group's size, and nothing scans the group. A failure that the edge does not
 ignore queues the node at once, marked ``doomedBy``: the worker that claims it
 ends it cancelled, naming the failed node, and its own end moves the nodes
 after it, so a failure goes down the graph one claim at a time, through the
-same crash-proof path as any outcome.
+same crash-proof path as any outcome. A chain's step (``flow.rest``) needs no
+such walk: the steps after it are the range of ids after it, and its failure
+cancels them all in one write.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 
 from bson import ObjectId
 from bson.int64 import Int64
-from pymongo import UpdateOne
+from pymongo import UpdateMany, UpdateOne
 
 from qworker.model import JobState
 
@@ -59,14 +61,23 @@ def set_bits(bits: Iterable[int], width: int) -> Doc:
     return {f"w{n}": word for n, word in enumerate(words)}
 
 
+def flow_of(doc: Doc) -> Doc:
+    """A job's ``flow``, or nothing (a malformed one, failed as such, sets nothing off)."""
+    flow = doc.get("flow")
+    return flow if isinstance(flow, dict) else {}
+
+
 def ends(
-    doc: Doc, state: JobState, reason: str | None, now: datetime
-) -> tuple[list[tuple[ObjectId, int]], list[UpdateOne]]:
+    doc: Doc, state: JobState, reason: str | None, now: datetime, keep_until: datetime | None
+) -> tuple[list[tuple[ObjectId, int]], list[UpdateOne | UpdateMany]]:
     """What ``doc`` ending ``state`` sets off: the (node, bit) edges to count down
-    (``count_down``), and the writes that doom the nodes its failure cancels."""
-    flow = doc.get("flow") or {}
+    (``count_down``), and the writes that doom the nodes its failure cancels (a
+    chain's later steps: cancelled, kept until ``keep_until``)."""
+    flow = flow_of(doc)
     counted: list[tuple[ObjectId, int]] = []
-    dooms: list[UpdateOne] = []
+    dooms: list[UpdateOne | UpdateMany] = []
+    if state is not JobState.SUCCEEDED and isinstance(flow.get("rest"), dict):
+        return counted, [_stop_rest(doc, flow["rest"], state, reason, now, keep_until)]
     for edge in flow.get("next") or []:
         bit = int(edge["bit"])
         if state is JobState.SUCCEEDED or edge.get("ignoreFailure"):
@@ -92,9 +103,31 @@ def ends(
     return counted, dooms
 
 
-def released(doc: Doc, state: JobState, reason: str | None, now: datetime) -> list[UpdateOne]:
+def _stop_rest(
+    doc: Doc, rest: Doc, state: JobState, reason: str | None, now: datetime, keep: datetime | None
+) -> UpdateMany:
+    """Cancel the steps of a chain still waiting after ``doc``, saying where it stopped."""
+    where = (
+        f"chain stopped at step {rest['step']} of {rest['size']} "
+        f"(task {doc.get('name')!r}, job {doc['_id']}): {reason or state.value}"
+    )
+    fields: Doc = {
+        "state": JobState.CANCELLED.value,
+        "failReason": where,
+        "lastFinishedAt": now,
+        "flow.doomedBy": _doom(doc, state, reason),
+    }
+    if keep is not None:
+        fields["flow.keepUntil"] = keep
+    after = {"$gt": doc["_id"], "$lte": rest["to"]}
+    return UpdateMany({"_id": after, "state": JobState.WAITING.value}, {"$set": fields})
+
+
+def released(
+    doc: Doc, state: JobState, reason: str | None, now: datetime, keep_until: datetime | None
+) -> list[UpdateOne | UpdateMany]:
     """``ends`` as writes, one count-down per node: for a job that ends on its own."""
-    counted, dooms = ends(doc, state, reason, now)
+    counted, dooms = ends(doc, state, reason, now, keep_until)
     by_node: dict[ObjectId, list[int]] = {}
     for node, bit in counted:
         by_node.setdefault(node, []).append(bit)
@@ -144,7 +177,7 @@ def _bit_set(path: str, offset: int) -> Doc:
 def _doom(doc: Doc, state: JobState, reason: str | None) -> Doc:
     """What dooms the nodes after ``doc``: its failure, or the failure that doomed it
     (the node that failed is named, and the last node it came through)."""
-    flow = doc.get("flow") or {}
+    flow = flow_of(doc)
     before = flow.get("doomedBy")
     if isinstance(before, dict):
         return {**before, "through": flow.get("node")}
@@ -153,7 +186,7 @@ def _doom(doc: Doc, state: JobState, reason: str | None) -> Doc:
 
 def doomed_reason(doc: Doc) -> str | None:
     """Why a claimed node must not run (a dependency failed), or None."""
-    doomed = (doc.get("flow") or {}).get("doomedBy")
+    doomed = flow_of(doc).get("doomedBy")
     if not isinstance(doomed, dict):
         return None
     why = f": {doomed['reason']}" if doomed.get("reason") else ""
@@ -164,8 +197,8 @@ def doomed_reason(doc: Doc) -> str | None:
 
 def reads(doc: Doc) -> Doc | None:
     """The filter of the jobs a starting node reads (its dependencies), or None."""
-    flow = doc.get("flow") or {}
-    if flow.get("input") == "upstream":
+    flow = flow_of(doc)
+    if flow.get("input") in ("upstream", "previous"):
         return {"_id": {"$in": [dep["id"] for dep in flow.get("deps") or []]}}
     if flow.get("input") in ("results", "summary"):
         over = flow["over"]
@@ -176,9 +209,11 @@ def reads(doc: Doc) -> Doc | None:
 def inputs(doc: Doc, found: list[Doc]) -> tuple[Any, dict[str, Any]]:
     """The node's data and its ``upstream``, from the jobs ``reads`` found."""
     flow = doc["flow"]
-    if flow["input"] == "upstream":
+    if flow["input"] in ("upstream", "previous"):
         by_id = {job["_id"]: job for job in found}
         upstream = {dep["node"]: _value(by_id.get(dep["id"])) for dep in flow["deps"]}
+        if flow["input"] == "previous":  # a chain's step given as a bare task
+            return by_id.get(flow["deps"][0]["id"], {}).get("result"), upstream
         return doc.get("data"), upstream
     children = sorted(found, key=lambda job: job["_id"])  # the order they were given in
     results = [job.get("result") if _succeeded(job) else None for job in children]

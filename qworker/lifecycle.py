@@ -5,8 +5,8 @@ documents that MongoDB applies atomically: the claim, the outcome of a run
 (success, failure, a retry, a cancel, a snooze), a job claimed past its
 deadline, a refused malformed job, a run handed back or taken back from a lost
 worker, the manager's expiry of overdue jobs, an operator's cancel and retry,
-and the moves of a chain that one step's outcome decides. The store writes
-them; the worker, the manager and the client choose which.
+and what an end outside a run sets off in a workflow (``fanin``). The store
+writes them; the worker, the manager and the client choose which.
 
 Every write of a run is conditional on the claim's ``lockToken`` (``owned``),
 so a worker that lost its lease can never overwrite another run's outcome.
@@ -224,70 +224,12 @@ def kept_with_workflow(doc: Doc, update: Doc) -> Doc:
     return update
 
 
-# -- chains -------------------------------------------------------------------------
-
-
-def advance(doc: Doc, result: Any, now: datetime) -> UpdateOne | None:
-    """After ``doc`` succeeded: queue the chain's next step, if it is still waiting."""
-    following = (doc.get("chain") or {}).get("next")
-    if following is None:
-        return None
-    fields: Doc = {"state": JobState.QUEUED.value, "nextRunAt": now}
-    if following.get("previousResult"):
-        fields["data"] = result
-    return UpdateOne({"_id": following["id"], "state": JobState.WAITING.value}, {"$set": fields})
-
-
-def stop_chain(doc: Doc, reason: str, now: datetime, retention: Retention) -> UpdateMany | None:
-    """After ``doc`` failed for good or was cancelled: cancel the steps still waiting."""
-    chain = doc.get("chain")
-    if not chain or "next" not in chain:
-        return None
-    where = (
-        f"chain stopped at step {chain['index'] + 1} of {chain['size']} "
-        f"(task '{doc['name']}', job {doc['_id']}): {reason}"
-    )
-    fields: Doc = {
-        "state": JobState.CANCELLED.value,
-        "failReason": where,
-        "lastFinishedAt": now,
-        "chainStoppedAt": {"jobId": doc["_id"], "index": chain["index"]},
-    }
-    expire_at = retention.expire_at(JobState.CANCELLED, now)
-    if expire_at is not None:
-        fields["expireAt"] = expire_at
-    return UpdateMany({"chain.id": chain["id"], "state": JobState.WAITING.value}, {"$set": fields})
-
-
 def ended(
     doc: Doc, state: JobState, reason: str, now: datetime, retention: Retention
 ) -> list[UpdateOne | UpdateMany]:
     """What a job ending ``state`` outside a worker's run sets off (a cancel, a
-    deletion, an expiry, a job lost too often): the rest of its chain stopped, and
-    the count-down in the workflow nodes waiting for it. Written once the end itself
+    deletion, an expiry, a job lost too often): the count-down in the workflow nodes
+    waiting for it, or the rest of its chain stopped. Written once the end itself
     was, as they must not follow an end that did not happen."""
-    stopped = stop_chain(doc, reason, now, retention)
-    return [*([stopped] if stopped is not None else []), *fanin.released(doc, state, reason, now)]
-
-
-def revive_chain(doc: Doc) -> UpdateMany | None:
-    """When a stopped chain's failed step is retried: its cancelled followers wait again."""
-    chain = doc.get("chain")
-    if not chain:
-        return None
-    return UpdateMany(
-        {
-            "chain.id": chain["id"],
-            "chainStoppedAt.jobId": ObjectId(doc["_id"]),
-            "state": JobState.CANCELLED.value,
-        },
-        {
-            "$set": {"state": JobState.WAITING.value},
-            "$unset": {
-                "chainStoppedAt": "",
-                "failReason": "",
-                "lastFinishedAt": "",
-                "expireAt": "",
-            },
-        },
-    )
+    keep = retention.expire_at(JobState.CANCELLED, now)
+    return fanin.released(doc, state, reason, now, keep)

@@ -299,7 +299,7 @@ _STORED_FIELDS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
     ("nextRunAt", lambda v: isinstance(v, datetime), "a date"),
     ("expiresAt", lambda v: isinstance(v, datetime), "a date"),
     ("description", lambda v: isinstance(v, str), "a string"),
-    ("chain", lambda v: isinstance(v, dict), "a chain"),
+    ("flow", lambda v: isinstance(v, dict), "a workflow's node"),
     ("logs", lambda v: isinstance(v, list), "a list"),
 )
 

@@ -191,10 +191,10 @@ LOST_FIELDS = {
     "lostCount": 1,
     "name": 1,
     "priority": 1,
-    "chain": 1,  # a job failed for being lost too often ends its chain
-    "flow.node": 1,  # and counts down in the workflow nodes waiting for it
-    "flow.next": 1,
+    "flow.node": 1,  # a job failed for being lost too often counts down in the
+    "flow.next": 1,  # workflow nodes waiting for it, or stops its chain
     "flow.doomedBy": 1,
+    "flow.rest": 1,
 }
 
 
@@ -277,7 +277,7 @@ def count(query: Doc) -> Operation[int]:
 
 
 def delete(job_id: str | ObjectId, now: datetime) -> Operation[Doc]:
-    """Delete a job that is not running; a chain it held up is stopped as by a cancel."""
+    """Delete a job that is not running; the workflow nodes it held up see a cancel."""
     oid = object_id(job_id)
     idle = {"_id": oid, "state": {"$ne": JobState.RUNNING.value}}
     doc = yield _jobs("find_one_and_delete", idle)
@@ -344,8 +344,9 @@ def retry(job_id: str | ObjectId, now: datetime) -> Operation[Doc]:
         ) from None
     doc = yield from get(oid)
     if not done.modified_count:
-        raise JobStateError(f"job {job_id} is {doc['state']}: only finished jobs can be retried")
-    revived = lifecycle.revive_chain(doc)
-    if revived is not None:
-        yield _jobs("bulk_write", [revived])
+        raise not_finished(job_id, doc["state"])
     return doc
+
+
+def not_finished(job_id: str | ObjectId, state: str) -> JobStateError:
+    return JobStateError(f"job {job_id} is {state}: only finished jobs can be retried")

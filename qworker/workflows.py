@@ -1,4 +1,4 @@
-"""Workflows: jobs that wait for others (groups, chords, DAGs), with all their state in MongoDB.
+"""Workflows: jobs that wait for others (chains, groups, chords, DAGs), all their state in MongoDB.
 
 A workflow is built whole in memory (``Workflow``, ``group``), checked, and
 inserted at once: one document in ``workflows`` and one job per node. A node
@@ -11,7 +11,9 @@ queues the node, in the same ordered batch as the finishing job's outcome.
 A workflow's node ids share its first nine bytes (its creation second, then
 five random bytes; the last three number the nodes), so its jobs are one
 range of ``_id``: read through the ``_id`` index, with no index of their own
-for every enqueue to pay for.
+for every enqueue to pay for. A chain is a workflow in which each step
+depends on the one before; its later steps are the range after a step, so a
+failure cancels them all in one write (``flow.rest``).
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from typing import Any, Generic, TypeVar
 
 from bson import ObjectId
 
-from qworker.chains import Step, step
 from qworker.errors import InvalidJobError
 from qworker.fanin import bit_words
 from qworker.model import JobState, new_job
+from qworker.steps import Step, step
 
 Doc = dict[str, Any]
 T = TypeVar("T")
@@ -123,9 +125,20 @@ class Workflow(Generic[T]):
             raise InvalidJobError(f"workflow {self.name!r}: at most {MAX_NODES:,} nodes")
         if not isinstance(ignore_failure, bool):
             raise InvalidJobError("ignore_failure must be true or false", "ignore_failure")
-        spec = _Spec(node, Step(task, data, **options))
+        if "previous_result" in options:
+            raise InvalidJobError(
+                f"workflow {self.name!r}: node {node!r}: a node reads its dependencies' "
+                "results in job.upstream (previous_result is a chain's)",
+                "previous_result",
+            )
+        return self._add(node, Step(task, data, **options), deps, ignore_failure)
+
+    def _add(
+        self, node: str, spec_step: Step, deps: Iterable[Node | Dep | str], ignore: bool
+    ) -> Node:
+        spec = _Spec(node, spec_step)
         for dep in deps:
-            spec.deps.append(self._dep(node, dep, ignore_failure))
+            spec.deps.append(self._dep(node, dep, ignore))
         if len({name for name, _ in spec.deps}) != len(spec.deps):
             raise InvalidJobError(f"workflow {self.name!r}: node {node!r} names a dependency twice")
         self._nodes[node] = spec
@@ -159,13 +172,13 @@ class Workflow(Generic[T]):
             raise InvalidJobError("this workflow was not made by a client: use client.workflow()")
         return self._submit(self, session)
 
-    def build(self, now: datetime, run_at: datetime) -> Built:
+    def build(self, now: datetime, run_at: datetime, kind: str = "workflow") -> Built:
         """The documents, every node validated before any is stored."""
         if not self._nodes:
             raise InvalidJobError(f"workflow {self.name!r} has no node")
         ids = node_ids(len(self._nodes))
         by_name = dict(zip(self._nodes, ids[1:], strict=True))
-        workflow = _workflow_doc(ids[0], self.name, "workflow", len(self._nodes), now)
+        workflow = _workflow_doc(ids[0], self.name, kind, len(self._nodes), now)
         jobs = []
         for spec in self._nodes.values():
             doc = new_job(
@@ -178,7 +191,7 @@ class Workflow(Generic[T]):
                     {"node": dep, "id": by_name[dep], "ignoreFailure": ignore}
                     for dep, ignore in spec.deps
                 ]
-                flow["input"] = "upstream"
+                flow["input"] = "previous" if spec.step.previous_result else "upstream"
                 _wait(doc, flow, len(spec.deps))
             doc["flow"] = flow
             jobs.append(doc)
@@ -188,6 +201,29 @@ class Workflow(Generic[T]):
                 edge = {"id": doc["_id"], "bit": bit, "ignoreFailure": dep["ignoreFailure"]}
                 by_id[dep["id"]]["flow"].setdefault("next", []).append(edge)
         return Built(workflow, jobs)
+
+
+def chain(
+    steps: Sequence[Step | str | tuple[str, Any]],
+    now: datetime,
+    run_at: datetime,
+    name: str = "chain",
+) -> Built:
+    """Steps that run one after another, each depending on the one before (a step given
+    as a bare task takes the previous step's result as its data). A step that fails
+    for good cancels every step after it at once, naming itself (``flow.rest``)."""
+    parsed = [step(s) for s in steps]
+    if len(parsed) < 2:
+        raise InvalidJobError("a chain needs at least two steps")
+    wf: Workflow[None] = Workflow(name)
+    before: list[Node] = []
+    for each in parsed:
+        before = [wf._add(wf._free_name(each.task), each, before, False)]
+    built = wf.build(now, run_at, kind="chain")
+    last = built.jobs[-1]["_id"]
+    for n, doc in enumerate(built.jobs[:-1]):
+        doc["flow"]["rest"] = {"to": last, "step": n + 1, "size": len(built.jobs)}
+    return built
 
 
 def group(

@@ -9,21 +9,21 @@ the queue.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import UpdateOne
 from pymongo.errors import OperationFailure
 
-from qworker import lifecycle, store
+from qworker import fanin, lifecycle, rerun, store, workflows
 from qworker.enqueue import Enqueued, due_soon
 from qworker.errors import InvalidJobError, JobNotFound, JobStateError
-from qworker.fanin import set_bits
 from qworker.model import ACTIVE_STATES, JobState
 from qworker.mongo import UNAUTHORIZED
 from qworker.operations import Call, Operation
+from qworker.steps import Step
+from qworker.when import parse_when, utcnow
 from qworker.workflows import Built, node_range
 
 Doc = dict[str, Any]
@@ -183,57 +183,46 @@ def cancel(workflow_id: str | ObjectId, now: datetime) -> Operation[list[ObjectI
 
 def retry(workflow_id: str | ObjectId, now: datetime) -> Operation[list[Doc]]:
     """Run the nodes that did not succeed again, each waiting for those of its
-    dependencies that run again; the succeeded ones are kept. The nodes queued."""
+    dependencies that run again (``rerun``); the succeeded ones are kept. The nodes
+    queued."""
     doc = yield from _workflow(workflow_id)
-    fields = {"state": 1, "name": 1, "priority": 1, "nextRunAt": 1, "flow": 1}
-    nodes = yield from _nodes(doc["_id"], fields)
+    nodes = yield from _nodes(doc["_id"], rerun.FIELDS)
     active = [n for n in nodes if n["state"] in ACTIVE]
     if active:
         raise JobStateError(
             f"workflow {workflow_id} is still running ({len(active)} nodes waiting, queued or "
             "running): cancel it, or wait for it to end"
         )
-    again = {n["_id"] for n in nodes if n["state"] != JobState.SUCCEEDED.value}
-    if not again:
+    asked = {n["_id"] for n in nodes if n["state"] != JobState.SUCCEEDED.value}
+    if not asked:
         raise JobStateError(f"workflow {workflow_id}: every node succeeded, nothing to run again")
-    writes = [_again(node, again, now) for node in nodes if node["_id"] in again]
-    yield Call("jobs", "bulk_write", (writes,), {"ordered": False})
+    ids = yield from rerun.rerun(nodes, asked, now)
     queued = yield Call(
-        "jobs",
-        "find",
-        ({"_id": {"$in": list(again)}, "state": JobState.QUEUED.value}, {"logs": 0}),
+        "jobs", "find", ({"_id": {"$in": ids}, "state": JobState.QUEUED.value}, {"logs": 0})
     )
     return queued  # type: ignore[no-any-return]
 
 
-def _again(node: Doc, again: set[ObjectId], now: datetime) -> UpdateOne:
-    """One node run again: waiting for the dependencies that run again too, or queued."""
-    flow = node["flow"]
-    if "over" in flow:
-        width = flow["over"]["count"]
-        children = _span(flow["over"]["from"], flow["over"]["to"])
-        bits = [n for n, job_id in enumerate(children) if job_id in again]
-    else:
-        width = len(flow.get("deps") or [])
-        bits = [n for n, dep in enumerate(flow.get("deps") or []) if dep["id"] in again]
-    update = lifecycle.retry(now)
-    update["$unset"]["flow.doomedBy"] = ""
-    if bits:
-        update["$set"].update(
-            {
-                "state": JobState.WAITING.value,
-                "flow.pending": len(bits),
-                "flow.bits": set_bits(bits, width),
-            }
-        )
-    return UpdateOne({"_id": node["_id"]}, update)
+def retry_job(job_id: str | ObjectId, now: datetime) -> Operation[Doc]:
+    """A finished job run again (``store.retry``); a workflow's node, with the nodes its
+    failure cancelled, each waiting for what runs again (``rerun``)."""
+    doc = yield from store.get(job_id)
+    workflow_id = fanin.flow_of(doc).get("id")
+    if not isinstance(workflow_id, ObjectId):
+        return (yield from store.retry(job_id, now))
+    if doc["state"] in ACTIVE:
+        raise store.not_finished(job_id, doc["state"])
+    nodes = yield from _nodes(workflow_id, rerun.FIELDS)
+    yield from rerun.rerun(nodes, {doc["_id"]}, now)
+    return (yield from store.get(doc["_id"]))
 
 
-def _span(lo: ObjectId, hi: ObjectId) -> list[ObjectId]:
-    """The ids from ``lo`` to ``hi`` of one workflow, in order."""
-    prefix, first, last = (
-        lo.binary[:9],
-        int.from_bytes(lo.binary[9:]),
-        int.from_bytes(hi.binary[9:]),
-    )
-    return [ObjectId(prefix + n.to_bytes(3, "big")) for n in range(first, last + 1)]
+def chain(
+    steps: Sequence[Step | str | tuple[str, Any]], when: str | datetime | None
+) -> Operation[Enqueued]:
+    """A chain (``workflows.chain``); its id is its last step's, so ``wait`` waits for it.
+    Its tasks are not checked: a chain may wait for workers that start later."""
+    now = utcnow()
+    built = workflows.chain(steps, now, parse_when(when, now))
+    done = yield from insert(built, now, check=False)
+    return Enqueued([str(built.jobs[-1]["_id"])], done.due)

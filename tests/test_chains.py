@@ -1,4 +1,5 @@
-"""Chains: steps run one after another on real workers, stopping at the first failure."""
+"""Chains: steps run one after another on real workers, stopping at the first failure.
+A chain is a workflow (kind ``chain``) whose id is its last step's."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ from click.testing import CliRunner
 
 from qworker import Client, InvalidJobError, Step
 from qworker.cli.manager import main
+from qworker.workflows import node_range
 
 
 def steps_of(db: Any, chain_id: str) -> list[dict[str, Any]]:
-    return list(db.jobs.find({"chain.id": ObjectId(chain_id)}).sort("chain.index", 1))
+    workflow_id = db.jobs.find_one({"_id": ObjectId(chain_id)})["flow"]["id"]
+    return list(db.jobs.find({"_id": node_range(workflow_id)}).sort("_id", 1))
 
 
 def test_a_chain_passes_each_result_on_and_wait_returns_the_last_step(
@@ -29,7 +32,7 @@ def test_a_chain_passes_each_result_on_and_wait_returns_the_last_step(
     assert last["state"] == "succeeded" and last["result"] == {"x": 8.0}
     first, second, third = steps_of(db, chain_id)
     assert [s["state"] for s in (first, second, third)] == ["succeeded"] * 3
-    assert second["data"] == {"x": 2.0} and third["data"] == {"x": 4.0}
+    assert first["result"] == {"x": 2.0} and second["result"] == {"x": 4.0}
     # In series: each step started after the one before it finished.
     assert first["lastFinishedAt"] <= second["lastRunAt"]
     assert second["lastFinishedAt"] <= third["lastRunAt"]
@@ -57,7 +60,7 @@ def test_a_chain_stops_at_the_first_failure_and_says_where(
         f"chain stopped at step 2 of 3 (task 'shortlived', job {failed['_id']}): "
         "RuntimeError: asked to fail"
     )
-    assert never["chainStoppedAt"] == {"jobId": failed["_id"], "index": 1}
+    assert never["flow"]["doomedBy"]["job"] == failed["_id"]
 
     # Retrying the failed step puts the rest of the chain back to waiting;
     # it fails again, and the chain stops again.
@@ -82,7 +85,7 @@ def test_cancelling_a_queued_step_cancels_the_rest(client: Client, db: Any) -> N
     ("steps", "message"),
     [
         ([("double", {"x": 1})], "at least two steps"),
-        ([("double", {"x": 1}), 5], "a chain step is a task id"),
+        ([("double", {"x": 1}), 5], "a step is a task id"),
         ([("double", {"x": 1}), ("Bad Task", None)], "not a valid task id"),
         ([("double", {"x": {1, 2}}), "double"], "not JSON-serialisable"),
     ],
@@ -90,12 +93,23 @@ def test_cancelling_a_queued_step_cancels_the_rest(client: Client, db: Any) -> N
 def test_bad_chains_store_nothing(client: Client, db: Any, steps: Any, message: str) -> None:
     with pytest.raises(InvalidJobError, match=message):
         client.chain(steps)
-    assert db.jobs.count_documents({}) == 0
+    assert db.jobs.count_documents({}) == 0 and db.workflows.count_documents({}) == 0
 
 
 def test_jobs_show_names_the_chain_step(client: Client, mongo_url: str) -> None:
     chain_id = client.chain([("double", {"x": 1}), "double"])
     shown = CliRunner().invoke(main, ["--mongo", mongo_url, "jobs", "show", chain_id])
     assert shown.exit_code == 0, shown.output
-    assert f"chain:        step 2 of 2 (chain {chain_id})" in shown.output
+    workflow_id = client.get(chain_id)["flow"]["id"]
+    assert f"workflow:     node 'double-2' of chain {workflow_id}" in shown.output
     assert "state:        waiting" in shown.output
+
+
+def test_a_chain_is_listed_among_the_workflows(client: Client) -> None:
+    chain_id = client.chain([("double", {"x": 1}), "double", "double"])
+    [listed] = client.workflows()
+    assert listed["kind"] == "chain" and listed["size"] == 3
+    assert listed["counts"]["queued"] == 1 and listed["counts"]["waiting"] == 2
+    info = client.workflow_info(str(listed["_id"]))
+    assert [n["node"] for n in info["nodes"]] == ["double", "double-2", "double-3"]
+    assert info["nodes"][-1]["id"] == chain_id and info["nodes"][-1]["deps"] == ["double-2"]

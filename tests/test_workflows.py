@@ -11,8 +11,9 @@ from bson import ObjectId
 from pymongo import MongoClient
 from support.effects import effects_env
 
-from qworker import Client, Dep, InvalidJobError, JobStateError, Step, fanin, workflows
+from qworker import Client, Dep, InvalidJobError, JobStateError, Step, fanin, rerun, workflows
 from qworker.model import JobState
+from qworker.operations import run
 from qworker.when import utcnow
 
 
@@ -153,6 +154,66 @@ def test_a_failure_cancels_what_depends_on_it_unless_the_dependency_ignores_it(
     assert runs_of(db, nodes["lenient"]["_id"]) == 1
 
 
+def test_retrying_a_failed_node_runs_again_what_its_failure_cancelled(
+    client: Client, db: Any, burst: Any
+) -> None:
+    wf = client.workflow("node-retry")
+    broken = wf.add("shortlived", {"fail": True}, name="broken")
+    strict = wf.add("gather", name="strict", deps=[broken])
+    wf.add("gather", name="after", deps=[strict])
+    wf.add("gather", name="lenient", deps=[Dep(broken, ignore_failure=True)])
+    workflow_id = wf.enqueue()
+    burst("shortlived", "gather")
+    nodes = nodes_of(db, workflow_id)
+    assert [nodes[n]["state"] for n in ("broken", "strict", "after", "lenient")] == [
+        "failed",
+        "cancelled",
+        "cancelled",
+        "succeeded",
+    ]
+    db.jobs.update_one({"_id": nodes["broken"]["_id"]}, {"$set": {"data": {"fail": False}}})
+    assert client.retry(str(nodes["broken"]["_id"]))["state"] == "queued"
+    again = nodes_of(db, workflow_id)
+    assert [again[n]["state"] for n in ("strict", "after", "lenient")] == [
+        "waiting",
+        "waiting",
+        "succeeded",  # it ran, seeing the failure: kept
+    ]
+    assert "doomedBy" not in again["strict"]["flow"] and again["after"]["flow"]["pending"] == 1
+    burst("shortlived", "gather")
+    done = nodes_of(db, workflow_id)
+    assert {n: d["state"] for n, d in done.items()} == dict.fromkeys(done, "succeeded")
+    assert done["after"]["result"]["upstream"] == {
+        "strict": {"data": None, "upstream": {"broken": "done"}}
+    }
+    assert runs_of(db, done["lenient"]["_id"]) == 1
+
+
+def test_retrying_a_child_waits_for_the_children_still_running(
+    client: Client, db: Any, burst: Any, mongo_url: str
+) -> None:
+    """The chord a failed child cancelled waits again for it and for a child that has not
+    run yet; a child that ends while the retry is being written is counted all the same."""
+    steps = [("shortlived", {"fail": True}), ("double", {"x": 1}), ("noop", {})]
+    group_id = client.group(steps, on_success="gather")
+    burst("shortlived", "gather")  # the others wait for workers of theirs
+    nodes = nodes_of(db, group_id)
+    assert nodes["on_success"]["state"] == "cancelled"
+    db.jobs.update_one({"_id": nodes["0"]["_id"]}, {"$set": {"data": {"fail": False}}})
+    read = list(db.jobs.find({"_id": workflows.node_range(ObjectId(group_id))}, rerun.FIELDS))
+    burst("double")  # child 1 ends after the retry read it queued
+    assert client.get(str(nodes["1"]["_id"]))["state"] == "succeeded"
+    with MongoClient(mongo_url, tz_aware=True) as mongo:
+        database = mongo.get_default_database()
+        op = rerun.rerun(read, {nodes["0"]["_id"]}, utcnow())
+        assert run(op, database, client.names) == [nodes["0"]["_id"], nodes["on_success"]["_id"]]
+    callback = client.get(str(nodes["on_success"]["_id"]))
+    assert callback["state"] == "waiting" and callback["flow"]["pending"] == 2  # 0 and 2
+    burst("shortlived", "noop", "gather")
+    info = client.group_info(group_id)
+    assert info["state"] == "succeeded" and info["results"] == ["done", {"x": 2.0}, None]
+
+
 def test_a_dag_is_checked_when_built_and_nothing_is_stored(client: Client, db: Any) -> None:
     wf = client.workflow("checked")
     a = wf.add("gather", name="a")
@@ -237,7 +298,7 @@ def test_an_outcome_written_twice_counts_once(mongo_url: str, db: Any) -> None:
     with MongoClient(mongo_url) as mongo:
         jobs = mongo.get_default_database().jobs
         for child in children[:60]:  # one end at a time, each written twice
-            writes = fanin.released(child, JobState.SUCCEEDED, None, utcnow())
+            writes = fanin.released(child, JobState.SUCCEEDED, None, utcnow(), None)
             jobs.bulk_write(writes, ordered=True)
             jobs.bulk_write(writes, ordered=True)  # a retried batch
         assert db.jobs.find_one({"_id": callback})["flow"]["pending"] == 70

@@ -136,7 +136,7 @@ def task_rows(tasks: Sequence[dict[str, Any]]) -> None:
 
 
 def job_detail(job: dict[str, Any]) -> None:
-    progress, chain = job.get("progress") or {}, job.get("chain") or {}
+    progress, flow = job.get("progress") or {}, job.get("flow") or {}
     fields = [
         ("id", job["_id"]),
         ("task", job["name"]),
@@ -163,7 +163,7 @@ def job_detail(job: dict[str, Any]) -> None:
             job.get("scheduleId")
             and f"{job['scheduleId']} (fire of {when(job.get('scheduledFor'))})",
         ),
-        ("chain", chain and f"step {chain['index'] + 1} of {chain['size']} (chain {chain['id']})"),
+        ("workflow", flow and f"node {flow.get('node')!r} of {flow.get('name')} {flow.get('id')}"),
         ("kept until", when(job.get("expireAt"))),
     ]
     labelled(fields)

@@ -2,11 +2,11 @@
 
 A worker expires the overdue jobs it claims (``worker.runs``); the jobs no
 worker claims — of a task no worker serves, snoozed past their deadline,
-chain steps still waiting — would stay ``queued`` for ever. Every few
+workflow nodes still waiting — would stay ``queued`` for ever. Every few
 seconds the leader expires them, by task (whose metadata, when a worker
 announced it, gives their retention and what their notifications carry),
-stops the chains they were part of, and announces each as an ``expire``
-notification of its own (no worker's).
+sets off in their workflows what an end does (``lifecycle.ended``), and
+announces each as an ``expire`` notification of its own (no worker's).
 """
 
 from __future__ import annotations

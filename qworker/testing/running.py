@@ -66,7 +66,7 @@ def run_jobs(
     """Run the due jobs of ``tasks`` (default: every task in ``paths``) with their real
     code, one at a time, until none is due; their outcomes, in the order they ran.
 
-    What they set off (a chain's next step, a sub-task) runs too, when due.
+    What they set off (a chain's next step, a workflow's node, a sub-task) runs too, when due.
     ``limit`` stops claiming once that many jobs have started. Jobs due later
     (a delayed job, the backoff of a retry) are not waited for: they stay
     queued. Called from a running event loop, it blocks that loop meanwhile.

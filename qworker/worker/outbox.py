@@ -12,6 +12,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ from qworker import fanin, protocol
 from qworker.aio import check_cancelled
 from qworker.channel import Channel, message
 from qworker.job import Job
-from qworker.lifecycle import Outcome, advance, kept_with_workflow, log_lines, owned, stop_chain
+from qworker.lifecycle import Outcome, kept_with_workflow, log_lines, owned
 from qworker.lifecycle import progress as progress_update
 from qworker.model import JobState, Retention
 from qworker.notifications import notification
@@ -122,11 +123,6 @@ class Outbox:
             self._workflows.append(doc)
         self._notify()
 
-    def take_workflows(self) -> list[dict[str, Any]]:
-        with self._lock:
-            docs, self._workflows = self._workflows, []
-        return docs
-
     def finish(self, job: Job, outcome: Outcome, retention: Retention) -> None:
         now = utcnow()
         update = kept_with_workflow(job.doc, outcome.update(now, retention))
@@ -149,24 +145,16 @@ class Outbox:
     def _follow_up(
         self, doc: dict[str, Any], outcome: Outcome, now: datetime, retention: Retention
     ) -> None:
-        """What an outcome sets off, in the same ordered batch: the chain's moves (see
-        ``chains``), a final outcome's count-down in the workflow nodes waiting for it
-        (``fanin``), or a snooze's wake-up, so that the job is claimed on time."""
-        if outcome.state is JobState.SUCCEEDED:
-            follow = advance(doc, outcome.result, now)
-            if follow is not None:
-                self.add(follow, f"chain step after job {doc['_id']}")
-                following = doc["chain"]["next"]
-                self._hint(following["id"], following["task"], following["priority"], now)
-        elif outcome.state is JobState.QUEUED:
+        """What an outcome sets off, in the same ordered batch: a final outcome's
+        count-down in the workflow nodes waiting for it, or the rest of its chain
+        stopped (``fanin``), or a snooze's wake-up, so that the job is claimed on time."""
+        if outcome.state is JobState.QUEUED:
             if outcome.retry_at is not None and outcome.retry_at - now <= HINTED_SNOOZE:
                 self._hint(doc["_id"], doc["name"], doc.get("priority", 0), outcome.retry_at)
-        elif outcome.retry_at is None:
-            stopped = stop_chain(doc, outcome.reason or outcome.state.value, now, retention)
-            if stopped is not None:
-                self.add(stopped, f"chain stop after job {doc['_id']}")
-        if outcome.state is not JobState.QUEUED and outcome.retry_at is None:
-            counted, dooms = fanin.ends(doc, outcome.state, outcome.reason, now)
+            return
+        if outcome.retry_at is None:
+            keep = retention.expire_at(JobState.CANCELLED, now)
+            counted, dooms = fanin.ends(doc, outcome.state, outcome.reason, now, keep)
             with self._lock:
                 for node, bit in counted:  # one count-down per node and batch (drain)
                     self._countdowns.setdefault(node, []).append(bit)
@@ -178,12 +166,14 @@ class Outbox:
         hint = {"_id": job_id, "name": task, "priority": priority, "nextRunAt": due}
         self.publish(message(protocol.JOB_QUEUED, protocol.queued([hint])))
 
-    def drain(self) -> tuple[list[Write], list[dict[str, Any]]]:
-        """Pending writes (progress and logs before the outcomes they precede) and notes."""
+    def drain(self) -> Drained:
+        """Pending writes (progress and logs before the outcomes they precede), notes, and
+        the workflow documents of the jobs among them, taken at once."""
         now = utcnow()
         with self._lock:
             progress, logs, ops = self._progress, self._logs, self._ops
             self._progress, self._logs, self._ops = {}, {}, []
+            workflows, self._workflows = self._workflows, []
             notes, self._notes = self._notes, []
             countdowns, self._countdowns = self._countdowns, {}
         for node, bits in countdowns.items():  # after the outcomes that end the deps
@@ -208,7 +198,7 @@ class Outbox:
             for job, entries in logs.values():
                 first.append(UpdateOne(_owned(job), log_lines(entries)))
                 self._what[id(first[-1])] = f"log lines of job {job.id}"
-        return first + ops, notes
+        return Drained(workflows, first + ops, notes)
 
     def pending_outcomes(self) -> int:
         return len(self._unwritten)
@@ -238,6 +228,16 @@ class Outbox:
         with self._lock:
             self._ops[:0] = ops
             self._notes[:0] = notes
+
+
+@dataclass
+class Drained:
+    """What the outbox held: workflow documents (written first: their jobs are among the
+    writes), the job writes in order, and the notes that announce them."""
+
+    workflows: list[dict[str, Any]]
+    ops: list[Write]
+    notes: list[dict[str, Any]]
 
 
 def _owned(job: Job) -> dict[str, Any]:
@@ -279,11 +279,11 @@ class OutboxWriter:
     async def flush(self) -> None:
         """Write what the outbox holds, retrying until it is written (or cancelled:
         then it is put back, for the last writes of a stop to try or to report)."""
-        workflows = self.outbox.take_workflows()
-        ops, notes = self.outbox.drain()
+        drained = self.outbox.drain()
+        workflows, ops, notes = drained.workflows, drained.ops, drained.notes
         delay = 0.1
         try:
-            while ops:
+            while ops or workflows:
                 try:
                     await self.store.add_workflows(workflows)
                     workflows = []

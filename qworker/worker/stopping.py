@@ -104,13 +104,14 @@ class Stopping:
         if writing.done():
             return
         await cancel_and_wait([writing])
-        ops, notes = outbox.drain()
-        unwritten = outbox.describe(ops)
+        drained = outbox.drain()
+        unwritten = outbox.describe(drained.ops)
         log.error(
             "stopping without writing to MongoDB; their leases return these jobs to the queue",
             unwritten=unwritten[:UNWRITTEN_SHOWN],
             more=max(0, len(unwritten) - UNWRITTEN_SHOWN),
-            notifications=len(notes) + len(writer.notes),
+            workflows=[str(doc["_id"]) for doc in drained.workflows],
+            notifications=len(drained.notes) + len(writer.notes),
         )
 
 

@@ -21,10 +21,10 @@ from typing import Any, Protocol
 import structlog
 
 from qworker import workflows
-from qworker.chains import Step
 from qworker.errors import InvalidJobError, TaskDefinitionError, TaskRejected, WorkerFailed
 from qworker.logs import message
 from qworker.model import new_job
+from qworker.steps import Step
 from qworker.tasks import TaskMeta, describe, where
 from qworker.when import parse_when, utcnow
 from qworker.worker.registry import Registry

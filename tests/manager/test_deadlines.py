@@ -21,8 +21,7 @@ from support.logs import wait_leading
 from support.prometheus import value
 from support.waits import wait_for
 
-from qworker import Client, Step
-from qworker.chains import chain_jobs
+from qworker import Client, Step, workflows
 from qworker.channel import Channel
 from qworker.lifecycle import EXPIRED_REASON
 from qworker.manager import metrics as metrics_module
@@ -104,7 +103,7 @@ def test_a_waiting_chain_step_past_its_deadline_expires_and_stops_its_chain(
 ) -> None:
     now = utcnow()
     steps = [Step("mailer", expires="1 hour"), Step("mailer", expires=5), Step("mailer")]
-    first, second, third = chain_jobs(steps, now, now - timedelta(seconds=10))
+    first, second, third = workflows.chain(steps, now, now - timedelta(seconds=10)).jobs
     db.jobs.insert_many([first, second, third])
 
     assert next(sweep(mongo_url)) == 1
@@ -115,7 +114,7 @@ def test_a_waiting_chain_step_past_its_deadline_expires_and_stops_its_chain(
     assert stopped["failReason"] == (
         f"chain stopped at step 2 of 3 (task 'mailer', job {second['_id']}): {EXPIRED_REASON}"
     )
-    assert stopped["chainStoppedAt"] == {"jobId": second["_id"], "index": 1}
+    assert stopped["flow"]["doomedBy"]["job"] == second["_id"]
 
 
 def test_expired_jobs_are_counted_in_the_managers_metrics(

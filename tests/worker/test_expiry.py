@@ -15,8 +15,7 @@ import pytest
 from bson import ObjectId
 from support.jobs import finished
 
-from qworker import Client, InvalidJobError, Step
-from qworker.chains import chain_jobs
+from qworker import Client, InvalidJobError, Step, workflows
 from qworker.job import Job
 from qworker.lifecycle import EXPIRED_REASON, KEEP, Outcome
 from qworker.model import JobState, new_job
@@ -76,7 +75,7 @@ def test_an_expired_job_can_be_retried_and_then_runs_without_a_deadline(
 def test_a_chain_step_that_expires_stops_the_chain(client: Client, db: Any, burst: Any) -> None:
     now = utcnow()
     steps = [Step("record", {"n": 1}, expires=5), Step("record", {"n": 2})]
-    docs = chain_jobs(steps, now, now - timedelta(seconds=10))
+    docs = workflows.chain(steps, now, now - timedelta(seconds=10)).jobs
     db.jobs.insert_many(docs)
     burst("record")
 
@@ -165,7 +164,8 @@ def test_an_expired_or_snoozed_run_is_announced_as_such() -> None:
     wake = utcnow() + timedelta(seconds=5)
     outbox.finish(Job(doc, outbox), Outcome(JobState.EXPIRED, reason=EXPIRED_REASON), KEEP)
     outbox.finish(Job(doc, outbox), Outcome(JobState.QUEUED, retry_at=wake), KEEP)
-    writes, notes = outbox.drain()
+    drained = outbox.drain()
+    writes, notes = drained.ops, drained.notes
 
     bodies = [n["message"] for n in notes if n["event"] == "worker:notification"]
     assert [b["type"] for b in bodies] == ["expire", "snooze"]

@@ -31,7 +31,7 @@ JUNK: list[tuple[dict[str, Any], str | None]] = [
     ({"timeout": "soon"}, "timeout"),
     ({"timeout": -5}, "timeout"),
     ({"lostCount": [1]}, "lostCount"),
-    ({"chain": "next"}, "chain"),
+    ({"flow": "next"}, "flow"),
     ({"logs": "none"}, "logs"),
     ({"description": 5}, "description"),
     ({"expiresAt": "soon"}, "expiresAt"),  # not a deadline it could compare with now
