@@ -174,21 +174,26 @@ class AsyncClient:
         name: str = "group",
         when: str | datetime | None = None,
         check_tasks: bool = True,
+        unique: str | None = None,
         session: Session = None,
     ) -> str:
         """Jobs side by side, and callbacks that collect them (see ``Client.group``)."""
         now = utcnow()
         built = workflows.group(steps, now, parse_when(when, now), on_success, on_complete, name)
-        return (await self._enqueue(workflowstore.insert(built, now, check_tasks), session))[0]
+        return (
+            await self._enqueue(workflowstore.insert(built, now, check_tasks, unique), session)
+        )[0]
 
-    def workflow(self, name: str, check_tasks: bool = True) -> Workflow[Awaitable[str]]:
+    def workflow(
+        self, name: str, check_tasks: bool = True, unique: str | None = None
+    ) -> Workflow[Awaitable[str]]:
         """A DAG to build (see ``Client.workflow``): ``await wf.enqueue()`` stores it."""
 
         async def store_it(wf: Workflow[Awaitable[str]], session: Session) -> str:
             now = utcnow()
             return (
                 await self._enqueue(
-                    workflowstore.insert(wf.build(now, now), now, check_tasks), session
+                    workflowstore.insert(wf.build(now, now), now, check_tasks, unique), session
                 )
             )[0]
 

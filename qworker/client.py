@@ -191,6 +191,7 @@ class Client:
         name: str = "group",
         when: str | datetime | None = None,
         check_tasks: bool = True,
+        unique: str | None = None,
         session: ClientSession | None = None,
     ) -> str:
         """Queue jobs to run side by side; returns the group's id (see ``group_info``).
@@ -200,20 +201,23 @@ class Client:
         however, with a summary (``total``, ``succeeded``, ``failed``,
         ``results``, ``failures`` with their reasons). Steps are as ``chain``'s.
         ``check_tasks``: refuse a task that no worker has announced, where workers
-        have announced any.
+        have announced any. ``unique=KEY``: while a group of this name and key is
+        running, the enqueue stores nothing and returns its id.
         """
         now = utcnow()
         built = workflows.group(steps, now, parse_when(when, now), on_success, on_complete, name)
-        return self._enqueue(workflowstore.insert(built, now, check_tasks), session)[0]
+        return self._enqueue(workflowstore.insert(built, now, check_tasks, unique), session)[0]
 
-    def workflow(self, name: str, check_tasks: bool = True) -> Workflow[str]:
+    def workflow(
+        self, name: str, check_tasks: bool = True, unique: str | None = None
+    ) -> Workflow[str]:
         """A DAG to build: ``wf.add(task, data, deps=[...])``, then ``wf.enqueue()``
-        (``check_tasks`` as ``group``'s)."""
+        (``check_tasks`` and ``unique`` as ``group``'s)."""
 
         def submit(wf: Workflow[str], session: ClientSession | None) -> str:
             now = utcnow()
             return self._enqueue(
-                workflowstore.insert(wf.build(now, now), now, check_tasks), session
+                workflowstore.insert(wf.build(now, now), now, check_tasks, unique), session
             )[0]
 
         return Workflow(name, submit)

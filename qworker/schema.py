@@ -75,6 +75,11 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], Doc]]] = {
     "workflows": [
         ("check", [("checkAt", ASC)], {}),  # the manager's retention sweep
         ("recent", [("createdAt", DESC)], {}),  # listings, newest first
+        (  # a workflow's unique key, freed once it has ended (workflowstore.insert)
+            "unique_key",
+            [("name", ASC), ("uniqueKey", ASC)],
+            {"unique": True, "partialFilterExpression": {"uniqueKey": {"$exists": True}}},
+        ),
     ],
 }
 # Indexes earlier versions made, dropped by the manager's set-up.

@@ -14,12 +14,12 @@ from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo.errors import OperationFailure
+from pymongo.errors import DuplicateKeyError, OperationFailure
 
 from qworker import fanin, lifecycle, rerun, store, workflows
 from qworker.enqueue import Enqueued, due_soon
 from qworker.errors import InvalidJobError, JobNotFound, JobStateError
-from qworker.model import ACTIVE_STATES, JobState
+from qworker.model import ACTIVE_STATES, JobState, check_unique_key
 from qworker.mongo import UNAUTHORIZED
 from qworker.operations import Call, Operation
 from qworker.steps import Step
@@ -65,15 +65,45 @@ def check_tasks(tasks: Iterable[str]) -> Operation[None]:
         )
 
 
-def insert(built: Built, now: datetime, check: bool = True) -> Operation[Enqueued]:
+def insert(
+    built: Built, now: datetime, check: bool = True, unique: str | None = None
+) -> Operation[Enqueued]:
     """Store a workflow: its document, then its jobs in one ordered insert; with
-    ``check``, refuse tasks no worker knows (``check_tasks``) first."""
+    ``check``, refuse tasks no worker knows (``check_tasks``) first. With ``unique``,
+    the id of the workflow of that name and key still running, if there is one."""
     if check:
         yield from check_tasks({doc["name"] for doc in built.jobs})
-    yield Call("workflows", "insert_one", (built.workflow,))
+    if check_unique_key(unique) is not None:
+        built.workflow["uniqueKey"] = unique
+        holder = yield from _insert_unique(built.workflow)
+        if holder is not None:
+            return Enqueued([str(holder)])
+    else:
+        yield Call("workflows", "insert_one", (built.workflow,))
     yield from store.insert(built.jobs)
     queued = [doc for doc in built.jobs if doc["state"] == JobState.QUEUED.value]
     return Enqueued([built.id], due_soon(queued, now))
+
+
+def _insert_unique(doc: Doc) -> Operation[ObjectId | None]:
+    """Insert a workflow document with a ``uniqueKey``; None, or the id of the running
+    workflow holding the key. A holder found ended gives its key up (no write at its
+    end holds it: the first enqueue after it frees it)."""
+    for _ in range(store.UNIQUE_INSERT_TRIES):
+        try:
+            yield Call("workflows", "insert_one", (doc,))
+            return None
+        except DuplicateKeyError:
+            key = {"name": doc["name"], "uniqueKey": doc["uniqueKey"]}
+            holder = yield Call("workflows", "find_one", (key, {"_id": 1}))
+        if holder is None:
+            continue  # freed meanwhile
+        active = {"_id": node_range(holder["_id"]), "state": {"$in": ACTIVE}}
+        if (yield Call("jobs", "find_one", (active, {"_id": 1}))) is not None:
+            return ObjectId(holder["_id"])
+        freed = {"$unset": {"uniqueKey": ""}, "$set": {"freedKey": doc["uniqueKey"]}}
+        yield Call("workflows", "update_one", ({**key, "_id": holder["_id"]}, freed))
+    raise JobStateError(f"unique key {doc['uniqueKey']!r} is contended; try again")
 
 
 def _workflow(workflow_id: str | ObjectId) -> Operation[Doc]:

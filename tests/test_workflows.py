@@ -214,6 +214,29 @@ def test_retrying_a_child_waits_for_the_children_still_running(
     assert info["state"] == "succeeded" and info["results"] == ["done", {"x": 2.0}, None]
 
 
+def test_a_unique_workflow_is_enqueued_once_while_it_runs(
+    client: Client, db: Any, burst: Any
+) -> None:
+    first = client.group([("double", {"x": 1})], on_success="gather", unique="daily")
+    again = client.group([("double", {"x": 2})], on_success="gather", unique="daily")
+    assert again == first and db.jobs.count_documents({}) == 2
+    other = client.group([("double", {"x": 3})], name="other", unique="daily")  # per name
+    wf = client.workflow("group", unique="daily")
+    wf.add("double", {"x": 4})
+    assert wf.enqueue() == first  # the key is the name's, whatever the kind
+    burst("double", "gather")
+    assert client.group_info(first)["state"] == "succeeded"
+    # Ended: the next enqueue frees the key and takes it.
+    later = client.group([("double", {"x": 5})], on_success="gather", unique="daily")
+    assert later not in (first, other)
+    assert db.workflows.find_one({"_id": ObjectId(first)}).get("uniqueKey") is None
+    assert db.workflows.find_one({"_id": ObjectId(later)})["uniqueKey"] == "daily"
+    assert client.group([("double", {"x": 6})], unique="daily") == later
+    with pytest.raises(InvalidJobError, match="unique must be a non-empty string"):
+        client.group([("double", {"x": 7})], unique="")
+    assert db.workflows.count_documents({}) == 3
+
+
 def test_a_dag_is_checked_when_built_and_nothing_is_stored(client: Client, db: Any) -> None:
     wf = client.workflow("checked")
     a = wf.add("gather", name="a")

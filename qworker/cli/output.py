@@ -258,6 +258,8 @@ def workflow_tree(info: dict[str, Any], every_node: bool) -> None:
     )
     counts = ", ".join(f"{n} {state}" for state, n in info["counts"].items() if n)
     click.echo(f"  {counts}")
+    if info.get("uniqueKey"):
+        click.echo(f"  unique key: {info['uniqueKey']}")
     nodes = info["nodes"]
     if info["kind"] == "group" and not every_node and len(nodes) > SHOWN_CHILDREN:
         nodes = _some_children(nodes)
