@@ -29,13 +29,14 @@ from bson import ObjectId
 from bson.int64 import Int64
 from pymongo import UpdateMany, UpdateOne
 
-from qworker.model import JobState
+from qworker.model import ACTIVE_STATES, JobState
 
 Doc = dict[str, Any]
 
 # Bits per word: below 2**53, so that the pipeline's arithmetic (doubles) is exact.
 WORD = 52
 _FULL = (1 << WORD) - 1
+_ACTIVE = {s.value for s in ACTIVE_STATES}
 # What a starting node reads of each job it depends on.
 INPUT_FIELDS = {"result": 1, "state": 1, "failReason": 1, "flow.node": 1}
 
@@ -46,6 +47,55 @@ class UpstreamFailure:
 
     state: str
     reason: str | None
+
+
+@dataclass(frozen=True)
+class Edge:
+    """A dependency of a node: the job it waits for, its bit, and whether its failure
+    is ignored."""
+
+    source: ObjectId
+    bit: int
+    ignore: bool
+
+
+def incoming(nodes: Iterable[Doc]) -> dict[ObjectId, list[Edge]]:
+    """Each node's dependencies, from the edges its dependencies point at it with."""
+    edges: dict[ObjectId, list[Edge]] = {}
+    for node in nodes:
+        for edge in flow_of(node).get("next") or []:
+            ignore = bool(edge.get("ignoreFailure"))
+            edges.setdefault(edge["id"], []).append(Edge(node["_id"], int(edge["bit"]), ignore))
+    return edges
+
+
+def unsettled(nodes: list[Doc], now: datetime) -> list[UpdateOne | UpdateMany]:
+    """The ends that did not reach the nodes waiting for them, written again: a node
+    that ended outside a run (a cancel, a deletion, a deadline) whose count-down a
+    crash kept from following. Each write counts only what it had not counted."""
+    by_id = {node["_id"]: node for node in nodes}
+    stale: set[ObjectId] = set()
+    for node_id, edges in incoming(nodes).items():
+        node = by_id.get(node_id)
+        if node is None or node["state"] != JobState.WAITING.value:
+            continue
+        words = flow_of(node).get("bits") or {}
+        for edge in edges:
+            source = by_id.get(edge.source)
+            ended = source is not None and source["state"] not in _ACTIVE
+            if ended and _is_set(words, edge.bit):
+                stale.add(edge.source)
+    writes: list[UpdateOne | UpdateMany] = []
+    for source_id in sorted(stale):
+        source = by_id[source_id]
+        state = JobState(source["state"])
+        writes += released(source, state, source.get("failReason"), now, None)
+    return writes
+
+
+def _is_set(words: Doc, bit: int) -> bool:
+    word, offset = divmod(bit, WORD)
+    return bool(int(words.get(f"w{word}", 0)) >> offset & 1)
 
 
 def bit_words(count: int) -> Doc:

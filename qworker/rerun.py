@@ -12,8 +12,6 @@ it: its end is written again, which changes only what it had not reached
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +19,7 @@ from bson import ObjectId
 from pymongo import UpdateOne
 
 from qworker import fanin, lifecycle
+from qworker.fanin import Edge, incoming
 from qworker.model import ACTIVE_STATES, JobState
 from qworker.operations import Call, Operation
 
@@ -30,26 +29,6 @@ Doc = dict[str, Any]
 FIELDS = {"state": 1, "name": 1, "priority": 1, "nextRunAt": 1, "flow": 1, "failReason": 1}
 ACTIVE = {s.value for s in ACTIVE_STATES}
 _DOOMABLE = (JobState.CANCELLED.value, JobState.QUEUED.value)
-
-
-@dataclass(frozen=True)
-class Edge:
-    """A dependency of a node: the job it waits for, its bit, and whether its failure
-    is ignored."""
-
-    source: ObjectId
-    bit: int
-    ignore: bool
-
-
-def incoming(nodes: Iterable[Doc]) -> dict[ObjectId, list[Edge]]:
-    """Each node's dependencies, from the edges its dependencies point at it with."""
-    edges: dict[ObjectId, list[Edge]] = {}
-    for node in nodes:
-        for edge in fanin.flow_of(node).get("next") or []:
-            ignore = bool(edge.get("ignoreFailure"))
-            edges.setdefault(edge["id"], []).append(Edge(node["_id"], int(edge["bit"]), ignore))
-    return edges
 
 
 def plan(nodes: list[Doc], asked: set[ObjectId]) -> dict[ObjectId, list[int]]:

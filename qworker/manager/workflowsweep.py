@@ -6,6 +6,9 @@ dependency's result long after it finished): each keeps its due time as
 (``checkAt``): then, if every node has ended and the longest-kept one is
 due, the nodes and the document are deleted; otherwise it is looked at
 again when that node is due, or in an hour while some node is still active.
+Then, too, a waiting node whose dependency ended without counting down in it
+(a crash between a cancel, a deletion or a deadline and its count-down, which
+outside a worker's run are two writes) gets that end written again.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 
+from qworker import fanin
 from qworker.model import ACTIVE_STATES
 from qworker.when import utcnow
 from qworker.workflows import node_range
@@ -32,6 +36,7 @@ ACTIVE_AGAIN = timedelta(hours=1)
 # A node kept for ever (retention says so) keeps its workflow: looked at weekly.
 FOREVER_AGAIN = timedelta(days=7)
 ACTIVE = [s.value for s in ACTIVE_STATES]
+NODE_FIELDS = {"state": 1, "name": 1, "failReason": 1, "flow": 1, "expireAt": 1}
 
 
 class WorkflowSweep:
@@ -53,17 +58,27 @@ class WorkflowSweep:
 
     async def _check(self, workflow: Doc, now: datetime) -> int:
         nodes = {"_id": node_range(workflow["_id"])}
-        found = await self.jobs.find(
-            nodes, {"state": 1, "flow.keepUntil": 1, "expireAt": 1}
-        ).to_list()
+        found = await self.jobs.find(nodes, NODE_FIELDS).to_list()
         until = _kept_until(found, now)
         if until > now:
+            await self._settle(workflow, found, now)
             await self.workflows.update_one({"_id": workflow["_id"]}, {"$set": {"checkAt": until}})
             return 0
         await self.jobs.delete_many(nodes)
         await self.workflows.delete_one({"_id": workflow["_id"]})
         log.info("workflow deleted", workflow_id=str(workflow["_id"]), nodes=len(found))
         return 1
+
+    async def _settle(self, workflow: Doc, found: list[Doc], now: datetime) -> None:
+        """Write the ends a crash kept from reaching the nodes waiting for them."""
+        writes = fanin.unsettled(found, now)
+        if writes:
+            await self.jobs.bulk_write(writes, ordered=True)
+            log.warning(
+                "workflow nodes waited for ends that had not reached them: written again",
+                workflow_id=str(workflow["_id"]),
+                writes=len(writes),
+            )
 
 
 def _kept_until(nodes: list[Doc], now: datetime) -> datetime:

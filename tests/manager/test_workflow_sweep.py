@@ -98,3 +98,31 @@ def test_a_node_past_its_deadline_expires_and_its_dependents_hear_of_it(
     assert after["first"]["state"] == "expired" and after["after"]["state"] == "cancelled"
     assert "node 'first'" in after["after"]["failReason"]
     assert "expired" in after["after"]["failReason"]
+
+
+def test_an_end_that_a_crash_kept_from_its_dependents_is_written_by_the_sweep(
+    client: Client, db: Any, mongo_url: str
+) -> None:
+    """A cancel or a deadline outside a run is two writes, the end then the count-down;
+    the sweep finds a waiting node whose ended dependency's bit is still set."""
+    wf = client.workflow("gap", check_tasks=False)
+    ok = wf.add("double", {"x": 1}, name="ok")
+    gone = wf.add("double", {"x": 2}, name="gone")
+    wf.add("gather", name="after_ok", deps=[ok])
+    wf.add("gather", name="after_gone", deps=[gone])
+    wf.add("gather", name="both", deps=[ok, "after_ok"])
+    workflow_id = wf.enqueue()
+    found = nodes(db, workflow_id)
+    # The ends alone, as a crash right after them leaves them.
+    db.jobs.update_one({"_id": found["ok"]["_id"]}, {"$set": {"state": "succeeded"}})
+    db.jobs.update_one({"_id": found["gone"]["_id"]}, {"$set": {"state": "cancelled"}})
+    db.workflows.update_one({}, {"$set": {"checkAt": utcnow() - timedelta(seconds=1)}})
+    assert sweep(mongo_url) == 0
+    after = nodes(db, workflow_id)
+    assert after["after_ok"]["state"] == "queued" and after["after_ok"]["flow"]["pending"] == 0
+    assert after["after_gone"]["state"] == "queued"  # to be ended cancelled by its claim
+    assert after["after_gone"]["flow"]["doomedBy"]["node"] == "gone"
+    assert after["both"]["state"] == "waiting" and after["both"]["flow"]["pending"] == 1
+    db.workflows.update_one({}, {"$set": {"checkAt": utcnow() - timedelta(seconds=1)}})
+    assert sweep(mongo_url) == 0
+    assert nodes(db, workflow_id)["both"]["flow"]["pending"] == 1  # counted once
