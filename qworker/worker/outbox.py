@@ -70,10 +70,11 @@ class Outbox:
         self._workflows: list[dict[str, Any]] = []  # documents for ``workflows``, first
         self._countdowns: dict[Any, list[int]] = {}  # workflow node -> bits of ended deps
         self._notes: list[dict[str, Any]] = []
-        # Outcomes not yet written, by claim token: their leases must still be
-        # renewed, or a slow or unreachable server would let the job be
-        # recovered as lost and run again although it finished.
-        self._unwritten: dict[str, Write] = {}
+        # Outcomes not yet written, by claim token and job (one claim's token is
+        # shared by the jobs it took): their leases must still be renewed, or a
+        # slow or unreachable server would let the job be recovered as lost and
+        # run again although it finished. Their count holds back claims.
+        self._unwritten: dict[tuple[str, str], Write] = {}
         self.last_written = 0.0  # monotonic: when a write last reached the server
         # What each pending write is, for the log of a worker that stops without
         # being able to write them: by id() of the write, while it is pending.
@@ -137,7 +138,7 @@ class Outbox:
             extra["error"] = {"type": outcome.error["type"], "message": outcome.error["message"]}
         op = UpdateOne(_owned(job), update)
         with self._lock:
-            self._unwritten[job.doc["lockToken"]] = op
+            self._unwritten[job.doc["lockToken"], job.id] = op
         self.add(op, f"outcome of job {job.id} ({kind})")
         self._follow_up(job.doc, outcome, now, retention)
         self.event(job, kind, view, **extra)
@@ -206,14 +207,14 @@ class Outbox:
     def unwritten(self) -> list[str]:
         """Claim tokens of finished runs whose outcome is still to be written."""
         with self._lock:
-            return list(self._unwritten)
+            return list({token for token, _ in self._unwritten})
 
     def written(self, ops: Sequence[Write]) -> None:
         """These writes reached the server: their runs need no lease any more."""
         done = {id(op) for op in ops}
         with self._lock:
-            for token in [t for t, op in self._unwritten.items() if id(op) in done]:
-                del self._unwritten[token]
+            for run in [run for run, op in self._unwritten.items() if id(op) in done]:
+                del self._unwritten[run]
             for key in done:
                 self._what.pop(key, None)
             self.last_written = time.monotonic()

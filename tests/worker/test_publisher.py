@@ -11,9 +11,13 @@ from typing import Any
 
 from qworker import protocol
 from qworker.channel import Channel, message
+from qworker.job import Job
+from qworker.lifecycle import KEEP, Outcome
+from qworker.model import JobState, new_job
 from qworker.mongo import Names, async_client
 from qworker.schema import prepare
 from qworker.store import WorkerStore
+from qworker.when import utcnow
 from qworker.worker.outbox import Outbox, OutboxWriter
 
 
@@ -45,3 +49,22 @@ def test_a_message_already_on_the_channel_is_taken_as_delivered(mongo_url: str, 
     assert asyncio.run(publish()) == []
     sent = [doc["message"]["n"] for doc in db.channel.find({"event": protocol.JOB_QUEUED})]
     assert sorted(sent) == [0, 1]
+
+
+def test_each_unwritten_outcome_of_one_claim_holds_back_claims() -> None:
+    """One claim's jobs share its token; each finished one still to be written counts
+    (they were counted once per claim, so a slow server let 4x the outcomes pile up)."""
+    outbox = Outbox(30, lambda: None, "w1", lambda task, event: ())
+    now = utcnow()
+    docs = [
+        {**new_job("record", {"n": n}, now=now, run_at=now), "lockToken": "w1:n:1", "attempts": 1}
+        for n in range(3)
+    ]
+    for doc in docs:
+        outbox.finish(Job(doc, outbox), Outcome(JobState.SUCCEEDED, result=None), KEEP)
+    assert outbox.pending_outcomes() == 3 and outbox.unwritten() == ["w1:n:1"]
+    ops = outbox.drain().ops
+    outbox.written(ops[:1])
+    assert outbox.pending_outcomes() == 2 and outbox.unwritten() == ["w1:n:1"]
+    outbox.written(ops[1:])
+    assert outbox.pending_outcomes() == 0 and outbox.unwritten() == []
