@@ -176,7 +176,7 @@ def overdue(doc: Doc, now: datetime) -> bool:
 
 def past_deadline(now: datetime) -> Doc:
     """The filter of the jobs not started by their deadline: queued (a snoozed one
-    too) or waiting for a chain step before them. The manager expires them."""
+    too) or waiting for a workflow node before them. The manager expires them."""
     return {"state": WAITING_OR_QUEUED, "expiresAt": {"$lte": now}}
 
 

@@ -83,7 +83,7 @@ def _succeeded(node: Doc | None) -> bool:
     return node is not None and node["state"] == JobState.SUCCEEDED.value
 
 
-def again(node: Doc, bits: list[int], width: int, now: datetime) -> UpdateOne:
+def run_again(node: Doc, bits: list[int], width: int, now: datetime) -> UpdateOne:
     """``node`` run again, if nothing moved it since it was read: waiting for ``bits``
     of its ``width`` dependencies, or queued."""
     update = lifecycle.retry(now)
@@ -106,7 +106,7 @@ def rerun(nodes: list[Doc], asked: set[ObjectId], now: datetime) -> Operation[li
     by_id = {node["_id"]: node for node in nodes}
     into = incoming(nodes)
     writes = [
-        again(by_id[node_id], bits, len(into.get(node_id, [])), now)
+        run_again(by_id[node_id], bits, len(into.get(node_id, [])), now)
         for node_id, bits in sorted(waits.items(), key=lambda item: item[0] not in asked)
     ]
     if writes:

@@ -73,9 +73,12 @@ class Deadlines:
         meta = await self._meta(task)
         now = utcnow()
         retention = meta.retention if meta is not None else KEEP
+        late = {**lifecycle.past_deadline(now), "_id": {"$in": ids}}
         await self.jobs.update_many(
-            {**lifecycle.past_deadline(now), "_id": {"$in": ids}}, lifecycle.expiry(now, retention)
+            {**late, "flow": {"$exists": False}}, lifecycle.expiry(now, retention)
         )
+        in_workflow = lifecycle.kept_with_workflow({"flow": {}}, lifecycle.expiry(now, retention))
+        await self.jobs.update_many({**late, "flow": {"$exists": True}}, in_workflow)
         # Only those this update expired: a worker may have claimed some meanwhile.
         done = await self.jobs.find(
             {**lifecycle.expired_at(now), "_id": {"$in": ids}}, {"logs": 0}

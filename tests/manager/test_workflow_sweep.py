@@ -96,6 +96,8 @@ def test_a_node_past_its_deadline_expires_and_its_dependents_hear_of_it(
     burst("gather")
     after = nodes(db, workflow_id)
     assert after["first"]["state"] == "expired" and after["after"]["state"] == "cancelled"
+    # Kept with its workflow, not deleted on its own before its dependents read it.
+    assert "expireAt" not in after["first"] and after["first"]["flow"]["keepUntil"]
     assert "node 'first'" in after["after"]["failReason"]
     assert "expired" in after["after"]["failReason"]
 
