@@ -81,6 +81,13 @@ class Built:
     def id(self) -> str:
         return str(self.workflow["_id"])
 
+    @property
+    def insert_order(self) -> list[Doc]:
+        """The jobs as they are stored: the waiting ones first, so that a node that runs
+        and ends while the rest are still being inserted finds the nodes it counts down
+        in (a server may show an ordered insert's first documents before its last)."""
+        return sorted(self.jobs, key=lambda doc: doc["state"] != JobState.WAITING.value)
+
 
 class Workflow(Generic[T]):
     """A DAG of jobs, built node by node and enqueued whole.

@@ -80,7 +80,7 @@ def insert(
             return Enqueued([str(holder)])
     else:
         yield Call("workflows", "insert_one", (built.workflow,))
-    yield from store.insert(built.jobs)
+    yield from store.insert(built.insert_order)
     queued = [doc for doc in built.jobs if doc["state"] == JobState.QUEUED.value]
     return Enqueued([built.id], due_soon(queued, now))
 

@@ -347,7 +347,7 @@ class Worker:
         """A workflow from task code: its jobs written as sub-tasks are, its document
         (in another collection, so not in that batch) by the outbox's writer before them."""
         self.outbox.add_workflow(built.workflow)
-        for doc in built.jobs:
+        for doc in built.insert_order:
             self.outbox.add(InsertOne(doc), f"workflow node {doc['_id']} ({doc['name']})")
         queued = [doc for doc in built.jobs if doc["state"] == JobState.QUEUED.value]
         self.outbox.publish(message(protocol.JOB_QUEUED, protocol.queued(queued)))
