@@ -834,7 +834,7 @@ def main() -> None:
 
                 result["fan_in"] = []
                 for workers in p.workers:
-                    step("fan_in", fan_in, url, p.fan_in_jobs, workers, p.timeout)
+                    step("fan_in", fan_in, args.mongo, p.fan_in_jobs, workers, p.timeout)
                 step("callback_gaps", callback_gaps, url, p.latency_samples // 5)
             if "scheduler" in parts:
                 step("scheduler_idle", scheduler, url, p.schedules, p.schedule_window, 1, 0)

@@ -1,9 +1,12 @@
 """What a workflow's fan-in costs, for ``compare.py --parts workflows``.
 
-* ``fan_in``: N no-op jobs run by K workers twice on one server, as a plain
-  batch and as one group whose ``on_success`` callback waits for all of them:
-  the seconds per job of each, their ratio (the fan-in's cost per child), and
-  the time from the last child's finish to the callback's start.
+* ``fan_in``: N no-op jobs run by K workers twice, as a plain batch and as
+  one group whose ``on_success`` callback waits for all of them: the seconds
+  per job of each, their ratio (the fan-in's cost per child), and the time
+  from the last child's finish to the callback's start. Each half runs on a
+  fresh server of its own (``server(None)``, unless ``compare.py`` was given
+  one): SecantusDB is slower after a 10,000-job run, so the half run second
+  on the first one's server would pay for the first.
 * ``callback_gaps``: that last figure again over many small groups, for its
   p50 (to hold beside the enqueue → start p50 of the same run).
 """
@@ -12,16 +15,18 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from bson import ObjectId
-from common import fresh, percentile, qworker_fleet
+from common import fresh, percentile, qworker_fleet, server
 
 from qworker import Client
 from qworker.when import utcnow
 from qworker.workflows import node_range
 
 Doc = dict[str, Any]
+T = TypeVar("T")
 BATCH = 500
 POLL = 0.2
 
@@ -59,15 +64,22 @@ def _group(client: Client, db: Any, jobs: int, timeout: float) -> tuple[float, f
     return float(children), float(gap)
 
 
-def fan_in(url: str, jobs: int, workers: int, timeout: float) -> Doc:
+def _half(given: str | None, workers: int, run: Callable[[Client, Any], T]) -> T:
+    """``run`` on K workers, on a fresh database of a fresh server (or of ``given``)."""
+    with server(given) as url:
+        db_url, db = fresh(url, f"bench_fanin_{workers}")
+        Client(db_url).close()
+        with Client(db_url) as client, qworker_fleet(db_url, workers):
+            time.sleep(1)
+            result = run(client, db)
+        db.client.drop_database(db.name)
+    return result
+
+
+def fan_in(given: str | None, jobs: int, workers: int, timeout: float) -> Doc:
     """The same N jobs as a plain batch and as a chord's children, on K workers."""
-    db_url, db = fresh(url, f"bench_fanin_{workers}")
-    Client(db_url).close()
-    with Client(db_url) as client, qworker_fleet(db_url, workers):
-        time.sleep(1)
-        plain = _plain(client, db, jobs, timeout)
-        children, gap = _group(client, db, jobs, timeout)
-    db.client.drop_database(db.name)
+    plain = _half(given, workers, lambda client, db: _plain(client, db, jobs, timeout))
+    children, gap = _half(given, workers, lambda client, db: _group(client, db, jobs, timeout))
     return {
         "jobs": jobs,
         "workers": workers,

@@ -22,7 +22,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from qworker import enqueue, fleet, protocol, store, streams, workflows, workflowstore
+from qworker import controls, enqueue, fleet, protocol, store, streams, workflows, workflowstore
 from qworker.aio import cancel_and_wait
 from qworker.channel import Channel
 from qworker.client import (
@@ -165,6 +165,26 @@ class AsyncClient:
 
     # -- workflows -------------------------------------------------------
 
+    # -- fleet-wide controls ---------------------------------------------
+
+    async def pause_task(self, task_id: str, *, session: Session = None) -> Doc:
+        """Claim no job of ``task_id`` on any worker (see ``Client.pause_task``)."""
+        return await self._control(task_id, True, session)
+
+    async def resume_task(self, task_id: str, *, session: Session = None) -> Doc:
+        return await self._control(task_id, False, session)
+
+    async def task_controls(self, task_id: str) -> Doc:
+        return await self._run(controls.get(task_id), None)
+
+    async def paused_tasks(self) -> set[str]:
+        return await self._run(controls.paused_among(), None)
+
+    async def _control(self, task_id: str, paused: bool, session: Session) -> Doc:
+        view = await self._run(controls.set_paused(task_id, paused, utcnow()), session)
+        await self._hint(protocol.TASK_CONTROL, {"task": task_id}, True, session, always=True)
+        return view
+
     async def group(
         self,
         steps: Sequence[Step | str | tuple[str, Any]],
@@ -233,10 +253,12 @@ class AsyncClient:
         await self._hint(protocol.JOB_QUEUED, protocol.queued(done.due), bool(done.due), session)
         return done.ids
 
-    async def _hint(self, event: str, body: Doc, wanted: bool, session: Session) -> None:
-        """A hint where workers do not watch ``jobs``, sent in a task of its own (after
-        the commit, in a transaction)."""
-        if not wanted or await self._streams():
+    async def _hint(
+        self, event: str, body: Doc, wanted: bool, session: Session, always: bool = False
+    ) -> None:
+        """A hint where workers do not watch ``jobs`` (``always``: whatever they watch),
+        sent in a task of its own (after the commit, in a transaction)."""
+        if not wanted or (not always and await self._streams()):
             return
         channel = Channel(self.db[self.names.channel])
 

@@ -22,7 +22,7 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from qworker import enqueue, fleet, protocol, store, streams, workflows, workflowstore
+from qworker import controls, enqueue, fleet, protocol, store, streams, workflows, workflowstore
 from qworker.channel import publish_sync
 from qworker.errors import InvalidJobError, ScheduleNotFound, ScheduleOwnedByTask
 from qworker.model import FINISHED_STATES, Expires, JobState
@@ -179,6 +179,35 @@ class Client:
         ``workflows()``; retrying its failed step runs the rest again.
         """
         return self._enqueue(workflowstore.chain(steps, when), session)[0]
+
+    # -- fleet-wide controls ---------------------------------------------
+
+    def pause_task(self, task_id: str, *, session: ClientSession | None = None) -> Doc:
+        """Claim no job of ``task_id`` on any worker until ``resume_task``: its queued jobs
+        wait, its running ones finish. Kept in MongoDB, so it outlives restarts; each
+        worker sees it within its poll interval (at once, from the channel's hint)."""
+        return self._control(task_id, True, session)
+
+    def resume_task(self, task_id: str, *, session: ClientSession | None = None) -> Doc:
+        """Let every worker claim ``task_id``'s jobs again."""
+        return self._control(task_id, False, session)
+
+    def task_controls(self, task_id: str) -> Doc:
+        """Whether ``task_id`` is paused fleet-wide (``paused``), and since when."""
+        return self._run(controls.get(task_id), None)
+
+    def paused_tasks(self) -> set[str]:
+        """The tasks paused fleet-wide."""
+        return self._run(controls.paused_among(), None)
+
+    def _control(self, task_id: str, paused: bool, session: ClientSession | None) -> Doc:
+        view = self._run(controls.set_paused(task_id, paused, utcnow()), session)
+        channel = self.db[self.names.channel]
+        hint = {"task": task_id}
+        self._transactions.after_commit(
+            session, lambda: publish_sync(channel, protocol.TASK_CONTROL, hint)
+        )
+        return view
 
     # -- workflows -------------------------------------------------------
 

@@ -16,6 +16,7 @@ import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from qworker import controls
 from qworker.errors import InvalidJobError
 from qworker.model import JobState
 from qworker.operations import Call, Operation
@@ -86,7 +87,8 @@ def tasks() -> Operation[list[Doc]]:
     """Every task announced by a worker or named by a job, with its jobs counted by state.
 
     Tasks that only standalone workers run are never announced, so a task
-    that has jobs but no announcement is listed too, with ``valid`` None.
+    that has jobs (or is paused) but no announcement is listed too, with
+    ``valid`` None. ``paused``: paused fleet-wide (``qworker.controls``).
     ``liveWorkers`` are the running workers (managed or standalone) that
     serve it now; ``workers`` are those that ever announced it.
     """
@@ -103,8 +105,9 @@ def tasks() -> Operation[list[Doc]]:
             for task_id in worker.get("tasks") or []:
                 live[task_id].append(str(worker["_id"]))
     announced: list[Doc] = yield Call("tasks", "find", ())
+    paused = yield from controls.paused_among()
     found = {str(doc["_id"]): doc for doc in announced}
-    for name in counts.keys() - found.keys():
+    for name in (counts.keys() | paused) - found.keys():
         found[name] = {
             "_id": name,
             "name": name,
@@ -118,6 +121,7 @@ def tasks() -> Operation[list[Doc]]:
     for task_id, doc in found.items():
         doc["jobs"] = counts[task_id]
         doc["liveWorkers"] = sorted(live.get(task_id, []))
+        doc["paused"] = task_id in paused
     return [found[task_id] for task_id in sorted(found)]
 
 

@@ -47,6 +47,7 @@ class Names:
         self.leases = f"{prefix}leases"
         self.schedules = f"{prefix}schedules"
         self.workflows = f"{prefix}workflows"
+        self.controls = f"{prefix}controls"
 
 
 _USERINFO = re.compile(r"^(?P<scheme>mongodb(?:\+srv)?://)(?P<user>[^:@/]*):(?P<password>[^/]*)@")

@@ -36,6 +36,8 @@ MANAGER_STOP = "manager:stop"
 
 JOB_QUEUED = "job:queued"
 JOB_CANCEL = "job:cancel"
+# A task was paused or resumed (``qworker.controls``): workers read the pauses again.
+TASK_CONTROL = "task:control"
 # Client to the leader manager: a schedule was added, changed or removed.
 SCHEDULES_CHANGED = "schedules:changed"
 

@@ -44,6 +44,7 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.workers: WRITE,
             names.leases: READ,
             names.workflows: WRITE,  # a job's sub-workflows
+            names.controls: READ,  # the pauses of its tasks
         },
         "qworkerOperator": {
             names.jobs: ALL + WATCH,
@@ -52,6 +53,7 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.workers: READ,
             names.tasks: READ,
             names.workflows: WRITE,
+            names.controls: WRITE,  # pausing tasks
         },
         "qworkerViewer": {
             names.jobs: READ + WATCH,
@@ -59,6 +61,7 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.workers: READ,
             names.tasks: READ,
             names.workflows: READ,
+            names.controls: READ,
         },
         "qworkerManager": {
             names.jobs: ALL + WATCH,
@@ -68,6 +71,7 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.leases: ALL,
             names.schedules: ALL,
             names.workflows: ALL,
+            names.controls: ALL,
         },
     }
 

@@ -69,6 +69,11 @@ def test_the_fleet_views_and_the_schedules_match_the_blocking_client_s(
             assert await aclient.workers(state="running") == client.workers(state="running")
             assert await aclient.tasks() == client.tasks()
             assert (await aclient.tasks())[0]["jobs"]["succeeded"] == 1
+            assert (await aclient.pause_task("double"))["paused"] is True
+            assert await aclient.paused_tasks() == client.paused_tasks() == {"double"}
+            assert (await aclient.task_controls("double"))["paused"] is True
+            assert (await aclient.resume_task("double"))["paused"] is False
+            assert await aclient.paused_tasks() == set()
             every = await aclient.every("1 hour", "double", {"x": 2}, name="hourly")
             assert every["trigger"] == "every 1h"
             await aclient.cron("0 3 * * *", "double", name="nightly", tz="Europe/Paris")

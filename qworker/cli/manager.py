@@ -30,10 +30,10 @@ from qworker.cli.output import (
     job_detail,
     job_rows,
     page_footer,
-    task_rows,
     worker_rows,
 )
 from qworker.cli.schedules import schedules
+from qworker.cli.tasks import tasks
 from qworker.cli.workflows import workflows
 from qworker.credentials import api_token as api_token_of
 from qworker.embedded import data_dir_from_url, is_embedded, stop_server
@@ -240,17 +240,6 @@ def workers_list(settings: Settings, state: str | None, as_json: bool) -> None:
     with settings.client() as client:
         found = client.workers(state)
     emit_json(found) if as_json else worker_rows(found, utcnow())
-
-
-@main.command("tasks")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@pass_settings
-@reports_errors
-def tasks_list(settings: Settings, as_json: bool) -> None:
-    """The tasks: validity, live workers, and their jobs counted by state."""
-    with settings.client() as client:
-        found = client.tasks()
-    emit_json(found) if as_json else task_rows(found)
 
 
 DEMO_TASKS = Path(__file__).parent.parent / "demo"
@@ -482,6 +471,7 @@ def watch(settings: Settings, seconds: float | None) -> None:
 
 
 main.add_command(schedules)
+main.add_command(tasks)
 main.add_command(workflows)
 
 if __name__ == "__main__":

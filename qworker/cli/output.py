@@ -121,12 +121,13 @@ def task_rows(tasks: Sequence[dict[str, Any]]) -> None:
     states = [s.value for s in JobState]
     valid = {True: "yes", False: "no", None: "-"}
     table(
-        ["ID", "NAME", "VALID", "WORKERS", *(s.upper() for s in states)],
+        ["ID", "NAME", "VALID", "PAUSED", "WORKERS", *(s.upper() for s in states)],
         [
             [
                 t["_id"],
                 t.get("name"),
                 valid.get(t.get("valid"), "-"),
+                "paused" if t.get("paused") else "-",
                 len(t["liveWorkers"]),
                 *(t["jobs"].get(s, 0) for s in states),
             ]

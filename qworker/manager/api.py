@@ -162,6 +162,15 @@ def create_app(
     async def tasks() -> Any:
         return plain(await run(client.tasks))
 
+    @app.post("/api/tasks/{task_id}/pause", tags=["fleet"])
+    async def pause_task(task_id: str) -> Any:
+        """Claim no job of the task on any worker until it is resumed."""
+        return plain(await run(client.pause_task, task_id))
+
+    @app.post("/api/tasks/{task_id}/resume", tags=["fleet"])
+    async def resume_task(task_id: str) -> Any:
+        return plain(await run(client.resume_task, task_id))
+
     @app.get("/api/jobs", tags=["jobs"])
     async def jobs(
         state: JobState | None = None,

@@ -1,6 +1,6 @@
 """Prometheus metrics of the fleet, read from the store when scraped.
 
-Gauges (jobs by task and state, live workers) are counted at each scrape.
+Gauges (jobs by task and state, live workers, paused tasks) are counted at each scrape.
 Counters and histograms are fed by the jobs that finished since the last
 scrape, so they cover standalone workers too, which tell no one but MongoDB.
 An expired job is counted, but has no run to time. A snooze leaves nothing
@@ -46,12 +46,20 @@ class _Store(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         jobs = GaugeMetricFamily("qworker_jobs", "Jobs in the store.", labels=["task", "state"])
-        for task, by_state in sorted(stats.job_counts(self._client.jobs_collection).items()):
+        counts = stats.job_counts(self._client.jobs_collection)
+        for task, by_state in sorted(counts.items()):
             for state in JobState:
                 jobs.add_metric([task, state.value], by_state.get(state.value, 0))
         yield jobs
         live = sum(1 for worker in self._client.workers() if worker.get("live"))
         yield GaugeMetricFamily("qworker_workers_live", "Workers alive now.", value=live)
+        paused = GaugeMetricFamily(
+            "qworker_task_paused", "1 while the task is paused fleet-wide.", labels=["task"]
+        )
+        held = self._client.paused_tasks()
+        for task in sorted(counts.keys() | held):
+            paused.add_metric([task], 1.0 if task in held else 0.0)
+        yield paused
 
 
 class Metrics:

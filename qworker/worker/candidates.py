@@ -106,5 +106,17 @@ class Candidates:
             heapq.heappush(self._heap, item)
         return picked, solo
 
+    def discard_tasks(self, tasks: frozenset[str]) -> None:
+        """Forget the candidates of ``tasks``."""
+        if not tasks:
+            return
+        kept = [(key, task) for key, task in self._heap if task not in tasks]
+        gone = {key[3] for key, task in self._heap if task in tasks}
+        heapq.heapify(kept)
+        self._heap = kept
+        for job_id in gone:
+            self._keys.pop(job_id, None)
+            self._lost.discard(job_id)
+
     def next_due(self) -> datetime | None:
         return min((key[1] for key in self._keys.values()), default=None)

@@ -47,6 +47,7 @@ class Claims:
         self.worker_id, self.nonce = worker_id, nonce
         self.lease, self.poll_interval = lease, poll_interval
         self.candidates = Candidates(salt=nonce)
+        self.paused: frozenset[str] = frozenset()  # tasks paused fleet-wide (``Pauses``)
         self._tokens = itertools.count(1)
         self.wanted = True  # read the queue at the next chance
         self._next_read = 0.0
@@ -69,7 +70,7 @@ class Claims:
         self.wanted = False
         horizon = utcnow() + timedelta(seconds=self.poll_interval)
         try:
-            docs = await self.store.candidates(self.tasks, horizon, CANDIDATE_CAP)
+            docs = await self.store.candidates(self.tasks - self.paused, horizon, CANDIDATE_CAP)
         except PyMongoError as exc:
             log.warning("cannot read the queue", error=str(exc))
             self._next_read = time.monotonic() + self.poll_interval
@@ -116,6 +117,15 @@ class Claims:
                 break  # unreachable: the rest stay queued
         return docs
 
+    def pause(self, paused: frozenset[str]) -> None:
+        """Claim nothing of ``paused`` (their candidates dropped); read the queue again for
+        the tasks resumed."""
+        resumed = self.paused - paused
+        self.paused = paused
+        self.candidates.discard_tasks(paused)
+        if resumed:
+            self.want()
+
     def _token(self) -> str:
         return f"{self.worker_id}:{self.nonce}:{next(self._tokens)}"
 
@@ -123,10 +133,11 @@ class Claims:
         """A ``job:queued`` wake-up: the jobs it names, or the tasks to read again."""
         jobs, tasks = body.get("jobs"), body.get("tasks")
         if isinstance(jobs, list):
-            mine = (_hinted_job(job, self.tasks) for job in jobs if isinstance(job, dict))
+            served = self.tasks - self.paused
+            mine = (_hinted_job(job, served) for job in jobs if isinstance(job, dict))
             self.candidates.add(doc for doc in mine if doc is not None)
         elif isinstance(tasks, list) and all(isinstance(t, str) for t in tasks):
-            self.wanted = self.wanted or bool(set(tasks) & self.tasks)
+            self.wanted = self.wanted or bool(set(tasks) & (self.tasks - self.paused))
         else:
             log.warning("ignoring a malformed job:queued message")
 

@@ -21,7 +21,7 @@ from bson import ObjectId
 from pymongo import InsertOne
 from pymongo.errors import PyMongoError
 
-from qworker import protocol, systemd
+from qworker import controls, protocol, systemd
 from qworker.aio import cancel_and_wait
 from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
@@ -29,6 +29,7 @@ from qworker.errors import TaskDefinitionError, WorkerFailed
 from qworker.fleet import Listing
 from qworker.model import JobState
 from qworker.mongo import Names, async_client, close_async, resolve_url
+from qworker.operations import run_async
 from qworker.schema import prepare
 from qworker.store import WorkerStore
 from qworker.tasks import TaskMeta, import_code
@@ -38,6 +39,7 @@ from qworker.worker.jobfeed import JobFeed
 from qworker.worker.leases import Leases
 from qworker.worker.membership import Membership
 from qworker.worker.outbox import Outbox, OutboxWriter
+from qworker.worker.pauses import Pauses
 from qworker.worker.runs import Counters, Runs
 from qworker.worker.stopping import Stopping
 from qworker.worker.taskapi import TaskHandle, TaskSetup, run_setup
@@ -139,8 +141,14 @@ class Worker:
         except WorkerFailed:  # worker.fail() in an initializer: nothing was claimed yet
             await close_async(client)
             return 1
+        self.pauses = Pauses(
+            lambda: run_async(controls.paused_among(self.metas), db, names),
+            self.settings.poll_interval,
+            self._paused,
+        )
+        await self.pauses.read()
         listening = asyncio.Event()
-        events = [protocol.JOB_QUEUED, protocol.JOB_CANCEL]
+        events = [protocol.JOB_QUEUED, protocol.JOB_CANCEL, protocol.TASK_CONTROL]
         if self.membership is not None:
             events += self.membership.events()
         background = [
@@ -149,6 +157,7 @@ class Worker:
             asyncio.create_task(self.leases.keep()),
             asyncio.create_task(self.channel.subscribe(events, self._on_message, listening)),
             asyncio.create_task(systemd.supervise(self.status_line)),
+            asyncio.create_task(self.pauses.keep()),
         ]
         feed = JobFeed(
             self.store.jobs,
@@ -247,6 +256,8 @@ class Worker:
     # -- claiming --------------------------------------------------------
 
     def _room(self, task_id: str) -> int:
+        if task_id in self.claims.paused:
+            return 0
         cap = self.metas[task_id].concurrency
         return self.settings.concurrency if cap is None else cap - self.runs.per_task[task_id]
 
@@ -322,6 +333,8 @@ class Worker:
         elif event == protocol.JOB_QUEUED:
             self.claims.hinted(body)
             self._wake.set()
+        elif event == protocol.TASK_CONTROL:
+            self.pauses.asked.set()
         elif event == protocol.JOB_CANCEL:
             job_id = body.get("jobId")
             if isinstance(job_id, str):
@@ -422,7 +435,13 @@ class Worker:
 
     def _new_jobs(self, docs: list[dict[str, Any]]) -> None:
         """Jobs of our tasks were just inserted (the change stream): candidates at once."""
-        self.claims.candidates.add(docs)
+        paused = self.claims.paused
+        self.claims.candidates.add(doc for doc in docs if doc.get("name") not in paused)
+        self._wake.set()
+
+    def _paused(self, paused: frozenset[str]) -> None:
+        """The tasks paused fleet-wide changed (``Pauses``)."""
+        self.claims.pause(paused)
         self._wake.set()
 
     def _refill_now(self) -> None:

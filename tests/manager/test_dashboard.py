@@ -387,6 +387,25 @@ def test_the_schedules_view_lists_and_pauses_a_schedule(
     assert client.schedule_info("dash-hourly")["paused"] is False
 
 
+def test_a_task_is_paused_and_resumed_from_the_overview(
+    spawn_manager: Any, client: Client, page: Any, tmp_path: Path
+) -> None:
+    _, base = serving(spawn_manager)
+    client.now("dash_slow", {"steps": 1})  # a task the fleet knows of, by its job
+
+    page.goto(f"{base}/#/overview")
+    row = page.locator('[data-testid="task-row"][data-task="dash_slow"]')
+    expect(row).to_have_attribute("data-paused", "false")
+    row.get_by_test_id("pause-task").click()
+    expect(row).to_have_attribute("data-paused", "true")
+    expect(row.get_by_test_id("task-paused")).to_be_visible()
+    assert client.task_controls("dash_slow")["paused"] is True
+    shot(page, tmp_path, "overview-task-paused")
+    row.get_by_test_id("resume-task").click()
+    expect(row).to_have_attribute("data-paused", "false")
+    assert client.task_controls("dash_slow")["paused"] is False
+
+
 ATTACK = """<!doctype html><html><body>
 <form id="f" method="POST" action="{base}/api/jobs/{job}/retry" target="sink"></form>
 <iframe name="sink"></iframe>

@@ -32,6 +32,7 @@ def test_the_managers_metrics_count_finished_jobs_and_time_them(
     for job_id in [*ok, failed]:
         wait_finished(db, job_id)
     client.enqueue_many("noop", [None] * 2, when="in 1 hour")
+    client.pause_task("shortlived")
 
     def scraped() -> str | None:
         text = httpx.get(metrics, timeout=30).text
@@ -48,6 +49,8 @@ def test_the_managers_metrics_count_finished_jobs_and_time_them(
     assert value(text, "qworker_job_duration_seconds_count", 'task="noop"') == 3.0
     assert value(text, "qworker_job_wait_seconds_count", 'task="noop"') == 3.0
     assert value(text, "qworker_workers_live") == 1.0
+    assert value(text, "qworker_task_paused", 'task="shortlived"') == 1.0
+    assert value(text, "qworker_task_paused", 'task="noop"') == 0.0
     # Counted once: a second scrape adds nothing for the same jobs.
     again = httpx.get(metrics, timeout=30).text
     assert value(again, "qworker_jobs_succeeded_total", 'task="noop"') == 3.0

@@ -537,7 +537,7 @@ function overviewView() {
         failuresBody),
       h("div", { class: "card-foot" }, h("a", { href: "#/failed" }, "All failed jobs →"))),
       section("Tasks", {}, h("table", { class: "table", id: "tasks-table" },
-        h("thead", {}, h("tr", {}, ["Task", "Description", "Live workers", "Metadata"]
+        h("thead", {}, h("tr", {}, ["Task", "Description", "Live workers", "Metadata", "Claims"]
           .map((t) => h("th", {}, t)))),
         tasksBody))),
   );
@@ -612,7 +612,7 @@ function overviewView() {
   function renderTasks(tasks) {
     const rows = [...tasks].sort((a, b) => idOf(a).localeCompare(idOf(b)));
     replace(tasksBody, rows.length ? rows.map((t) =>
-      h("tr", { "data-testid": "task-row", "data-task": idOf(t) },
+      h("tr", { "data-testid": "task-row", "data-task": idOf(t), "data-paused": String(Boolean(t.paused)) },
         h("td", { class: "mono" }, h("a", { href: href("/jobs", { task: idOf(t) }) }, idOf(t))),
         h("td", {}, t.description || h("span", { class: "muted" }, "—")),
         h("td", {}, (t.liveWorkers || []).length
@@ -622,8 +622,24 @@ function overviewView() {
           ? h("span", { class: "badge state-failed", title: (t.problems || []).join("\n") }, "invalid")
           : t.valid === true ? h("span", { class: "badge state-succeeded" }, "valid")
             : h("span", { class: "muted", title: "Only standalone workers or jobs name it" },
-              "not announced"))))
-      : emptyRow(4, "No task is known yet."));
+              "not announced")),
+        pauseCell(t)))
+      : emptyRow(5, "No task is known yet."));
+  }
+
+  // Pausing a task holds its queued jobs on every worker; running ones finish.
+  function pauseCell(t) {
+    const paused = Boolean(t.paused);
+    const toggle = h("button", { type: "button", class: `btn btn-sm ${paused ? "btn-primary" : ""}`,
+      "data-testid": paused ? "resume-task" : "pause-task" }, paused ? "Resume" : "Pause");
+    toggle.addEventListener("click", () => act(toggle, `${idOf(t)} ${paused ? "resumed" : "paused"}`,
+      async () => {
+        await api(`tasks/${encodeURIComponent(idOf(t))}/${paused ? "resume" : "pause"}`, { method: "POST" });
+        await refresh();
+      }));
+    return h("td", { class: "actions" }, paused
+      ? h("span", { class: "badge state-cancelled", "data-testid": "task-paused" }, "paused") : null,
+    " ", toggle);
   }
 
   async function refresh() {
