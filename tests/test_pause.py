@@ -21,15 +21,21 @@ from qworker.cli.manager import main
 SEEN = 2.0
 
 
-def test_a_paused_task_stays_queued_across_restarts_while_other_tasks_run(
-    client: Client, mongo_url: str, spawn_manager: Any, spawn_worker: Any
-) -> None:
+def fleet(mongo_url: str, spawn_manager: Any, spawn_worker: Any) -> list[Any]:
+    """A manager, a managed worker and a standalone one, all running double and noop."""
     manager = spawn_manager("m1")
     wait_leading(manager)
     member = managed(spawn_worker, mongo_url, "double", "noop", worker_id="wm")
     solo = spawn_worker("double", "noop", worker_id="ws")
     wait_accepted(member)
     ready(solo)
+    return [manager, member, solo]
+
+
+def test_a_paused_task_stays_queued_across_restarts_while_other_tasks_run(
+    client: Client, mongo_url: str, spawn_manager: Any, spawn_worker: Any
+) -> None:
+    processes = fleet(mongo_url, spawn_manager, spawn_worker)
     assert client.pause_task("double")["paused"] is True
     time.sleep(SEEN)
     held = client.enqueue_many("double", [{"x": n} for n in range(5)])
@@ -37,14 +43,9 @@ def test_a_paused_task_stays_queued_across_restarts_while_other_tasks_run(
         assert client.wait(client.now("noop"), timeout=30)["state"] == "succeeded"
     assert {client.get(job_id)["state"] for job_id in held} == {"queued"}
 
-    for process in (manager, member, solo):  # the pause is MongoDB's, not theirs
+    for process in processes:  # the pause is MongoDB's, not theirs
         process.stop()
-    manager = spawn_manager("m1")
-    wait_leading(manager)
-    member = managed(spawn_worker, mongo_url, "double", "noop", worker_id="wm")
-    solo = spawn_worker("double", "noop", worker_id="ws")
-    wait_accepted(member)
-    ready(solo)
+    fleet(mongo_url, spawn_manager, spawn_worker)
     assert client.wait(client.now("noop"), timeout=30)["state"] == "succeeded"
     assert {client.get(job_id)["state"] for job_id in held} == {"queued"}
     [double] = [t for t in client.tasks() if t["_id"] == "double"]
