@@ -143,8 +143,10 @@ class Fleet:
                 process.wait()
 
 
-def qworker_fleet(url: str, count: int, concurrency: int | None = None) -> Fleet:
-    """K real ``qworker --standalone`` processes serving the no-op task."""
+def qworker_fleet(
+    url: str, count: int, concurrency: int | None = None, tasks: Sequence[str] = ("noop",)
+) -> Fleet:
+    """K real ``qworker --standalone`` processes serving ``tasks`` (of bench/tasks)."""
     extra = [] if concurrency is None else ["--concurrency", str(concurrency)]
     command = [
         sys.executable,
@@ -158,7 +160,7 @@ def qworker_fleet(url: str, count: int, concurrency: int | None = None) -> Fleet
         *extra,
         "--log-format",
         "json",
-        "noop",
+        *tasks,
     ]
     return Fleet([[*command, "--id", f"bench-{n}"] for n in range(count)], b"worker started")
 

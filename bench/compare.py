@@ -47,6 +47,7 @@ PARTS = (
     "depth",
     "scheduler",
     "workflows",
+    "limits",
 )
 BATCH = 500  # jobs per bulk enqueue
 ENQUEUE_LIMIT = 120.0  # seconds the one-at-a-time enqueue gets
@@ -836,6 +837,14 @@ def main() -> None:
                 for workers in p.workers:
                     step("fan_in", fan_in, args.mongo, p.fan_in_jobs, workers, p.timeout)
                 step("callback_gaps", callback_gaps, url, p.latency_samples // 5)
+            if "limits" in parts:
+                from limits import limit_overhead, limited_neighbour
+
+                result["limit_overhead"], result["limited_neighbour"] = [], []
+                for workers in p.workers:
+                    args_of = (args.mongo, p.jobs[0], workers, p.timeout)  # fresh servers
+                    step("limit_overhead", limit_overhead, *args_of)
+                    step("limited_neighbour", limited_neighbour, *args_of)
             if "scheduler" in parts:
                 step("scheduler_idle", scheduler, url, p.schedules, p.schedule_window, 1, 0)
                 step("scheduler", scheduler, url, p.schedules, p.schedule_window, 1, 500)

@@ -196,6 +196,35 @@ def _workflow_rows(result: dict[str, Any]) -> list[str]:
     return out
 
 
+def _limit_rows(result: dict[str, Any]) -> list[str]:
+    """A limited task's claim overhead, and an unlimited task beside a limited one."""
+    out = []
+    for r in result.get("limit_overhead", []):
+        ms = r["ms_per_job"]
+        out.append(
+            _row(
+                "ms per job: unlimited / a slot per job / a start counted per job, "
+                f"medians of {r['rounds']}",
+                f"{r['jobs']:,} at start",
+                r["workers"],
+                f"{ms['noop']} / {ms['noop_slotted']} / {ms['noop_metered']} ms: "
+                f"{r['slot_vs_unlimited']}x, {r['rate_vs_unlimited']}x",
+            )
+        )
+    for r in result.get("limited_neighbour", []):
+        out.append(
+            _row(
+                f"no-op jobs/s alone vs beside a task at its limit, medians of {r['rounds']} "
+                f"({r['capped_backlog_at_start']} capped queued)",
+                f"{r['jobs']:,} at start",
+                r["workers"],
+                f"{r['alone_jobs_per_second']} vs {r['beside_jobs_per_second']}/s: "
+                f"{r['beside_vs_alone']}x",
+            )
+        )
+    return out
+
+
 def extra_rows(result: dict[str, Any]) -> list[str]:
     """qworker's own figures: the ceiling, channel, depth, scheduler, memory."""
     out = [_row("figure", "queue depth", "workers", "result"), _row(*["---"] * 4)]
@@ -229,6 +258,7 @@ def extra_rows(result: dict[str, Any]) -> list[str]:
         )
     out += _stream_rows(result)
     out += _workflow_rows(result)
+    out += _limit_rows(result)
     for d in result.get("depth", []):
         out.append(
             _row(

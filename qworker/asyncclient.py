@@ -22,7 +22,17 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
 
-from qworker import controls, enqueue, fleet, protocol, store, streams, workflows, workflowstore
+from qworker import (
+    controls,
+    enqueue,
+    fleet,
+    limits,
+    protocol,
+    store,
+    streams,
+    workflows,
+    workflowstore,
+)
 from qworker.aio import cancel_and_wait
 from qworker.channel import Channel
 from qworker.client import (
@@ -35,6 +45,7 @@ from qworker.client import (
     wakeup_mode,
 )
 from qworker.errors import ConfigError
+from qworker.model import UniqueOption
 from qworker.mongo import CHANNEL_BYTES, Names, async_database, close_async
 from qworker.operations import Operation, run_async
 from qworker.schedules import Schedule
@@ -130,11 +141,12 @@ class AsyncClient:
         task: str,
         data: Any = None,
         *,
-        unique: str | None = None,
+        unique: UniqueOption | None = None,
         session: Session = None,
         **opts: Any,
     ) -> str:
-        """Queue a job for ``when``; ``unique=KEY`` as ``Client.schedule``."""
+        """Queue a job for ``when``; ``unique=KEY`` or ``{"key", "while", "period",
+        "replace"}`` as ``Client.schedule``."""
         if unique is None:
             op = enqueue.many(task, [data], when, **opts)
         else:
@@ -176,6 +188,9 @@ class AsyncClient:
 
     async def task_controls(self, task_id: str) -> Doc:
         return await self._run(controls.get(task_id), None)
+
+    async def task_limits(self) -> dict[str, Doc]:
+        return await self._run(limits.by_task(utcnow()), None)
 
     async def paused_tasks(self) -> set[str]:
         return await self._run(controls.paused_among(), None)
@@ -374,11 +389,12 @@ class AsyncClient:
     # APScheduler 3's job store is blocking: these run ``Client``'s in a thread.
 
     async def every(self, interval: str | float, task: str, data: Any = None, **opts: Any) -> Doc:
-        """``Client.every``: run ``task`` every ``interval``."""
+        """``Client.every``: run ``task`` every ``interval`` (``overlap``,
+        ``pause_on_failure`` and the other options as there)."""
         return await self._scheduling(lambda c: c.every(interval, task, data, **opts))
 
     async def cron(self, expr: str, task: str, data: Any = None, **opts: Any) -> Doc:
-        """``Client.cron``: run ``task`` on a crontab schedule."""
+        """``Client.cron``: run ``task`` on a crontab schedule (options as ``Client.every``'s)."""
         return await self._scheduling(lambda c: c.cron(expr, task, data, **opts))
 
     async def add_schedule(self, schedule: Schedule, replace: bool = True) -> Doc:

@@ -22,10 +22,20 @@ from pymongo.client_session import ClientSession
 from pymongo.database import Database
 from pymongo.errors import PyMongoError
 
-from qworker import controls, enqueue, fleet, protocol, store, streams, workflows, workflowstore
+from qworker import (
+    controls,
+    enqueue,
+    fleet,
+    limits,
+    protocol,
+    store,
+    streams,
+    workflows,
+    workflowstore,
+)
 from qworker.channel import publish_sync
 from qworker.errors import InvalidJobError, ScheduleNotFound, ScheduleOwnedByTask
-from qworker.model import FINISHED_STATES, Expires, JobState
+from qworker.model import FINISHED_STATES, Expires, JobState, UniqueOption
 from qworker.mongo import CHANNEL_BYTES, Names
 from qworker.mongo import sync_database as open_database
 from qworker.operations import Operation, run
@@ -119,7 +129,7 @@ class Client:
         task: str,
         data: Any = None,
         *,
-        unique: str | None = None,
+        unique: UniqueOption | None = None,
         session: ClientSession | None = None,
         **opts: Any,
     ) -> str:
@@ -127,6 +137,12 @@ class Client:
 
         With ``unique=KEY`` there is at most one queued or running job of
         ``task`` with that key: while one exists, its id is returned instead.
+        ``unique={"key": KEY, "while": ..., "period": ..., "replace": [...]}``:
+        ``while`` is ``"active"`` (as ``unique=KEY``), ``"queued"`` (one queued job
+        per key; a running one does not count) or ``"period"`` (a throttle: one job
+        per key per ``period``, such as ``"10 minutes"``, counted from its creation,
+        finished or not). ``replace`` (``"data"``, ``"nextRunAt"``; not with a period)
+        debounces: a queued holder takes this call's data and/or run time instead.
         """
         if unique is None:
             return self.enqueue_many(task, [data], when=when, session=session, **opts)[0]
@@ -195,6 +211,12 @@ class Client:
     def task_controls(self, task_id: str) -> Doc:
         """Whether ``task_id`` is paused fleet-wide (``paused``), and since when."""
         return self._run(controls.get(task_id), None)
+
+    def task_limits(self) -> dict[str, Doc]:
+        """Each limited task's fleet-wide limits and their use: ``concurrency`` and the
+        slots ``running``, ``rate`` and the ``recentStarts`` in its last window,
+        ``partitionBy`` and the number of ``partitions`` seen."""
+        return self._run(limits.by_task(utcnow()), None)
 
     def paused_tasks(self) -> set[str]:
         """The tasks paused fleet-wide."""
@@ -326,6 +348,8 @@ class Client:
         name: str | None = None,
         start_at: str | datetime | None = None,
         replace: bool = True,
+        overlap: str | None = None,
+        pause_on_failure: bool = False,
         **opts: Any,
     ) -> Doc:
         """Run ``task`` every ``interval`` (``30 minutes``, ``1 hour``, seconds).
@@ -333,11 +357,24 @@ class Client:
         The first run is one interval from now, or at ``start_at`` (``now``,
         ``midnight``, an ISO time). The schedule is named ``name`` (default:
         the task id); an existing one of that name is replaced unless
-        ``replace=False``. ``opts``: ``timezone``, ``misfire`` (``coalesce`` or
-        ``skip``), ``grace``, ``unique``, and the job options of ``now``.
+        ``replace=False``. ``overlap``: a fire while the previous fire's job is
+        still queued or running starts (``allow``, the default), is dropped
+        (``skip``; ``unique=True`` says the same) or is kept, one only, to start
+        once that job has ended (``buffer-one``). ``pause_on_failure``: a fire's
+        job that fails for good (after its retries) pauses the schedule, with the
+        reason shown, until ``resume_schedule``. ``opts``: ``timezone``,
+        ``misfire`` (``coalesce`` or ``skip``), ``grace``, and the job options of
+        ``now``.
         """
         schedule = make_schedule(
-            name or task, task, data, every=interval, start_at=start_at, **opts
+            name or task,
+            task,
+            data,
+            every=interval,
+            start_at=start_at,
+            overlap=overlap,
+            pause_on_failure=pause_on_failure,
+            **opts,
         )
         return self.add_schedule(schedule, replace)
 
@@ -350,13 +387,25 @@ class Client:
         name: str | None = None,
         tz: str | None = None,
         replace: bool = True,
+        overlap: str | None = None,
+        pause_on_failure: bool = False,
         **opts: Any,
     ) -> Doc:
         """Run ``task`` on a crontab schedule: five fields, or six with seconds first.
 
-        ``tz`` is the time zone the fields are read in (default UTC).
+        ``tz`` is the time zone the fields are read in (default UTC); ``overlap``,
+        ``pause_on_failure`` and ``opts`` as ``every``'s.
         """
-        schedule = make_schedule(name or task, task, data, cron=expr, timezone=tz, **opts)
+        schedule = make_schedule(
+            name or task,
+            task,
+            data,
+            cron=expr,
+            timezone=tz,
+            overlap=overlap,
+            pause_on_failure=pause_on_failure,
+            **opts,
+        )
         return self.add_schedule(schedule, replace)
 
     def add_schedule(self, schedule: Schedule, replace: bool = True) -> Doc:

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from qworker import store
-from qworker.model import new_job
+from qworker.model import new_job, parse_unique
 from qworker.operations import Operation
 from qworker.when import parse_when, utcnow
 
@@ -48,12 +48,34 @@ def many(
 
 
 def unique(
-    task: str, data: Any, when: str | datetime | None, key: str, **options: Any
+    task: str, data: Any, when: str | datetime | None, key: Any, **options: Any
 ) -> Operation[Enqueued]:
-    """A job with a unique key: the id of the active job holding the key, if one does."""
+    """A job with a unique key (``model.parse_unique``): the id of the new job, or of the
+    one that holds the key.
+
+    Modes ``active`` and ``queued`` hold ``uniqueKey`` under the partial unique index
+    (``store.insert_unique``; the mode is stored as ``uniqueWhile`` when not the
+    default); mode ``period`` holds a throttle ``fireKey`` under the ``fire_key`` index
+    (``store.insert_throttled``). A debounce that moved the holder announces its new
+    run time, when that is soon, as an insert would.
+    """
+    spec = parse_unique(key)
     now = utcnow()
-    doc = new_job(task, data, now=now, run_at=parse_when(when, now), unique=key, **options)
-    holder = yield from store.insert_unique(doc)
+    run_at = parse_when(when, now)
+    if spec.mode == "period":
+        assert spec.period is not None
+        doc = new_job(task, data, now=now, run_at=run_at, **options)
+        doc["fireKey"] = store.throttle_key(task, spec.key)
+        doc["uniqueWhile"] = spec.mode
+        throttled = yield from store.insert_throttled(doc, spec.period)
+        if throttled is not None:
+            return Enqueued([str(throttled)])
+        return Enqueued([str(doc["_id"])], due_soon([doc], now))
+    doc = new_job(task, data, now=now, run_at=run_at, unique=spec.key, **options)
+    if spec.mode != "active":  # a default-mode job is stored as before modes existed
+        doc["uniqueWhile"] = spec.mode
+    holder = yield from store.insert_unique(doc, spec.replace)
     if holder is not None:
-        return Enqueued([str(holder)])
+        moved = [holder.moved] if holder.moved is not None else []
+        return Enqueued([str(holder.id)], due_soon(moved, now))
     return Enqueued([str(doc["_id"])], due_soon([doc], now))

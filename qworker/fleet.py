@@ -16,7 +16,7 @@ import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from qworker import controls
+from qworker import controls, limits
 from qworker.errors import InvalidJobError
 from qworker.model import JobState
 from qworker.operations import Call, Operation
@@ -88,7 +88,8 @@ def tasks() -> Operation[list[Doc]]:
 
     Tasks that only standalone workers run are never announced, so a task
     that has jobs (or is paused) but no announcement is listed too, with
-    ``valid`` None. ``paused``: paused fleet-wide (``qworker.controls``).
+    ``valid`` None. ``paused``: paused fleet-wide (``qworker.controls``);
+    ``limits``: its fleet-wide limits and their use (``qworker.limits.summary``).
     ``liveWorkers`` are the running workers (managed or standalone) that
     serve it now; ``workers`` are those that ever announced it.
     """
@@ -106,8 +107,9 @@ def tasks() -> Operation[list[Doc]]:
                 live[task_id].append(str(worker["_id"]))
     announced: list[Doc] = yield Call("tasks", "find", ())
     paused = yield from controls.paused_among()
+    limited = yield from limits.by_task(now)
     found = {str(doc["_id"]): doc for doc in announced}
-    for name in (counts.keys() | paused) - found.keys():
+    for name in (counts.keys() | paused | limited.keys()) - found.keys():
         found[name] = {
             "_id": name,
             "name": name,
@@ -122,6 +124,7 @@ def tasks() -> Operation[list[Doc]]:
         doc["jobs"] = counts[task_id]
         doc["liveWorkers"] = sorted(live.get(task_id, []))
         doc["paused"] = task_id in paused
+        doc["limits"] = limited.get(task_id)
     return [found[task_id] for task_id in sorted(found)]
 
 

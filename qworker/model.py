@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import reprlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -172,6 +173,113 @@ def check_unique_key(key: str | None) -> str | None:
             f"not {key!r}",
             "unique",
         )
+    return key
+
+
+# How long a unique key is held (``Unique.mode``): while the job is waiting, queued or
+# running (the default); while it is queued only; or for a period from its creation.
+UNIQUE_MODES = ("active", "queued", "period")
+UNIQUE_FIELDS = ("key", "while", "period", "replace")
+# What an enqueue may replace in the queued job holding its key (a debounce).
+UNIQUE_REPLACEABLE = ("data", "nextRunAt")
+MAX_UNIQUE_PERIOD = 366 * 86400.0
+# What ``unique=`` takes: a key, or ``{"key", "while", "period", "replace"}``.
+UniqueOption = str | dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Unique:
+    """``unique=``: ``"KEY"`` or ``{"key", "while", "period", "replace"}``, validated."""
+
+    key: str
+    mode: str = "active"
+    period: float | None = None  # seconds, with mode "period" only
+    replace: tuple[str, ...] = ()  # with modes "active" and "queued" only
+
+
+def _unique_error(message: str) -> InvalidJobError:
+    return InvalidJobError(f"unique: {message}", "unique")
+
+
+def parse_unique(value: Any) -> Unique:
+    """``unique=KEY`` or its dict form as a ``Unique``; raises ``InvalidJobError``.
+
+    ``{"key": K, "while": "active" | "queued" | "period", "period": "10 minutes",
+    "replace": ["data", "nextRunAt"]}``: ``period`` with ``while: "period"`` and only
+    then; ``replace`` with ``active`` or ``queued``.
+    """
+    if not isinstance(value, dict):
+        if not isinstance(value, str):
+            raise InvalidJobError(
+                f"unique must be a non-empty string of at most {MAX_UNIQUE_KEY_CHARS} "
+                f"characters, or a dict with {', '.join(UNIQUE_FIELDS)}, not "
+                f"{reprlib.repr(value)}",
+                "unique",
+            )
+        return Unique(_unique_text(check_unique_key(value) or ""))
+    unknown = sorted(str(k) for k in value if k not in UNIQUE_FIELDS)
+    if unknown:
+        raise _unique_error(
+            f"unknown field(s) {', '.join(map(repr, unknown))}: expected {', '.join(UNIQUE_FIELDS)}"
+        )
+    if "key" not in value:
+        raise _unique_error("'key' is missing: the key that makes the job unique")
+    key = value["key"]
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_UNIQUE_KEY_CHARS:
+        raise _unique_error(
+            f"'key' must be a non-empty string of at most {MAX_UNIQUE_KEY_CHARS} characters, "
+            f"not {reprlib.repr(key)}"
+        )
+    mode = value.get("while", "active")
+    if mode not in UNIQUE_MODES:
+        raise _unique_error(
+            f"'while' must be one of {', '.join(map(repr, UNIQUE_MODES))}, not {reprlib.repr(mode)}"
+        )
+    period = _unique_period(value, mode)
+    replace = value.get("replace", ())
+    if not isinstance(replace, list | tuple) or not all(
+        isinstance(item, str) and item in UNIQUE_REPLACEABLE for item in replace
+    ):
+        raise _unique_error(
+            f"'replace' must be a list of {' and '.join(map(repr, UNIQUE_REPLACEABLE))}, "
+            f"not {reprlib.repr(replace)}"
+        )
+    if replace and mode == "period":
+        raise _unique_error(
+            "'replace' cannot go with while 'period': a throttled enqueue is refused, "
+            "it changes no job (use while 'active' or 'queued' to debounce)"
+        )
+    kept = tuple(item for item in UNIQUE_REPLACEABLE if item in replace)
+    return Unique(_unique_text(key), mode, period, kept)
+
+
+def _unique_period(value: dict[Any, Any], mode: str) -> float | None:
+    if mode != "period":
+        if "period" in value:
+            raise _unique_error(f"'period' goes with while 'period' only, not {mode!r}")
+        return None
+    if "period" not in value:
+        raise _unique_error("while 'period' needs a 'period', such as '10 minutes'")
+    period = value["period"]
+    try:
+        seconds = (
+            period.total_seconds() if isinstance(period, timedelta) else parse_duration(period)
+        )
+    except ValueError as exc:
+        raise _unique_error(f"'period': {exc}") from None
+    if not 0 < seconds <= MAX_UNIQUE_PERIOD:
+        raise _unique_error(
+            f"'period' must be more than 0 seconds and at most a year, not {reprlib.repr(period)}"
+        )
+    return seconds
+
+
+def _unique_text(key: str) -> str:
+    if not key.isascii():
+        try:
+            key.encode()  # BSON strings are UTF-8: a lone surrogate cannot be stored
+        except UnicodeEncodeError:
+            raise _unique_error("the key is not valid text") from None
     return key
 
 

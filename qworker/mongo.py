@@ -48,6 +48,7 @@ class Names:
         self.schedules = f"{prefix}schedules"
         self.workflows = f"{prefix}workflows"
         self.controls = f"{prefix}controls"
+        self.limits = f"{prefix}limits"
 
 
 _USERINFO = re.compile(r"^(?P<scheme>mongodb(?:\+srv)?://)(?P<user>[^:@/]*):(?P<password>[^/]*)@")

@@ -45,6 +45,7 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.leases: READ,
             names.workflows: WRITE,  # a job's sub-workflows
             names.controls: READ,  # the pauses of its tasks
+            names.limits: WRITE,  # the slots of its tasks' fleet-wide limits
         },
         "qworkerOperator": {
             names.jobs: ALL + WATCH,
@@ -54,6 +55,7 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.tasks: READ,
             names.workflows: WRITE,
             names.controls: WRITE,  # pausing tasks
+            names.limits: READ,
         },
         "qworkerViewer": {
             names.jobs: READ + WATCH,
@@ -62,6 +64,7 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.tasks: READ,
             names.workflows: READ,
             names.controls: READ,
+            names.limits: READ,
         },
         "qworkerManager": {
             names.jobs: ALL + WATCH,
@@ -72,6 +75,7 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.schedules: ALL,
             names.workflows: ALL,
             names.controls: ALL,
+            names.limits: ALL,
         },
     }
 

@@ -5,10 +5,17 @@ A schedule is an APScheduler 3 job in its MongoDB job store (collection
 job's keyword arguments, a plain :class:`Schedule` that says which qworker job
 each fire enqueues. Any process may edit the store through a
 :class:`ScheduleBook`; only the leader manager runs it (``scheduler.py``).
+
+Beside APScheduler's two fields, a schedule's document may hold what the leader
+keeps of it between fires: ``buffered`` (the fire that ``overlap: buffer-one``
+holds back while the previous one runs), ``pausedFor`` (why ``pauseOnFailure``
+paused it) and ``forgivenUntil`` (the newest failed fire a resume or a replace
+let go of). APScheduler writes its fields with ``$set``: these stay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from dataclasses import dataclass
@@ -16,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import structlog
 from apscheduler.jobstores.base import ConflictingIdError, JobLookupError
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -24,23 +32,33 @@ from apscheduler.triggers.interval import IntervalTrigger
 from pymongo import DESCENDING, MongoClient
 from pymongo.collection import Collection
 
+from qworker import lifecycle
 from qworker.errors import (
     InvalidJobError,
     InvalidScheduleError,
     ScheduleExists,
     ScheduleNotFound,
 )
-from qworker.model import JobState, new_job
+from qworker.model import FINISHED_STATES, JobState, new_job
 from qworker.schedulestore import ScheduleStore
 from qworker.when import format_duration, parse_duration, parse_when, utcnow
 
 Doc = dict[str, Any]
+log = structlog.get_logger("qworker.schedules")
 
 # The APScheduler job of every schedule calls this; keep the reference stable,
 # since the job store drops jobs whose function it cannot import.
 FIRE = "qworker.scheduler:fire"
 EXECUTOR = "qworker"
 MISFIRE_POLICIES = ("coalesce", "skip")
+# Whether a fire starts while the previous fire's job is still queued or running
+# (Temporal's overlap policies): yes; no, dropped; or kept, one only, until it ends.
+OVERLAP_POLICIES = ("allow", "skip", "buffer-one")
+# The unique key of a fire's job under skip and buffer-one: one queued or running at
+# a time; and of a fire buffered-one (waiting), one at a time, until it is released.
+ACTIVE_KEY = "schedule:{}"
+BUFFER_KEY = "schedule-buffer:{}"
+MAX_REASON_CHARS = 500
 DEFAULT_GRACE = 60.0
 MIN_INTERVAL = 1.0
 MAX_INTERVAL = 10 * 366 * 86400.0
@@ -75,12 +93,21 @@ class Schedule:
     start_at: datetime | None = None
     misfire: str = "coalesce"  # after downtime: one run for the missed window, or none
     grace: float = DEFAULT_GRACE  # seconds late that still count as on time
-    unique: bool = False  # skip a fire while the previous run is still queued or running
+    unique: bool = False  # overlap == "skip", kept for the stores and readers of before
     priority: int | str | None = None
     max_attempts: int | None = None
     timeout: float | None = None
     description: str | None = None
     origin: str = "client"  # or "metadata": installed from a task's metadata
+    overlap: str = "allow"  # a fire while the last one's job is queued or running
+    pause_on_failure: bool = False  # a fire's job failed for good: pause the schedule
+
+    def __post_init__(self) -> None:
+        # ``unique`` is overlap ``skip`` by another name (as schedules were stored before
+        # ``overlap``): the two always agree.
+        if self.unique and self.overlap == "allow":
+            object.__setattr__(self, "overlap", "skip")
+        object.__setattr__(self, "unique", self.overlap == "skip")
 
     def trigger(self) -> BaseTrigger:
         zone = _zone(self.timezone)
@@ -96,9 +123,20 @@ class Schedule:
         start = f" from {self.start_at.isoformat()}" if self.start_at else ""
         return f"every {format_duration(self.every)}{start}"
 
-    def job(self, now: datetime) -> Doc:
-        """A job document for a fire at ``now`` (validated as a client's would be)."""
-        return new_job(
+    def job(self, now: datetime, buffered: bool = False) -> Doc:
+        """A job document for a fire at ``now`` (validated as a client's would be).
+
+        Under ``skip`` and ``buffer-one`` it holds the schedule's active key, so it is
+        refused while another fire's job is queued or running. ``buffered``: the fire
+        that ``buffer-one`` keeps, ``waiting`` (no worker claims it) under a key of its
+        own, until the leader releases it (``Firing.release``).
+        """
+        key = None
+        if buffered:
+            key = BUFFER_KEY.format(self.name)
+        elif self.overlap in ("skip", "buffer-one"):
+            key = ACTIVE_KEY.format(self.name)
+        doc = new_job(
             self.task,
             self.data,
             now=now,
@@ -107,16 +145,24 @@ class Schedule:
             max_attempts=self.max_attempts,
             timeout=self.timeout,
             description=self.description,
-            unique=f"schedule:{self.name}" if self.unique else None,
+            unique=key,
         )
+        if buffered:
+            doc["state"] = JobState.WAITING.value
+        return doc
 
     def stored(self) -> Doc:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_stored(cls, fields: Doc) -> Schedule:
+        """The schedule a store holds; one stored before ``overlap`` existed reads
+        ``unique`` as overlap ``skip`` (true) or ``allow``."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in fields.items() if k in known})
+        kept = {k: v for k, v in fields.items() if k in known}
+        if kept.get("overlap") not in OVERLAP_POLICIES:
+            kept["overlap"] = "skip" if kept.get("unique") is True else "allow"
+        return cls(**kept)
 
 
 def make_schedule(
@@ -136,8 +182,16 @@ def make_schedule(
     timeout: float | None = None,
     description: str | None = None,
     origin: str = "client",
+    overlap: str | None = None,
+    pause_on_failure: bool = False,
 ) -> Schedule:
-    """A validated :class:`Schedule`; every problem is an ``InvalidScheduleError``."""
+    """A validated :class:`Schedule`; every problem is an ``InvalidScheduleError``.
+
+    ``overlap``: what a fire does while the previous fire's job is still queued or
+    running: ``allow`` it to start (the default), ``skip`` it (``unique=True`` says
+    the same), or ``buffer-one``: keep it, one only, to start once that job has
+    ended. ``pause_on_failure``: a fire's job that fails for good pauses the schedule.
+    """
     if not isinstance(name, str) or not NAME_RE.fullmatch(name):
         raise InvalidScheduleError(
             f"schedule name {name!r}: use 1-200 letters, digits and '_.:@/-', "
@@ -150,6 +204,12 @@ def make_schedule(
         raise InvalidScheduleError(f"schedule {name!r}: start_at is for every, not cron")
     if not isinstance(unique, bool):
         raise InvalidScheduleError(f"schedule {name!r}: unique must be true or false")
+    overlap = _overlap(name, overlap, unique)
+    if not isinstance(pause_on_failure, bool):
+        raise InvalidScheduleError(
+            f"schedule {name!r}: pause_on_failure (pauseOnFailure) must be true or false, "
+            f"not {pause_on_failure!r}"
+        )
     seconds = None
     if every is not None:
         try:
@@ -187,17 +247,36 @@ def make_schedule(
             start_at=start,
             misfire=misfire,
             grace=grace_seconds,
-            unique=unique,
+            unique=overlap == "skip",
             priority=priority,
             max_attempts=max_attempts,
             timeout=timeout,
             description=description,
             origin=origin,
+            overlap=overlap,
+            pause_on_failure=pause_on_failure,
         )
         schedule = dataclasses.replace(schedule, data=schedule.job(utcnow())["data"])
     except InvalidJobError as exc:
         raise InvalidScheduleError(f"schedule {name!r}: {exc}") from None
     return schedule
+
+
+def _overlap(name: str, overlap: Any, unique: bool) -> str:
+    """The overlap policy: ``overlap``, or ``unique`` as its alias (true: ``skip``)."""
+    if overlap is None:
+        return "skip" if unique else "allow"
+    if not isinstance(overlap, str) or overlap not in OVERLAP_POLICIES:
+        raise InvalidScheduleError(
+            f"schedule {name!r}: overlap must be one of {', '.join(OVERLAP_POLICIES)}, "
+            f"not {overlap!r}"
+        )
+    if unique and overlap != "skip":
+        raise InvalidScheduleError(
+            f"schedule {name!r}: unique is overlap 'skip', which overlap {overlap!r} "
+            "contradicts: give one of them"
+        )
+    return overlap
 
 
 def _zone(name: str) -> ZoneInfo:
@@ -295,17 +374,22 @@ class ScheduleBook:
     manager passes the scheduler it runs.
     """
 
-    def __init__(self, scheduler: BaseScheduler, jobs: Collection[Doc]) -> None:
-        self._scheduler, self.jobs = scheduler, jobs
+    def __init__(
+        self, scheduler: BaseScheduler, jobs: Collection[Doc], store: ScheduleStore
+    ) -> None:
+        self._scheduler, self.jobs, self.store = scheduler, jobs, store
+        # The documents themselves, for what the leader keeps beside APScheduler's fields.
+        self.schedules: Collection[Doc] = store.collection
 
     @classmethod
     def editor(
         cls, client: MongoClient[Doc], database: str, collection: str, jobs: Collection[Doc]
     ) -> ScheduleBook:
         editor = _Editor(timezone=ZoneInfo("UTC"))
-        editor.add_jobstore(job_store(client, database, collection))
+        store = job_store(client, database, collection)
+        editor.add_jobstore(store)
         editor.start(paused=True)
-        return cls(editor, jobs)
+        return cls(editor, jobs, store)
 
     def close(self) -> None:
         """Stop editing; the MongoDB client stays open (it belongs to the caller)."""
@@ -317,7 +401,11 @@ class ScheduleBook:
         self._scheduler.wakeup()
 
     def add(self, schedule: Schedule, replace: bool = True) -> Doc:
-        """Install ``schedule``; one with the same name is replaced, or ``ScheduleExists``."""
+        """Install ``schedule``; one with the same name is replaced, or ``ScheduleExists``.
+
+        It runs from now on: a replaced one that a failure paused runs again, and that
+        failure no longer pauses it (``forgive``).
+        """
         first = {}
         if schedule.start_at is not None and schedule.start_at >= utcnow() - START_SLACK:
             first["next_run_time"] = schedule.start_at  # start_at="now" runs at once
@@ -339,6 +427,7 @@ class ScheduleBook:
             raise ScheduleExists(
                 f"a schedule named {schedule.name!r} exists: remove it, or replace it"
             ) from None
+        self.forgive(schedule.name)
         return self.show(schedule.name)
 
     def names(self) -> list[str]:
@@ -348,24 +437,49 @@ class ScheduleBook:
         return Schedule.from_stored(self.job(name).kwargs["schedule"])
 
     def show(self, name: str) -> Doc:
-        return self._view(self.job(name))
+        job = self.job(name)
+        return self._view(job, self.schedules.find_one({"_id": name}, KEPT_FIELDS))
 
     def list(self) -> list[Doc]:
-        return [self._view(job) for job in sorted(self._scheduler.get_jobs(), key=lambda j: j.id)]
+        kept = {doc["_id"]: doc for doc in self.schedules.find({}, KEPT_FIELDS)}
+        jobs = sorted(self._scheduler.get_jobs(), key=lambda j: j.id)
+        return [self._view(job, kept.get(job.id)) for job in jobs]
 
     def pause(self, name: str) -> Doc:
         self.job(name).pause()
         return self.show(name)
 
     def resume(self, name: str) -> Doc:
-        self.job(name).resume()
+        """Fire again from the next fire time; the failures so far no longer pause it."""
+        job = self.job(name)
+        self.forgive(name)
+        job.resume()
         return self.show(name)
 
     def remove(self, name: str) -> None:
+        """Delete the schedule; its jobs stay, but for a fire still buffered (``buffer-one``),
+        which never started: it is cancelled."""
+        tasks = set()
+        with contextlib.suppress(ScheduleNotFound):
+            tasks.add(self.get(name).task)
+        kept = self.schedules.find_one({"_id": name}, KEPT_FIELDS) or {}
+        buffered = kept.get("buffered")
+        if isinstance(buffered, dict) and isinstance(buffered.get("task"), str):
+            tasks.add(buffered["task"])
         try:
             self._scheduler.remove_job(name)
         except JobLookupError:
             raise ScheduleNotFound(f"no schedule named {name!r}") from None
+        if tasks:  # after the removal: no fire can be buffered after this
+            outcome = lifecycle.Outcome(JobState.CANCELLED, reason=REMOVED_REASON)
+            self.jobs.update_many(
+                {
+                    "name": {"$in": sorted(tasks)},
+                    "uniqueKey": BUFFER_KEY.format(name),
+                    "state": JobState.WAITING.value,
+                },
+                outcome.update(utcnow()),
+            )
 
     def job(self, name: str) -> Any:
         """The APScheduler job of schedule ``name``."""
@@ -374,29 +488,120 @@ class ScheduleBook:
             raise ScheduleNotFound(f"no schedule named {name!r}")
         return job
 
-    def _view(self, job: Any) -> Doc:
+    # -- pauseOnFailure ----------------------------------------------------
+
+    def forgive(self, name: str) -> None:
+        """The failures of ``name``'s fires so far pause it no more: it was resumed or
+        replaced. Its pause's reason goes."""
+        newest = last_fire(self.jobs, name, JobState.FAILED)
+        update: Doc = {"$unset": {"pausedFor": ""}}
+        if newest is not None and isinstance(newest.get("scheduledFor"), datetime):
+            update["$set"] = {"forgivenUntil": newest["scheduledFor"]}
+        self.schedules.update_one({"_id": name}, update)
+
+    def pause_for_failure(self, name: str, failed: Doc) -> bool:
+        """Pause ``name`` because the job of one of its fires, ``failed``, failed for good:
+        if its ``pause_on_failure`` says so, if no resume since forgave that failure, and
+        if no failure paused it already.
+
+        The reason is written first, then the pause: a crash between the two leaves the
+        schedule running with a reason no view shows (it is shown while paused only),
+        and its next fire, which finds that failure not forgiven, pauses it then.
+        """
+        try:
+            job = self.job(name)
+        except ScheduleNotFound:
+            return False
+        schedule = Schedule.from_stored(job.kwargs["schedule"])
+        kept = self.schedules.find_one({"_id": name}, KEPT_FIELDS)
+        if not schedule.pause_on_failure or kept is None or forgiven(failed, kept):
+            return False
+        if job.next_run_time is None and kept.get("pausedFor"):
+            return False  # paused for a failure already
+        paused = {
+            "reason": failure_reason(failed),
+            "jobId": failed.get("_id"),
+            "scheduledFor": failed.get("scheduledFor"),
+            "at": utcnow(),
+        }
+        self.schedules.update_one({"_id": name}, {"$set": {"pausedFor": paused}})
+        try:
+            job.pause()
+        except JobLookupError:
+            return False  # removed meanwhile
+        log.warning(
+            "schedule paused: a fire's job failed", schedule=name, job_id=str(failed.get("_id"))
+        )
+        return True
+
+    def _view(self, job: Any, kept: Doc | None) -> Doc:
         """A schedule as operators see it: its trigger, next fire and its last jobs."""
         schedule = Schedule.from_stored(job.kwargs["schedule"])
+        paused = job.next_run_time is None
+        reason = (kept or {}).get("pausedFor") if paused else None
+        buffered = (kept or {}).get("buffered")
         return {
             **schedule.stored(),
             "trigger": schedule.describe(),
-            "paused": job.next_run_time is None,
+            "paused": paused,
+            "pauseReason": reason.get("reason") if isinstance(reason, dict) else None,
+            "pausedAt": reason.get("at") if isinstance(reason, dict) else None,
             "nextRunAt": job.next_run_time and job.next_run_time.astimezone(UTC),
+            "bufferedFire": buffered.get("at") if isinstance(buffered, dict) else None,
             "lastJob": self._last(schedule.name),
             "lastSuccess": self._last(schedule.name, JobState.SUCCEEDED),
             "lastFailure": self._last(schedule.name, JobState.FAILED),
         }
 
     def _last(self, name: str, state: JobState | None = None) -> Doc | None:
-        # Its fires' keys are "<name>@<UTC time>": the fire_key index holds them in order.
-        query: Doc = {"fireKey": {"$gt": f"{name}@", "$lt": f"{name}A"}, "scheduleId": name}
-        if state is not None:
-            query["state"] = state.value
-        fields = {
-            "state": 1,
-            "scheduledFor": 1,
-            "createdAt": 1,
-            "lastFinishedAt": 1,
-            "failReason": 1,
-        }
-        return self.jobs.find_one(query, fields, sort=[("fireKey", DESCENDING)])
+        return last_fire(self.jobs, name, state)
+
+
+# What the leader keeps on a schedule's document beside APScheduler's fields.
+KEPT_FIELDS = {"buffered": 1, "pausedFor": 1, "forgivenUntil": 1}
+REMOVED_REASON = "its schedule was removed before this buffered fire started"
+LAST_FIELDS = {
+    "state": 1,
+    "scheduledFor": 1,
+    "createdAt": 1,
+    "lastFinishedAt": 1,
+    "failReason": 1,
+}
+
+
+def fires_of(name: str) -> Doc:
+    """The query of ``name``'s fires: their keys are "<name>@<UTC time>", which the
+    fire_key index holds in order."""
+    return {"fireKey": {"$gt": f"{name}@", "$lt": f"{name}A"}, "scheduleId": name}
+
+
+def last_fire(
+    jobs: Collection[Doc], name: str, state: JobState | list[str] | None = None
+) -> Doc | None:
+    """The job of ``name``'s latest fire (in ``state``, or one of those states)."""
+    query = fires_of(name)
+    if isinstance(state, JobState):
+        query["state"] = state.value
+    elif state is not None:
+        query["state"] = {"$in": state}
+    return jobs.find_one(query, LAST_FIELDS, sort=[("fireKey", DESCENDING)])
+
+
+def last_ended(jobs: Collection[Doc], name: str) -> Doc | None:
+    """The job of ``name``'s latest fire that has ended, however it ended."""
+    return last_fire(jobs, name, [s.value for s in FINISHED_STATES])
+
+
+def forgiven(failed: Doc, kept: Doc) -> bool:
+    """Whether a resume or a replace since let go of the failure of job ``failed``."""
+    until, scheduled = kept.get("forgivenUntil"), failed.get("scheduledFor")
+    return isinstance(until, datetime) and isinstance(scheduled, datetime) and scheduled <= until
+
+
+def failure_reason(failed: Doc) -> str:
+    """Why a failure paused a schedule, as its views show it."""
+    at = failed.get("scheduledFor")
+    when = at.astimezone(UTC).isoformat() if isinstance(at, datetime) else "?"
+    why = failed.get("failReason") or "failed"
+    text = f"job {failed.get('_id')} (fire of {when}) failed: {why}"
+    return text if len(text) <= MAX_REASON_CHARS else text[: MAX_REASON_CHARS - 1] + "…"

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import DESCENDING, InsertOne, UpdateMany, UpdateOne
+from pymongo import DESCENDING, InsertOne, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -112,14 +113,18 @@ class WorkerStore:
                 if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
                     raise
 
-    async def candidates(self, tasks: Iterable[str], until: datetime, cap: int) -> list[Doc]:
-        """Queued jobs of ``tasks`` due by ``until``: ids and ordering fields only."""
+    async def candidates(
+        self, tasks: Iterable[str], until: datetime, cap: int, fields: Iterable[str] = ()
+    ) -> list[Doc]:
+        """Queued jobs of ``tasks`` due by ``until``: ids and ordering fields only, and
+        ``fields`` (the partitions of limited tasks)."""
         query = {
             "state": JobState.QUEUED.value,
             "name": {"$in": list(tasks)},
             "nextRunAt": {"$lte": until},
         }
-        return await self.jobs.find(query, CANDIDATE_FIELDS).limit(cap).to_list()
+        projection = CANDIDATE_FIELDS | dict.fromkeys(fields, 1)
+        return await self.jobs.find(query, projection).limit(cap).to_list()
 
     async def claim(
         self,
@@ -241,20 +246,125 @@ def insert(docs: Sequence[Doc]) -> Operation[None]:
         yield _jobs("insert_many", list(docs), ordered=True)
 
 
-def insert_unique(doc: Doc) -> Operation[ObjectId | None]:
-    """Insert a job with a ``uniqueKey``; ``None``, or the id of the active job holding it.
+@dataclass(frozen=True)
+class Held:
+    """The job that holds the unique key an insert was refused for.
 
-    The partial unique index decides, so this holds with many clients at once.
+    ``moved``: after a debounce that replaced the holder's ``nextRunAt``, the fields a
+    wake-up needs of it (``HOLDER_HINT_FIELDS``), as they are now.
     """
+
+    id: ObjectId
+    moved: Doc | None = None
+
+
+HOLDER_FIELDS = {"_id": 1, "state": 1, "uniqueWhile": 1}
+HOLDER_HINT_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1}
+
+
+def insert_unique(doc: Doc, replace: Sequence[str] = ()) -> Operation[Held | None]:
+    """Insert a job with a ``uniqueKey``; ``None``, or the job holding the key.
+
+    The partial unique index decides, so this holds with many clients at once. The
+    holder found decides what follows, each step conditional on the state it was
+    found in (else the insert is tried again):
+
+    - queued, with ``replace`` (a debounce): its ``data`` and/or ``nextRunAt`` (with
+      the new job's ``expiresAt``) become the new job's, and it is the holder;
+    - running, both it and ``doc`` of mode ``queued`` (``uniqueWhile``): it gives the
+      key up (``uniqueKeyFreed``) and the insert is tried again;
+    - anything else (waiting, running in mode ``active``, or queued without
+      ``replace``): it is the holder, unchanged.
+    """
+    key = doc["uniqueKey"]
+    queued_only = doc.get("uniqueWhile") == "queued"
     for _ in range(UNIQUE_INSERT_TRIES):
         try:
             yield _jobs("insert_one", doc)
             return None
         except DuplicateKeyError:
-            holder = yield _jobs("find_one", _holding(doc), {"_id": 1})
-        if holder is not None:
+            holder = yield _jobs("find_one", _holding(doc), HOLDER_FIELDS)
+        if holder is None:
+            continue  # it ended between the insert and the read
+        held = {"_id": holder["_id"], "uniqueKey": key}
+        state = holder.get("state")
+        if state == JobState.QUEUED.value and replace:
+            moved = yield _jobs(
+                "find_one_and_update",
+                {**held, "state": JobState.QUEUED.value},
+                _replacement(doc, replace),
+                projection=HOLDER_HINT_FIELDS,
+                return_document=ReturnDocument.AFTER,
+            )
+            if moved is not None:
+                return Held(ObjectId(holder["_id"]), moved if "nextRunAt" in replace else None)
+        elif (
+            state == JobState.RUNNING.value
+            and queued_only
+            and holder.get("uniqueWhile") == "queued"
+        ):
+            yield _jobs(
+                "update_one",
+                {**held, "state": JobState.RUNNING.value},
+                {"$unset": {"uniqueKey": ""}, "$set": {"uniqueKeyFreed": key}},
+            )
+        else:
+            return Held(ObjectId(holder["_id"]))
+    raise JobStateError(f"unique key {key!r} is contended; try again")
+
+
+def _replacement(doc: Doc, replace: Sequence[str]) -> Doc:
+    """The update a debounce makes to the queued holder: ``doc``'s data and/or run time.
+
+    The deadline goes with the run time (``expires`` counts from it): the holder takes
+    ``doc``'s ``expiresAt``, or has none if ``doc`` has none.
+    """
+    fields: Doc = {name: doc[name] for name in replace}
+    update: Doc = {"$set": fields, "$inc": {"uniqueReplaced": 1}}
+    if "nextRunAt" in replace:
+        if "expiresAt" in doc:
+            fields["expiresAt"] = doc["expiresAt"]
+        else:
+            update["$unset"] = {"expiresAt": ""}
+    return update
+
+
+def throttle_key(task: str, key: str) -> str:
+    """The ``fireKey`` of a throttled job (``unique`` with ``while: "period"``).
+
+    A schedule's fire keys are ``"<schedule>@<UTC time>"``, and neither a schedule's
+    name nor a task id has a ``|``: the two can never be equal, and a schedule's
+    fires, found by the range ``"<schedule>@"``..``"<schedule>A"``, never include one.
+    """
+    return f"{task}|unique|{key}"
+
+
+def insert_throttled(doc: Doc, period: float) -> Operation[ObjectId | None]:
+    """Insert a job with a throttle ``fireKey``; ``None``, or the id of the job that holds
+    the key: one created less than ``period`` seconds before ``doc``, whatever its state.
+
+    The ``fire_key`` unique index (every state) decides. A holder older than the
+    period is let go of lazily, here: its ``fireKey`` is unset (kept as
+    ``throttleKeyFreed``), conditionally, and the insert is tried again.
+    """
+    key = doc["fireKey"]
+    for _ in range(UNIQUE_INSERT_TRIES):
+        try:
+            yield _jobs("insert_one", doc)
+            return None
+        except DuplicateKeyError:
+            holder = yield _jobs("find_one", {"fireKey": key}, {"_id": 1, "createdAt": 1})
+        if holder is None:
+            continue  # let go of, or deleted, meanwhile
+        created = holder.get("createdAt")
+        if isinstance(created, datetime) and doc["createdAt"] < created + timedelta(seconds=period):
             return ObjectId(holder["_id"])
-    raise JobStateError(f"unique key {doc['uniqueKey']!r} is contended; try again")
+        yield _jobs(
+            "update_one",
+            {"_id": holder["_id"], "fireKey": key},
+            {"$unset": {"fireKey": ""}, "$set": {"throttleKeyFreed": key}},
+        )
+    raise JobStateError(f"unique key {key!r} is contended; try again")
 
 
 def get(job_id: str | ObjectId) -> Operation[Doc]:

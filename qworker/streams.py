@@ -27,11 +27,12 @@ HINT_FIELDS = ("_id", "name", "priority", "nextRunAt", "lostCount")
 _PROBE: list[Doc] = [{"$match": {"operationType": "qworker-probe"}}]
 
 
-def for_workers(tasks: Iterable[str]) -> list[Doc]:
+def for_workers(tasks: Iterable[str], fields: Iterable[str] = ()) -> list[Doc]:
     """What a worker watches: an insert of a queued job of ``tasks`` (with the fields a
     claim needs); an update that set some job's state to queued (a retry, a recovery,
     a release, a chain's next step), whose task the event does not say; and a cancel
-    asked of a running job (``cancelRequested``), which replaces the channel's hint."""
+    asked of a running job (``cancelRequested``), which replaces the channel's hint.
+    An insert also carries ``fields`` (the partitions of limited tasks)."""
     queued = JobState.QUEUED.value
     return [
         {
@@ -55,7 +56,7 @@ def for_workers(tasks: Iterable[str]) -> list[Doc]:
                 "operationType": 1,
                 "documentKey": 1,
                 "updateDescription.updatedFields.cancelRequested": 1,
-                **{f"fullDocument.{name}": 1 for name in HINT_FIELDS},
+                **{f"fullDocument.{name}": 1 for name in (*HINT_FIELDS, *fields)},
             }
         },
     ]

@@ -21,6 +21,7 @@ import bson
 
 from qworker.errors import InvalidJobError, TaskDefinitionError
 from qworker.files import read_mapping
+from qworker.limits import MAX_GLOBAL, RATE_EXPECTED, Limits, check_path, parse_rate
 from qworker.model import (
     MAX_ATTEMPTS,
     MAX_CONCURRENCY,
@@ -67,6 +68,7 @@ class TaskMeta:
     isolation: str = "thread"
     retention: Retention = field(default_factory=Retention)
     schedule: Schedule | None = None  # installed by the manager when a worker defines the task
+    limits: Limits = field(default_factory=Limits)  # fleet-wide: ``qworker.limits``
     attributes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
 
@@ -129,6 +131,10 @@ def _positive_int(value: Any, limit: int) -> int:
 
 def _concurrency(value: Any) -> int:
     return _positive_int(value, MAX_CONCURRENCY)
+
+
+def _global(value: Any) -> int:
+    return _positive_int(value, MAX_GLOBAL)
 
 
 def _max_attempts(value: Any) -> int:
@@ -204,6 +210,9 @@ KNOWN_FIELDS = {
     "isolation",
     "retention",
     "failedRetention",
+    "globalConcurrency",
+    "rateLimit",
+    "partitionBy",
     "schedule",
     "every",
     *ATTRIBUTE_FIELDS,
@@ -218,6 +227,8 @@ SCHEDULE_KEYS = {
     "misfire": "misfire",
     "grace": "grace",
     "unique": "unique",
+    "overlap": "overlap",
+    "pauseOnFailure": "pause_on_failure",
     "priority": "priority",
     "maxAttempts": "max_attempts",
     "timeout": "timeout",
@@ -317,6 +328,13 @@ def check_metadata(raw: dict[str, Any], path: Path, code: bool) -> TaskMeta | No
             failed=fields.get("failedRetention", _keep, KEEP_EXPECTED, Retention.failed),
         ),
         schedule=_task_schedule(fields, task_id),
+        limits=Limits(
+            concurrency=fields.get(
+                "globalConcurrency", _global, f"a whole number from 1 to {MAX_GLOBAL}", None
+            ),
+            rate=fields.get("rateLimit", parse_rate, RATE_EXPECTED, None),
+            partition_by=fields.get("partitionBy", check_path, "a path such as 'data.x'", None),
+        ),
         attributes={k: v for k, v in attributes.items() if v is not None},
         raw=raw,
     )

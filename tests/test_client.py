@@ -23,7 +23,7 @@ from pymongo import MongoClient, monitoring
 from qworker import Client, InvalidJobError, JobNotFound, JobStateError
 from qworker.model import PRIORITY_NAMES, parse_priority
 from qworker.when import parse_duration, parse_when, utcnow
-from qworker.worker.candidates import Candidates
+from qworker.worker.candidates import Candidates, Pick
 
 NOW = datetime(2030, 1, 31, 9, 0, tzinfo=UTC)
 # MongoDB stores milliseconds.
@@ -629,6 +629,14 @@ def unlimited(task: str) -> int:
     return 1_000
 
 
+def ids(taken: tuple[list[Pick], bool]) -> list[ObjectId]:
+    return [pick.id for pick in taken[0]]
+
+
+def ids_and_solo(taken: tuple[list[Pick], bool]) -> tuple[list[ObjectId], bool]:
+    return ids(taken), taken[1]
+
+
 def test_candidates_order_by_priority_then_due_time() -> None:
     late_high = candidate("a", 10, -timedelta(seconds=1))
     early_high = candidate("a", 10, -timedelta(seconds=5))
@@ -637,21 +645,21 @@ def test_candidates_order_by_priority_then_due_time() -> None:
     c = Candidates()
     c.replace([low, normal, late_high, early_high])
     assert len(c) == 4
-    assert c.take(10, NOW, unlimited)[0] == [
+    assert ids(c.take(10, NOW, unlimited)) == [
         early_high["_id"],
         late_high["_id"],
         normal["_id"],
         low["_id"],
     ]
     assert len(c) == 0
-    assert c.take(10, NOW, unlimited)[0] == []
+    assert ids(c.take(10, NOW, unlimited)) == []
 
 
 def test_candidates_same_priority_and_time_fall_back_to_id_order() -> None:
     docs = [candidate("a") for _ in range(5)]
     c = Candidates()
     c.add(reversed(docs))
-    assert c.take(5, NOW, unlimited)[0] == [d["_id"] for d in docs]
+    assert ids(c.take(5, NOW, unlimited)) == [d["_id"] for d in docs]
 
 
 def test_salted_candidates_spread_workers_over_a_batch_but_keep_priority() -> None:
@@ -661,7 +669,7 @@ def test_salted_candidates_spread_workers_over_a_batch_but_keep_priority() -> No
     for salt in ("worker-1", "worker-2"):
         c = Candidates(salt=salt)
         c.add([*batch, urgent])
-        picked = c.take(51, NOW, unlimited)[0]
+        picked = ids(c.take(51, NOW, unlimited))
         assert picked[0] == urgent["_id"]
         assert sorted(picked[1:]) == sorted(d["_id"] for d in batch)
         first[salt] = picked[1:9]
@@ -673,8 +681,8 @@ def test_candidates_take_at_most_n() -> None:
     docs = [candidate("a", p) for p in range(5)]
     c = Candidates()
     c.add(docs)
-    assert c.take(2, NOW, unlimited)[0] == [docs[4]["_id"], docs[3]["_id"]]
-    assert c.take(10, NOW, unlimited)[0] == [docs[2]["_id"], docs[1]["_id"], docs[0]["_id"]]
+    assert ids(c.take(2, NOW, unlimited)) == [docs[4]["_id"], docs[3]["_id"]]
+    assert ids(c.take(10, NOW, unlimited)) == [docs[2]["_id"], docs[1]["_id"], docs[0]["_id"]]
 
 
 def test_candidates_skip_jobs_not_yet_due() -> None:
@@ -682,10 +690,10 @@ def test_candidates_skip_jobs_not_yet_due() -> None:
     due_low = candidate("a", -5)
     c = Candidates()
     c.add([future_high, due_low])
-    assert c.take(10, NOW, unlimited)[0] == [due_low["_id"]]
+    assert ids(c.take(10, NOW, unlimited)) == [due_low["_id"]]
     assert c.next_due() == future_high["nextRunAt"]
-    assert c.take(10, NOW + timedelta(seconds=29), unlimited)[0] == []
-    assert c.take(10, NOW + timedelta(seconds=30), unlimited)[0] == [future_high["_id"]]
+    assert ids(c.take(10, NOW + timedelta(seconds=29), unlimited)) == []
+    assert ids(c.take(10, NOW + timedelta(seconds=30), unlimited)) == [future_high["_id"]]
     assert c.next_due() is None
 
 
@@ -695,12 +703,12 @@ def test_candidates_respect_each_tasks_room() -> None:
     c = Candidates()
     c.add([*a, *b])
     room = {"a": 1, "b": 2}
-    picked = c.take(10, NOW, room.__getitem__)[0]
+    picked = ids(c.take(10, NOW, room.__getitem__))
     assert picked == [a[0]["_id"], b[0]["_id"], b[1]["_id"]]
     # What did not fit stays, in order, for when there is room again.
     assert len(c) == 4
-    assert c.take(10, NOW, {"a": 2, "b": 0}.__getitem__)[0] == [a[1]["_id"], a[2]["_id"]]
-    assert c.take(10, NOW, unlimited)[0] == [a[3]["_id"], b[2]["_id"]]
+    assert ids(c.take(10, NOW, {"a": 2, "b": 0}.__getitem__)) == [a[1]["_id"], a[2]["_id"]]
+    assert ids(c.take(10, NOW, unlimited)) == [a[3]["_id"], b[2]["_id"]]
 
 
 def test_a_job_lost_before_is_taken_alone_by_a_worker_running_nothing() -> None:
@@ -710,18 +718,19 @@ def test_a_job_lost_before_is_taken_alone_by_a_worker_running_nothing() -> None:
     c = Candidates()
     c.add([*innocent, suspect])
     # A busy worker leaves it for later and takes the others.
-    assert c.take(10, NOW, unlimited, alone=False) == ([d["_id"] for d in innocent], False)
+    innocent_ids = [d["_id"] for d in innocent]
+    assert ids_and_solo(c.take(10, NOW, unlimited, alone=False)) == (innocent_ids, False)
     assert len(c) == 1
     # A worker running nothing takes it, and nothing else.
     c.add(innocent)
-    assert c.take(10, NOW, unlimited, alone=True) == ([suspect["_id"]], True)
-    assert c.take(10, NOW, unlimited, alone=True) == ([d["_id"] for d in innocent], False)
+    assert ids_and_solo(c.take(10, NOW, unlimited, alone=True)) == ([suspect["_id"]], True)
+    assert ids_and_solo(c.take(10, NOW, unlimited, alone=True)) == (innocent_ids, False)
 
 
 def test_candidates_with_no_room_take_nothing() -> None:
     c = Candidates()
     c.add([candidate("a"), candidate("a")])
-    assert c.take(10, NOW, lambda task: 0)[0] == []
+    assert ids(c.take(10, NOW, lambda task: 0)) == []
     assert len(c) == 2
 
 
@@ -732,7 +741,7 @@ def test_candidates_update() -> None:
     # A newer view of a job (here: its priority raised) replaces the old one.
     c.add([{**second, "priority": 9}])
     assert len(c) == 2
-    assert c.take(10, NOW, unlimited)[0] == [second["_id"], first["_id"]]
+    assert ids(c.take(10, NOW, unlimited)) == [second["_id"], first["_id"]]
 
 
 def test_candidates_replace_forgets_the_old_set() -> None:
@@ -740,7 +749,7 @@ def test_candidates_replace_forgets_the_old_set() -> None:
     c = Candidates()
     c.add([old])
     c.replace([new])
-    assert c.take(10, NOW, unlimited)[0] == [new["_id"]]
+    assert ids(c.take(10, NOW, unlimited)) == [new["_id"]]
 
 
 # -- values MongoDB cannot store, returned by a handler ------------------------

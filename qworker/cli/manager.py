@@ -106,6 +106,22 @@ def main(
 @click.option(
     "--unique", help="A key: while a queued or running job of TASK has it, print that job's id."
 )
+@click.option(
+    "--unique-while",
+    type=click.Choice(["active", "queued", "period"]),
+    help="How long --unique holds: while a job is queued or running (active, the default), "
+    "while one is queued, or for --unique-period (a throttle).",
+)
+@click.option(
+    "--unique-period", help="With --unique-while period: one job per key per this ('10 minutes')."
+)
+@click.option(
+    "--unique-replace",
+    type=click.Choice(["data", "nextRunAt"]),
+    multiple=True,
+    help="Debounce: the queued job holding --unique takes this job's data or run time "
+    "instead (repeatable).",
+)
 @click.option("--max-attempts", type=click.IntRange(min=1), help="Runs allowed to fail.")
 @click.option("--timeout", type=Seconds(min=0, min_open=True), help="Seconds.")
 @click.option("--description", help="Free text, searchable with 'jobs list --text'.")
@@ -118,8 +134,30 @@ def main(
 @reports_errors
 def enqueue(settings: Settings, /, task: str, data: Any, **opts: Any) -> None:
     """Queue a job of TASK and print its id."""
+    opts["unique"] = _unique_option(
+        opts["unique"],
+        opts.pop("unique_while"),
+        opts.pop("unique_period"),
+        opts.pop("unique_replace"),
+    )
     with settings.client() as client:
         click.echo(client.schedule(opts.pop("when"), task, data, **opts))
+
+
+def _unique_option(
+    key: str | None, mode: str | None, period: str | None, replace: tuple[str, ...]
+) -> str | dict[str, Any] | None:
+    """``--unique`` and its mode options as ``unique=`` takes them (a plain key alone)."""
+    if mode is None and period is None and not replace:
+        return key
+    if key is None:
+        raise click.UsageError("--unique-while, --unique-period and --unique-replace need --unique")
+    spec: dict[str, Any] = {"key": key, "while": mode or ("period" if period else "active")}
+    if period is not None:
+        spec["period"] = period
+    if replace:
+        spec["replace"] = list(replace)
+    return spec
 
 
 @main.group()

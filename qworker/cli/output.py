@@ -121,19 +121,35 @@ def task_rows(tasks: Sequence[dict[str, Any]]) -> None:
     states = [s.value for s in JobState]
     valid = {True: "yes", False: "no", None: "-"}
     table(
-        ["ID", "NAME", "VALID", "PAUSED", "WORKERS", *(s.upper() for s in states)],
+        ["ID", "NAME", "VALID", "PAUSED", "LIMITS", "WORKERS", *(s.upper() for s in states)],
         [
             [
                 t["_id"],
                 t.get("name"),
                 valid.get(t.get("valid"), "-"),
                 "paused" if t.get("paused") else "-",
+                limits_text(t.get("limits")),
                 len(t["liveWorkers"]),
                 *(t["jobs"].get(s, 0) for s in states),
             ]
             for t in tasks
         ],
     )
+
+
+def limits_text(limits: dict[str, Any] | None) -> str:
+    """A task's fleet-wide limits and their use: '2/3 running, 14 of 20/second, per
+    data.customer (3)'."""
+    if not limits:
+        return "-"
+    parts = []
+    if limits.get("concurrency") is not None:
+        parts.append(f"{limits['running']}/{limits['concurrency']} running")
+    if limits.get("rate") is not None:
+        parts.append(f"{limits['recentStarts']} of {limits['rate']}")
+    if limits.get("partitionBy"):
+        parts.append(f"per {limits['partitionBy']} ({limits['partitions']})")
+    return ", ".join(parts) or "-"
 
 
 def job_detail(job: dict[str, Any]) -> None:
@@ -187,6 +203,22 @@ def _run(job: dict[str, Any] | None, at: str = "scheduledFor") -> str:
     return f"{when(job.get(at))} {job.get('state', '')}".strip()
 
 
+def _next_run(s: dict[str, Any]) -> str:
+    """When a schedule fires next: or paused, and for a failure if one paused it."""
+    if not s["paused"]:
+        return when(s["nextRunAt"])
+    return "paused (a run failed)" if s.get("pauseReason") else "paused"
+
+
+def _overlap(s: dict[str, Any]) -> str | None:
+    """The overlap policy, when it is not the default; with the fire it holds back."""
+    policy = s.get("overlap") or ("skip" if s.get("unique") else "allow")
+    if policy == "allow":
+        return None
+    buffered = s.get("bufferedFire")
+    return f"{policy} (holding the fire of {when(buffered)})" if buffered else policy
+
+
 def schedule_rows(schedules: Sequence[dict[str, Any]]) -> None:
     table(
         ["NAME", "TASK", "TRIGGER", "NEXT RUN", "LAST JOB", "LAST SUCCESS", "LAST FAILURE"],
@@ -195,7 +227,7 @@ def schedule_rows(schedules: Sequence[dict[str, Any]]) -> None:
                 s["name"],
                 s["task"],
                 s["trigger"],
-                "paused" if s["paused"] else when(s["nextRunAt"]),
+                _next_run(s),
                 _run(s["lastJob"]),
                 when((s["lastSuccess"] or {}).get("lastFinishedAt")),
                 when((s["lastFailure"] or {}).get("lastFinishedAt")),
@@ -212,9 +244,12 @@ def schedule_detail(s: dict[str, Any]) -> None:
         ("task", s["task"]),
         ("trigger", s["trigger"]),
         ("next run", "paused" if s["paused"] else when(s["nextRunAt"])),
+        ("paused for", s.get("pauseReason")),
         ("data", json.dumps(s["data"])),
         ("misfire", f"{s['misfire']} (grace {s['grace']:g}s)"),
         ("unique", "yes" if s["unique"] else None),
+        ("overlap", _overlap(s)),
+        ("on failure", "pause the schedule" if s.get("pause_on_failure") else None),
         ("priority", s["priority"]),
         ("description", s["description"]),
         ("origin", s["origin"]),

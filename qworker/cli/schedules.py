@@ -8,7 +8,7 @@ import click
 
 from qworker.cli.common import Seconds, Settings, json_data, pass_settings, reports_errors
 from qworker.cli.output import emit_json, schedule_detail, schedule_rows
-from qworker.schedules import MISFIRE_POLICIES, make_schedule
+from qworker.schedules import MISFIRE_POLICIES, OVERLAP_POLICIES, make_schedule
 
 
 @click.group()
@@ -32,7 +32,20 @@ def schedules() -> None:
     help="After downtime: one run for the missed window, or none.",
 )
 @click.option("--grace", default="60", show_default=True, help="Lateness still on time (skip).")
-@click.option("--unique", is_flag=True, help="Skip a fire while the last run is unfinished.")
+@click.option(
+    "--overlap",
+    type=click.Choice(OVERLAP_POLICIES),
+    help="A fire while the last fire's job is queued or running: starts anyway (allow, "
+    "the default), is dropped (skip), or is kept, one only, to start once that job has "
+    "ended (buffer-one).",
+)
+@click.option("--unique", is_flag=True, help="The same as --overlap skip.")
+@click.option(
+    "--pause-on-failure",
+    is_flag=True,
+    help="Pause the schedule once a fire's job fails for good (after its retries); "
+    "'schedules resume' starts it again.",
+)
 @click.option("--priority", help="A number, or lowest/low/normal/high/highest.")
 @click.option("--max-attempts", type=click.IntRange(min=1), help="Runs allowed to fail.")
 @click.option("--timeout", type=Seconds(min=0, min_open=True), help="Seconds.")
@@ -102,7 +115,10 @@ def schedules_pause(settings: Settings, name: str) -> None:
 @pass_settings
 @reports_errors
 def schedules_resume(settings: Settings, name: str) -> None:
-    """Fire NAME again, from its next fire time after now (missed fires are not run)."""
+    """Fire NAME again, from its next fire time after now (missed fires are not run).
+
+    A schedule that a failure paused (--pause-on-failure) is let go of that failure, and
+    of the earlier ones: only a fire's job that fails from now on pauses it again."""
     with settings.client() as client:
         view = client.resume_schedule(name)
     click.echo(f"{name} resumed; next run {view['nextRunAt'].isoformat()}")

@@ -23,7 +23,8 @@ def tasks(context: click.Context, as_json: bool) -> None:
 @pass_settings
 @reports_errors
 def tasks_list(settings: Settings, as_json: bool) -> None:
-    """The tasks: validity, live workers, whether paused, and their jobs counted by state."""
+    """The tasks: validity, live workers, whether paused, fleet-wide limits and their use,
+    and their jobs counted by state."""
     with settings.client() as client:
         found = client.tasks()
     emit_json(found) if as_json else task_rows(found)

@@ -75,6 +75,27 @@ def _iso(value: datetime) -> str:
     return value.isoformat()
 
 
+class UniqueIn(BaseModel):
+    """``unique`` as a dict: how long the key is held, and what a debounce replaces."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, serialize_by_alias=True)
+    key: str = Field(description="The key: one job of the task per key.")
+    while_: Literal["active", "queued", "period"] = Field(
+        "active",
+        alias="while",
+        description="active: while a job is queued or running; queued: while one is "
+        "queued (a running one does not count); period: one per period (a throttle).",
+    )
+    period: str | float | None = Field(
+        None, description="With while=period only: '10 minutes', or seconds."
+    )
+    replace: list[Literal["data", "nextRunAt"]] | None = Field(
+        None,
+        description="Debounce (not with a period): a queued holder takes this job's data "
+        "and/or run time; its id is returned.",
+    )
+
+
 class Enqueue(BaseModel):
     """A job to queue, as ``Client.schedule`` takes it."""
 
@@ -86,7 +107,11 @@ class Enqueue(BaseModel):
     max_attempts: int | None = Field(None, ge=1)
     timeout: float | None = Field(None, gt=0, description="Seconds.")
     description: str | None = None
-    unique: str | None = Field(None, description="At most one active job of the task per key.")
+    unique: str | UniqueIn | None = Field(
+        None,
+        description="A key: at most one active job of the task per key (the holder's id "
+        "is returned); or a dict for the other modes.",
+    )
     expires: str | float | None = Field(
         None,
         description="Not started by then, it ends expired: seconds or a duration from "
@@ -107,7 +132,18 @@ class ScheduleIn(BaseModel):
     start_at: str | None = None
     misfire: Literal["coalesce", "skip"] = "coalesce"
     grace: str | float = 60.0
-    unique: bool = False
+    unique: bool = Field(False, description="The same as overlap 'skip'.")
+    overlap: Literal["allow", "skip", "buffer-one"] | None = Field(
+        None,
+        description="A fire while the last fire's job is queued or running: starts "
+        "(allow, the default), is dropped (skip), or is kept, one only, to start once that "
+        "job has ended (buffer-one).",
+    )
+    pause_on_failure: bool = Field(
+        False,
+        description="Pause the schedule once a fire's job fails for good; the reason is "
+        "shown as pauseReason until it is resumed.",
+    )
     priority: int | str | None = None
     max_attempts: int | None = Field(None, ge=1)
     timeout: float | None = Field(None, gt=0)

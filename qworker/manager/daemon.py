@@ -228,6 +228,8 @@ class Manager:
             return
         if event == protocol.WORKER_NOTIFICATION:
             self.sinks.relay(body)
+            # A job's end: the schedules' overlap and pauseOnFailure policies act on it.
+            self.scheduler.job_ended(body)
             return
         if event == protocol.SCHEDULES_CHANGED:
             self.scheduler.wakeup()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -60,6 +60,27 @@ class _Store(Collector):
         for task in sorted(counts.keys() | held):
             paused.add_metric([task], 1.0 if task in held else 0.0)
         yield paused
+        yield from _limit_gauges(self._client.task_limits())
+
+
+LIMIT_GAUGES = (  # name, help, the field of ``limits.summary`` it shows
+    ("qworker_task_global_concurrency", "A task's fleet-wide concurrency limit.", "concurrency"),
+    ("qworker_task_slots_in_use", "Slots of the limit held by running jobs.", "running"),
+    ("qworker_task_rate_limit", "Starts a task's rate limit allows per window.", "rateLimit"),
+    ("qworker_task_rate_window_seconds", "The window of a task's rate limit.", "ratePeriod"),
+    ("qworker_task_recent_starts", "Starts in the rate limit's last window.", "recentStarts"),
+    ("qworker_task_partitions", "Partitions of a limited task seen.", "partitions"),
+)
+
+
+def _limit_gauges(limited: dict[str, dict[str, Any]]) -> Iterator[GaugeMetricFamily]:
+    """A task's limits and their use, summed over its partitions."""
+    for name, text, field in LIMIT_GAUGES:
+        gauge = GaugeMetricFamily(name, text, labels=["task"])
+        for task, view in sorted(limited.items()):
+            if view.get(field) is not None:
+                gauge.add_metric([task], float(view[field]))
+        yield gauge
 
 
 class Metrics:

@@ -3,10 +3,31 @@
 Each fire inserts one job whose ``fireKey`` (schedule name and fire time) is
 unique in ``jobs``, so a repeated fire, a failover in the middle of one, or
 two managers that both believe they lead can never enqueue the same run twice.
+
+Overlap policies (``Schedule.overlap``) are decided by the ``unique_active``
+index, not by a read: under ``skip`` and ``buffer-one`` a fire's job holds the
+key ``schedule:<name>`` while it is queued or running, so the insert of the next
+fire is refused while it is. ``buffer-one`` then inserts that fire ``waiting``
+(no worker claims it) under ``schedule-buffer:<name>``, which one job at a time
+can hold, after noting it on the schedule's document (``buffered``). The leader
+releases it (``Firing.release``) by one conditional write that takes the active
+key: refused by the index while the previous job is queued or running, made at
+most once (it needs the job still ``waiting``). It tries on the end notification
+of a job of that task (prompt), and every ``SWEEP_EVERY`` while a fire is noted
+buffered (the correctness path), so no notification lost, no crash at any point,
+loses a buffered fire or releases one twice.
+
+``pauseOnFailure`` pauses a schedule when a fire's job fails for good: on the
+job's ``fail`` notification, and (should that be lost) at the next fire, which
+is skipped if the latest ended fire's job failed. Pauses are written in the
+scheduler's own thread, between rounds, so APScheduler's write of the next fire
+time after a round can never undo one.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -15,11 +36,25 @@ from zoneinfo import ZoneInfo
 import structlog
 from apscheduler.executors.base import BaseExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from pymongo import MongoClient
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import MongoClient, ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from qworker.model import JobState
 from qworker.mongo import Names, database_name, sync_client
-from qworker.schedules import EXECUTOR, Schedule, ScheduleBook, job_store
+from qworker.schedules import (
+    ACTIVE_KEY,
+    BUFFER_KEY,
+    EXECUTOR,
+    KEPT_FIELDS,
+    LAST_FIELDS,
+    Schedule,
+    ScheduleBook,
+    forgiven,
+    job_store,
+    last_ended,
+)
 from qworker.store import Doc
 from qworker.tasks import TaskMeta
 from qworker.wakeups import publish_now
@@ -29,20 +64,48 @@ log = structlog.get_logger("qworker.scheduler")
 
 # Seconds between attempts while MongoDB cannot be reached.
 OUTAGE_RETRY = 1.0
+# Seconds between looks for buffered fires to release: while one is known (the
+# correctness path: end notifications are only the prompt one), and while none is
+# (one another leader buffered, in a split brain).
+SWEEP_EVERY = 1.0
+IDLE_SWEEP = 30.0
+# Job end notifications that say a job left the active states, and the most failed
+# jobs kept to look at (a flood of forged notifications must not grow the manager).
+ENDED = ("success", "cancel", "expire")
+MAX_FAILED_HEARD = 10_000
+RELEASED_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1}
 
 
 class Firing:
-    """Where fires go: the jobs collection, and the channel for the wake-up hint."""
+    """Where fires go: the jobs collection, and the channel for the wake-up hint.
+
+    Its methods run in the scheduler's thread, but for ``hear``.
+    """
 
     def __init__(self, client: MongoClient[Doc], url: str, names: Names) -> None:
         db = client[database_name(url)]
         self.jobs, self.channel = db[names.jobs], db[names.channel]
+        self.schedules = db[names.schedules]
+        # The leader's book, once it runs: the pauses of pauseOnFailure go through it.
+        self.book: ScheduleBook | None = None
         # Fires whose insert failed (MongoDB unreachable): APScheduler has moved
         # on from them, so they are tried again here until they are stored.
         self.failed: list[tuple[Schedule, datetime]] = []
         # Jobs inserted in this round of fires, announced together by ``announce``:
         # a channel insert can cost more than the fire itself.
         self._unannounced: list[Doc] = []
+        self._lock = threading.Lock()  # what ``hear`` shares with the scheduler's thread
+        self._failed_heard: list[str] = []  # jobs whose fail notification said "for good"
+        self._release_asked = False
+        self._pauses: list[tuple[str, Doc]] = []  # asked by this round's fires
+        # Schedules with a fire noted buffered, and their tasks: whose ends to listen for.
+        self._buffered: dict[str, str] = {}
+        self._buffered_tasks: frozenset[str] = frozenset()
+        # Schedules seen firing with pause_on_failure, and their tasks: whose failures
+        # to look at (a failure before the first fire a leader sees is its next fire's).
+        self._pausing: dict[str, str] = {}
+        self._pausing_tasks: frozenset[str] = frozenset()
+        self._swept = -IDLE_SWEEP  # monotonic: the first round looks
 
     def retry_failed(self) -> None:
         failed, self.failed = self.failed, []
@@ -50,32 +113,37 @@ class Firing:
             self.enqueue(schedule, fire_time)
 
     def enqueue(self, schedule: Schedule, fire_time: datetime) -> bool:
-        """Insert the job of one fire; False if it exists (or the last run is still active)."""
-        now = utcnow()
-        doc = schedule.job(now)
+        """Insert the job of one fire (``buffer-one``: maybe ``waiting``); False if it
+        exists, or the overlap policy or a failure (``pause_on_failure``) skipped it."""
         at = fire_time.astimezone(UTC)
-        doc.update(scheduleId=schedule.name, scheduledFor=at, fireKey=f"{schedule.name}@{at}")
+        key = f"{schedule.name}@{at}"
+        self._watch_failures(schedule)
         try:
-            self.jobs.insert_one(doc)
-        except PyMongoError as exc:
-            if not isinstance(exc, DuplicateKeyError):
-                log.warning(
-                    "cannot enqueue a fire; will retry",
-                    schedule=schedule.name,
-                    fire_time=at.isoformat(),
-                    error=str(exc),
-                )
-                self.failed.append((schedule, fire_time))
+            if schedule.pause_on_failure and self._last_failed(schedule, at):
                 return False
-            index = (exc.details or {}).get("keyPattern") or {}
-            index = (exc.details or {}).get("keyPattern") or {}
-            reason = "already enqueued" if "fireKey" in index else "the last run is still active"
-            log.info(
-                "schedule fire skipped",
+            if schedule.overlap == "buffer-one":
+                self._release_earlier(schedule.name)  # a buffered fire goes first
+            now = utcnow()
+            doc = schedule.job(now)
+            doc.update(scheduleId=schedule.name, scheduledFor=at, fireKey=key)
+            try:
+                self.jobs.insert_one(doc)
+            except DuplicateKeyError as exc:
+                if _on_fire_key(exc):
+                    _skipped(schedule, at, "already enqueued")
+                elif schedule.overlap == "buffer-one":
+                    return self._buffer(schedule, at, now)
+                else:
+                    _skipped(schedule, at, "the last run is still active")
+                return False
+        except PyMongoError as exc:
+            log.warning(
+                "cannot enqueue a fire; will retry",
                 schedule=schedule.name,
                 fire_time=at.isoformat(),
-                reason=reason,
+                error=str(exc),
             )
+            self.failed.append((schedule, fire_time))
             return False
         log.info(
             "schedule fired",
@@ -90,6 +158,240 @@ class Firing:
         """Wake idle workers for this round's fires, in one message; a lost one costs latency."""
         docs, self._unannounced = self._unannounced, []
         publish_now(self.channel, docs)
+
+    # -- buffer-one ------------------------------------------------------
+
+    def _buffer(self, schedule: Schedule, at: datetime, now: datetime) -> bool:
+        """Keep this fire, whose previous fire's job is queued or running: noted on the
+        schedule's document first, then inserted ``waiting``. One at a time: a fire that
+        finds another noted is dropped."""
+        name, key = schedule.name, f"{schedule.name}@{at}"
+        note = {"fireKey": key, "task": schedule.task, "at": at}
+        taken = self.schedules.update_one(
+            {"_id": name, "buffered": {"$exists": False}}, {"$set": {"buffered": note}}
+        )
+        if not taken.matched_count:
+            kept = self.schedules.find_one({"_id": name}, {"buffered": 1})
+            held = (kept or {}).get("buffered")
+            if kept is None:
+                _skipped(schedule, at, "buffer-one, but the schedule is not in the store")
+                return False
+            if not isinstance(held, dict) or held.get("fireKey") != key:
+                _skipped(schedule, at, "a fire is buffered already", buffered=_shown(held))
+                self._know(name, held)
+                return False
+            # Noted by an attempt of this very fire that did not get to insert: go on.
+        self._know(name, note)
+        doc = schedule.job(now, buffered=True)
+        doc.update(scheduleId=name, scheduledFor=at, fireKey=key)
+        try:
+            self.jobs.insert_one(doc)
+        except DuplicateKeyError as exc:
+            if _on_fire_key(exc):
+                _skipped(schedule, at, "already buffered")
+            else:  # a buffered job no note names (two leaders at once): note it instead
+                self._adopt(schedule, key)
+                _skipped(schedule, at, "a fire is buffered already")
+            return False
+        log.info(
+            "schedule fire buffered until the last run ends",
+            schedule=name,
+            fire_time=at.isoformat(),
+            job_id=str(doc["_id"]),
+        )
+        return True
+
+    def _adopt(self, schedule: Schedule, ours: str) -> None:
+        """Note the buffered job that holds ``schedule``'s buffer key instead of ours."""
+        holder = self.jobs.find_one(
+            {
+                "name": schedule.task,
+                "uniqueKey": BUFFER_KEY.format(schedule.name),
+                "state": JobState.WAITING.value,
+            },
+            {"fireKey": 1, "scheduledFor": 1},
+        )
+        mine = {"_id": schedule.name, "buffered.fireKey": ours}
+        if holder is None or not isinstance(holder.get("fireKey"), str):
+            self.schedules.update_one(mine, {"$unset": {"buffered": ""}})
+            return
+        note = {
+            "fireKey": holder["fireKey"],
+            "task": schedule.task,
+            "at": holder.get("scheduledFor"),
+        }
+        self.schedules.update_one(mine, {"$set": {"buffered": note}})
+        self._know(schedule.name, note)
+
+    def _release_earlier(self, name: str) -> None:
+        kept = self.schedules.find_one({"_id": name}, {"buffered": 1})
+        note = (kept or {}).get("buffered")
+        if note is not None:
+            self.release(name, note)
+
+    def release(self, name: str, note: Any) -> bool:
+        """Queue the fire of ``name`` that ``note`` says is buffered, if its previous
+        fire's job has ended: one write, which the ``unique_active`` index refuses while
+        that job holds the active key, and which needs the job ``waiting`` (so it is
+        made once). The note goes once the job is no longer waiting, however."""
+        key = note.get("fireKey") if isinstance(note, dict) else None
+        released = None
+        if isinstance(key, str):
+            now = utcnow()
+            try:
+                released = self.jobs.find_one_and_update(
+                    {
+                        "fireKey": key,
+                        "state": JobState.WAITING.value,
+                        "uniqueKey": BUFFER_KEY.format(name),
+                    },
+                    {
+                        "$set": {
+                            "state": JobState.QUEUED.value,
+                            "uniqueKey": ACTIVE_KEY.format(name),
+                            "nextRunAt": now,
+                            "releasedAt": now,
+                        }
+                    },
+                    projection=RELEASED_FIELDS,
+                    return_document=ReturnDocument.AFTER,
+                )
+            except DuplicateKeyError:
+                return False  # the previous fire's job is still queued or running
+        if released is not None:
+            log.info(
+                "buffered fire released", schedule=name, fire_key=key, job_id=str(released["_id"])
+            )
+            self._unannounced.append(released)
+        noted = {"buffered.fireKey": key} if isinstance(key, str) else {"buffered": note}
+        self.schedules.update_one({"_id": name, **noted}, {"$unset": {"buffered": ""}})
+        self._know(name, None)
+        return released is not None
+
+    def release_all(self) -> int:
+        """Release every buffered fire whose previous fire's job has ended."""
+        self._swept = time.monotonic()
+        noted = list(self.schedules.find({"buffered": {"$exists": True}}, {"buffered": 1}))
+        with self._lock:
+            self._buffered, self._buffered_tasks = {}, frozenset()
+        for doc in noted:
+            self._know(doc["_id"], doc["buffered"])
+        return sum(self.release(doc["_id"], doc["buffered"]) for doc in noted)
+
+    def _know(self, name: str, note: Any) -> None:
+        """Remember (or forget) that ``name`` has a fire buffered, and its task."""
+        with self._lock:
+            task = note.get("task") if isinstance(note, dict) else None
+            if isinstance(task, str):
+                self._buffered[name] = task
+            else:
+                self._buffered.pop(name, None)
+            self._buffered_tasks = frozenset(self._buffered.values())
+
+    def next_sweep(self) -> float:
+        """Seconds until buffered fires are looked for again."""
+        every = SWEEP_EVERY if self._buffered else IDLE_SWEEP
+        return max(0.0, self._swept + every - time.monotonic())
+
+    # -- pauseOnFailure --------------------------------------------------
+
+    def _last_failed(self, schedule: Schedule, at: datetime) -> bool:
+        """Whether the latest ended fire of ``schedule`` failed, with no resume since: the
+        fire is then skipped, and the schedule paused after this round."""
+        ended = last_ended(self.jobs, schedule.name)
+        if ended is None or ended.get("state") != JobState.FAILED.value:
+            return False
+        kept = self.schedules.find_one({"_id": schedule.name}, KEPT_FIELDS)
+        if kept is None or forgiven(ended, kept):
+            return False
+        _skipped(schedule, at, "the last run failed: pausing it (pauseOnFailure)")
+        with self._lock:
+            self._pauses.append((schedule.name, ended))
+        return True
+
+    def _watch_failures(self, schedule: Schedule) -> None:
+        with self._lock:
+            if schedule.pause_on_failure:
+                self._pausing[schedule.name] = schedule.task
+            else:
+                self._pausing.pop(schedule.name, None)
+            self._pausing_tasks = frozenset(self._pausing.values())
+
+    def hear(self, body: Doc) -> bool:
+        """A job's notification (from any thread): True if it asks for work here, a
+        failure for good to look at, or an end that may release a buffered fire.
+
+        A notification is a hint anyone could write: what it asks is only checked."""
+        job_id, kind = body.get("sourceId"), body.get("type")
+        if body.get("sourceType") != "job" or not isinstance(job_id, str):
+            return False
+        task = body.get("task")
+        if not isinstance(task, str):
+            return False
+        final_failure = kind == "fail" and body.get("retry") is False
+        work = False
+        with self._lock:
+            watched = final_failure and task in self._pausing_tasks
+            if watched and len(self._failed_heard) < MAX_FAILED_HEARD:
+                self._failed_heard.append(job_id)
+                work = True
+            if (final_failure or kind in ENDED) and task in self._buffered_tasks:
+                self._release_asked = work = True
+        return work
+
+    def maintain(self) -> None:
+        """Before a round: pause for the failures heard, release the buffered fires that
+        an end was heard for (or all, when a sweep is due)."""
+        with self._lock:
+            failures, self._failed_heard = self._failed_heard, []
+            asked, self._release_asked = self._release_asked, False
+        for job_id in failures:
+            self._failure(job_id)
+        if asked or self.next_sweep() == 0:
+            self.release_all()
+
+    def _failure(self, job_id: str) -> None:
+        try:
+            oid = ObjectId(job_id)
+        except InvalidId:
+            return
+        failed = self.jobs.find_one(
+            {"_id": oid, "state": JobState.FAILED.value, "scheduleId": {"$type": "string"}},
+            {**LAST_FIELDS, "scheduleId": 1, "fireKey": 1},
+        )
+        if failed is None or self.book is None:
+            return
+        name = failed["scheduleId"]
+        if str(failed.get("fireKey", "")).startswith(f"{name}@"):
+            self.book.pause_for_failure(name, failed)
+
+    def apply_pauses(self) -> None:
+        """After a round: the pauses its fires asked for (a pause written during the round
+        would be undone by APScheduler's write of the next fire time)."""
+        with self._lock:
+            pauses, self._pauses = self._pauses, []
+        for name, failed in pauses:
+            if self.book is not None:
+                self.book.pause_for_failure(name, failed)
+
+
+def _on_fire_key(exc: DuplicateKeyError) -> bool:
+    """Whether the insert was refused for its fire key (else: for its unique key)."""
+    return "fireKey" in ((exc.details or {}).get("keyPattern") or {})
+
+
+def _skipped(schedule: Schedule, at: datetime, reason: str, **more: Any) -> None:
+    log.info(
+        "schedule fire skipped",
+        schedule=schedule.name,
+        fire_time=at.isoformat(),
+        reason=reason,
+        **more,
+    )
+
+
+def _shown(note: Any) -> str | None:
+    return str(note.get("fireKey"))[:300] if isinstance(note, dict) else None
 
 
 def fire(
@@ -144,17 +446,21 @@ class _LeaderScheduler(BackgroundScheduler):  # type: ignore[misc]
         self._firing = firing
 
     def _process_jobs(self) -> float | None:
+        firing = self._firing
         try:
-            self._firing.retry_failed()
+            firing.retry_failed()
+            firing.maintain()
             wait: float | None = super()._process_jobs()
+            firing.apply_pauses()
         except PyMongoError as exc:
             log.warning("cannot reach the schedules; retrying", error=str(exc))
             return OUTAGE_RETRY
         finally:
-            self._firing.announce()
-        if self._firing.failed:
-            return OUTAGE_RETRY if wait is None else min(wait, OUTAGE_RETRY)
-        return wait
+            firing.announce()
+        if firing.failed:
+            wait = OUTAGE_RETRY if wait is None else min(wait, OUTAGE_RETRY)
+        sweep = firing.next_sweep()
+        return sweep if wait is None else min(wait, sweep)
 
 
 class Scheduler:
@@ -164,6 +470,7 @@ class Scheduler:
         self._url, self._names = url, names
         self._client: MongoClient[Doc] | None = None
         self._book: ScheduleBook | None = None
+        self._firing: Firing | None = None
 
     def install(self, metas: list[TaskMeta]) -> None:
         """Bring the schedules of these tasks' metadata into the store.
@@ -192,18 +499,20 @@ class Scheduler:
         client = sync_client(self._url)
         db = client[database_name(self._url)]
         firing = Firing(client, self._url, self._names)
+        store = job_store(client, db.name, self._names.schedules)
         aps = _LeaderScheduler(
             firing,
-            jobstores={"default": job_store(client, db.name, self._names.schedules)},
+            jobstores={"default": store},
             executors={EXECUTOR: FireExecutor(firing)},
             timezone=ZoneInfo("UTC"),
         )
+        book = firing.book = ScheduleBook(aps, db[self._names.jobs], store)
         try:
             aps.start()
         except BaseException:
             client.close()
             raise
-        self._client, self._book = client, ScheduleBook(aps, db[self._names.jobs])
+        self._client, self._book, self._firing = client, book, firing
         log.info("running the schedules")
 
     def wakeup(self) -> None:
@@ -211,10 +520,19 @@ class Scheduler:
         if self._book is not None:
             self._book.wakeup()
 
+    def job_ended(self, body: Doc) -> None:
+        """A job notification heard on the channel (``worker:notification``): a job that
+        failed for good may pause its schedule, and an end may release a buffered fire.
+        Quick: the work is the scheduler thread's, which this wakes."""
+        firing, book = self._firing, self._book
+        if firing is not None and book is not None and firing.hear(body):
+            book.wakeup()
+
     def stop(self) -> None:
         if self._book is not None:
             self._book.close()
             self._book = None
+            self._firing = None
         if self._client is not None:
             self._client.close()
             self._client = None

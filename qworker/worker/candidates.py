@@ -10,13 +10,33 @@ from __future__ import annotations
 
 import heapq
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
 
-Key = tuple[int, datetime, int, ObjectId]
+from qworker.limits import partition_of
+
+# (priority, round, due time, salted tie, id): see ``Candidates``.
+Key = tuple[int, int, datetime, int, ObjectId]
+Lane = tuple[str, str | None]  # a task and a partition of it (None: not known yet)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A candidate taken: its job, the lane it came from, and what puts it back."""
+
+    id: ObjectId
+    task: str
+    partition: str | None
+    key: Key
+    lost: bool = False
+
+    @property
+    def lane(self) -> Lane:
+        return (self.task, self.partition)
 
 
 def priority_of(doc: dict[str, Any]) -> int:
@@ -42,7 +62,13 @@ def lost_before(doc: dict[str, Any]) -> bool:
 
 
 class Candidates:
-    """Claim order: higher priority, then earlier ``nextRunAt``.
+    """Claim order: higher priority, then round-robin over lanes, then earlier ``nextRunAt``.
+
+    A lane is a task, or a partition of a task with ``partitionBy``. The jobs of
+    each lane are numbered in their own order (their *round*), so jobs of equal
+    priority are taken one lane after the other: a lane with a deep backlog does
+    not starve the others. A lane seen for the first time joins at the round
+    being served, not ahead of it.
 
     Jobs due at the same instant (a batch enqueued at once) are in no order
     of their own; with a ``salt`` each worker walks them in an order of its own,
@@ -52,66 +78,109 @@ class Candidates:
     nothing else: if it kills its worker again, it takes no other job with it.
     """
 
-    def __init__(self, salt: str = "") -> None:
+    def __init__(self, salt: str = "", partitions: Mapping[str, str] | None = None) -> None:
         self._salt = salt
-        self._heap: list[tuple[Key, str]] = []
+        self._paths = dict(partitions or {})  # task -> partitionBy
+        self._heap: list[tuple[Key, str, str | None]] = []
         self._keys: dict[ObjectId, Key] = {}
         self._lost: set[ObjectId] = set()
+        self._rounds: dict[Lane, int] = {}
+        self._serving = 0  # the round of the last job taken
 
     def __len__(self) -> int:
         return len(self._keys)
 
     def replace(self, docs: Iterable[dict[str, Any]]) -> None:
-        self._heap, self._keys, self._lost = [], {}, set()
+        self._heap, self._keys, self._lost, self._rounds, self._serving = [], {}, set(), {}, 0
         self.add(docs)
 
-    def add(self, docs: Iterable[dict[str, Any]]) -> None:
-        for doc in docs:
-            if not isinstance(doc.get("nextRunAt"), datetime) or not isinstance(
-                doc.get("_id"), ObjectId
-            ):
-                continue  # not a job qworker wrote (and a string id is not comparable)
-            tie = zlib.crc32(f"{self._salt}{doc['_id']}".encode()) if self._salt else 0
-            key: Key = (-priority_of(doc), doc["nextRunAt"], tie, doc["_id"])
-            if self._keys.get(doc["_id"]) != key:
-                self._keys[doc["_id"]] = key
-                heapq.heappush(self._heap, (key, doc["name"]))
+    def add(self, docs: Iterable[dict[str, Any]], partitioned: bool = True) -> None:
+        """Add or update candidates; ``partitioned``: the docs carry their partition's
+        field (a wake-up hint does not, and its lane is found out when it is taken)."""
+        valid = [
+            doc
+            for doc in docs  # not a job qworker wrote (and a string id is not comparable)
+            if isinstance(doc.get("nextRunAt"), datetime) and isinstance(doc.get("_id"), ObjectId)
+        ]
+        for order, doc in sorted(((self._order(doc), doc) for doc in valid), key=lambda o: o[0]):
+            old = self._keys.get(doc["_id"])
+            if old is not None and (old[0], old[2]) == (order[0], order[1]):
+                continue  # known as it is
+            lane = (doc["name"], self._partition(doc, partitioned))
+            turn = max(self._rounds.get(lane, 0), self._serving)
+            self._rounds[lane] = turn + 1
+            key: Key = (order[0], turn, order[1], order[2], order[3])
+            self._keys[doc["_id"]] = key
+            heapq.heappush(self._heap, (key, *lane))
             if lost_before(doc):
                 self._lost.add(doc["_id"])
 
+    def _order(self, doc: dict[str, Any]) -> tuple[int, datetime, int, ObjectId]:
+        tie = zlib.crc32(f"{self._salt}{doc['_id']}".encode()) if self._salt else 0
+        return (-priority_of(doc), doc["nextRunAt"], tie, doc["_id"])
+
+    def _partition(self, doc: dict[str, Any], known: bool) -> str | None:
+        path = self._paths.get(doc["name"])
+        if path is None:
+            return ""
+        return partition_of(doc, path) if known else None
+
     def take(
-        self, n: int, now: datetime, room: Callable[[str], int], alone: bool = False
-    ) -> tuple[list[ObjectId], bool]:
-        """Up to ``n`` due ids in claim order, within each task's ``room``; and whether
-        the one id is a job lost before, which only a worker running nothing (``alone``)
-        takes, and alone."""
-        picked: list[ObjectId] = []
-        kept: list[tuple[Key, str]] = []
-        taken: dict[str, int] = {}
+        self,
+        n: int,
+        now: datetime,
+        room: Callable[[str], int],
+        lane_room: Callable[[str, str | None], int] | None = None,
+        alone: bool = False,
+    ) -> tuple[list[Pick], bool]:
+        """Up to ``n`` due jobs in claim order, within each task's ``room`` and each
+        lane's ``lane_room``; and whether the one taken is a job lost before, which only
+        a worker running nothing (``alone``) takes, and alone."""
+        picked: list[Pick] = []
+        kept: list[tuple[Key, str, str | None]] = []
+        per_task: dict[str, int] = {}
+        per_lane: dict[Lane, int] = {}
         solo = False
         while self._heap and len(picked) < n and not solo:
-            key, task = heapq.heappop(self._heap)
-            if self._keys.get(key[3]) != key:
+            item = heapq.heappop(self._heap)
+            key, task, partition = item
+            if self._keys.get(key[4]) != key:
                 continue  # superseded or discarded
-            lost = key[3] in self._lost
-            if key[1] > now or taken.get(task, 0) >= room(task) or (lost and (picked or not alone)):
-                kept.append((key, task))
+            lost = key[4] in self._lost
+            lane = (task, partition)
+            full = per_task.get(task, 0) >= room(task) or (
+                lane_room is not None and per_lane.get(lane, 0) >= lane_room(task, partition)
+            )
+            if key[2] > now or full or (lost and (picked or not alone)):
+                kept.append(item)
                 continue
-            taken[task] = taken.get(task, 0) + 1
-            del self._keys[key[3]]
-            self._lost.discard(key[3])
-            picked.append(key[3])
+            per_task[task] = per_task.get(task, 0) + 1
+            per_lane[lane] = per_lane.get(lane, 0) + 1
+            del self._keys[key[4]]
+            self._lost.discard(key[4])
+            self._serving = max(self._serving, key[1])
+            picked.append(Pick(key[4], task, partition, key, lost))
             solo = lost
         for item in kept:
             heapq.heappush(self._heap, item)
         return picked, solo
 
+    def put_back(self, picks: Iterable[Pick]) -> None:
+        """Candidates taken but not claimed (a limit refused them): in their old place."""
+        for pick in picks:
+            if pick.id in self._keys:
+                continue  # seen again meanwhile
+            self._keys[pick.id] = pick.key
+            heapq.heappush(self._heap, (pick.key, pick.task, pick.partition))
+            if pick.lost:
+                self._lost.add(pick.id)
+
     def discard_tasks(self, tasks: frozenset[str]) -> None:
         """Forget the candidates of ``tasks``."""
         if not tasks:
             return
-        kept = [(key, task) for key, task in self._heap if task not in tasks]
-        gone = {key[3] for key, task in self._heap if task in tasks}
+        kept = [item for item in self._heap if item[1] not in tasks]
+        gone = {item[0][4] for item in self._heap if item[1] in tasks}
         heapq.heapify(kept)
         self._heap = kept
         for job_id in gone:
@@ -119,4 +188,4 @@ class Candidates:
             self._lost.discard(job_id)
 
     def next_due(self) -> datetime | None:
-        return min((key[1] for key in self._keys.values()), default=None)
+        return min((key[2] for key in self._keys.values()), default=None)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,7 +22,9 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.errors import OperationFailure, PyMongoError
 
-from qworker.store import WorkerStore
+from qworker import limits
+from qworker.store import CANDIDATE_FIELDS, WorkerStore
+from qworker.streams import HINT_FIELDS
 from qworker.when import utcnow
 from qworker.worker.candidates import Candidates, priority_of
 
@@ -42,11 +44,15 @@ class Claims:
         nonce: str,
         lease: float,
         poll_interval: float,
+        partitions: Mapping[str, str] | None = None,
     ) -> None:
+        """``partitions``: the ``partitionBy`` of each task that has one."""
         self.store, self.tasks = store, frozenset(tasks)
+        paths = (partitions or {}).values()
+        self.partition_fields = limits.fields(paths, [*CANDIDATE_FIELDS, *HINT_FIELDS])
         self.worker_id, self.nonce = worker_id, nonce
         self.lease, self.poll_interval = lease, poll_interval
-        self.candidates = Candidates(salt=nonce)
+        self.candidates = Candidates(salt=nonce, partitions=partitions)
         self.paused: frozenset[str] = frozenset()  # tasks paused fleet-wide (``Pauses``)
         self._tokens = itertools.count(1)
         self.wanted = True  # read the queue at the next chance
@@ -70,7 +76,9 @@ class Claims:
         self.wanted = False
         horizon = utcnow() + timedelta(seconds=self.poll_interval)
         try:
-            docs = await self.store.candidates(self.tasks - self.paused, horizon, CANDIDATE_CAP)
+            docs = await self.store.candidates(
+                self.tasks - self.paused, horizon, CANDIDATE_CAP, self.partition_fields
+            )
         except PyMongoError as exc:
             log.warning("cannot read the queue", error=str(exc))
             self._next_read = time.monotonic() + self.poll_interval
@@ -83,14 +91,17 @@ class Claims:
         self._reread_every = max(5 * self.poll_interval, 20 * took)
         self._next_read = time.monotonic() + self.poll_interval
 
-    async def claim(self, ids: list[ObjectId], now: datetime, solo: bool = False) -> list[Doc]:
-        """The claimed documents, in claim order (none if the server cannot be reached)."""
+    async def claim(
+        self, ids: list[ObjectId], token: str, now: datetime, solo: bool = False
+    ) -> list[Doc]:
+        """The claimed documents, in claim order (none if the server cannot be reached).
+
+        ``token`` is this claim's (``token()``): the slots of limited tasks were taken
+        under it."""
         try:
-            docs = await self.store.claim(
-                ids, self.worker_id, self._token(), now, self.lease, lost_too=solo
-            )
+            docs = await self.store.claim(ids, self.worker_id, token, now, self.lease, solo)
         except OperationFailure as exc:  # the server refused the update: a malformed job
-            docs = await self._claim_apart(ids, now, exc)
+            docs = await self._claim_apart(ids, token, now, exc)
         except PyMongoError as exc:
             log.warning("claim failed", error=str(exc))
             await asyncio.sleep(min(self.poll_interval, 1.0))
@@ -98,16 +109,14 @@ class Claims:
         return sorted(docs, key=lambda d: (-priority_of(d), d["nextRunAt"]))
 
     async def _claim_apart(
-        self, ids: list[ObjectId], now: datetime, exc: OperationFailure
+        self, ids: list[ObjectId], token: str, now: datetime, exc: OperationFailure
     ) -> list[Doc]:
         """Claim one at a time, failing the jobs whose claim the server refuses."""
         log.warning("a claim was refused; claiming one job at a time", error=str(exc)[:300])
         docs: list[Doc] = []
         for job_id in ids:
             try:
-                docs += await self.store.claim(
-                    [job_id], self.worker_id, self._token(), now, self.lease
-                )
+                docs += await self.store.claim([job_id], self.worker_id, token, now, self.lease)
             except OperationFailure as refused:
                 reason = f"it cannot be claimed: {str(refused)[:300]}"
                 log.error("failing a malformed job", job_id=str(job_id), reason=reason)
@@ -126,7 +135,8 @@ class Claims:
         if resumed:
             self.want()
 
-    def _token(self) -> str:
+    def token(self) -> str:
+        """A claim token never used before."""
         return f"{self.worker_id}:{self.nonce}:{next(self._tokens)}"
 
     def hinted(self, body: dict[str, Any]) -> None:
@@ -135,7 +145,7 @@ class Claims:
         if isinstance(jobs, list):
             served = self.tasks - self.paused
             mine = (_hinted_job(job, served) for job in jobs if isinstance(job, dict))
-            self.candidates.add(doc for doc in mine if doc is not None)
+            self.candidates.add((doc for doc in mine if doc is not None), partitioned=False)
         elif isinstance(tasks, list) and all(isinstance(t, str) for t in tasks):
             self.wanted = self.wanted or bool(set(tasks) & (self.tasks - self.paused))
         else:

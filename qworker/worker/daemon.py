@@ -34,7 +34,9 @@ from qworker.schema import prepare
 from qworker.store import WorkerStore
 from qworker.tasks import TaskMeta, import_code
 from qworker.when import utcnow
+from qworker.worker.candidates import Pick
 from qworker.worker.claims import Claims
+from qworker.worker.gates import Gates
 from qworker.worker.jobfeed import JobFeed
 from qworker.worker.leases import Leases
 from qworker.worker.membership import Membership
@@ -84,7 +86,7 @@ class Worker:
             self.registry,
             self.outbox,
             self,
-            self._wake.set,
+            self._run_ended,
             lambda query, fields: self.store.find(query, fields),
         )
         self.stopping = Stopping(settings.grace, self.runs, self._wake.set)
@@ -114,6 +116,11 @@ class Worker:
         db = client.get_default_database(default="qworker")
         self.store = WorkerStore(db[names.jobs], db[names.workflows])
         self.channel = Channel(db[names.channel])
+        partitions = {
+            task: meta.limits.partition_by
+            for task, meta in self.metas.items()
+            if meta.limits.partition_by is not None
+        }
         self.claims = Claims(
             self.store,
             self.metas,
@@ -121,7 +128,10 @@ class Worker:
             self.nonce,
             self.settings.lease,
             self.settings.poll_interval,
+            partitions,
         )
+        limited = {task: meta.limits for task, meta in self.metas.items()}
+        self.gates = Gates(db, names, limited, self.settings.lease)
         self.leases = Leases(
             self.store,
             self.settings.lease,
@@ -131,7 +141,11 @@ class Worker:
             self._register,
         )
         self.writer = OutboxWriter(
-            self.outbox, self.store, self.channel, self._wake.set, self.leases.unreachable
+            self.outbox,
+            self.store,
+            self.channel,
+            self._wake.set,
+            self.leases.unreachable,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)
@@ -158,6 +172,7 @@ class Worker:
             asyncio.create_task(self.channel.subscribe(events, self._on_message, listening)),
             asyncio.create_task(systemd.supervise(self.status_line)),
             asyncio.create_task(self.pauses.keep()),
+            asyncio.create_task(self.gates.keep()),
         ]
         feed = JobFeed(
             self.store.jobs,
@@ -166,6 +181,7 @@ class Worker:
             self._new_jobs,
             self._refill_now,
             self.cancel_job,
+            self.claims.partition_fields,
         )
         if self.settings.watch_jobs and await feed.open():
             background.append(asyncio.create_task(feed.run()))
@@ -192,6 +208,7 @@ class Worker:
             await cancel_and_wait([flushing])  # the last writes take over what it holds
             await self.stopping.last_writes(self.outbox, self.writer, self._say_goodbye)
             await cancel_and_wait(others)
+            await self.gates.flush()
             await self._run_hooks(*self._task_hooks(hooks.task_finalizers), hooks.finalizers)
             await close_async(client)
         c = self.counters
@@ -278,15 +295,39 @@ class Worker:
             if self.claims.should_read():
                 await self.claims.read()
             now = utcnow()
-            picks, solo = self.claims.candidates.take(free, now, self._room, alone=not self.runs)
+            picks, solo = self.claims.candidates.take(
+                free, now, self._room, self.gates.room, alone=not self.runs
+            )
             if picks:
-                for doc in await self.claims.claim(picks, now, solo):
-                    self.runs.start(doc)
+                await self._claim(picks, now, solo)
                 continue
             if self.settings.burst and self._queue_empty():
                 log.info("burst mode: no job left to run")
                 return
             await self._sleep(now)
+
+    async def _claim(self, picks: list[Pick], now: datetime, solo: bool) -> None:
+        """Claim the picks of unlimited tasks, and beside them (not after: the slots of
+        limited ones cost round trips) those of limited tasks their slots admit."""
+        free = [pick for pick in picks if pick.task not in self.gates.limits]
+        bounded = [pick for pick in picks if pick.task in self.gates.limits]
+        await asyncio.gather(
+            *([self._claim_admitted(free, now, solo)] if free else []),
+            *([self._claim_admitted(bounded, now, solo)] if bounded else []),
+        )
+
+    async def _claim_admitted(self, picks: list[Pick], now: datetime, solo: bool) -> None:
+        """Take the slots of limited tasks, claim what they admit, start what was claimed."""
+        token = self.claims.token()
+        admitted, refused = await self.gates.admit(picks, token, now)
+        self.claims.candidates.put_back(refused)
+        if not admitted:
+            return
+        docs = await self.claims.claim([pick.id for pick in admitted], token, now, solo)
+        await self.gates.unclaimed(admitted, docs, token)
+        for doc in docs:
+            if not self.runs.start(doc):
+                self.gates.ended(doc)  # ended without running (malformed, expired, doomed)
 
     def _free(self) -> int:
         """Slots to claim for. Outcomes still to be written hold theirs beyond one batch:
@@ -315,6 +356,9 @@ class Worker:
         due = self.claims.candidates.next_due()
         if due is not None and due > now:
             timeout = min(timeout, (due - now).total_seconds())
+        opens = self.gates.opens_in()  # a limited lane with candidates opens again
+        if opens is not None and len(self.claims.candidates) > 0:
+            timeout = min(timeout, opens)
         await self._wait(timeout)
 
     async def _wait(self, timeout: float) -> None:
@@ -442,6 +486,11 @@ class Worker:
     def _paused(self, paused: frozenset[str]) -> None:
         """The tasks paused fleet-wide changed (``Pauses``)."""
         self.claims.pause(paused)
+        self._wake.set()
+
+    def _run_ended(self, doc: dict[str, Any]) -> None:
+        """A run ended: its slot here is free, and so is its fleet-wide one (``Gates``)."""
+        self.gates.ended(doc)
         self._wake.set()
 
     def _refill_now(self) -> None:

@@ -45,9 +45,10 @@ class JobFeed:
         on_jobs: Callable[[list[Doc]], None],
         on_requeued: Callable[[], None],
         on_cancel: Callable[[str], object],
+        fields: Iterable[str] = (),
     ) -> None:
         self.jobs = jobs
-        self.pipeline = streams.for_workers(tasks)
+        self.pipeline = streams.for_workers(tasks, fields)
         self.retry_after = retry_after
         self.on_jobs, self.on_requeued, self.on_cancel = on_jobs, on_requeued, on_cancel
         self._stream: AsyncChangeStream[Doc] | None = None

@@ -74,10 +74,11 @@ class Runs:
         registry: TaskSetup,
         outbox: Outbox,
         engine: Engine,
-        ended: Callable[[], None],
+        ended: Callable[[Doc], None],
         read: Callable[[Doc, Doc], Awaitable[list[Doc]]],
     ) -> None:
-        """``ended()`` whenever a run ends: its slot is free; ``read(query, fields)``
+        """``ended(doc)`` whenever the run of a claimed job ends: its slot is free;
+        ``read(query, fields)``
         finds jobs (a workflow node's dependencies)."""
         self.metas, self.registry, self.outbox, self.engine = metas, registry, outbox, engine
         self._read = read
@@ -103,7 +104,8 @@ class Runs:
     def runs(self, job_id: str) -> bool:
         return any(r.job.id == job_id for r in self.running.values())
 
-    def start(self, doc: dict[str, Any]) -> None:
+    def start(self, doc: dict[str, Any]) -> bool:
+        """Run a claimed job; False if it ended at once, without running."""
         meta = self.metas[doc["name"]]
         problem = malformed(doc)
         if problem is not None:
@@ -111,10 +113,10 @@ class Runs:
             refused = refusal(problem, utcnow(), meta.retention)
             what = f"failure of malformed job {doc['_id']}"
             self.outbox.add(UpdateOne(owned(doc["_id"], doc["lockToken"]), refused), what)
-            return
+            return False
         if overdue(doc, utcnow()):
             self._expire(Job(doc, self.outbox), meta)
-            return
+            return False
         doomed = fanin.doomed_reason(doc)
         if doomed is not None:  # a dependency failed: it ends without running
             self.counters.cancelled += 1
@@ -123,11 +125,12 @@ class Runs:
             log.info(
                 "workflow node not run", job_id=str(doc["_id"]), task=doc["name"], reason=doomed
             )
-            return
+            return False
         running = Running(Job(doc, self.outbox), meta)
         self.running[running.key] = running
         self.per_task[meta.id] += 1
         running.task = asyncio.create_task(self._run(running))
+        return True
 
     def _expire(self, job: Job, meta: TaskMeta) -> None:
         """A job claimed past its deadline ends ``expired`` instead of running late."""
@@ -248,7 +251,7 @@ class Runs:
         self.last_finished = time.monotonic()
         if self.running.pop(running.key, None) is not None:
             self.per_task[running.meta.id] -= 1
-            self._ended()
+            self._ended(running.job.doc)
 
     def cancel(self, job_id: str) -> bool:
         """Stop a running job: ``job.cancelled`` turns true; async and process jobs are cut."""
@@ -275,6 +278,7 @@ class Runs:
             if running.task is not None:
                 running.task.cancel()
             self.release(running, now)
+            self._ended(running.job.doc)
         self.running.clear()
 
     def release(self, running: Running, now: datetime) -> None:

@@ -267,6 +267,7 @@ def test_tasks_table_counts_jobs_by_state_and_live_workers(
         "NAME",
         "VALID",
         "PAUSED",
+        "LIMITS",
         "WORKERS",
         "WAITING",
         "QUEUED",
@@ -280,7 +281,7 @@ def test_tasks_table_counts_jobs_by_state_and_live_workers(
     assert list(listed) == ["billing", "mailer", "report"]
     mailer = listed["mailer"]
     assert (mailer["NAME"], mailer["VALID"], mailer["WORKERS"]) == ("Mailer", "yes", "2")
-    assert mailer["PAUSED"] == "-"
+    assert (mailer["PAUSED"], mailer["LIMITS"]) == ("-", "-")
     assert [
         mailer[s] for s in ("WAITING", "QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
     ] == ["0", "1", "2", "1", "0", "0"]

@@ -26,9 +26,12 @@ from support.logs import wait_accepted, wait_leading
 from support.processes import REPO, ManagerProcess, managed, worker_ready
 from support.waits import wait_for
 
-from qworker import Client
+from qworker import Client, limits
 from qworker.lifecycle import EXPIRED_REASON
+from qworker.limits import Limits, Rate
 from qworker.model import new_job
+from qworker.mongo import Names
+from qworker.operations import run
 from qworker.when import utcnow
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -388,14 +391,18 @@ def test_the_schedules_view_lists_and_pauses_a_schedule(
 
 
 def test_a_task_is_paused_and_resumed_from_the_overview(
-    spawn_manager: Any, client: Client, page: Any, tmp_path: Path
+    spawn_manager: Any, client: Client, db: Any, page: Any, tmp_path: Path
 ) -> None:
     _, base = serving(spawn_manager)
     client.now("dash_slow", {"steps": 1})  # a task the fleet knows of, by its job
+    # A slot of a fleet-wide limit, taken as a worker takes one.
+    capped = Limits(concurrency=2, rate=Rate(100, 60.0))
+    run(limits.acquire("dash_slow", "", capped, [ObjectId()], "w:1", utcnow()), db, Names())
 
     page.goto(f"{base}/#/overview")
     row = page.locator('[data-testid="task-row"][data-task="dash_slow"]')
     expect(row).to_have_attribute("data-paused", "false")
+    expect(row.get_by_test_id("task-limits")).to_have_text("1/2 running, 1 of 100/minute")
     row.get_by_test_id("pause-task").click()
     expect(row).to_have_attribute("data-paused", "true")
     expect(row.get_by_test_id("task-paused")).to_be_visible()

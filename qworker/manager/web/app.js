@@ -537,7 +537,7 @@ function overviewView() {
         failuresBody),
       h("div", { class: "card-foot" }, h("a", { href: "#/failed" }, "All failed jobs →"))),
       section("Tasks", {}, h("table", { class: "table", id: "tasks-table" },
-        h("thead", {}, h("tr", {}, ["Task", "Description", "Live workers", "Metadata", "Claims"]
+        h("thead", {}, h("tr", {}, ["Task", "Description", "Live workers", "Metadata", "Limits", "Claims"]
           .map((t) => h("th", {}, t)))),
         tasksBody))),
   );
@@ -623,8 +623,19 @@ function overviewView() {
           : t.valid === true ? h("span", { class: "badge state-succeeded" }, "valid")
             : h("span", { class: "muted", title: "Only standalone workers or jobs name it" },
               "not announced")),
+        limitsCell(t.limits),
         pauseCell(t)))
-      : emptyRow(5, "No task is known yet."));
+      : emptyRow(6, "No task is known yet."));
+  }
+
+  // A task's fleet-wide limits and their use, as the API sums them over partitions.
+  function limitsCell(limits) {
+    if (!limits) return h("td", { "data-testid": "task-limits" }, h("span", { class: "muted" }, "none"));
+    const parts = [];
+    if (limits.concurrency != null) parts.push(`${limits.running}/${limits.concurrency} running`);
+    if (limits.rate != null) parts.push(`${limits.recentStarts} of ${limits.rate}`);
+    if (limits.partitionBy) parts.push(`per ${limits.partitionBy} (${limits.partitions})`);
+    return h("td", { "data-testid": "task-limits" }, parts.join(", ") || "none");
   }
 
   // Pausing a task holds its queued jobs on every worker; running ones finish.
@@ -1197,9 +1208,11 @@ function schedulesView() {
       h("td", { class: "mono strong" }, s.name,
         s.origin === "metadata" ? h("span", { class: "chip chip-muted", title: "from task metadata" }, "metadata") : null),
       h("td", { class: "mono" }, h("a", { href: href("/jobs", { task: s.task }) }, s.task)),
-      h("td", {}, h("code", {}, s.trigger || "")),
+      h("td", {}, h("code", {}, s.trigger || ""),
+        s.overlap && s.overlap !== "allow" ? [" ", h("span", { class: "chip chip-muted", title: "overlap policy" }, s.overlap)] : null),
       h("td", { "data-testid": "next-run" }, paused
-        ? h("span", { class: "badge state-cancelled", "data-testid": "paused" }, "paused")
+        ? h("span", { class: "badge state-cancelled", "data-testid": "paused", title: s.pauseReason || "" },
+          s.pauseReason ? "paused: a run failed" : "paused")
         : timeEl(s.nextRunAt)),
       lastCell(s.lastJob, true), lastCell(s.lastSuccess, false), lastCell(s.lastFailure, false),
       h("td", { class: "actions" }, toggle, remove));
