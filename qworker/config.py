@@ -58,6 +58,7 @@ class WorkerSettings:
     watch_jobs: bool = True  # a change stream on jobs, where the server has them
     channel_size: int = CHANNEL_BYTES
     metrics: str | None = None  # HOST:PORT of this worker's own /metrics
+    trace_writes: bool = False  # claims and outbox writes in spans of their own (tracing)
     sources: Mapping[str, str] = field(default_factory=dict)
 
 

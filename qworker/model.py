@@ -20,6 +20,7 @@ import bson
 from bson import ObjectId
 from bson.errors import InvalidDocument
 
+from qworker import tracing
 from qworker.errors import InvalidJobError
 from qworker.when import parse_duration, parse_when
 
@@ -383,6 +384,7 @@ def new_job(
         doc["uniqueKey"] = unique
     if expires is not None:
         doc["expiresAt"] = deadline(expires, run_at)
+    tracing.stamp(doc)  # the current span's trace context, as traceContext (if any)
     return doc
 
 

@@ -141,6 +141,13 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
     default=None,
     help="HOST:PORT to serve this worker's Prometheus /metrics on  [default: none]",
 )
+@_option(
+    "--trace-writes",
+    name="trace_writes",
+    is_flag=True,
+    default=False,
+    help="With OpenTelemetry (qworker[otel]): a span for each claim and each batch of writes.",
+)
 @_option("-v", "--verbose", name="verbose", count=True, help="More logging (-vv for libraries).")
 @_option(
     "--log-format",
@@ -176,6 +183,7 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
         watch_jobs=opts["watch_jobs"],
         channel_size=opts["channel_size"],
         metrics=opts["metrics"],
+        trace_writes=opts["trace_writes"],
         sources=sources(ctx),
     )
     if print_config:

@@ -22,7 +22,7 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.errors import OperationFailure, PyMongoError
 
-from qworker import limits
+from qworker import limits, tracing
 from qworker.store import CANDIDATE_FIELDS, WorkerStore
 from qworker.streams import HINT_FIELDS
 from qworker.when import utcnow
@@ -45,9 +45,12 @@ class Claims:
         lease: float,
         poll_interval: float,
         partitions: Mapping[str, str] | None = None,
+        trace_writes: bool = False,
     ) -> None:
-        """``partitions``: the ``partitionBy`` of each task that has one."""
+        """``partitions``: the ``partitionBy`` of each task that has one; ``trace_writes``
+        (``--trace-writes``): each claim in a span of its own (``tracing``)."""
         self.store, self.tasks = store, frozenset(tasks)
+        self.trace_writes = trace_writes
         paths = (partitions or {}).values()
         self.partition_fields = limits.fields(paths, [*CANDIDATE_FIELDS, *HINT_FIELDS])
         self.worker_id, self.nonce = worker_id, nonce
@@ -99,7 +102,14 @@ class Claims:
         ``token`` is this claim's (``token()``): the slots of limited tasks were taken
         under it."""
         try:
-            docs = await self.store.claim(ids, self.worker_id, token, now, self.lease, solo)
+            with tracing.write(
+                self.trace_writes,
+                "claim",
+                "receive",
+                {"qworker.worker.id": self.worker_id, "qworker.claim.requested": len(ids)},
+            ) as span:
+                docs = await self.store.claim(ids, self.worker_id, token, now, self.lease, solo)
+                span.set("messaging.batch.message_count", len(docs))
         except OperationFailure as exc:  # the server refused the update: a malformed job
             docs = await self._claim_apart(ids, token, now, exc)
         except PyMongoError as exc:

@@ -129,6 +129,7 @@ class Worker:
             self.settings.lease,
             self.settings.poll_interval,
             partitions,
+            trace_writes=self.settings.trace_writes,
         )
         limited = {task: meta.limits for task, meta in self.metas.items()}
         self.gates = Gates(db, names, limited, self.settings.lease)
@@ -146,6 +147,7 @@ class Worker:
             self.channel,
             self._wake.set,
             self.leases.unreachable,
+            trace_writes=self.settings.trace_writes,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)

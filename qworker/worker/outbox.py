@@ -20,7 +20,7 @@ import structlog
 from pymongo import InsertOne, UpdateMany, UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from qworker import fanin, protocol
+from qworker import fanin, protocol, tracing
 from qworker.aio import check_cancelled
 from qworker.channel import Channel, message
 from qworker.job import Job
@@ -80,6 +80,10 @@ class Outbox:
         # being able to write them: by id() of the write, while it is pending.
         self._what: dict[int, str] = {}
         self.notifying = False
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
 
     def progress(self, job: Job, percent: float, step: str | None) -> None:
         with self._lock:
@@ -261,10 +265,13 @@ class OutboxWriter:
         channel: Channel,
         written: Callable[[], None],
         failed: Callable[[], None],
+        trace_writes: bool = False,
     ) -> None:
         """``written()`` after each batch (slots held by unwritten outcomes are free);
-        ``failed()`` when the server did not take one."""
+        ``failed()`` when the server did not take one; ``trace_writes``
+        (``--trace-writes``): each batch write in a span of its own (``tracing``)."""
         self.outbox, self.store, self.channel = outbox, store, channel
+        self.trace_writes = trace_writes
         self._written, self._failed = written, failed
         self.wanted = asyncio.Event()  # set (from the loop) when the outbox has something
         self._notes_wanted = asyncio.Event()
@@ -286,9 +293,10 @@ class OutboxWriter:
         try:
             while ops or workflows:
                 try:
-                    await self.store.add_workflows(workflows)
-                    workflows = []
-                    await self.store.write(ops)
+                    with tracing.write(self.trace_writes, "write", "settle", self._traced(ops)):
+                        await self.store.add_workflows(workflows)
+                        workflows = []
+                        await self.store.write(ops)
                     self.outbox.written(ops)
                     self._written()
                     break
@@ -312,6 +320,12 @@ class OutboxWriter:
         if notes:  # after the writes they announce
             self.notes.extend(notes)
             self._notes_wanted.set()
+
+    def _traced(self, ops: list[Write]) -> dict[str, str | int | bool]:
+        """The attributes of a batch write's span (``--trace-writes``)."""
+        if not self.trace_writes:
+            return {}
+        return {"qworker.worker.id": self.outbox.worker_id, "qworker.write.count": len(ops)}
 
     def _skip_refused(self, ops: list[Write], exc: BulkWriteError) -> list[Write] | None:
         """After a write the server refused, the writes still to make; None to retry all.

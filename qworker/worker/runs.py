@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 from pymongo import UpdateOne
 
-from qworker import fanin
+from qworker import fanin, tracing
 from qworker.errors import JobFailed, Snooze, WorkerFailed
 from qworker.job import Job
 from qworker.lifecycle import EXPIRED_REASON, Outcome, overdue, owned, refusal, release
@@ -139,6 +139,11 @@ class Runs:
         log.info("job expired", job_id=job.id, task=job.task, deadline=str(job.doc["expiresAt"]))
 
     async def _run(self, running: Running) -> None:
+        """A run, in its trace span (``tracing``) when the application traces."""
+        with tracing.run(running.job, self.engine.worker_id) as span:
+            await self._traced(running, span)
+
+    async def _traced(self, running: Running, span: tracing.RunSpan) -> None:
         job, meta = running.job, running.meta
         timeout = job.doc.get("timeout") or meta.timeout
         started = time.monotonic()
@@ -149,15 +154,15 @@ class Runs:
         try:
             await self._inputs(job)
             for observer in hooks.before:
-                await call(observer, job)
-            handler = hooks.handlers[meta.id]
+                await call(tracing.bind(observer), job)
+            handler = tracing.bind(hooks.handlers[meta.id])  # the span, current in its thread
             result = check_json(
                 await execute(handler, job, meta, timeout, self.outbox, self.engine),
                 "the handler's return value",
             )
             observed = True
             for observer in hooks.after:
-                await call(observer, job, result, None)
+                await call(tracing.bind(observer), job, result, None)
             outcome = Outcome(JobState.SUCCEEDED, result=result)
         except asyncio.CancelledError:
             if running.stop_reason != "cancel":
@@ -177,6 +182,7 @@ class Runs:
             if not observed:
                 await self._observe_failure(job, snooze)
         except Exception as exc:
+            span.failed(exc)
             outcome = self._failure(
                 running, exc, "timeout" if isinstance(exc, JobTimeout) else None
             )
@@ -187,6 +193,7 @@ class Runs:
         if job.cancelled and running.stop_reason == "cancel":
             outcome = Outcome(JobState.CANCELLED)
         self._count(outcome)
+        span.ended(outcome.state.value, outcome.retry_at is not None, outcome.reason)
         self.outbox.finish(job, outcome, meta.retention)
         getattr(log, _level(outcome))(
             _ended(outcome),
@@ -206,7 +213,7 @@ class Runs:
     async def _observe_failure(self, job: Job, exc: BaseException) -> None:
         for observer in self.registry.after:
             try:
-                await call(observer, job, None, exc)
+                await call(tracing.bind(observer), job, None, exc)
             except Exception:
                 log.exception("after_job observer failed", job_id=job.id)
 
