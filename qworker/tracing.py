@@ -24,16 +24,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.metadata
 import importlib.util
 import inspect
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
-
-    from qworker.job import Job
 
 try:  # whether opentelemetry-api is installed, found without importing it
     available = importlib.util.find_spec("opentelemetry.trace") is not None
@@ -49,6 +48,19 @@ _NOT_STORED = frozenset({"baggage"})  # application data: not kept in job docume
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+class Run(Protocol):
+    """What a run's span reads of its job (a ``qworker.job.Job``)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def task(self) -> str: ...
+    @property
+    def attempt(self) -> int: ...
+    @property
+    def doc(self) -> dict[str, Any]: ...
+
+
 def _loaded() -> bool:
     """True once the application imported ``opentelemetry.trace`` (and it is there)."""
     return sys.modules.get("opentelemetry.trace") is not None
@@ -60,9 +72,11 @@ def _tracer() -> Tracer:
     that uses the provider once set: it can be kept."""
     from opentelemetry import trace
 
-    from qworker import __version__
-
-    return trace.get_tracer(INSTRUMENTATION, __version__)
+    try:
+        version = importlib.metadata.version("qworker")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout, not installed
+        version = None
+    return trace.get_tracer(INSTRUMENTATION, version)
 
 
 # -- enqueue ------------------------------------------------------------------
@@ -132,16 +146,15 @@ class _Traced(RunSpan):
         self.error: str | None = None
 
     def failed(self, exc: BaseException) -> None:
-        from qworker.worker.runner import HandlerError  # a child process's failure
-
-        if isinstance(exc, HandlerError):
-            self.error = exc.kind
+        kind = getattr(exc, "kind", None)
+        if isinstance(kind, str):  # a child process's failure (``runner.HandlerError``)
+            self.error = kind
             self.span.record_exception(
                 exc,
                 attributes={
-                    "exception.type": exc.kind,
-                    "exception.message": exc.message,
-                    "exception.stacktrace": exc.trace,
+                    "exception.type": kind,
+                    "exception.message": str(getattr(exc, "message", "")),
+                    "exception.stacktrace": str(getattr(exc, "trace", "")),
                 },
             )
         else:
@@ -161,7 +174,7 @@ class _Traced(RunSpan):
 
 
 @contextlib.contextmanager
-def run(job: Job, worker_id: str) -> Iterator[RunSpan]:
+def run(job: Run, worker_id: str) -> Iterator[RunSpan]:
     """The span of one run of ``job``, current within the block.
 
     Its parent is the context stored at enqueue, and it links to it too: the
