@@ -124,6 +124,10 @@ class Channel:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def silent_for(self) -> float:
+        """Seconds since the subscriber last caught up (it does about every second)."""
+        return (datetime.now(UTC) - self.position).total_seconds()
+
     async def _check_window(self, since: datetime) -> datetime:
         """Where to resume: ``since``, unless the capped window rolled past it."""
         oldest = await self.collection.find_one({}, {"_id": 1}, sort=[("$natural", 1)])

@@ -59,6 +59,10 @@ class WorkerSettings:
     channel_size: int = CHANNEL_BYTES
     metrics: str | None = None  # HOST:PORT of this worker's own /metrics
     trace_writes: bool = False  # claims and outbox writes in spans of their own (tracing)
+    health: str | None = None  # HOST:PORT of this worker's /healthz and /readyz
+    watchdog: float = 60.0  # seconds stalled or deaf before it exits (0: never)
+    max_jobs: int | None = None  # recycle after claiming this many
+    max_memory: float | None = None  # recycle past this resident memory, in MB
     sources: Mapping[str, str] = field(default_factory=dict)
 
 

@@ -110,8 +110,11 @@ def stopping(status: str, within: float | None = None) -> bool:
     return notify(*states)
 
 
-async def supervise(status: Callable[[], str] | None = None) -> None:
-    """Until cancelled: ``WATCHDOG=1`` at ``watchdog_interval()``, ``STATUS=`` when it changes.
+async def supervise(
+    status: Callable[[], str] | None = None, healthy: Callable[[], bool] | None = None
+) -> None:
+    """Until cancelled: ``WATCHDOG=1`` at ``watchdog_interval()`` (while ``healthy()``, if
+    given), ``STATUS=`` when it changes.
 
     Returns at once outside systemd. Start it with the daemon's other tasks
     and cancel it with them.
@@ -127,7 +130,7 @@ async def supervise(status: Callable[[], str] | None = None) -> None:
     while True:
         states = []
         now = loop.time()
-        if ping_every is not None and now >= next_ping:
+        if ping_every is not None and now >= next_ping and (healthy is None or healthy()):
             states.append("WATCHDOG=1")
             next_ping = now + ping_every
         if status is not None:

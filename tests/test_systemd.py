@@ -22,10 +22,10 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 import pytest
@@ -43,6 +43,8 @@ from qworker.cli.worker import main as worker_main
 from qworker.config import WorkerSettings
 from qworker.manager.daemon import ManagerSettings
 from qworker.protocol import DEAD_AFTER_PINGS
+
+T = TypeVar("T")
 
 UNITS = REPO / "deploy" / "systemd"
 ENV_EXAMPLES = REPO / "deploy" / "env"
@@ -228,6 +230,25 @@ def test_the_watchdog_interval_is_half_the_period_and_ours_only(
     assert systemd.watchdog_interval() == expected
 
 
+def read_while(notifications: Notifications, scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``scenario``, reading the messages as they arrive from a thread (the loop
+    under test may block), so that each is stamped when it was sent."""
+    done = threading.Event()
+
+    def read_until_done() -> None:
+        while not done.is_set():
+            notifications.read(0.05)
+
+    reader = threading.Thread(target=read_until_done)
+    reader.start()
+    try:
+        return asyncio.run(scenario())
+    finally:
+        done.set()
+        reader.join()
+        notifications.drain()
+
+
 def test_the_watchdog_pings_only_while_the_event_loop_runs(
     clean_env: Any, notifications: Notifications
 ) -> None:
@@ -247,21 +268,7 @@ def test_the_watchdog_pings_only_while_the_event_loop_runs(
         await asyncio.gather(task, return_exceptions=True)
         return blocked_from, blocked_until
 
-    # Read as the messages arrive, from a thread: the loop under test blocks.
-    done = threading.Event()
-
-    def read_until_done() -> None:
-        while not done.is_set():
-            notifications.read(0.05)
-
-    reader = threading.Thread(target=read_until_done)
-    reader.start()
-    try:
-        blocked_from, blocked_until = asyncio.run(scenario())
-    finally:
-        done.set()
-        reader.join()
-    notifications.drain()
+    blocked_from, blocked_until = read_while(notifications, scenario)
     pings = notifications.times_of("WATCHDOG=1")
     assert len([t for t in pings if t < blocked_from]) >= 4
     # Received while blocked would mean a ping not sent from the loop.
@@ -269,6 +276,33 @@ def test_the_watchdog_pings_only_while_the_event_loop_runs(
     assert len([t for t in pings if t > blocked_until]) >= 3
     # The status is sent when it changes, not with every ping.
     assert notifications.statuses() == ["starting", "busy"]
+
+
+def test_the_watchdog_is_fed_only_while_the_daemon_says_it_is_healthy(
+    clean_env: Any, notifications: Notifications
+) -> None:
+    clean_env.setenv("NOTIFY_SOCKET", notifications.address)
+    clean_env.setenv("WATCHDOG_USEC", "200000")  # pings every 0.1 s
+    healthy = [True]
+
+    async def scenario() -> tuple[float, float]:
+        task = asyncio.create_task(systemd.supervise(None, lambda: healthy[0]))
+        await asyncio.sleep(0.45)
+        healthy[0] = False
+        sick_from = time.monotonic()
+        await asyncio.sleep(0.6)
+        sick_until = time.monotonic()
+        healthy[0] = True
+        await asyncio.sleep(0.45)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        return sick_from, sick_until
+
+    sick_from, sick_until = read_while(notifications, scenario)
+    pings = notifications.times_of("WATCHDOG=1")
+    assert len([t for t in pings if t < sick_from]) >= 3
+    assert not [t for t in pings if sick_from + 0.05 < t < sick_until], pings
+    assert len([t for t in pings if t > sick_until]) >= 3
 
 
 # -- the daemons -------------------------------------------------------------
@@ -431,7 +465,7 @@ def test_the_worker_unit_matches_the_worker() -> None:
     # Two missed pings of the default interval make a worker dead; restart after that.
     ping = ManagerSettings(mongo="").ping_interval
     assert _seconds(service["RestartSec"]) > DEAD_AFTER_PINGS * ping
-    assert service["Restart"] == "on-failure"
+    assert service["Restart"] == "always"  # a recycled worker exits 0 and must come back
     assert service["RestartPreventExitStatus"].split() == ["3"]
     assert _seconds(service["WatchdogSec"]) >= 10
 

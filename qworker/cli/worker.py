@@ -148,6 +148,37 @@ def _option(*decls: str, name: str, **kwargs: Any) -> Callable[[F], F]:
     default=False,
     help="With OpenTelemetry (qworker[otel]): a span for each claim and each batch of writes.",
 )
+@_option(
+    "--health",
+    name="health",
+    default=None,
+    help="HOST:PORT to answer /healthz (alive) and /readyz (ready) on  [default: none]",
+)
+@_option(
+    "--watchdog",
+    name="watchdog",
+    type=Seconds(min=0),
+    default=60.0,
+    show_default=True,
+    help="Exit non-zero (5) when claims stall with due jobs and free slots, or a wake-up "
+    "stream is dead while MongoDB answers, for this long (at least 10 poll intervals; "
+    "0: never).",
+)
+@_option(
+    "--max-jobs",
+    name="max_jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Recycle after claiming this many jobs: finish them, then exit 0  [default: never]",
+)
+@_option(
+    "--max-memory",
+    name="max_memory",
+    type=click.FloatRange(min=1),
+    default=None,
+    help="Recycle once resident memory passes this many MB: stop claiming, finish the "
+    "running jobs, exit 0  [default: never]",
+)
 @_option("-v", "--verbose", name="verbose", count=True, help="More logging (-vv for libraries).")
 @_option(
     "--log-format",
@@ -184,6 +215,10 @@ def main(ctx: click.Context, /, task: tuple[str, ...], print_config: bool, **opt
         channel_size=opts["channel_size"],
         metrics=opts["metrics"],
         trace_writes=opts["trace_writes"],
+        health=opts["health"],
+        watchdog=opts["watchdog"],
+        max_jobs=opts["max_jobs"],
+        max_memory=opts["max_memory"],
         sources=sources(ctx),
     )
     if print_config:

@@ -40,6 +40,7 @@ from qworker.errors import (
     ScheduleNotFound,
     ScheduleOwnedByTask,
 )
+from qworker.health import Health
 from qworker.manager.events import CLOSED, EventHub
 from qworker.manager.httpguard import EVENTS_COOKIE, SECURE_EVENTS_COOKIE, Guard, Rules, events_pass
 from qworker.manager.metrics import Metrics
@@ -151,15 +152,21 @@ class ScheduleIn(BaseModel):
     replace: bool = Field(True, description="Replace a schedule of the same name, or 409.")
 
 
+def _probe(status: int, body: dict[str, Any]) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+
+
 def create_app(
     client: Client,
     hub: EventHub | None = None,
     token: str | None = None,
     metrics: Metrics | None = None,
     hosts: Iterable[str] = (),
+    probes: Health | None = None,
 ) -> FastAPI:
     """The ASGI app; ``token``, when given, is required on every API request (see
-    ``httpguard``), and ``hosts`` are the names it answers for besides loopback's."""
+    ``httpguard``), ``hosts`` are the names it answers for besides loopback's, and
+    ``probes`` what ``/healthz`` and ``/readyz`` say (``qworker.health``)."""
     hub = hub or EventHub()
     metrics = metrics or Metrics(client)
     app = FastAPIOffline(  # Swagger UI's assets come from that package: no CDN
@@ -183,6 +190,18 @@ def create_app(
         """200 while MongoDB answers (within a few seconds), else 503 naming the cause."""
         await run(client.ping)
         return {"ok": True}
+
+    probe_of = probes or Health()
+
+    @app.get("/healthz", tags=["fleet"], responses={503: {"description": "the loop was blocked"}})
+    async def healthz() -> Any:
+        """200 while this manager's event loop turns; answered from memory."""
+        return _probe(*probe_of.answer("/healthz"))
+
+    @app.get("/readyz", tags=["fleet"], responses={503: {"description": "not ready, and why"}})
+    async def readyz() -> Any:
+        """200 while MongoDB answered this manager within its last lease; from memory."""
+        return _probe(*probe_of.answer("/readyz"))
 
     @app.get("/api/overview", tags=["fleet"])
     async def overview(window: Annotated[float, Query(gt=0, le=86_400)] = 60.0) -> Any:

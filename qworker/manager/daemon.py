@@ -15,6 +15,7 @@ import re
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from qworker.channel import Channel
 from qworker.config import parse_bind
 from qworker.errors import TaskDefinitionError
 from qworker.fleet import kept_until
+from qworker.health import Health
 from qworker.logs import Throttle
 from qworker.manager.deadlines import Deadlines
 from qworker.manager.definitions import Conflicts, differences, refusal
@@ -94,6 +96,9 @@ class Manager:
         self.throttle = Throttle(log)
         self._scheduler_thread = ThreadPoolExecutor(1, thread_name_prefix="qworker-scheduler")
         self.pings = Pings(self.throttle)
+        self.health = Health()
+        self.answered_at: float | None = None  # MongoDB's last answer to the lease (monotonic)
+        self.health.check("mongodb", self._unanswered)
 
     async def run(self) -> int:
         url = resolve_url(self.settings.mongo)
@@ -116,6 +121,7 @@ class Manager:
         events = {*protocol.TO_MANAGER, *WATCHED, protocol.SCHEDULES_CHANGED}
         listener = asyncio.create_task(self.channel.subscribe(events, self._on_message, listening))
         supervisor = asyncio.create_task(systemd.supervise(self.status_line))
+        ticker = asyncio.create_task(self.health.tick())
         await listening.wait()
         try:
             async with self._http(url) as http:
@@ -127,9 +133,9 @@ class Manager:
                 )
                 await self._lead()
         finally:
-            listener.cancel()
-            supervisor.cancel()
-            await asyncio.gather(listener, supervisor, return_exceptions=True)
+            for task in (listener, supervisor, ticker):
+                task.cancel()
+            await asyncio.gather(listener, supervisor, ticker, return_exceptions=True)
             await self.sinks.stop()
             await self._scheduling(self.scheduler.stop)
             with contextlib.suppress(PyMongoError):
@@ -156,7 +162,7 @@ class Manager:
             Client, url, self.settings.prefix, self.settings.channel_size
         )
         hosts = [parse_bind(self.settings.http)[0], *self.settings.allowed_hosts]
-        app = create_app(client, self.hub, self.settings.api_token, hosts=hosts)
+        app = create_app(client, self.hub, self.settings.api_token, hosts=hosts, probes=self.health)
         server = WebServer(app, sock)
         task = asyncio.create_task(server.serve())
         try:
@@ -184,6 +190,7 @@ class Manager:
         while not self._stop.is_set():
             try:
                 leading = await self.leadership.hold()
+                self.answered_at = time.monotonic()
                 now = utcnow()
                 if (leading and not self.leading) or now - self._last_round > gap:
                     self._watching_since = now  # newly leading, or away (outage, stall)
@@ -208,6 +215,13 @@ class Manager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), every)
         systemd.stopping("stopping: handing over the lease" if self.leading else "stopping")
+
+    def _unanswered(self) -> str | None:
+        """Readiness (``/readyz``): MongoDB answered within the last lease."""
+        answered = self.answered_at
+        if answered is None or time.monotonic() - answered > self.settings.lease:
+            return "MongoDB has not answered within the last lease"
+        return None
 
     async def _scheduling(self, work: Callable[..., Any], *args: Any) -> Any:
         """The scheduler's blocking work, in a thread of its own: the API's calls, which

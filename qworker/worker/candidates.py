@@ -187,5 +187,21 @@ class Candidates:
             self._keys.pop(job_id, None)
             self._lost.discard(job_id)
 
+    def any_takeable(
+        self,
+        now: datetime,
+        room: Callable[[str], int],
+        lane_room: Callable[[str, str | None], int],
+    ) -> bool:
+        """Whether one due candidate has room (the watchdog's question; nothing is taken)."""
+        return any(
+            key[2] <= now
+            and key[4] not in self._lost
+            and room(task) > 0
+            and lane_room(task, part) > 0
+            for key, task, part in self._heap
+            if self._keys.get(key[4]) == key
+        )
+
     def next_due(self) -> datetime | None:
         return min((key[2] for key in self._keys.values()), default=None)

@@ -12,7 +12,9 @@ import contextlib
 import os
 import signal
 import socket
+import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -27,6 +29,8 @@ from qworker.channel import Channel, message
 from qworker.config import WorkerSettings
 from qworker.errors import TaskDefinitionError, WorkerFailed
 from qworker.fleet import Listing
+from qworker.health import Health
+from qworker.health import serve as serve_health
 from qworker.model import JobState
 from qworker.mongo import Names, async_client, close_async, resolve_url
 from qworker.operations import run_async
@@ -42,10 +46,12 @@ from qworker.worker.leases import Leases
 from qworker.worker.membership import Membership
 from qworker.worker.outbox import Outbox, OutboxWriter
 from qworker.worker.pauses import Pauses
+from qworker.worker.recycling import Recycling
 from qworker.worker.runs import Counters, Runs
 from qworker.worker.stopping import Stopping
 from qworker.worker.taskapi import TaskHandle, TaskSetup, run_setup
 from qworker.worker.threads import call
+from qworker.worker.watchdog import WATCHDOG_EXIT, Watchdog
 from qworker.workflows import Built
 
 log = structlog.get_logger("qworker.worker")
@@ -91,6 +97,8 @@ class Worker:
         )
         self.stopping = Stopping(settings.grace, self.runs, self._wake.set)
         self.failure: str | None = None  # why task code stopped the worker (worker.fail)
+        self.health = Health()
+        self.recycling = Recycling(settings.max_jobs, settings.max_memory)
 
     # -- loading ---------------------------------------------------------
 
@@ -167,15 +175,6 @@ class Worker:
         events = [protocol.JOB_QUEUED, protocol.JOB_CANCEL, protocol.TASK_CONTROL]
         if self.membership is not None:
             events += self.membership.events()
-        background = [
-            asyncio.create_task(self.writer.flush_loop()),
-            asyncio.create_task(self.writer.publish_loop()),
-            asyncio.create_task(self.leases.keep()),
-            asyncio.create_task(self.channel.subscribe(events, self._on_message, listening)),
-            asyncio.create_task(systemd.supervise(self.status_line)),
-            asyncio.create_task(self.pauses.keep()),
-            asyncio.create_task(self.gates.keep()),
-        ]
         feed = JobFeed(
             self.store.jobs,
             self.metas,
@@ -185,8 +184,26 @@ class Worker:
             self.cancel_job,
             self.claims.partition_fields,
         )
-        if self.settings.watch_jobs and await feed.open():
-            background.append(asyncio.create_task(feed.run()))
+        watching = self.settings.watch_jobs and await feed.open()
+        self.watchdog = self._watchdog(feed if watching else None)
+        probes = (
+            await serve_health(self.settings.health, self.health) if self.settings.health else None
+        )
+        background = [
+            asyncio.create_task(self.writer.flush_loop()),
+            asyncio.create_task(self.writer.publish_loop()),
+            asyncio.create_task(self.leases.keep()),
+            asyncio.create_task(self.channel.subscribe(events, self._on_message, listening)),
+            asyncio.create_task(systemd.supervise(self.status_line, self._healthy)),
+            asyncio.create_task(self.pauses.keep()),
+            asyncio.create_task(self.gates.keep()),
+            asyncio.create_task(self.health.tick()),
+            asyncio.create_task(
+                self.watchdog.keep(self.settings.poll_interval, self._watchdog_fired)
+            ),
+            asyncio.create_task(self._watch_recycling()),
+            *([asyncio.create_task(feed.run())] if watching else []),
+        ]
         try:
             await asyncio.wait_for(listening.wait(), 10)
         except TimeoutError:
@@ -212,6 +229,8 @@ class Worker:
             await cancel_and_wait(others)
             await self.gates.flush()
             await self._run_hooks(*self._task_hooks(hooks.task_finalizers), hooks.finalizers)
+            if probes is not None:
+                probes.close()
             await close_async(client)
         c = self.counters
         log.info(
@@ -222,9 +241,13 @@ class Worker:
             retried=c.retried,
             cancelled=c.cancelled,
             released=c.released,
+            recycled=self.recycling.reason,
+            watchdog=self.watchdog.fired,
         )
         if self.refused:
             return REFUSED_FOR_NOW if self.membership and self.membership.refused_for_now else 3
+        if self.watchdog.fired:
+            return WATCHDOG_EXIT
         return 1 if self.failure else 0
 
     @property
@@ -282,10 +305,11 @@ class Worker:
 
     async def _claim_loop(self) -> None:
         while not self.stopping.asked:
+            self.watchdog.turn()
             if self.membership is not None and not self.membership.accepted.is_set():
                 await self._wait(self.settings.poll_interval)  # not accepted, or paused
                 continue
-            free = self._free()
+            free = min(self._free(), self.recycling.room())
             if free <= 0:
                 await self._wait(self.settings.poll_interval)
                 continue
@@ -326,10 +350,70 @@ class Worker:
         if not admitted:
             return
         docs = await self.claims.claim([pick.id for pick in admitted], token, now, solo)
+        self.recycling.claimed(len(docs))
         await self.gates.unclaimed(admitted, docs, token)
         for doc in docs:
             if not self.runs.start(doc):
                 self.gates.ended(doc)  # ended without running (malformed, expired, doomed)
+
+    # -- health, watchdog, recycling ----------------------------------------
+
+    def _watchdog(self, feed: JobFeed | None) -> Watchdog:
+        """The worker's watch over itself; its readiness checks beside it (``health``)."""
+        lease = self.settings.lease
+        wakeups: dict[str, Callable[[], float | None]] = {"channel tail": self.channel.silent_for}
+        if feed is not None:
+            wakeups["change stream on jobs"] = lambda: time.monotonic() - feed.alive_at
+        watchdog = Watchdog(
+            self.settings.watchdog,
+            self.settings.poll_interval,
+            lease,
+            self._could_claim,
+            lambda: self.leases.answered_at,
+            wakeups,
+        )
+        accepted = self.membership.accepted if self.membership is not None else None
+        self.health.check(
+            "manager",
+            lambda: None if accepted is None or accepted.is_set() else "not accepted by a manager",
+        )
+        self.health.check("mongodb", self._unanswered)
+        self.health.check("claims", watchdog.problem)
+        self.health.check("stopping", lambda: "stopping" if self.stopping.asked else None)
+        return watchdog
+
+    def _unanswered(self) -> str | None:
+        answered = self.leases.answered_at
+        silent = None if answered is None else time.monotonic() - answered
+        if silent is None or silent > self.settings.lease:
+            return "MongoDB has not answered within the last lease"
+        return None
+
+    def _could_claim(self) -> bool:
+        """Due candidates with room, and free slots: what a turning claim loop would take."""
+        accepted = self.membership is None or self.membership.accepted.is_set()
+        free = min(self._free(), self.recycling.room()) > 0
+        takeable = self.claims.candidates.any_takeable(utcnow(), self._room, self.gates.room)
+        return accepted and free and not self.stopping.asked and takeable
+
+    def _healthy(self) -> bool:
+        """What systemd's watchdog is fed on: no rule of the worker's own watchdog fires."""
+        return self.watchdog.problem() is None
+
+    def _watchdog_fired(self, reason: str) -> None:
+        log.error("watchdog: the worker must be started anew; stopping", reason=reason)
+        self.request_stop()
+
+    async def _watch_recycling(self) -> None:
+        """Recycle once past ``--max-jobs`` or ``--max-memory`` (``recycling``)."""
+        while self.recycling.reason is None:
+            reason = self.recycling.due()
+            if reason is not None:
+                self.recycling.reason = reason
+                log.info("worker recycling: finishing its jobs, then exiting", reason=reason)
+                self.request_stop()
+                return
+            await asyncio.sleep(min(self.settings.poll_interval, 1.0))
 
     def _free(self) -> int:
         """Slots to claim for. Outcomes still to be written hold theirs beyond one batch:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -53,6 +54,7 @@ class JobFeed:
         self.on_jobs, self.on_requeued, self.on_cancel = on_jobs, on_requeued, on_cancel
         self._stream: AsyncChangeStream[Doc] | None = None
         self._token: Any = None
+        self.alive_at = time.monotonic()  # the stream's last answer, an event or none
 
     async def open(self) -> bool:
         """Open the stream; False where the server has no change streams (said in the log)."""
@@ -88,6 +90,7 @@ class JobFeed:
     async def _deliver(self, stream: AsyncChangeStream[Doc]) -> None:
         while True:
             event = await stream.try_next()
+            self.alive_at = time.monotonic()
             self._token = stream.resume_token
             if event is None:
                 continue

@@ -45,6 +45,7 @@ class Leases:
         self.store, self.lease = store, lease
         self._held, self._cancel, self._recovered, self._upkeep = held, cancel, recovered, upkeep
         self._reachable_since: float | None = None  # monotonic; None after a failed write
+        self.answered_at: float | None = time.monotonic()  # MongoDB's last answer (renewal)
 
     def unreachable(self) -> None:
         """A write failed: the server must answer for a whole lease again before
@@ -62,6 +63,7 @@ class Leases:
                 held = list(self._held())
                 for job_id in await self.store.renew(held, until):
                     self._cancel(job_id)
+                self.answered_at = time.monotonic()
                 recovered = await self._take_back_expired(now, held)
             except PyMongoError as exc:
                 check_cancelled()
