@@ -16,8 +16,6 @@ import contextlib
 import io
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -31,7 +29,7 @@ from bson import ObjectId, json_util
 from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 from pymongo import AsyncMongoClient
-from support.processes import REPO
+from support.processes import REPO, printed_config
 
 from qworker import Client, systemd
 from qworker.cli.manager import main as manager_main
@@ -307,16 +305,7 @@ def test_the_worker_container_runs_qworker_with_real_options(tmp_path: Path) -> 
             env[item["name"]] = item["value"]
     assert {k for k in env if k.startswith("QWORKER_")} <= envvars
     args = [re.sub(r"\$\((\w+)\)", lambda m: env[m[1]], arg) for arg in spec["args"][1:]]
-    done = subprocess.run(
-        [sys.executable, "-m", "qworker.cli.worker", *args, "--print-config"],
-        env={"PATH": "/usr/bin:/bin", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    rows = {line.split()[0]: line for line in done.stdout.splitlines()}
+    rows = printed_config(args, {"PATH": "/usr/bin:/bin", **env}, tmp_path)
     assert f'"{POD_NAME}"' in rows["id"]
     assert f'["{TASK}"]' in rows["tasks"]
     assert '["/etc/qworker/tasks"]' in rows["paths"]

@@ -17,7 +17,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -33,7 +32,7 @@ import structlog
 from support.effects import effects_env
 from support.jobs import wait_finished
 from support.logs import wait_accepted, wait_leading
-from support.processes import REPO, WorkerProcess
+from support.processes import REPO, WorkerProcess, printed_config
 from support.waits import wait_for
 
 from qworker import Client, systemd
@@ -509,16 +508,7 @@ def test_the_example_worker_env_files_are_read_as_documented(tmp_path: Path) -> 
     env["QWORKER_PATHS"] += ":/srv/more-tasks"
     env.pop("QWORKER_STANDALONE")
     clean = {k: v for k, v in os.environ.items() if not k.startswith("QWORKER_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "qworker.cli.worker", "--id", "w1", "--print-config"],
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
-    rows = {line.split()[0]: line for line in done.stdout.splitlines()}
+    rows = printed_config(["--id", "w1"], {**clean, **env}, tmp_path)
     assert '["send-report", "hello"]' in rows["tasks"] and "environment" in rows["tasks"]
     assert '["/opt/qworker/tasks", "/srv/more-tasks"]' in rows["paths"]
     assert '"w1"' in rows["id"] and "flag" in rows["id"]

@@ -70,6 +70,20 @@ def qworker_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "qworker.cli.worker", *args]
 
 
+def printed_config(args: list[str], env: dict[str, str], cwd: Path) -> dict[str, str]:
+    """``qworker ARGS --print-config`` under exactly ``env``: each setting's line, by name."""
+    done = subprocess.run(
+        [sys.executable, "-m", "qworker.cli.worker", *args, "--print-config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+    )
+    assert done.returncode == 0, done.stderr
+    return {line.split()[0]: line for line in done.stdout.splitlines()}
+
+
 def process_env(**more: str) -> dict[str, str]:
     """The environment of a spawned qworker process: unbuffered output, and
     ``tests/`` importable (test tasks import the side-effect log, tests/support/effects.py)."""
