@@ -147,7 +147,10 @@ def test_an_outcome_waiting_out_an_outage_is_not_taken_for_a_lost_run(
     ready(worker)
     job_id = client.now("chaos_sleep", {"sleep": 1})
     oid = _oids([job_id])[0]
-    wait_for(lambda: db.jobs.find_one({"_id": oid, "state": "running"}), 30, "the job to start")
+    # The handler's own start, not the job's state: a claim is an update and then a read of
+    # what it took, and a server frozen between the two leaves the job running in MongoDB
+    # but unknown to the worker (taken back after its lease), with no outcome to retry.
+    wait_logged(worker, "job started", 30)
     server = mongo_server.process
     server.send_signal(signal.SIGSTOP)
     try:
