@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
@@ -28,23 +28,25 @@ from qworker import (
     fleet,
     limits,
     protocol,
+    stats,
     store,
     streams,
     workflows,
     workflowstore,
 )
 from qworker.aio import cancel_and_wait
+from qworker.bulk import Bulk
 from qworker.channel import Channel
 from qworker.client import (
     PING_SECONDS,
     WATCH_AWAIT_MS,
     Client,
     Waiting,
-    listing,
     purge_finished,
     wakeup_mode,
 )
 from qworker.errors import ConfigError
+from qworker.jobfilter import JobFilter
 from qworker.model import UniqueOption
 from qworker.mongo import CHANNEL_BYTES, Names, async_database, close_async
 from qworker.operations import Operation, run_async
@@ -320,10 +322,29 @@ class AsyncClient:
         worker: str | None = None,
         since: str | datetime | None = None,
         until: str | datetime | None = None,
+        finished_since: str | datetime | None = None,
+        finished_until: str | datetime | None = None,
+        data_field: str | None = None,
+        data_value: Any = None,
+        error: str | None = None,
+        sort: str = "created",
+        order: str = "desc",
     ) -> list[Doc]:
-        """Jobs newest first, without their logs (see ``Client.jobs``)."""
-        query = listing(state, task, text, worker, since, until)
-        return await self._run(store.find(query, limit=limit, skip=skip), None)
+        """Jobs without their logs, newest first or as ``sort`` says (see ``Client.jobs``)."""
+        query = JobFilter(
+            state=state,
+            task=task,
+            text=text,
+            worker=worker,
+            since=since,
+            until=until,
+            finished_since=finished_since,
+            finished_until=finished_until,
+            data_field=data_field,
+            data_value=data_value,
+            error=error,
+        ).query()
+        return await self._run(store.find(query, limit, skip, sort, order), None)
 
     async def count_jobs(
         self,
@@ -334,9 +355,46 @@ class AsyncClient:
         worker: str | None = None,
         since: str | datetime | None = None,
         until: str | datetime | None = None,
+        finished_since: str | datetime | None = None,
+        finished_until: str | datetime | None = None,
+        data_field: str | None = None,
+        data_value: Any = None,
+        error: str | None = None,
     ) -> int:
-        query = listing(state, task, text, worker, since, until)
+        query = JobFilter(
+            state=state,
+            task=task,
+            text=text,
+            worker=worker,
+            since=since,
+            until=until,
+            finished_since=finished_since,
+            finished_until=finished_until,
+            data_field=data_field,
+            data_value=data_value,
+            error=error,
+        ).query()
         return await self._run(store.count(query), None)
+
+    async def bulk(
+        self,
+        action: str,
+        ids: Sequence[str] | None = None,
+        filter: JobFilter | Mapping[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> Doc:
+        """Retry, cancel or delete many jobs: by ids or a filter (see ``Client.bulk``)."""
+        job = Bulk(action, ids, filter, utcnow())
+        if dry_run:
+            return await self._run(job.count(), None)
+        while (batch := await self._run(job.next(), None)) is not None:
+            await self._hint(
+                protocol.JOB_QUEUED, protocol.queued(batch.queued), bool(batch.queued), None
+            )
+            for job_id in batch.asked:
+                await self._hint(protocol.JOB_CANCEL, {"jobId": job_id}, True, None)
+        return job.result()
 
     async def delete(self, job_id: str) -> Doc:
         """Delete a job that is not running, and return it."""
@@ -381,9 +439,22 @@ class AsyncClient:
         """The worker registry (see ``Client.workers``)."""
         return await self._run(fleet.workers(state), None)
 
+    async def stop_worker(self, worker_id: str) -> Doc:
+        """Ask a running worker to stop gracefully (see ``Client.stop_worker``)."""
+        asked = await self._run(fleet.ask_stop(worker_id, utcnow()), None)
+        body = {"nonce": asked["nonce"]}
+        await self._hint(protocol.stop(worker_id), body, not asked["alreadyAsked"], None, True)
+        return {key: value for key, value in asked.items() if key != "nonce"}
+
     async def tasks(self) -> list[Doc]:
         """Every task, with its jobs counted by state (see ``Client.tasks``)."""
         return await self._run(fleet.tasks(), None)
+
+    async def task_charts(
+        self, window: float = 3600.0, buckets: int = 60, *, task: str | None = None
+    ) -> Doc:
+        """Per task and bucket: succeeded, failed, wait p50/p95 (see ``Client.task_charts``)."""
+        return await self._run(stats.task_charts(window, buckets, task), None)
 
     # -- recurring schedules ---------------------------------------------
     # APScheduler 3's job store is blocking: these run ``Client``'s in a thread.
@@ -411,6 +482,10 @@ class AsyncClient:
 
     async def resume_schedule(self, name: str) -> Doc:
         return await self._scheduling(lambda c: c.resume_schedule(name))
+
+    async def run_schedule_now(self, name: str) -> Doc:
+        """Fire schedule ``name`` once, now (see ``Client.run_schedule_now``)."""
+        return await self._scheduling(lambda c: c.run_schedule_now(name))
 
     async def remove_schedule(self, name: str) -> None:
         await self._scheduling(lambda c: c.remove_schedule(name))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
 from types import TracebackType
@@ -28,13 +28,17 @@ from qworker import (
     fleet,
     limits,
     protocol,
+    stats,
     store,
     streams,
     workflows,
     workflowstore,
 )
+from qworker.bulk import Bulk
 from qworker.channel import publish_sync
-from qworker.errors import InvalidJobError, ScheduleNotFound, ScheduleOwnedByTask
+from qworker.errors import InvalidJobError, ScheduleBusy, ScheduleNotFound, ScheduleOwnedByTask
+from qworker.jobfilter import JobFilter
+from qworker.manager.scheduler import Firing, run_now_key
 from qworker.model import FINISHED_STATES, Expires, JobState, UniqueOption
 from qworker.mongo import CHANNEL_BYTES, Names
 from qworker.mongo import sync_database as open_database
@@ -42,7 +46,7 @@ from qworker.operations import Operation, run
 from qworker.schedules import Schedule, ScheduleBook, make_schedule
 from qworker.schema import ensure_schema
 from qworker.steps import Step
-from qworker.store import Doc, job_query
+from qworker.store import Doc
 from qworker.transactions import Transactions
 from qworker.wakeups import Wakeups
 from qworker.when import parse_when, utcnow
@@ -430,6 +434,32 @@ class Client:
         self._schedules_changed()
         return view
 
+    def run_schedule_now(self, name: str) -> Doc:
+        """Fire schedule ``name`` once, now, as its trigger would: its task, data and job
+        options, ``scheduleId`` and ``scheduledFor`` set, under its overlap policy
+        (``skip``: refused while the job of its last fire is queued or running;
+        ``buffer-one``: kept ``waiting`` behind it, one at most). A paused schedule runs
+        too; its next fire does not move. The job is the schedule's last job from then
+        on, and its failure counts for ``pause_on_failure`` as a fire's would; its fire
+        key, ``"<name>@<now> run-now <id>"``, is no scheduled fire's, and it has
+        ``runNow: true``. ``{"schedule", "outcome": "queued"|"buffered", "jobId",
+        "fireKey"}``; ``ScheduleBusy`` if the policy skipped it."""
+        schedule = self.schedules.get(name)
+        now = utcnow()
+        key = run_now_key(name, now)
+        fired = self._firing.fire(schedule, now, key, asked=True)
+        self._firing.announce()
+        if not fired.stored:
+            raise ScheduleBusy(f"schedule {name!r} was not run now: {fired.reason}")
+        if fired.outcome == "buffered":
+            self._schedules_changed()  # the leader releases it when the last fire's job ends
+        return {"schedule": name, "outcome": fired.outcome, "jobId": fired.job_id, "fireKey": key}
+
+    @cached_property
+    def _firing(self) -> Firing:
+        """Where this client's "run now" fires go: the leader's own fire path."""
+        return Firing(self._mongo, None, self.names, database=self.db.name)
+
     def remove_schedule(self, name: str) -> None:
         """Delete a schedule; its jobs stay. One from a task's metadata is refused: the
         manager would install it again when a worker defines the task (pause it instead)."""
@@ -480,15 +510,39 @@ class Client:
         worker: str | None = None,
         since: str | datetime | None = None,
         until: str | datetime | None = None,
+        finished_since: str | datetime | None = None,
+        finished_until: str | datetime | None = None,
+        data_field: str | None = None,
+        data_value: Any = None,
+        error: str | None = None,
+        sort: str = "created",
+        order: str = "desc",
     ) -> list[Doc]:
-        """Jobs newest first, without their logs, ``skip`` and ``limit`` for paging.
+        """Jobs without their logs, newest first, ``skip`` and ``limit`` for paging.
 
         ``worker``: jobs that worker runs or ran last. ``since``/``until``
-        bound the creation time: a datetime, an ISO 8601 time, or a duration
-        meaning that long ago (``"2 hours"``, ``"7d"``).
+        bound the creation time, ``finished_since``/``finished_until`` the end of a
+        finished job: a datetime, an ISO 8601 time, or a duration meaning that long
+        ago (``"2 hours"``, ``"7d"``). ``data_field``/``data_value``: a field inside
+        the data and what it holds (``"customer"``, ``"acme"``; ``"42"`` finds the
+        number too). ``error``: text in the failure reason or error message (see
+        ``JobFilter``). ``sort``: ``created``, ``finished`` or ``duration`` (of the
+        last run of a succeeded or failed job); ``order``: ``desc`` or ``asc``.
         """
-        query = listing(state, task, text, worker, since, until)
-        return self._run(store.find(query, limit=limit, skip=skip), None)
+        query = JobFilter(
+            state=state,
+            task=task,
+            text=text,
+            worker=worker,
+            since=since,
+            until=until,
+            finished_since=finished_since,
+            finished_until=finished_until,
+            data_field=data_field,
+            data_value=data_value,
+            error=error,
+        ).query()
+        return self._run(store.find(query, limit, skip, sort, order), None)
 
     def count_jobs(
         self,
@@ -499,9 +553,55 @@ class Client:
         worker: str | None = None,
         since: str | datetime | None = None,
         until: str | datetime | None = None,
+        finished_since: str | datetime | None = None,
+        finished_until: str | datetime | None = None,
+        data_field: str | None = None,
+        data_value: Any = None,
+        error: str | None = None,
     ) -> int:
         """How many jobs ``jobs`` would list without a limit: the total, for paging."""
-        return self._run(store.count(listing(state, task, text, worker, since, until)), None)
+        query = JobFilter(
+            state=state,
+            task=task,
+            text=text,
+            worker=worker,
+            since=since,
+            until=until,
+            finished_since=finished_since,
+            finished_until=finished_until,
+            data_field=data_field,
+            data_value=data_value,
+            error=error,
+        ).query()
+        return self._run(store.count(query), None)
+
+    def bulk(
+        self,
+        action: str,
+        ids: Sequence[str] | None = None,
+        filter: JobFilter | Mapping[str, Any] | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> Doc:
+        """``retry``, ``cancel`` or ``delete`` the jobs of ``ids`` (at most 10,000), or every
+        job ``filter`` matches (the filters of ``jobs`` as a mapping; ``{}`` is every job);
+        ``{"action", "matched", "changed"}``.
+
+        Each action keeps its rules: a retry runs finished jobs again, a cancel stops
+        waiting and queued jobs and asks running ones to stop, a delete spares running
+        jobs; the others are matched but not changed. Over a filter it takes the jobs in
+        batches, newest first, each once, none enqueued (nor, for a retry, finished) after
+        it began. ``dry_run``: nothing changes; ``matched``, and ``eligible``, how many the
+        rule lets it act on (for a confirmation).
+        """
+        job = Bulk(action, ids, filter, utcnow())
+        if dry_run:
+            return self._run(job.count(), None)
+        while (batch := self._run(job.next(), None)) is not None:
+            self._announce(batch.queued, None)
+            if batch.asked:
+                self._cancel_hints(batch.asked, None)
+        return job.result()
 
     def delete(self, job_id: str) -> Doc:
         """Delete a job that is not running, and return it; a running one must be cancelled first.
@@ -534,6 +634,21 @@ class Client:
         """
         return self._run(fleet.workers(state), None)
 
+    def stop_worker(self, worker_id: str) -> Doc:
+        """Ask a running worker, managed or standalone, to stop gracefully, as SIGTERM
+        does: it claims no more jobs, lets its running ones finish within its ``--grace``
+        and exits 0 (a supervisor with ``Restart=always`` starts it again). Recorded on
+        its entry for its instance and sent on the channel; a standalone worker checks
+        its entry before it obeys, and finds the request at its next refresh (a third
+        of its lease) if the message is lost. Once per instance: asked again, it is
+        ``alreadyAsked``. ``WorkerNotFound``, or ``WorkerStateError`` if it is not running.
+        """
+        asked = self._run(fleet.ask_stop(worker_id, utcnow()), None)
+        if not asked["alreadyAsked"]:
+            channel = self.db[self.names.channel]
+            publish_sync(channel, protocol.stop(worker_id), {"nonce": asked["nonce"]})
+        return {key: value for key, value in asked.items() if key != "nonce"}
+
     def tasks(self) -> list[Doc]:
         """Every task announced by workers or named by jobs, with ``jobs`` counted by state.
 
@@ -541,6 +656,17 @@ class Client:
         manager's check of its metadata (None for a task never announced).
         """
         return self._run(fleet.tasks(), None)
+
+    def task_charts(
+        self, window: float = 3600.0, buckets: int = 60, *, task: str | None = None
+    ) -> Doc:
+        """Per task, over the last ``window`` seconds in ``buckets`` buckets (oldest
+        first): ``succeeded`` and ``failed`` (jobs that ended so in each), and the
+        enqueue-to-start wait of those jobs' last runs, ``waitP50`` and ``waitP95``
+        (seconds; None in a bucket without one). The wait counts from the job's
+        creation, or from its due time when later (a delayed job, a retry's backoff).
+        One aggregation over the jobs that ended succeeded or failed (MongoDB 7.0+)."""
+        return self._run(stats.task_charts(window, buckets, task), None)
 
     def wait(self, job_id: str, timeout: float | None = None) -> Doc:
         """Block until the job is finished; ``TimeoutError`` after ``timeout`` seconds.
@@ -625,26 +751,6 @@ class Waiting:
         now = time.monotonic()
         late = self.deadline is not None and now >= self.deadline
         return late or now - self._read_at >= REREAD_SECONDS
-
-
-def listing(
-    state: str | None,
-    task: str | None,
-    text: str | None,
-    worker: str | None,
-    since: str | datetime | None,
-    until: str | datetime | None,
-) -> Doc:
-    """The filter of ``jobs`` and ``count_jobs``: times may be durations ago."""
-    now = utcnow()
-    return job_query(
-        state,
-        task,
-        text,
-        worker,
-        fleet.moment(since, "since", now),
-        fleet.moment(until, "until", now),
-    )
 
 
 WAKEUP_MODES = ("auto", "channel")

@@ -63,7 +63,30 @@ def api_token(given: str | None, file: Path | None, state: Path | None = None) -
     return ApiToken(token, f"generated in {path}")
 
 
-def check_public_token(bind: str, loopback: bool, token: str | None) -> None:
+def viewer_token(given: str | None, file: Path | None, api: str | None) -> str | None:
+    """The read-only token (``--viewer-token``): given, read from ``file``, or none.
+
+    It opens every view and no change; it makes sense only beside an API token (without
+    one every request may change anything), and must not be that token.
+    """
+    if given and file:
+        raise ConfigError("give --viewer-token or --viewer-token-file, not both")
+    token = read_secret(file, "viewer token") if file is not None else given or None
+    if token is None:
+        return None
+    if api is None:
+        raise ConfigError(
+            "--viewer-token needs an API token: with --api-token none every request may "
+            "change anything, so a read-only token would guard nothing"
+        )
+    if token == api:
+        raise ConfigError("the viewer token must differ from the API token")
+    return token
+
+
+def check_public_token(
+    bind: str, loopback: bool, token: str | None, what: str = "the API token"
+) -> None:
     """Serving beyond this machine needs a token, and one not short enough to guess."""
     if loopback:
         return
@@ -74,7 +97,7 @@ def check_public_token(bind: str, loopback: bool, token: str | None) -> None:
         )
     if len(token) < MIN_TOKEN_CHARS:
         raise ConfigError(
-            f"--http {bind}: the API token has {len(token)} characters; beyond this machine "
+            f"--http {bind}: {what} has {len(token)} characters; beyond this machine "
             f"give one of at least {MIN_TOKEN_CHARS} (`python -c 'import secrets; "
             "print(secrets.token_urlsafe(32))'`)"
         )

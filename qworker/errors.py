@@ -35,6 +35,14 @@ class JobStateError(QworkerError):
     """The job is not in a state that allows the operation."""
 
 
+class WorkerNotFound(QworkerError):
+    """No worker is listed under the given id."""
+
+
+class WorkerStateError(QworkerError):
+    """The worker is not in a state that allows the operation (it stopped, or died)."""
+
+
 class EmbeddedUnavailable(QworkerError):
     """The embedded server was asked for but cannot be started."""
 
@@ -49,6 +57,10 @@ class ScheduleNotFound(QworkerError):
 
 class ScheduleExists(QworkerError):
     """A schedule with that name exists and replacing it was not asked for."""
+
+
+class ScheduleBusy(QworkerError):
+    """A "run now" that the schedule's overlap policy skipped (its last fire's job runs)."""
 
 
 class ScheduleOwnedByTask(QworkerError):

@@ -13,11 +13,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from pymongo import ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from qworker import controls, limits
-from qworker.errors import InvalidJobError
+from qworker.errors import InvalidJobError, WorkerNotFound, WorkerStateError
 from qworker.model import JobState
 from qworker.operations import Call, Operation
 from qworker.protocol import DEFAULT_PING_SECONDS, LOST_AFTER_PINGS
@@ -64,23 +65,100 @@ def workers(state: str | None = None) -> Operation[list[Doc]]:
         query["state"] = "running" if state == "lost" else state
     docs: list[Doc] = yield Call("workers", "find", (query,))
     rows: list[Doc] = yield Call("jobs", "aggregate", (RUNNING_BY_WORKER,))
-    held = {str(row["_id"]): int(row["n"]) for row in rows}
+    held = {str(row["_id"]): row for row in rows}
     now = utcnow()
     for doc in docs:
         doc["status"] = status(doc, now)
         doc["live"] = doc["status"] == "running"
         doc["standalone"] = bool(doc.get("standalone"))
-        doc["runningJobs"] = held.get(doc["_id"], 0)
+        running = held.get(doc["_id"]) or {}
+        doc["runningJobs"] = int(running.get("n", 0))
+        doc["jobs"] = [_running_job(job) for job in running.get("jobs", [])]
+        asked = doc.get("stopRequested")
+        mine = isinstance(asked, dict) and asked.get("nonce") == doc.get("nonce")
+        doc["stopRequestedAt"] = asked.get("at") if mine and isinstance(asked, dict) else None
     docs = [d for d in docs if state is None or d["status"] == state]
     order = {name: n for n, name in enumerate(WORKER_STATES)}
     return sorted(docs, key=lambda d: (order.get(d["status"], len(order)), str(d["_id"])))
 
 
-# Running jobs per worker id: one aggregation, whose cost is that of the running jobs.
+# The running jobs shown per worker (``runningJobs`` counts them all), longest-running first.
+MAX_JOBS_SHOWN = 100
+# Running jobs per worker id: one aggregation over the running jobs (the ``state``
+# prefix of the ``claim`` index), whose cost is theirs, bounded by the fleet's concurrency.
 RUNNING_BY_WORKER: list[Doc] = [
     {"$match": {"state": JobState.RUNNING.value}},
-    {"$group": {"_id": "$lockedBy", "n": {"$sum": 1}}},
+    {"$sort": {"lastRunAt": 1, "_id": 1}},
+    {
+        "$group": {
+            "_id": "$lockedBy",
+            "n": {"$sum": 1},
+            "jobs": {
+                "$firstN": {
+                    "input": {
+                        "id": "$_id",
+                        "task": "$name",
+                        "startedAt": "$lastRunAt",
+                        "progress": "$progress",
+                    },
+                    "n": MAX_JOBS_SHOWN,
+                }
+            },
+        }
+    },
 ]
+
+
+def _running_job(job: Doc) -> Doc:
+    return {
+        "id": job.get("id"),
+        "task": job.get("task"),
+        "startedAt": job.get("startedAt"),
+        "progress": job.get("progress"),
+    }
+
+
+def ask_stop(worker_id: str, now: datetime) -> Operation[Doc]:
+    """Ask a listed, running worker to stop as on SIGTERM: its entry records the request
+    for its instance (``stopRequested``: nonce and time), which a standalone worker reads
+    (at the ``<id>/stop`` hint, and at each refresh of its entry), and which the caller
+    follows with that hint. The worker's entry, as it is now; asked once per instance
+    (``alreadyAsked`` when it was asked before: a second stop would force it)."""
+    if not isinstance(worker_id, str) or not 0 < len(worker_id) <= MAX_WORKER_ID_CHARS:
+        raise WorkerNotFound(f"no worker {str(worker_id)[:MAX_WORKER_ID_CHARS]!r}")
+    doc: Doc | None = yield Call("workers", "find_one", ({"_id": worker_id},))
+    if doc is None:
+        raise WorkerNotFound(f"no worker {worker_id!r}")
+    nonce = doc.get("nonce")
+    if doc.get("state") != "running" or not isinstance(nonce, str):
+        raise WorkerStateError(f"worker {worker_id!r} is {status(doc, now)}: nothing to stop")
+    asked = doc.get("stopRequested")
+    if isinstance(asked, dict) and asked.get("nonce") == nonce:
+        return _stop_view(doc, asked.get("at"), True)
+    mine = {"_id": worker_id, "nonce": nonce, "state": "running"}
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as stored: to the ms
+    done = yield Call(
+        "workers", "update_one", (mine, {"$set": {"stopRequested": {"nonce": nonce, "at": now}}})
+    )
+    if not done.matched_count:
+        raise WorkerStateError(f"worker {worker_id!r} stopped or was replaced meanwhile")
+    return _stop_view(doc, now, False)
+
+
+def _stop_view(doc: Doc, at: Any, again: bool) -> Doc:
+    """What ``ask_stop`` returns: the worker, and its instance's nonce (which addresses the
+    hint, and is not for pages)."""
+    return {
+        "_id": doc["_id"],
+        "nonce": doc["nonce"],
+        "standalone": bool(doc.get("standalone")),
+        "host": doc.get("host"),
+        "stopRequestedAt": at,
+        "alreadyAsked": again,
+    }
+
+
+MAX_WORKER_ID_CHARS = 200
 
 
 def tasks() -> Operation[list[Doc]]:
@@ -187,10 +265,11 @@ class Listing:
         }
         self.stopped = self.refused = False
 
-    async def refresh(self, registry: AsyncCollection[Doc], running: int) -> None:
-        """List this worker as running now (taking the entry over if it is free)."""
+    async def refresh(self, registry: AsyncCollection[Doc], running: int) -> bool:
+        """List this worker as running now (taking the entry over if it is free); True if
+        its entry says an operator asked this instance to stop (``ask_stop``)."""
         if self.stopped:
-            return
+            return False
         now = utcnow()
         silent = now - timedelta(seconds=LOST_AFTER_PINGS * self.interval)
         others = {"$ne": self.nonce}
@@ -213,7 +292,13 @@ class Listing:
             "$unset": {"stoppedAt": "", "diedAt": ""},
         }
         try:
-            await registry.update_one(query, update, upsert=True)
+            after = await registry.find_one_and_update(
+                query,
+                update,
+                {"stopRequested": 1},
+                upsert=True,
+                return_document=ReturnDocument.AFTER,
+            )
         except DuplicateKeyError:
             if not self.refused and not self.stopped:
                 log.warning(
@@ -222,8 +307,14 @@ class Listing:
                     worker_id=self.id,
                 )
             self.refused = True
-            return
+            return False
         self.refused = False
+        return self.stop_asked(after)
+
+    def stop_asked(self, entry: Doc | None) -> bool:
+        """Whether this entry asks this very instance to stop."""
+        asked = (entry or {}).get("stopRequested")
+        return isinstance(asked, dict) and asked.get("nonce") == self.nonce
 
     async def stop(self, registry: AsyncCollection[Doc]) -> None:
         """Mark the entry stopped, if it is still this instance's."""

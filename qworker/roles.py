@@ -51,7 +51,7 @@ def privileges(names: Names, streams: bool = True) -> dict[str, dict[str, list[s
             names.jobs: ALL + WATCH,
             names.schedules: ALL,
             names.channel: ["insert"],
-            names.workers: READ,
+            names.workers: ["find", "update"],  # asking a worker to stop (stopRequested)
             names.tasks: READ,
             names.workflows: WRITE,
             names.controls: WRITE,  # pausing tasks

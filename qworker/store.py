@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import DESCENDING, InsertOne, ReturnDocument, UpdateMany, UpdateOne
+from pymongo import ASCENDING, DESCENDING, InsertOne, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
@@ -64,35 +64,67 @@ def job_query(
     worker: str | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
+    *,
+    finished_since: datetime | None = None,
+    finished_until: datetime | None = None,
+    data_path: str | None = None,
+    data_values: Sequence[Any] | None = None,
+    error: str | None = None,
 ) -> Doc:
     """The filter of an operator's job listing; ``worker`` is the one running or last to run it.
 
-    Only documents whose ``_id`` is an ObjectId are listed: every job qworker
-    makes has one, and an id of another kind, written around it, could be
-    anything a page or a script puts in a URL (``../schedules/x/pause``).
+    ``finished_since``/``finished_until`` bound ``lastFinishedAt`` of jobs in a finished
+    state; ``data_path`` (a dotted path, checked by the caller) must hold one of
+    ``data_values`` (or exist, with none given); ``error`` is text in the failure
+    reason or the error's message. Only documents whose ``_id`` is an ObjectId are
+    listed: every job qworker makes has one, and an id of another kind, written
+    around it, could be anything a page or a script puts in a URL
+    (``../schedules/x/pause``).
     """
     query: Doc = {"_id": {"$type": "objectId"}}
+    both: list[Doc] = []  # conditions that need an $or of their own
     if state:
         query["state"] = state
     if task:
         query["name"] = task
     if text:
-        if len(text) > MAX_TEXT_CHARS:  # each job's description is matched against it
-            raise InvalidJobError(
-                f"text is {len(text)} characters long: at most {MAX_TEXT_CHARS}", "text"
-            )
-        query["description"] = {"$regex": re.escape(text), "$options": "i"}
+        query["description"] = _contains(text, "text")
     if worker:
         # lastWorker is set at claim time; lockedBy finds running jobs claimed before it was.
         query["$or"] = [{"lastWorker": worker}, {"lockedBy": worker}]
-    created: Doc = {}
-    if since is not None:
-        created["$gte"] = since
-    if until is not None:
-        created["$lt"] = until
+    if error:
+        found = _contains(error, "error")
+        both.append({"$or": [{"failReason": found}, {"error.message": found}]})
+    created = _between(since, until)
     if created:
         query["createdAt"] = created
+    finished = _between(finished_since, finished_until)
+    if finished:
+        query["lastFinishedAt"] = finished
+        both.append({"state": lifecycle.FINISHED})
+    if data_path is not None:
+        query[data_path] = {"$exists": True} if data_values is None else {"$in": list(data_values)}
+    if both:
+        query["$and"] = both
     return query
+
+
+def _contains(text: str, field: str) -> Doc:
+    """A case-insensitive search for ``text`` as it is (not a pattern)."""
+    if len(text) > MAX_TEXT_CHARS:  # each job's field is matched against it
+        raise InvalidJobError(
+            f"{field} is {len(text)} characters long: at most {MAX_TEXT_CHARS}", field
+        )
+    return {"$regex": re.escape(text), "$options": "i"}
+
+
+def _between(since: datetime | None, until: datetime | None) -> Doc:
+    bounds: Doc = {}
+    if since is not None:
+        bounds["$gte"] = since
+    if until is not None:
+        bounds["$lt"] = until
+    return bounds
 
 
 class WorkerStore:
@@ -374,10 +406,71 @@ def get(job_id: str | ObjectId) -> Operation[Doc]:
     return doc  # type: ignore[no-any-return]
 
 
-def find(query: Doc, limit: int = 50, skip: int = 0) -> Operation[list[Doc]]:
-    """Jobs matching ``query`` (see ``job_query``), newest first, without their logs."""
-    sort = [("_id", DESCENDING)]  # an ObjectId starts with its creation time
-    docs = yield _jobs("find", query, {"logs": 0}, sort=sort, skip=skip, limit=limit)
+# How a listing is ordered: by creation (the default, newest first), by the time a job
+# finished, or by how long its last run took; "desc" (the default) or "asc".
+SORTS = ("created", "finished", "duration")
+ORDERS = ("desc", "asc")
+# Computed where sorted, not stored: jobs finished before any version are sorted too.
+# Only jobs in a finished state have a finish time; only a succeeded or failed job has
+# a duration, its last run's (lastFinishedAt - lastRunAt, in ms). The rest sort last.
+FINISHED_TIME: Doc = {
+    "$cond": [
+        {"$in": ["$state", lifecycle.FINISHED["$in"]]},
+        {"$ifNull": ["$lastFinishedAt", None]},
+        None,
+    ]
+}
+RAN = [JobState.SUCCEEDED.value, JobState.FAILED.value]
+RUN_MS: Doc = {
+    "$cond": [
+        {
+            "$and": [
+                {"$in": ["$state", RAN]},
+                {"$eq": [{"$type": "$lastRunAt"}, "date"]},
+                {"$eq": [{"$type": "$lastFinishedAt"}, "date"]},
+            ]
+        },
+        {"$subtract": ["$lastFinishedAt", "$lastRunAt"]},
+        None,
+    ]
+}
+SORT_KEYS = {"finished": FINISHED_TIME, "duration": RUN_MS}
+
+
+def check_sort(sort: str, order: str) -> None:
+    if sort not in SORTS:
+        raise InvalidJobError(f"sort must be one of {', '.join(SORTS)}, not {sort!r}", "sort")
+    if order not in ORDERS:
+        raise InvalidJobError(f"order must be one of {', '.join(ORDERS)}, not {order!r}", "order")
+
+
+def find(
+    query: Doc, limit: int = 50, skip: int = 0, sort: str = "created", order: str = "desc"
+) -> Operation[list[Doc]]:
+    """Jobs matching ``query`` (see ``job_query``) without their logs, newest first, or
+    in the order ``sort`` and ``order`` say (``SORTS``, ``ORDERS``).
+
+    By creation it is a ``find`` over ``_id`` (an ObjectId starts with its creation
+    time); by finish time or duration an aggregation that computes the key of each
+    matching job, sorts them (those without one last, ties newest first) and keeps
+    ``skip + limit`` of them while it sorts: it reads what ``count`` reads.
+    """
+    check_sort(sort, order)
+    direction = DESCENDING if order == "desc" else ASCENDING
+    if sort == "created":
+        by_id = [("_id", direction)]
+        docs = yield _jobs("find", query, {"logs": 0}, sort=by_id, skip=skip, limit=limit)
+        return docs  # type: ignore[no-any-return]
+    pipeline: list[Doc] = [
+        {"$match": query},
+        {"$addFields": {"_sortKey": SORT_KEYS[sort]}},
+        {"$addFields": {"_sortHas": {"$cond": [{"$eq": ["$_sortKey", None]}, 0, 1]}}},
+        {"$sort": {"_sortHas": -1, "_sortKey": direction, "_id": -1}},
+        *([{"$skip": skip}] if skip else []),
+        {"$limit": limit},
+        {"$project": {"logs": 0, "_sortKey": 0, "_sortHas": 0}},
+    ]
+    docs = yield _jobs("aggregate", pipeline)
     return docs  # type: ignore[no-any-return]
 
 

@@ -7,8 +7,9 @@ import contextlib
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -35,7 +36,9 @@ from qworker.cli.output import (
 from qworker.cli.schedules import schedules
 from qworker.cli.tasks import tasks
 from qworker.cli.workflows import workflows
+from qworker.client import Client
 from qworker.credentials import api_token as api_token_of
+from qworker.credentials import viewer_token as viewer_token_of
 from qworker.embedded import data_dir_from_url, is_embedded, stop_server
 from qworker.fleet import WORKER_STATES
 from qworker.logs import configure
@@ -52,8 +55,10 @@ from qworker.mongo import (
 )
 from qworker.roles import create_roles
 from qworker.schema import prepare
-from qworker.store import MAX_SKIP
+from qworker.store import MAX_SKIP, SORTS
 from qworker.when import utcnow
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -177,13 +182,53 @@ def jobs_show(settings: Settings, job_id: str, as_json: bool) -> None:
     emit_json(job) if as_json else job_detail(job)
 
 
+def job_filter_options(fn: F) -> F:
+    """The filters of a job listing, as ``Client.jobs`` takes them (``JobFilter``)."""
+    for option in (
+        click.option(
+            "--state",
+            type=click.Choice([s.value for s in JobState]),
+            help="Only jobs in this state.",
+        ),
+        click.option("--task", help="Only jobs of this task."),
+        click.option("--worker", help="Only jobs this worker runs, or ran last."),
+        click.option("--text", help="Only jobs whose description contains this text."),
+        click.option(
+            "--since", help="Created at or after: an ISO time, or a duration ago ('2 hours')."
+        ),
+        click.option("--until", help="Created before: an ISO time, or a duration ago ('1d')."),
+        click.option(
+            "--finished-since",
+            help="Finished (succeeded, failed, cancelled, expired) at or after: an ISO time, "
+            "or a duration ago.",
+        ),
+        click.option("--finished-until", help="Finished before: an ISO time, or a duration ago."),
+        click.option(
+            "--data-field",
+            help="A dotted path inside the job's data ('customer', 'address.city'): only "
+            "jobs that have it, or that hold --data-value there.",
+        ),
+        click.option(
+            "--data-value",
+            help="What --data-field holds; '42' also finds the number, 'true' the boolean.",
+        ),
+        click.option("--error", help="Only jobs whose failure reason or error has this text."),
+    )[::-1]:
+        fn = option(fn)
+    return fn
+
+
 @jobs.command("list")
-@click.option("--state", type=click.Choice([s.value for s in JobState]))
-@click.option("--task", help="Only jobs of this task.")
-@click.option("--worker", help="Only jobs this worker runs, or ran last.")
-@click.option("--text", help="Only jobs whose description contains this text.")
-@click.option("--since", help="Created at or after: an ISO time, or a duration ago ('2 hours').")
-@click.option("--until", help="Created before: an ISO time, or a duration ago ('1d').")
+@job_filter_options
+@click.option(
+    "--sort",
+    type=click.Choice(SORTS),
+    default="created",
+    show_default=True,
+    help="By creation, by finish time, or by the duration of the last run (of a "
+    "succeeded or failed job); jobs without one come last.",
+)
+@click.option("--asc", is_flag=True, help="Oldest (or shortest) first.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @click.option(
     "--skip", type=click.IntRange(0, MAX_SKIP), default=0, help="Skip this many (paging)."
@@ -191,10 +236,20 @@ def jobs_show(settings: Settings, job_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (the list only).")
 @pass_settings
 @reports_errors
-def jobs_list(settings: Settings, /, as_json: bool, limit: int, skip: int, **filters: Any) -> None:
+def jobs_list(
+    settings: Settings,
+    /,
+    as_json: bool,
+    limit: int,
+    skip: int,
+    sort: str,
+    asc: bool,
+    **filters: Any,
+) -> None:
     """List jobs, newest first, and how many match (on stderr)."""
+    order = "asc" if asc else "desc"
     with settings.client() as client:
-        found = client.jobs(limit=limit, skip=skip, **filters)
+        found = client.jobs(limit=limit, skip=skip, sort=sort, order=order, **filters)
         total = 0 if as_json else client.count_jobs(**filters)
     if as_json:
         emit_json(found)
@@ -203,41 +258,157 @@ def jobs_list(settings: Settings, /, as_json: bool, limit: int, skip: int, **fil
     page_footer(skip, len(found), total)
 
 
+# What a bulk action did, in the past tense, for its summary line.
+DONE = {"retry": "retried", "cancel": "cancelled or asked to stop", "delete": "deleted"}
+RULE = {
+    "retry": "only finished jobs are retried",
+    "cancel": "only waiting, queued and running jobs are cancelled",
+    "delete": "running jobs are not deleted",
+}
+
+
+def bulk_options(action: str) -> Callable[[F], F]:
+    """JOB_ID..., or ``--all-matching`` the listing's filters; ``--dry-run``, ``--yes``."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")(fn)
+        fn = click.option(
+            "--yes", is_flag=True, help="Do not ask for confirmation (--all-matching)."
+        )(fn)
+        fn = click.option(
+            "--dry-run", is_flag=True, help=f"Change nothing: say how many would be {DONE[action]}."
+        )(fn)
+        fn = job_filter_options(fn)
+        fn = click.option(
+            "--all-matching",
+            is_flag=True,
+            help="Every job the filters match (with none: every job), in batches; "
+            "asks for confirmation first.",
+        )(fn)
+        return click.argument("job_ids", metavar="[JOB_ID]...", nargs=-1)(fn)
+
+    return decorate
+
+
+def act_on_jobs(
+    settings: Settings,
+    action: str,
+    job_ids: tuple[str, ...],
+    all_matching: bool,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+    filters: dict[str, Any],
+    one: Callable[[Client, str], None],
+) -> None:
+    """One job (``one``, as before), several, or all that match: ``Client.bulk``."""
+    given = {name: value for name, value in filters.items() if value is not None}
+    if job_ids and all_matching:
+        raise click.UsageError("give JOB_IDs or --all-matching, not both")
+    if given and not all_matching:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in given)
+        raise click.UsageError(f"filters ({flags}) select jobs with --all-matching only")
+    if not job_ids and not all_matching:
+        raise click.UsageError("give a JOB_ID (or several), or --all-matching with filters")
+    where: dict[str, Any] = {"filter": given} if all_matching else {"ids": list(job_ids)}
+    with settings.client() as client:
+        if len(job_ids) == 1 and not dry_run:
+            one(client, job_ids[0])
+            return
+        counted = client.bulk(action, **where, dry_run=True)
+        if dry_run:
+            emit_json(counted) if as_json else click.echo(_would(action, counted))
+            return
+        if all_matching and counted["eligible"] and not yes:
+            click.confirm(
+                f"{action} {_jobs(counted['eligible'])}? ({_would(action, counted)})", abort=True
+            )
+        done = client.bulk(action, **where) if counted["eligible"] else {**counted, "dryRun": False}
+    if as_json:
+        emit_json({key: value for key, value in done.items() if key not in ("dryRun", "eligible")})
+        return
+    click.echo(f"{done['changed']} of {_jobs(done['matched'])} matched {DONE[action]}")
+
+
+def _jobs(n: int) -> str:
+    return f"{n} job{'' if n == 1 else 's'}"
+
+
+def _would(action: str, counted: dict[str, Any]) -> str:
+    left = counted["matched"] - counted["eligible"]
+    rule = f"; {left} left alone: {RULE[action]}" if left else ""
+    return f"{_jobs(counted['matched'])} match, {counted['eligible']} would be {DONE[action]}{rule}"
+
+
 @jobs.command("cancel")
-@click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the job document as JSON.")
+@bulk_options("cancel")
 @pass_settings
 @reports_errors
-def jobs_cancel(settings: Settings, job_id: str, as_json: bool) -> None:
-    """Cancel a queued job, or ask a running one to stop."""
-    with settings.client() as client:
+def jobs_cancel(
+    settings: Settings,
+    /,
+    job_ids: tuple[str, ...],
+    all_matching: bool,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+    **filters: Any,
+) -> None:
+    """Cancel queued jobs, or ask running ones to stop: JOB_ID..., or --all-matching."""
+
+    def one(client: Client, job_id: str) -> None:
         job = client.cancel(job_id)
-    said = "cancel requested" if job.get("cancelRequested") else job["state"]
-    emit_json(job) if as_json else click.echo(f"{job['_id']} {said}")
+        said = "cancel requested" if job.get("cancelRequested") else job["state"]
+        emit_json(job) if as_json else click.echo(f"{job['_id']} {said}")
+
+    act_on_jobs(settings, "cancel", job_ids, all_matching, dry_run, yes, as_json, filters, one)
 
 
 @jobs.command("retry")
-@click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the job document as JSON.")
+@bulk_options("retry")
 @pass_settings
 @reports_errors
-def jobs_retry(settings: Settings, job_id: str, as_json: bool) -> None:
-    """Queue a finished job again."""
-    with settings.client() as client:
+def jobs_retry(
+    settings: Settings,
+    /,
+    job_ids: tuple[str, ...],
+    all_matching: bool,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+    **filters: Any,
+) -> None:
+    """Queue finished jobs again: JOB_ID..., or --all-matching the filters."""
+
+    def one(client: Client, job_id: str) -> None:
         job = client.retry(job_id)
-    emit_json(job) if as_json else click.echo(f"{job['_id']} {job['state']}")
+        emit_json(job) if as_json else click.echo(f"{job['_id']} {job['state']}")
+
+    act_on_jobs(settings, "retry", job_ids, all_matching, dry_run, yes, as_json, filters, one)
 
 
 @jobs.command("delete")
-@click.argument("job_id")
-@click.option("--json", "as_json", is_flag=True, help="Print the deleted job as JSON.")
+@bulk_options("delete")
 @pass_settings
 @reports_errors
-def jobs_delete(settings: Settings, job_id: str, as_json: bool) -> None:
-    """Delete a job that is not running (cancel a running one first)."""
-    with settings.client() as client:
+def jobs_delete(
+    settings: Settings,
+    /,
+    job_ids: tuple[str, ...],
+    all_matching: bool,
+    dry_run: bool,
+    yes: bool,
+    as_json: bool,
+    **filters: Any,
+) -> None:
+    """Delete jobs that are not running (cancel a running one first): JOB_ID..., or
+    --all-matching the filters."""
+
+    def one(client: Client, job_id: str) -> None:
         job = client.delete(job_id)
-    emit_json(job) if as_json else click.echo(f"{job['_id']} deleted (was {job['state']})")
+        emit_json(job) if as_json else click.echo(f"{job['_id']} deleted (was {job['state']})")
+
+    act_on_jobs(settings, "delete", job_ids, all_matching, dry_run, yes, as_json, filters, one)
 
 
 @jobs.command("purge")
@@ -265,19 +436,54 @@ def jobs_purge(settings: Settings, state: str, older_than: str, yes: bool) -> No
     click.echo(f"deleted {described(deleted)}")
 
 
-@main.command("workers")
+@main.group("workers", invoke_without_command=True)
+@click.option("--state", type=click.Choice(WORKER_STATES), help="Only workers in this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_settings
+@reports_errors
+def workers(settings: Settings, state: str | None, as_json: bool) -> None:
+    """The workers, managed and standalone: state, tasks, running jobs, last ping (as
+    'workers list'); 'workers stop ID' asks one to stop gracefully.
+
+    A running worker silent for 3 ping intervals is shown as lost.
+    """
+    if click.get_current_context().invoked_subcommand is None:
+        _list_workers(settings, state, as_json)
+
+
+@workers.command("list")
 @click.option("--state", type=click.Choice(WORKER_STATES), help="Only workers in this state.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_settings
 @reports_errors
 def workers_list(settings: Settings, state: str | None, as_json: bool) -> None:
-    """The workers, managed and standalone: state, tasks, running jobs, last ping.
+    """The workers: state, tasks, running jobs, last ping; lost when silent."""
+    _list_workers(settings, state, as_json)
 
-    A running worker silent for 3 ping intervals is shown as lost.
-    """
+
+def _list_workers(settings: Settings, state: str | None, as_json: bool) -> None:
     with settings.client() as client:
         found = client.workers(state)
     emit_json(found) if as_json else worker_rows(found, utcnow())
+
+
+@workers.command("stop")
+@click.argument("worker_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@pass_settings
+@reports_errors
+def workers_stop(settings: Settings, worker_id: str, as_json: bool) -> None:
+    """Ask the running worker WORKER_ID to stop gracefully, as SIGTERM does: it claims no
+    more jobs, lets its running ones finish within its --grace, and exits. Managed or
+    standalone; asked once per instance of the worker."""
+    with settings.client() as client:
+        asked = client.stop_worker(worker_id)
+    if as_json:
+        emit_json(asked)
+    elif asked["alreadyAsked"]:
+        click.echo(f"{worker_id}: already asked to stop at {asked['stopRequestedAt'].isoformat()}")
+    else:
+        click.echo(f"{worker_id}: asked to stop (its running jobs finish first)")
 
 
 DEMO_TASKS = Path(__file__).parent.parent / "demo"
@@ -391,6 +597,14 @@ def demo(settings: Settings, paths: str) -> None:
 )
 @secret_file_option("api_token_file", "the API token", "--api-token")
 @click.option(
+    "--viewer-token",
+    envvar=envvar("viewer_token"),
+    show_envvar=True,
+    help="A read-only token: it sees every page and route and changes nothing (a change "
+    "gets 403). Needs an API token beside it, and differs from it.  [default: none]",
+)
+@secret_file_option("viewer_token_file", "the viewer token", "--viewer-token")
+@click.option(
     "--allowed-host",
     "allowed_hosts",
     multiple=True,
@@ -418,6 +632,8 @@ def serve(
     http: str,
     api_token: str | None,
     api_token_file: Path | None,
+    viewer_token: str | None,
+    viewer_token_file: Path | None,
     allowed_hosts: tuple[str, ...],
     verbose: int,
     log_format: str | None,
@@ -427,7 +643,8 @@ def serve(
     url = settings.url()
     configure(verbose, log_format)
     token = api_token_of(api_token, api_token_file)
-    warn_of_secrets_on_the_command_line(click.get_current_context(), "api_token")
+    viewer = viewer_token_of(viewer_token, viewer_token_file, token.value)
+    warn_of_secrets_on_the_command_line(click.get_current_context(), "api_token", "viewer_token")
     options: dict[str, Any] = {"manager_id": manager_id} if manager_id else {}
     if sinks:
         options["sinks"] = read_sinks(Path(sinks))
@@ -441,6 +658,7 @@ def serve(
             http=None if http.strip().lower() in ("off", "none", "") else http,
             api_token=token.value,
             api_token_origin=token.origin,
+            viewer_token=viewer,
             allowed_hosts=allowed_hosts,
             **options,
         )

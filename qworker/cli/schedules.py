@@ -124,6 +124,25 @@ def schedules_resume(settings: Settings, name: str) -> None:
     click.echo(f"{name} resumed; next run {view['nextRunAt'].isoformat()}")
 
 
+@schedules.command("run")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer as JSON.")
+@pass_settings
+@reports_errors
+def schedules_run(settings: Settings, name: str, as_json: bool) -> None:
+    """Fire NAME once, now, as its trigger would (its job options and overlap policy: under
+    skip it is refused while its last job runs, under buffer-one it waits behind it); its
+    next fire does not move, and a paused schedule runs too. Prints the job's id."""
+    with settings.client() as client:
+        ran = client.run_schedule_now(name)
+    if as_json:
+        emit_json(ran)
+    elif ran["outcome"] == "buffered":
+        click.echo(f"{ran['jobId']} buffered: it starts once the job of {name}'s last fire ends")
+    else:
+        click.echo(f"{ran['jobId']} queued")
+
+
 @schedules.command("remove")
 @click.argument("name")
 @pass_settings

@@ -28,6 +28,7 @@ from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qworker import stats
+from qworker.bulk import MAX_IDS
 from qworker.client import Client
 from qworker.errors import (
     ConfigError,
@@ -36,13 +37,25 @@ from qworker.errors import (
     JobNotFound,
     JobStateError,
     QworkerError,
+    ScheduleBusy,
     ScheduleExists,
     ScheduleNotFound,
     ScheduleOwnedByTask,
+    WorkerNotFound,
+    WorkerStateError,
 )
 from qworker.health import Health
 from qworker.manager.events import CLOSED, EventHub
-from qworker.manager.httpguard import EVENTS_COOKIE, SECURE_EVENTS_COOKIE, Guard, Rules, events_pass
+from qworker.manager.httpguard import (
+    EVENTS_COOKIE,
+    OPERATOR,
+    ROLE,
+    SECURE_EVENTS_COOKIE,
+    VIEWER,
+    Guard,
+    Rules,
+    events_pass,
+)
 from qworker.manager.metrics import Metrics
 from qworker.model import JobState
 from qworker.mongo import mongo_problem
@@ -58,8 +71,11 @@ KEEPALIVE_SECONDS = 15.0
 _STATUS: list[tuple[type[QworkerError], int]] = [
     (JobNotFound, 404),
     (ScheduleNotFound, 404),
+    (WorkerNotFound, 404),
     (JobStateError, 409),
+    (WorkerStateError, 409),
     (ScheduleExists, 409),
+    (ScheduleBusy, 409),
     (ScheduleOwnedByTask, 409),
     (InvalidJobError, 422),
     (InvalidScheduleError, 422),
@@ -120,6 +136,58 @@ class Enqueue(BaseModel):
     )
 
 
+class JobFilterIn(BaseModel):
+    """Which jobs, as ``Client.jobs`` and ``JobFilter`` take them: all given must match."""
+
+    model_config = ConfigDict(extra="forbid")
+    state: JobState | None = None
+    task: str | None = None
+    worker: str | None = Field(None, description="The worker running it or last to run it.")
+    text: str | None = Field(None, description="Text in the description.")
+    since: str | None = Field(None, description="Created after: an ISO time, or '1 hour' (ago).")
+    until: str | None = Field(None, description="Created before: an ISO time, or '1 hour'.")
+    finished_since: str | None = Field(
+        None, description="Finished (in a finished state) after: an ISO time, or '1 hour'."
+    )
+    finished_until: str | None = Field(None, description="Finished before: ISO, or '1 hour'.")
+    data_field: str | None = Field(
+        None, description="A dotted path inside the data: 'customer', 'address.city'."
+    )
+    data_value: str | None = Field(
+        None,
+        description="What data_field holds ('42' finds the number too); without it, the "
+        "field exists.",
+    )
+    error: str | None = Field(None, description="Text in the failure reason or error message.")
+
+    def given(self) -> dict[str, Any]:
+        fields = self.model_dump(exclude_none=True)
+        if self.state is not None:
+            fields["state"] = self.state.value
+        return fields
+
+
+class JobFilterQuery(JobFilterIn):
+    """The same filters, as the query parameters of ``GET /api/jobs`` (which has others)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class BulkIn(BaseModel):
+    """A bulk action, as ``Client.bulk`` takes it: over ``ids`` or ``filter``, not both."""
+
+    model_config = ConfigDict(extra="forbid")
+    action: Literal["retry", "cancel", "delete"] = Field(
+        description="retry finished jobs, cancel waiting, queued and running ones (those "
+        "are asked to stop), delete any but running ones."
+    )
+    ids: list[str] | None = Field(None, max_length=MAX_IDS, description="The jobs' ids.")
+    filter: JobFilterIn | None = Field(
+        None, description="Every job that matches, as GET /api/jobs filters; {} is every job."
+    )
+    dry_run: bool = Field(False, description="Change nothing: count matched and eligible.")
+
+
 class ScheduleIn(BaseModel):
     """A recurring schedule, as ``make_schedule`` takes it."""
 
@@ -163,10 +231,12 @@ def create_app(
     metrics: Metrics | None = None,
     hosts: Iterable[str] = (),
     probes: Health | None = None,
+    viewer_token: str | None = None,
 ) -> FastAPI:
     """The ASGI app; ``token``, when given, is required on every API request (see
     ``httpguard``), ``hosts`` are the names it answers for besides loopback's, and
-    ``probes`` what ``/healthz`` and ``/readyz`` say (``qworker.health``)."""
+    ``probes`` what ``/healthz`` and ``/readyz`` say (``qworker.health``).
+    ``viewer_token`` (beside ``token`` only) opens every view and no change."""
     hub = hub or EventHub()
     metrics = metrics or Metrics(client)
     app = FastAPIOffline(  # Swagger UI's assets come from that package: no CDN
@@ -182,7 +252,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(PyMongoError, _mongo_error)
-    app.add_middleware(Guard, rules=Rules.make(token, None, hosts))
+    app.add_middleware(Guard, rules=Rules.make(token, None, hosts, viewer_token))
     run = _runner()
 
     @app.get("/api/health", tags=["fleet"], responses={503: {"description": "MongoDB is down"}})
@@ -209,9 +279,25 @@ def create_app(
         workers = await run(client.workers)
         return plain(await run(stats.overview, client.jobs_collection, workers, window))
 
+    @app.get("/api/charts", tags=["fleet"])
+    async def charts(
+        window: Annotated[float, Query(gt=0, le=stats.MAX_CHART_WINDOW)] = 3600.0,
+        buckets: Annotated[int, Query(ge=1, le=stats.MAX_CHART_BUCKETS)] = 60,
+        task: str | None = None,
+    ) -> Any:
+        """Per task, per bucket of the window (oldest first): jobs succeeded and failed, and
+        the p50/p95 of their enqueue-to-start wait, in seconds."""
+        return plain(await run(lambda: client.task_charts(window, buckets, task=task)))
+
     @app.get("/api/workers", tags=["fleet"])
     async def workers() -> Any:
         return [_without_nonce(worker) for worker in plain(await run(client.workers))]
+
+    @app.post("/api/workers/{worker_id}/stop", tags=["fleet"])
+    async def stop_worker(worker_id: str) -> Any:
+        """Ask a running worker to stop gracefully, as on SIGTERM: it finishes its running
+        jobs (within its grace) and exits. Asked once per instance (``alreadyAsked``)."""
+        return plain(await run(client.stop_worker, worker_id))
 
     @app.get("/api/tasks", tags=["fleet"])
     async def tasks() -> Any:
@@ -228,26 +314,24 @@ def create_app(
 
     @app.get("/api/jobs", tags=["jobs"])
     async def jobs(
-        state: JobState | None = None,
-        task: str | None = None,
-        worker: str | None = None,
-        text: Annotated[str | None, Query(description="Text in the description.")] = None,
-        since: Annotated[str | None, Query(description="Created after: ISO, '1 hour'.")] = None,
-        until: Annotated[str | None, Query(description="Created before: ISO time.")] = None,
+        filters: Annotated[JobFilterQuery, Query()],
+        sort: Annotated[
+            Literal["created", "finished", "duration"],
+            Query(description="created (default), finished, or duration of the last run."),
+        ] = "created",
+        order: Annotated[Literal["desc", "asc"], Query(description="desc (default) or asc.")] = (
+            "desc"
+        ),
         limit: Annotated[int, Query(ge=1, le=1_000)] = 50,
         skip: Annotated[int, Query(ge=0, le=MAX_SKIP)] = 0,
     ) -> Any:
-        """Jobs, newest first, with the total that match (for paging)."""
-        filters = {
-            "state": state.value if state else None,
-            "task": task,
-            "worker": worker,
-            "text": text,
-            "since": since,
-            "until": until,
-        }
-        found = await run(lambda: client.jobs(**filters, limit=limit, skip=skip))
-        total = await run(lambda: client.count_jobs(**filters))
+        """Jobs, newest first (or by ``sort`` and ``order``), with the total that match
+        (for paging). Every filter is a query parameter, so a link carries it."""
+        given = filters.given()
+        found = await run(
+            lambda: client.jobs(**given, limit=limit, skip=skip, sort=sort, order=order)
+        )
+        total = await run(lambda: client.count_jobs(**given))
         return {"jobs": plain(found), "total": total, "limit": limit, "skip": skip}
 
     @app.post("/api/jobs", tags=["jobs"], status_code=201)
@@ -257,6 +341,15 @@ def create_app(
         data = fields.pop("data", None)
         job_id = await run(lambda: client.schedule(when, task, data, **fields))
         return {"id": job_id}
+
+    @app.post("/api/jobs/bulk", tags=["jobs"])
+    async def bulk(body: BulkIn) -> Any:
+        """Retry, cancel or delete the given jobs, or all that match a filter:
+        ``{action, matched, changed}``; with ``dry_run``, ``matched`` and ``eligible``."""
+        filters = None if body.filter is None else body.filter.given()
+        return plain(
+            await run(lambda: client.bulk(body.action, body.ids, filters, dry_run=body.dry_run))
+        )
 
     @app.get("/api/jobs/{job_id}", tags=["jobs"])
     async def job(job_id: str) -> Any:
@@ -314,6 +407,12 @@ def create_app(
     async def schedule(name: str) -> Any:
         return plain(await run(client.schedule_info, name))
 
+    @app.post("/api/schedules/{name:path}/run", tags=["schedules"])
+    async def run_now(name: str) -> Any:
+        """Fire the schedule once, now, as its trigger would (its overlap policy too):
+        ``{schedule, outcome: queued|buffered, jobId, fireKey}``; 409 if it skipped it."""
+        return plain(await run(client.run_schedule_now, name))
+
     @app.post("/api/schedules/{name:path}/pause", tags=["schedules"])
     async def pause(name: str) -> Any:
         return plain(await run(client.pause_schedule, name))
@@ -332,17 +431,25 @@ def create_app(
         """With a valid Bearer token: the cookie that opens the event stream in a browser
         (``HttpOnly``: no script can read it; it opens nothing else)."""
         answer = Response(status_code=204)
-        if token is not None:
+        secret = viewer_token if request.scope.get(ROLE) == VIEWER else token
+        if secret is not None:
             secure = request.url.scheme == "https"
             answer.set_cookie(
                 SECURE_EVENTS_COOKIE if secure else EVENTS_COOKIE,
-                events_pass(token),
+                events_pass(secret),
                 path="/" if secure else "/api/events",
                 httponly=True,
                 samesite="strict",
                 secure=secure,
             )
         return answer
+
+    @app.get("/api/access", tags=["fleet"])
+    async def access(request: Request) -> Any:
+        """What the caller's token may do: ``operator`` (everything) or ``viewer`` (every
+        view, no change), so that a page can leave out what it may not do."""
+        role = request.scope.get(ROLE, OPERATOR)
+        return {"role": role, "readOnly": role == VIEWER}
 
     @app.get("/api/events", tags=["fleet"])
     async def events(request: Request) -> StreamingResponse:
@@ -374,8 +481,9 @@ def _runner() -> Callable[..., Any]:
 
 
 def _without_nonce(doc: Doc) -> Doc:
-    """A worker's instance nonce addresses orders to it on the channel: not for pages."""
-    return {key: value for key, value in doc.items() if key != "nonce"}
+    """A worker's instance nonce addresses orders to it on the channel: not for pages
+    (nor the stop request, which holds it)."""
+    return {key: value for key, value in doc.items() if key not in ("nonce", "stopRequested")}
 
 
 async def _stream(hub: EventHub, request: Request) -> AsyncIterator[str]:
@@ -396,7 +504,8 @@ async def _qworker_error(request: Request, exc: Exception) -> JSONResponse:
     status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
     body = {"error": str(exc)}
     if isinstance(exc, InvalidJobError) and exc.field:
-        body["field"] = f"body.{exc.field}"
+        where = "query" if request.method == "GET" else "body"
+        body["field"] = f"{where}.{exc.field}"
     return JSONResponse(body, status_code=status)
 
 

@@ -77,6 +77,7 @@ class ManagerSettings:
     http: str | None = None  # HOST:PORT of the API and dashboard
     api_token: str | None = None
     api_token_origin: str = "given"  # or "file PATH", "generated in PATH", "none"
+    viewer_token: str | None = None  # read-only: every view, no change
     allowed_hosts: tuple[str, ...] = ()  # names the API answers for besides loopback's
 
 
@@ -157,12 +158,19 @@ class Manager:
         from qworker.manager.api import create_app  # FastAPI: only for a manager that serves it
         from qworker.manager.webserver import WebServer, listen
 
-        sock = listen(self.settings.http, self.settings.api_token)
+        sock = listen(self.settings.http, self.settings.api_token, self.settings.viewer_token)
         client = await asyncio.to_thread(
             Client, url, self.settings.prefix, self.settings.channel_size
         )
         hosts = [parse_bind(self.settings.http)[0], *self.settings.allowed_hosts]
-        app = create_app(client, self.hub, self.settings.api_token, hosts=hosts, probes=self.health)
+        app = create_app(
+            client,
+            self.hub,
+            self.settings.api_token,
+            hosts=hosts,
+            probes=self.health,
+            viewer_token=self.settings.viewer_token,
+        )
         server = WebServer(app, sock)
         task = asyncio.create_task(server.serve())
         try:
@@ -178,7 +186,12 @@ class Manager:
     def _say_where(self, url: str) -> None:
         """Where the dashboard is; on a terminal, a link that hands it the token."""
         token, origin = self.settings.api_token, self.settings.api_token_origin
-        log.info("dashboard", url=url, api_token=origin)
+        log.info(
+            "dashboard",
+            url=url,
+            api_token=origin,
+            viewer_token="given" if self.settings.viewer_token else "none",
+        )
         if token is not None and sys.stderr.isatty():
             print(f"qworker-manager: the dashboard: {url}/#token={quote(token)}", file=sys.stderr)
 
@@ -196,6 +209,7 @@ class Manager:
                     self._watching_since = now  # newly leading, or away (outage, stall)
                 self._last_round = now
                 if leading and not self.leading:
+                    await self._forget_unexpiring()
                     # Schedules first: workers answer manager:start by defining
                     # their tasks, whose metadata may carry schedules to install.
                     await self._scheduling(self.scheduler.start)
@@ -215,6 +229,16 @@ class Manager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), every)
         systemd.stopping("stopping: handing over the lease" if self.leading else "stopping")
+
+    async def _forget_unexpiring(self) -> None:
+        """Give an ``expireAt`` to the worker entries without one (written by versions that
+        did not set it), so that the ``forget`` TTL index removes them in time too: a
+        live worker's own pings or refreshes push it back."""
+        done = await self.workers.update_many(
+            {"expireAt": {"$exists": False}}, {"$set": {"expireAt": kept_until()}}
+        )
+        if done.modified_count:
+            log.info("worker entries without an expiry will expire", count=done.modified_count)
 
     def _unanswered(self) -> str | None:
         """Readiness (``/readyz``): MongoDB answered within the last lease."""
@@ -246,7 +270,7 @@ class Manager:
             self.scheduler.job_ended(body)
             return
         if event == protocol.SCHEDULES_CHANGED:
-            self.scheduler.wakeup()
+            self.scheduler.changed()
             return
         worker_id, nonce = body.get("workerId"), body.get("nonce")
         if not isinstance(worker_id, str) or not isinstance(nonce, str):
@@ -427,6 +451,7 @@ class Manager:
         dead = await self.workers.find(
             {"state": "running", "pingedAt": {"$lt": limit}, "standalone": {"$ne": True}}
         ).to_list()
+        now = utcnow()
         for worker in dead:
             marked = await self.workers.update_one(
                 {
@@ -435,7 +460,7 @@ class Manager:
                     "state": "running",
                     "pingedAt": worker["pingedAt"],
                 },
-                {"$set": {"state": "dead", "diedAt": utcnow()}},
+                {"$set": {"state": "dead", "diedAt": now, "expireAt": kept_until(now)}},
             )
             if marked.modified_count:
                 await self._recover(worker)

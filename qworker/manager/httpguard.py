@@ -10,6 +10,11 @@ An ASGI middleware, so that it decides before anything reads a body:
   description). The browser's event stream cannot send a header; it gets an
   ``HttpOnly`` cookie from ``POST /api/login``, whose value opens that stream
   and nothing else.
+* **Read-only access**, with a viewer token (``--viewer-token``): a request that
+  carries it may look at everything (every ``GET``, the event stream, ``/metrics``)
+  and change nothing: a change gets 403 before any route runs, whatever the route,
+  but for ``POST /api/login``, which gives the viewer its own event-stream cookie.
+  The role found is left in the request's scope (``ROLE``) for the routes.
 * **Cross-site writes.** A change (``POST``/``PUT``/``PATCH``/``DELETE``) from
   another site is refused: its ``Origin`` must be this host, its
   ``Sec-Fetch-Site`` same-origin, and it must carry what no plain form or
@@ -45,6 +50,14 @@ PUBLIC = ("/api/health", "/healthz", "/readyz", "/api/docs", "/api/openapi.json"
 EVENTS = "/api/events"
 LOGIN = "/api/login"
 REQUEST_HEADER = "x-qworker-request"
+# Who a request is, as the guard found it (in its scope, under ROLE): the API token (or
+# none needed), the read-only viewer token, or anyone (a public path).
+ROLE = "qworker.role"
+OPERATOR, VIEWER, ANYONE = "operator", "viewer", "anyone"
+READ_ONLY = (
+    "this token is read-only (a viewer token): it sees everything and changes nothing; "
+    "a change needs the API token"
+)
 EVENTS_COOKIE = "qworker_events"
 SECURE_EVENTS_COOKIE = "__Host-qworker_events"  # over HTTPS: bound to this exact origin
 CSP = (
@@ -70,13 +83,20 @@ class Rules:
     token: str | None = None
     hosts: frozenset[str] = field(default_factory=frozenset)  # besides loopback names and IPs
     max_body: int = MAX_BODY
+    viewer: str | None = None  # the read-only token; only beside ``token``
 
     @classmethod
-    def make(cls, token: str | None, bound_host: str | None, allowed: Iterable[str] = ()) -> Rules:
+    def make(
+        cls,
+        token: str | None,
+        bound_host: str | None,
+        allowed: Iterable[str] = (),
+        viewer: str | None = None,
+    ) -> Rules:
         names = {name.strip().lower().strip("[]") for name in allowed if name.strip()}
         if bound_host:
             names.add(bound_host.lower().strip("[]"))
-        return cls(token=token, hosts=frozenset(names))
+        return cls(token=token, hosts=frozenset(names), viewer=viewer if token else None)
 
     def host_allowed(self, host: str) -> bool:
         name = _hostname(host)
@@ -118,8 +138,12 @@ class Guard:
                 "--allowed-host if it is one of this server's names"
             )
         method, path = scope["method"], scope["path"]
-        if not self._authorized(path, method, headers):
+        role = self._role(path, method, headers)
+        if role is None:
             return 401, "a valid API token is required (Authorization: Bearer …)"
+        scope[ROLE] = role
+        if role == VIEWER and method in CHANGES and path != LOGIN:
+            return 403, READ_ONLY
         if method in CHANGES:
             cross = _cross_site(host, headers)
             if cross:
@@ -134,20 +158,30 @@ class Guard:
             return 413, f"a request body may have at most {self.rules.max_body} bytes"
         return None
 
-    def _authorized(self, path: str, method: str, headers: dict[str, str]) -> bool:
-        token = self.rules.token
-        if token is None or not (path.startswith("/api/") or path == "/metrics"):
-            return True
+    def _role(self, path: str, method: str, headers: dict[str, str]) -> str | None:
+        """``OPERATOR``, ``VIEWER``, ``ANYONE`` (a public path), or None: refused."""
+        token, viewer = self.rules.token, self.rules.viewer
+        if token is None:
+            return OPERATOR
+        if not (path.startswith("/api/") or path == "/metrics"):
+            return ANYONE
         if path in PUBLIC or path.startswith("/api/docs/"):
-            return True
+            return ANYONE
         given = headers.get("authorization", "")
-        if given.lower().startswith("bearer ") and _same(given[7:].strip(), token):
-            return True
+        if given.lower().startswith("bearer "):
+            bearer = given[7:].strip()
+            if _same(bearer, token):
+                return OPERATOR
+            if viewer is not None and _same(bearer, viewer):
+                return VIEWER
         if path == EVENTS and method == "GET":
             cookie = _cookies(headers.get("cookie", ""))
             passed = cookie.get(SECURE_EVENTS_COOKIE) or cookie.get(EVENTS_COOKIE) or ""
-            return _same(passed, events_pass(token))
-        return False
+            if _same(passed, events_pass(token)):
+                return OPERATOR
+            if viewer is not None and _same(passed, events_pass(viewer)):
+                return VIEWER
+        return None
 
 
 def _same(given: str, expected: str) -> bool:

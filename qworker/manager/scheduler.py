@@ -29,6 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -76,14 +77,41 @@ MAX_FAILED_HEARD = 10_000
 RELEASED_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1}
 
 
+@dataclass(frozen=True)
+class Fired:
+    """What a fire did: ``queued`` (or ``buffered``, ``waiting`` behind the job of the
+    previous fire) the job ``job_id``, or ``skipped`` it for ``reason``."""
+
+    outcome: str
+    job_id: ObjectId | None = None
+    reason: str | None = None
+
+    @property
+    def stored(self) -> bool:
+        return self.outcome != "skipped"
+
+
+def run_now_key(name: str, at: datetime) -> str:
+    """The fire key of an operator's "run now" of schedule ``name`` at ``at``.
+
+    Among the schedule's fires (``fires_of``: the range after ``"<name>@"``) and in time
+    order with them, so its job is the schedule's last job, success or failure; but no
+    scheduled fire's (``"<name>@<UTC time>"``, which ends with the offset): a fresh
+    ObjectId ends it.
+    """
+    return f"{name}@{at.astimezone(UTC)} run-now {ObjectId()}"
+
+
 class Firing:
     """Where fires go: the jobs collection, and the channel for the wake-up hint.
 
     Its methods run in the scheduler's thread, but for ``hear``.
     """
 
-    def __init__(self, client: MongoClient[Doc], url: str, names: Names) -> None:
-        db = client[database_name(url)]
+    def __init__(
+        self, client: MongoClient[Doc], url: str | None, names: Names, database: str | None = None
+    ) -> None:
+        db = client[database or database_name(url or "")]
         self.jobs, self.channel = db[names.jobs], db[names.channel]
         self.schedules = db[names.schedules]
         # The leader's book, once it runs: the pauses of pauseOnFailure go through it.
@@ -116,26 +144,8 @@ class Firing:
         """Insert the job of one fire (``buffer-one``: maybe ``waiting``); False if it
         exists, or the overlap policy or a failure (``pause_on_failure``) skipped it."""
         at = fire_time.astimezone(UTC)
-        key = f"{schedule.name}@{at}"
-        self._watch_failures(schedule)
         try:
-            if schedule.pause_on_failure and self._last_failed(schedule, at):
-                return False
-            if schedule.overlap == "buffer-one":
-                self._release_earlier(schedule.name)  # a buffered fire goes first
-            now = utcnow()
-            doc = schedule.job(now)
-            doc.update(scheduleId=schedule.name, scheduledFor=at, fireKey=key)
-            try:
-                self.jobs.insert_one(doc)
-            except DuplicateKeyError as exc:
-                if _on_fire_key(exc):
-                    _skipped(schedule, at, "already enqueued")
-                elif schedule.overlap == "buffer-one":
-                    return self._buffer(schedule, at, now)
-                else:
-                    _skipped(schedule, at, "the last run is still active")
-                return False
+            return self.fire(schedule, at, f"{schedule.name}@{at}").stored
         except PyMongoError as exc:
             log.warning(
                 "cannot enqueue a fire; will retry",
@@ -145,14 +155,41 @@ class Firing:
             )
             self.failed.append((schedule, fire_time))
             return False
-        log.info(
-            "schedule fired",
-            schedule=schedule.name,
-            fire_time=at.isoformat(),
-            job_id=str(doc["_id"]),
-        )
+
+    def fire(self, schedule: Schedule, at: datetime, key: str, asked: bool = False) -> Fired:
+        """The job of the fire of ``schedule`` at ``at``, under the fire key ``key``, as
+        its overlap policy says; MongoDB's errors are the caller's. ``asked``: an
+        operator's "run now" (``run_now_key``), which a failure does not skip."""
+        self._watch_failures(schedule)
+        if not asked and schedule.pause_on_failure and self._last_failed(schedule, at):
+            return Fired("skipped", reason="the last run failed (pauseOnFailure)")
+        if schedule.overlap == "buffer-one":
+            self._release_earlier(schedule.name)  # a buffered fire goes first
+        now = utcnow()
+        doc = schedule.job(now)
+        doc.update(scheduleId=schedule.name, scheduledFor=at, fireKey=key)
+        if asked:
+            doc["runNow"] = True
+        try:
+            self.jobs.insert_one(doc)
+        except DuplicateKeyError as exc:
+            if _on_fire_key(exc):
+                self._skipped(asked, schedule, at, "already enqueued")
+                return Fired("skipped", reason="this fire is enqueued already")
+            if schedule.overlap == "buffer-one":
+                return self._buffer(schedule, at, now, key, asked)
+            reason = "the job of its last fire is still queued or running (overlap skip)"
+            self._skipped(asked, schedule, at, "the last run is still active")
+            return Fired("skipped", reason=reason)
+        if not asked:  # a "run now" says what it did to its caller
+            log.info(
+                "schedule fired",
+                schedule=schedule.name,
+                fire_time=at.isoformat(),
+                job_id=str(doc["_id"]),
+            )
         self._unannounced.append(doc)
-        return True
+        return Fired("queued", doc["_id"])
 
     def announce(self) -> None:
         """Wake idle workers for this round's fires, in one message; a lost one costs latency."""
@@ -161,11 +198,14 @@ class Firing:
 
     # -- buffer-one ------------------------------------------------------
 
-    def _buffer(self, schedule: Schedule, at: datetime, now: datetime) -> bool:
+    def _buffer(
+        self, schedule: Schedule, at: datetime, now: datetime, key: str, asked: bool
+    ) -> Fired:
         """Keep this fire, whose previous fire's job is queued or running: noted on the
         schedule's document first, then inserted ``waiting``. One at a time: a fire that
         finds another noted is dropped."""
-        name, key = schedule.name, f"{schedule.name}@{at}"
+        name = schedule.name
+        busy = "a fire is buffered already, behind the job of its last fire (overlap buffer-one)"
         note = {"fireKey": key, "task": schedule.task, "at": at}
         taken = self.schedules.update_one(
             {"_id": name, "buffered": {"$exists": False}}, {"$set": {"buffered": note}}
@@ -174,32 +214,45 @@ class Firing:
             kept = self.schedules.find_one({"_id": name}, {"buffered": 1})
             held = (kept or {}).get("buffered")
             if kept is None:
-                _skipped(schedule, at, "buffer-one, but the schedule is not in the store")
-                return False
+                self._skipped(
+                    asked, schedule, at, "buffer-one, but the schedule is not in the store"
+                )
+                return Fired("skipped", reason="the schedule is not in the store")
             if not isinstance(held, dict) or held.get("fireKey") != key:
-                _skipped(schedule, at, "a fire is buffered already", buffered=_shown(held))
+                self._skipped(
+                    asked, schedule, at, "a fire is buffered already", buffered=_shown(held)
+                )
                 self._know(name, held)
-                return False
+                return Fired("skipped", reason=busy)
             # Noted by an attempt of this very fire that did not get to insert: go on.
         self._know(name, note)
         doc = schedule.job(now, buffered=True)
         doc.update(scheduleId=name, scheduledFor=at, fireKey=key)
+        if asked:
+            doc["runNow"] = True
         try:
             self.jobs.insert_one(doc)
         except DuplicateKeyError as exc:
             if _on_fire_key(exc):
-                _skipped(schedule, at, "already buffered")
-            else:  # a buffered job no note names (two leaders at once): note it instead
-                self._adopt(schedule, key)
-                _skipped(schedule, at, "a fire is buffered already")
-            return False
-        log.info(
-            "schedule fire buffered until the last run ends",
-            schedule=name,
-            fire_time=at.isoformat(),
-            job_id=str(doc["_id"]),
-        )
-        return True
+                self._skipped(asked, schedule, at, "already buffered")
+                return Fired("skipped", reason="this fire is buffered already")
+            # a buffered job no note names (two leaders at once): note it instead
+            self._adopt(schedule, key)
+            self._skipped(asked, schedule, at, "a fire is buffered already")
+            return Fired("skipped", reason=busy)
+        if not asked:
+            log.info(
+                "schedule fire buffered until the last run ends",
+                schedule=name,
+                fire_time=at.isoformat(),
+                job_id=str(doc["_id"]),
+            )
+        return Fired("buffered", doc["_id"])
+
+    @staticmethod
+    def _skipped(asked: bool, schedule: Schedule, at: datetime, reason: str, **more: Any) -> None:
+        if not asked:  # a "run now" raises what it skipped for
+            _skipped(schedule, at, reason, **more)
 
     def _adopt(self, schedule: Schedule, ours: str) -> None:
         """Note the buffered job that holds ``schedule``'s buffer key instead of ours."""
@@ -287,6 +340,10 @@ class Firing:
             else:
                 self._buffered.pop(name, None)
             self._buffered_tasks = frozenset(self._buffered.values())
+
+    def sweep_soon(self) -> None:
+        """Look for buffered fires at the next round: a client may have noted one."""
+        self._swept = -IDLE_SWEEP
 
     def next_sweep(self) -> float:
         """Seconds until buffered fires are looked for again."""
@@ -519,6 +576,13 @@ class Scheduler:
         """Look at the store again: another process may have changed a schedule."""
         if self._book is not None:
             self._book.wakeup()
+
+    def changed(self) -> None:
+        """A client changed a schedule (``schedules:changed``): look at the store now,
+        buffered fires too (a "run now" of a buffer-one schedule notes one)."""
+        if self._firing is not None:
+            self._firing.sweep_soon()
+        self.wakeup()
 
     def job_ended(self, body: Doc) -> None:
         """A job notification heard on the channel (``worker:notification``): a job that

@@ -32,10 +32,13 @@ def is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
-def listen(bind: str, token: str | None) -> socket.socket:
-    """The bound socket for ``bind``; refuses a non-loopback address without a good token."""
+def listen(bind: str, token: str | None, viewer: str | None = None) -> socket.socket:
+    """The bound socket for ``bind``; refuses a non-loopback address without a good token
+    (and a read-only ``viewer`` token short enough to guess)."""
     host, port = parse_bind(bind)
     check_public_token(bind, is_loopback(host), token)
+    if viewer is not None:
+        check_public_token(bind, is_loopback(host), viewer, "the viewer token")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

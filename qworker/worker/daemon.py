@@ -175,6 +175,8 @@ class Worker:
         events = [protocol.JOB_QUEUED, protocol.JOB_CANCEL, protocol.TASK_CONTROL]
         if self.membership is not None:
             events += self.membership.events()
+        else:  # an operator's stop (Client.stop_worker), checked against our entry
+            events.append(protocol.stop(self.id))
         feed = JobFeed(
             self.store.jobs,
             self.metas,
@@ -471,6 +473,8 @@ class Worker:
                 await self._cancel_if_asked(job_id)
             else:
                 log.warning("ignoring a malformed job:cancel")
+        elif event == protocol.stop(self.id):
+            await self._stop_if_asked()
 
     # -- what task code asks of the worker (taskapi.Engine) ----------------
 
@@ -530,6 +534,26 @@ class Worker:
             return
         self.cancel_job(job_id)
 
+    async def _stop_if_asked(self) -> None:
+        """A standalone worker's ``<id>/stop`` is a hint anyone could write: it stops only
+        when its entry in ``workers`` asks this instance to (``stopRequested``, written by
+        ``Client.stop_worker``); each refresh of the entry looks too (``_register``)."""
+        registry = self.store.jobs.database[Names(self.settings.prefix).workers]
+        try:
+            entry = await registry.find_one({"_id": self.id}, {"stopRequested": 1})
+        except PyMongoError:
+            return  # the next refresh of the entry looks again
+        if not self._listing.stop_asked(entry):
+            log.warning("ignoring a stop request that the worker registry does not hold")
+            return
+        self._stop_as_asked()
+
+    def _stop_as_asked(self) -> None:
+        """Stop as on SIGTERM, once: a second request would force the stop."""
+        if not self.stopping.asked:
+            log.info("stopping: an operator asked this worker to stop", worker_id=self.id)
+            self.request_stop()
+
     def cancel_job(self, job_id: str) -> bool:
         """Stop a running job: ``job.cancelled`` turns true; async and process jobs are cut."""
         return self.runs.cancel(job_id)
@@ -553,8 +577,8 @@ class Worker:
         try:
             if stopped:
                 await self._listing.stop(registry)
-            else:
-                await self._listing.refresh(registry, self.running_count)
+            elif await self._listing.refresh(registry, self.running_count):
+                self._stop_as_asked()
         except PyMongoError as exc:
             log.warning("cannot update the worker registry", error=str(exc))
 
