@@ -537,7 +537,8 @@ def test_a_planted_job_with_a_path_for_an_id_is_not_listed(
 
 
 def test_the_dashboard_encodes_every_id_it_puts_in_a_path() -> None:
-    script = (Path(create_app.__code__.co_filename).parent / "web" / "app.js").read_text()
+    web = Path(create_app.__code__.co_filename).parent / "web"
+    script = "\n".join(module.read_text() for module in sorted(web.glob("*.js")))
     parts = [
         part
         for path in re.findall(r"api\(`([^`]*)`", script)
