@@ -1,109 +1,36 @@
 """The web dashboard, end to end: a real manager serving it, real workers, headless Chromium.
 
 Every view is driven as an operator would (Playwright's sync API) and saved as a
-screenshot under the test's tmp_path and in QWORKER_TEST_ARTIFACTS
-(default: test-artifacts/ at the repository root, which git ignores).
+screenshot (``support.browser.shot``). The fleet operations (bulk actions, workers,
+tasks, read-only access) are in test_dashboard_operations.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import re
-import shutil
 import threading
 import time
-from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from bson import ObjectId
+from support.browser import WAIT_MS, enqueue, job_doc, serving, shot
 from support.jobs import wait_finished
-from support.logs import wait_accepted, wait_leading
-from support.processes import REPO, ManagerProcess, managed, worker_ready
+from support.logs import wait_accepted
+from support.processes import managed, worker_ready
 from support.waits import wait_for
 
-from qworker import Client, limits
+from qworker import Client
 from qworker.lifecycle import EXPIRED_REASON
-from qworker.limits import Limits, Rate
 from qworker.model import new_job
-from qworker.mongo import Names
-from qworker.operations import run
 from qworker.when import utcnow
 
-CHROMIUM = Path("/usr/bin/chromium")
-if not CHROMIUM.exists():
-    pytest.skip(
-        f"the dashboard tests drive {CHROMIUM}, which is not installed", allow_module_level=True
-    )
 sync_api = pytest.importorskip("playwright.sync_api", reason="the dashboard tests need playwright")
 expect = sync_api.expect
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-# A slow two-core machine runs the manager, workers, the test server and Chromium at once.
-WAIT_MS = 45_000
 TOKEN = "s3cret"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    expect.set_options(timeout=WAIT_MS)  # expect's own default is 5 s, whatever the page's is
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
-    context = browser.new_context(viewport={"width": 1440, "height": 900}, color_scheme="light")
-    context.set_default_timeout(WAIT_MS)
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda error: errors.append(str(error)))
-    yield tab
-    context.close()
-    assert not errors, f"the dashboard raised in the browser: {errors}"
-
-
-def shot(page: Any, tmp_path: Path, name: str) -> Path:
-    """A full-page screenshot in tmp_path, copied to the artifacts folder."""
-    path = tmp_path / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
-    artifacts = Path(os.environ.get("QWORKER_TEST_ARTIFACTS") or REPO / "test-artifacts")
-    artifacts.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(path, artifacts / path.name)
-    return path
-
-
-def serving(spawn_manager: Any, extra: list[str] | None = None) -> tuple[ManagerProcess, str]:
-    manager = spawn_manager(extra=extra)
-    wait_leading(manager)
-    return manager, manager.api_url()
-
-
-def enqueue(base: str, token: str | None = None, **job: Any) -> str:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = httpx.post(f"{base}/api/jobs", json=job, headers=headers, timeout=30)
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
-
-
-def job_doc(db: Any, job_id: str) -> dict[str, Any]:
-    doc: dict[str, Any] = db.jobs.find_one({"_id": ObjectId(job_id)})
-    return doc
 
 
 def test_a_job_enqueued_through_the_api_is_listed(
@@ -388,29 +315,6 @@ def test_the_schedules_view_lists_and_pauses_a_schedule(
     row.get_by_test_id("resume").click()
     expect(row).to_have_attribute("data-paused", "false")
     assert client.schedule_info("dash-hourly")["paused"] is False
-
-
-def test_a_task_is_paused_and_resumed_from_the_overview(
-    spawn_manager: Any, client: Client, db: Any, page: Any, tmp_path: Path
-) -> None:
-    _, base = serving(spawn_manager)
-    client.now("dash_slow", {"steps": 1})  # a task the fleet knows of, by its job
-    # A slot of a fleet-wide limit, taken as a worker takes one.
-    capped = Limits(concurrency=2, rate=Rate(100, 60.0))
-    run(limits.acquire("dash_slow", "", capped, [ObjectId()], "w:1", utcnow()), db, Names())
-
-    page.goto(f"{base}/#/overview")
-    row = page.locator('[data-testid="task-row"][data-task="dash_slow"]')
-    expect(row).to_have_attribute("data-paused", "false")
-    expect(row.get_by_test_id("task-limits")).to_have_text("1/2 running, 1 of 100/minute")
-    row.get_by_test_id("pause-task").click()
-    expect(row).to_have_attribute("data-paused", "true")
-    expect(row.get_by_test_id("task-paused")).to_be_visible()
-    assert client.task_controls("dash_slow")["paused"] is True
-    shot(page, tmp_path, "overview-task-paused")
-    row.get_by_test_id("resume-task").click()
-    expect(row).to_have_attribute("data-paused", "false")
-    assert client.task_controls("dash_slow")["paused"] is False
 
 
 ATTACK = """<!doctype html><html><body>

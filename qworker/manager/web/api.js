@@ -36,6 +36,17 @@ async function saveToken(value) {
     "X-Qworker-Request": "1" }, credentials: "same-origin" }).catch(() => {});
 }
 
+// What this tab's token may do (GET /api/access): a viewer's page shows no control
+// that changes anything (CSS hides [data-change]); the manager refuses them anyway.
+export const access = { role: "operator", readOnly: false };
+
+export async function loadAccess() {
+  Object.assign(access, await api("access"));
+  document.body.toggleAttribute("data-read-only", access.readOnly);
+  const badge = document.getElementById("read-only");
+  if (badge) badge.hidden = !access.readOnly;
+}
+
 // The token of this tab: handed over by a link, or kept from an earlier page.
 export async function loadToken() {
   const linked = tokenFromLink();
@@ -65,6 +76,7 @@ export function askToken(refused) {
         tokenPrompt = null;
         resolve();
         live.reconnect();
+        loadAccess().catch(() => {});
       };
     });
   }

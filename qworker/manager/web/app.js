@@ -1,18 +1,20 @@
 // The qworker dashboard: plain ES module, no build step, no dependencies.
 //
 // Views are picked by the URL's hash (#/overview, #/jobs?state=failed, #/jobs/ID,
-// #/failed, #/schedules, #/workflows, #/workflows/ID). Each view refreshes itself every few seconds and also
+// #/failed, #/workers, #/tasks, #/schedules, #/workflows, #/workflows/ID). Each view refreshes itself every few seconds and also
 // listens to the manager's server-sent events (/api/events) for live updates.
 // Everything shown is inserted as text nodes: job data is user input.
 
 import { h, refreshRelativeTimes, replace, setText } from "./dom.js";
 import { currentRoute } from "./routes.js";
-import { api, live, loadToken } from "./api.js";
+import { api, live, loadAccess, loadToken } from "./api.js";
 import { overviewView } from "./overview.js";
 import { jobsView } from "./jobs.js";
 import { jobView } from "./job.js";
 import { schedulesView } from "./schedules.js";
 import { workflowView, workflowsView } from "./workflows.js";
+import { workersView } from "./workers.js";
+import { tasksView } from "./tasks.js";
 
 // -- the router: one view at a time, refreshed on a timer and on events ---------------
 
@@ -34,6 +36,8 @@ const app = {
     else if (path === "/workflows") [view, nav] = [workflowsView(), "workflows"];
     else if (path.match(/^\/workflows\/[^/]+$/)) [view, nav] = [workflowView(path.split("/")[2]), "workflows"];
     else if (path === "/overview") [view, nav] = [overviewView(), "overview"];
+    else if (path === "/workers") [view, nav] = [workersView(), "workers"];
+    else if (path === "/tasks") [view, nav] = [tasksView(), "tasks"];
     else {
       view = { root: h("div", { class: "card banner" }, "No such page. ", h("a", { href: "#/overview" }, "Overview")),
         refresh: async () => {}, every: 60000 };
@@ -104,6 +108,7 @@ async function refreshFailedCount() {
 
 async function start() {
   await loadToken();
+  await loadAccess().catch(() => {}); // unknown: every control shows, the manager decides
   window.addEventListener("hashchange", () => app.route());
   // A tab left in the background lets go of its event stream after a minute.
   let asleep = null;

@@ -37,6 +37,19 @@ export function replace(el, ...children) {
   return append(el, children);
 }
 
+// Replaces a table's rows and keeps the keyboard's focus on the same control of the same
+// row (key: the attribute that names a row), since views redraw every few seconds.
+export function replaceRows(body, rows, key) {
+  const focused = document.activeElement;
+  const row = focused && body.contains(focused) ? focused.closest(`[${key}]`) : null;
+  const control = focused && focused.dataset.testid
+    ? `[data-testid="${CSS.escape(focused.dataset.testid)}"]` : focused && focused.tagName;
+  replace(body, rows);
+  if (!row || !control) return;
+  const again = body.querySelector(`[${key}="${CSS.escape(row.getAttribute(key))}"] ${control}`);
+  if (again) again.focus();
+}
+
 export function setText(el, text) {
   const value = text === null || text === undefined ? "" : String(text);
   if (el.textContent !== value) el.textContent = value;

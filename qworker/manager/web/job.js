@@ -4,7 +4,7 @@ import { ACTIVE, ACTIVE_JOB_REFRESH_MS, FINISHED, IDLE_JOB_REFRESH_MS, absolute,
 import { errorBanner, h, progressBar, replace, section, setText, stateBadge, timeEl, updateProgress } from "./dom.js";
 import { href, jobHref } from "./routes.js";
 import { api } from "./api.js";
-import { act, confirmButton } from "./actions.js";
+import { act, changeButton, confirmButton } from "./actions.js";
 
 // -- one job ------------------------------------------------------------------------
 
@@ -95,15 +95,15 @@ export function jobView(id) {
     const buttons = [];
     if (FINISHED.has(job.state)) {
       const again = job.state === "succeeded";
-      const retry = h("button", { type: "button", class: again ? "btn" : "btn btn-primary",
-        "data-testid": "retry", title: "Queue this job again, now" }, again ? "Run again" : "Retry");
+      const retry = changeButton(again ? "Run again" : "Retry", { class: again ? "btn" : "btn btn-primary",
+        "data-testid": "retry", title: "Queue this job again, now" });
       retry.addEventListener("click", () => act(retry, "Job requeued", async () => {
         show(await api(`jobs/${encodeURIComponent(id)}/retry`, { method: "POST" }));
       }));
       buttons.push(retry);
     }
     if (ACTIVE.has(job.state) && !job.cancelRequested) {
-      const cancel = h("button", { type: "button", class: "btn", "data-testid": "cancel" }, "Cancel");
+      const cancel = changeButton("Cancel", { class: "btn", "data-testid": "cancel" });
       cancel.addEventListener("click", () => act(cancel, "Cancel requested", async () => {
         show(await api(`jobs/${encodeURIComponent(id)}/cancel`, { method: "POST" }));
       }));

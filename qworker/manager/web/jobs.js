@@ -1,160 +1,150 @@
-// The job list and the failed view: filters in the URL, sorting, paging, bulk actions.
+// The job list and the failed view: filters in the URL, sorting, paging, and actions
+// on one job, on the selected ones or on every job the filter matches.
 
-import { ACTIVE, PAGE_SIZES, REFRESH_MS, RETRYABLE, SINCE_CHOICES, STATES, idOf, parseTime, percentOf, preview, shortId, workerOf } from "./format.js";
-import { emptyRow, errorBanner, h, progressBar, replace, section, setText, stateBadge, timeEl, updateProgress } from "./dom.js";
+import { ACTIVE, REFRESH_MS, RETRYABLE, idOf, parseTime, percentOf, preview, ranFor, shortId, workerOf } from "./format.js";
+import { emptyRow, errorBanner, h, progressBar, replace, replaceRows, section, setText, stateBadge, timeEl, updateProgress } from "./dom.js";
 import { href, jobHref } from "./routes.js";
 import { api } from "./api.js";
-import { act, confirmButton } from "./actions.js";
-
-// -- job list (and the failed view) -----------------------------------------------
+import { act, changeButton, confirmButton } from "./actions.js";
+import { BULK_ACTIONS, bulk, bulkDone, describeFilter } from "./bulk.js";
+import { jobFilters } from "./jobfilters.js";
 
 export function jobsView(params, { failed = false } = {}) {
   const banner = errorBanner();
-  const filters = {
-    state: failed ? "failed" : params.get("state") || "",
-    task: params.get("task") || "",
-    worker: params.get("worker") || "",
-    text: params.get("text") || "",
-    since: params.get("since") || "",
-    limit: Number(params.get("limit")) || 50,
-    page: Math.max(1, Number(params.get("page")) || 1),
-  };
-  if (!PAGE_SIZES.includes(filters.limit)) filters.limit = 50;
   const path = failed ? "/failed" : "/jobs";
-
-  const stateSelect = h("select", { id: "filter-state", name: "state", "data-testid": "filter-state" },
-    h("option", { value: "" }, "any state"), STATES.map((s) => h("option", { value: s }, s)));
-  stateSelect.value = filters.state;
-  const taskList = h("datalist", { id: "task-names" });
-  const workerList = h("datalist", { id: "worker-names" });
-  const taskInput = h("input", { id: "filter-task", name: "task", placeholder: "task",
-    list: "task-names", value: filters.task, "data-testid": "filter-task", spellcheck: "false" });
-  const workerInput = h("input", { id: "filter-worker", name: "worker", placeholder: "worker",
-    list: "worker-names", value: filters.worker, "data-testid": "filter-worker", spellcheck: "false" });
-  const textInput = h("input", { id: "filter-text", name: "text", type: "search",
-    placeholder: "text in description", value: filters.text, "data-testid": "filter-text" });
-  const sinceSelect = h("select", { id: "filter-since", name: "since", "data-testid": "filter-since" },
-    SINCE_CHOICES.map(([value, label]) => h("option", { value }, label)));
-  if (filters.since && !SINCE_CHOICES.some(([v]) => v === filters.since)) {
-    sinceSelect.append(h("option", { value: filters.since }, `since ${filters.since}`));
-  }
-  sinceSelect.value = filters.since;
-  const sizeSelect = h("select", { id: "page-size", "data-testid": "page-size" },
-    PAGE_SIZES.map((n) => h("option", { value: String(n) }, `${n} / page`)));
-  sizeSelect.value = String(filters.limit);
-  const clear = h("button", { type: "button", class: "btn btn-ghost", "data-testid": "filter-clear" },
-    "Clear");
-
-  const form = h("form", { class: "filters", id: "job-filters", onsubmit: (e) => e.preventDefault() },
-    failed ? null : stateSelect, taskInput, workerInput, textInput, sinceSelect, clear,
-    taskList, workerList);
+  let page = Math.max(1, Number(params.get("page")) || 1);
+  const filters = jobFilters(params, { failed, onChange: () => {
+    page = 1;
+    syncHash();
+    refresh().catch(() => {});
+  } });
 
   const total = h("span", { id: "job-total", "data-testid": "job-total", class: "muted" });
-  const prev = h("button", { type: "button", class: "btn btn-sm", "data-testid": "page-prev" }, "← Newer");
-  const next = h("button", { type: "button", class: "btn btn-sm", "data-testid": "page-next" }, "Older →");
+  const prev = h("button", { type: "button", class: "btn btn-sm", "data-testid": "page-prev" }, "← Previous");
+  const next = h("button", { type: "button", class: "btn btn-sm", "data-testid": "page-next" }, "Next →");
   const range = h("span", { class: "page-range", "data-testid": "page-range" });
   const body = h("tbody");
-  const retryAll = failed
-    ? h("button", { type: "button", class: "btn btn-primary btn-sm", "data-testid": "retry-page" },
-      "Retry all on this page")
-    : null;
+  const selected = new Set(); // ids, kept across refreshes and pages
+  const selectPage = h("input", { type: "checkbox", "aria-label": "select the jobs on this page",
+    "data-testid": "select-page" });
+  const selection = selectionBar();
 
   const columns = failed
     ? ["Job", "Task", "Reason", "Attempts", "Worker", "Failed", ""]
-    : ["Job", "Task", "State", "Progress", "Attempts", "Worker", "Created", "Data", ""];
+    : ["Job", "Task", "State", "Progress", "Attempts", "Worker", "Created", "Finished", "Data", ""];
   const root = h("div", { class: "jobs", id: failed ? "failed-view" : "jobs-view" },
-    h("div", { class: "page-head" }, h("h1", {}, failed ? "Failed jobs" : "Jobs"), total,
-      h("div", { class: "spacer" }), retryAll),
-    form, banner.el,
+    h("div", { class: "page-head" }, h("h1", {}, failed ? "Failed jobs" : "Jobs"), total),
+    filters.form, selection.el, banner.el,
     section(null, {}, h("table", { class: "table jobs-table", id: "job-list", "data-testid": "job-list" },
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { class: c === "Attempts" ? "num" : "" }, c)))),
+      h("thead", {}, h("tr", {}, h("th", { class: "pick", "data-change": "" }, selectPage),
+        columns.map((c) => h("th", { class: c === "Attempts" ? "num" : "" }, c)))),
       body),
-    h("div", { class: "pager" }, prev, range, next, h("div", { class: "spacer" }), sizeSelect)),
+    h("div", { class: "pager" }, prev, range, next, h("div", { class: "spacer" }), filters.size)),
   );
 
   let lastJobs = [];
+  let lastTotal = 0;
   let generation = 0;
 
   function syncHash() {
-    const url = href(path, {
-      state: failed ? "" : filters.state, task: filters.task, worker: filters.worker,
-      text: filters.text, since: filters.since,
-      limit: filters.limit === 50 ? "" : filters.limit, page: filters.page > 1 ? filters.page : "",
-    });
+    const url = href(path, { ...filters.linked(), page: page > 1 ? page : "" });
     if (location.hash !== url) history.replaceState(null, "", url);
   }
 
-  let typing = null;
-  function changed(resetPage = true) {
-    filters.state = failed ? "failed" : stateSelect.value;
-    filters.task = taskInput.value.trim();
-    filters.worker = workerInput.value.trim();
-    filters.text = textInput.value.trim();
-    filters.since = sinceSelect.value;
-    filters.limit = Number(sizeSelect.value) || 50;
-    if (resetPage) filters.page = 1;
-    syncHash();
-    refresh().catch(() => {});
-  }
-  for (const el of [stateSelect, sinceSelect, sizeSelect]) el.addEventListener("change", () => changed());
-  for (const el of [taskInput, workerInput, textInput]) {
-    el.addEventListener("input", () => {
-      clearTimeout(typing);
-      typing = setTimeout(() => changed(), 350);
-    });
-    el.addEventListener("change", () => {
-      clearTimeout(typing);
-      changed();
-    });
-  }
-  clear.addEventListener("click", () => {
-    stateSelect.value = "";
-    taskInput.value = workerInput.value = textInput.value = "";
-    sinceSelect.value = "";
-    changed();
-  });
   prev.addEventListener("click", () => {
-    filters.page = Math.max(1, filters.page - 1);
+    page = Math.max(1, page - 1);
     syncHash();
     refresh().catch(() => {});
   });
   next.addEventListener("click", () => {
-    filters.page += 1;
+    page += 1;
     syncHash();
     refresh().catch(() => {});
   });
-  if (retryAll) {
-    retryAll.addEventListener("click", () => act(retryAll, "Jobs requeued", async () => {
-      const results = await Promise.allSettled(lastJobs.map((j) => api(`jobs/${encodeURIComponent(j._id)}/retry`, { method: "POST" })));
-      const bad = results.filter((r) => r.status === "rejected");
-      await refresh();
-      if (bad.length) throw new Error(`${bad.length} could not be retried: ${bad[0].reason.message}`);
-    }));
+  selectPage.addEventListener("change", () => {
+    for (const job of lastJobs) {
+      if (selectPage.checked) selected.add(job._id);
+      else selected.delete(job._id);
+    }
+    for (const box of body.querySelectorAll("input[data-pick]")) box.checked = selectPage.checked;
+    selection.render();
+  });
+
+  // The bar over the table: what is selected, and every job that matches.
+  function selectionBar() {
+    const count = h("span", { class: "bulk-count", "data-testid": "selected-count" });
+    const matching = h("span", { class: "bulk-count", "data-testid": "matching-count" });
+    const clearSelection = h("button", { type: "button", class: "btn btn-ghost btn-sm",
+      "data-testid": "select-none" }, "Clear selection");
+    clearSelection.addEventListener("click", () => {
+      selected.clear();
+      for (const box of root.querySelectorAll("input[data-pick], [data-testid=select-page]")) box.checked = false;
+      render();
+    });
+    const verbs = failed ? ["retry", "delete"] : Object.keys(BULK_ACTIONS);
+    const onSelected = verbs.map((action) => bulkButton(action, "selected",
+      () => ({ ids: [...selected] }), () => `selected`));
+    const onMatching = verbs.map((action) => bulkButton(action, "matching",
+      () => ({ filter: filters.filter() }), () => `match ${describeFilter(filters.filter())}`));
+    const el = h("div", { class: "bulk-bar", "data-change": "", "data-testid": "bulk-bar",
+      role: "toolbar", "aria-label": "bulk actions" },
+    h("div", { class: "bulk-group" }, count, onSelected, clearSelection),
+    h("div", { class: "bulk-group" }, matching, onMatching));
+
+    function bulkButton(action, which, scope, what) {
+      const { verb } = BULK_ACTIONS[action];
+      const button = changeButton(which === "selected" ? verb : `${verb} all`, {
+        class: `btn btn-sm${action === "retry" && failed ? " btn-primary" : ""}${action === "delete" ? " btn-danger" : ""}`,
+        "data-testid": `bulk-${which}-${action}`,
+        title: `${verb} ${which === "selected" ? "the selected jobs" : "every job that matches the filter"}` });
+      button.addEventListener("click", async () => {
+        await act(button, bulkDone, async () => {
+          const outcome = await bulk(action, scope(), what());
+          if (outcome && which === "selected") selected.clear();
+          await refresh();
+          return outcome;
+        });
+        render(); // act enabled the button again, whatever the count is now
+      });
+      return button;
+    }
+
+    function render() {
+      setText(count, `${selected.size} selected`);
+      count.dataset.count = String(selected.size);
+      for (const button of onSelected) button.disabled = !selected.size;
+      clearSelection.hidden = !selected.size;
+      setText(matching, `${lastTotal} matching`);
+      matching.dataset.count = String(lastTotal);
+      for (const button of onMatching) button.disabled = !lastTotal;
+    }
+    return { el, render };
+  }
+
+  function stopping(handler) {
+    return (event) => {
+      event.stopPropagation();
+      handler();
+    };
   }
 
   function actions(job) {
     const cell = h("td", { class: "actions" });
     if (RETRYABLE.has(job.state)) {
-      const retry = h("button", { type: "button", class: "btn btn-primary btn-sm", "data-testid": "retry",
-        title: "Queue this job again, now" }, "Retry");
-      retry.addEventListener("click", (event) => {
-        event.stopPropagation();
-        act(retry, `Job ${shortId(job._id)} requeued`, async () => {
-          await api(`jobs/${encodeURIComponent(job._id)}/retry`, { method: "POST" });
-          await refresh();
-        });
-      });
+      const retry = changeButton("Retry", { class: "btn btn-primary btn-sm", "data-testid": "retry",
+        title: "Queue this job again, now" });
+      retry.addEventListener("click", stopping(() => act(retry, `Job ${shortId(job._id)} requeued`, async () => {
+        await api(`jobs/${encodeURIComponent(job._id)}/retry`, { method: "POST" });
+        await refresh();
+      })));
       cell.append(retry);
     }
     if (ACTIVE.has(job.state) && !job.cancelRequested) {
-      const cancel = h("button", { type: "button", class: "btn btn-sm", "data-testid": "cancel" }, "Cancel");
-      cancel.addEventListener("click", (event) => {
-        event.stopPropagation();
-        act(cancel, `Cancel of ${shortId(job._id)} requested`, async () => {
-          await api(`jobs/${encodeURIComponent(job._id)}/cancel`, { method: "POST" });
-          await refresh();
-        });
-      });
+      const cancel = changeButton("Cancel", { "data-testid": "cancel" });
+      cancel.addEventListener("click", stopping(() => act(cancel, `Cancel of ${shortId(job._id)} requested`, async () => {
+        await api(`jobs/${encodeURIComponent(job._id)}/cancel`, { method: "POST" });
+        await refresh();
+      })));
       cell.append(cancel);
     }
     if (job.state === "running") return cell; // cancel it first: the API refuses
@@ -164,6 +154,25 @@ export function jobsView(params, { failed = false } = {}) {
         await refresh();
       })));
     return cell;
+  }
+
+  function pick(job) {
+    const box = h("input", { type: "checkbox", "data-pick": "", "aria-label": `select job ${job._id}`,
+      "data-testid": "select-job", checked: selected.has(job._id) });
+    box.addEventListener("click", (event) => event.stopPropagation());
+    box.addEventListener("change", () => {
+      if (box.checked) selected.add(job._id);
+      else selected.delete(job._id);
+      selectPage.checked = lastJobs.every((j) => selected.has(j._id));
+      selection.render();
+    });
+    return h("td", { class: "pick", "data-change": "" }, box);
+  }
+
+  function finishedCell(job, at) {
+    const took = ranFor(job);
+    return h("td", { "data-testid": "job-finished" }, timeEl(at),
+      took && job.state !== "running" ? h("div", { class: "sub", "data-testid": "job-took" }, `took ${took}`) : null);
   }
 
   function row(job) {
@@ -176,10 +185,10 @@ export function jobsView(params, { failed = false } = {}) {
       shortId(job._id)));
     const worker = h("td", { class: "mono" }, workerOf(job) || h("span", { class: "muted" }, "—"));
     if (failed) {
-      return h("tr", attrs, idCell, h("td", { class: "mono" }, job.name),
+      return h("tr", attrs, pick(job), idCell, h("td", { class: "mono" }, job.name),
         h("td", { class: "reason", "data-testid": "fail-reason" },
           preview(job.failReason || (job.error && `${job.error.type}: ${job.error.message}`), 120)),
-        attempts, worker, h("td", {}, timeEl(job.failedAt || job.lastFinishedAt)), actions(job));
+        attempts, worker, finishedCell(job, job.failedAt || job.lastFinishedAt), actions(job));
     }
     const step = job.progress && job.progress.step;
     const progress = job.state === "running"
@@ -191,10 +200,11 @@ export function jobsView(params, { failed = false } = {}) {
     if (job.cancelRequested && job.state === "running") note = "cancelling";
     else if (job.state === "waiting") note = "for the previous step";
     else if (job.state === "queued" && due && due.getTime() > Date.now() + 1000) note = ["due ", timeEl(job.nextRunAt)];
-    return h("tr", attrs, idCell, h("td", { class: "mono" }, job.name),
+    return h("tr", attrs, pick(job), idCell, h("td", { class: "mono" }, job.name),
       h("td", {}, stateBadge(job.state), note ? h("div", { class: "sub" }, note) : null),
       h("td", { class: "progress-cell" }, progress), attempts, worker,
       h("td", {}, timeEl(job.createdAt)),
+      job.state === "running" ? h("td", {}, h("span", { class: "muted" }, "—")) : finishedCell(job, job.lastFinishedAt),
       h("td", { class: "data-preview", title: preview(job.data, 2000) },
         job.description ? h("span", { class: "desc" }, preview(job.description, 60)) : null,
         h("code", {}, preview(job.data, 60))),
@@ -203,13 +213,11 @@ export function jobsView(params, { failed = false } = {}) {
 
   async function refresh() {
     const mine = ++generation;
-    const skip = (filters.page - 1) * filters.limit;
+    const limit = filters.limit();
+    const skip = (page - 1) * limit;
     let result;
     try {
-      result = await api("jobs", { params: {
-        state: filters.state, task: filters.task, worker: filters.worker, text: filters.text,
-        since: filters.since, limit: filters.limit, skip,
-      } });
+      result = await api("jobs", { params: { ...filters.filter(), ...filters.order(), limit, skip } });
     } catch (error) {
       if (mine === generation) banner.show(error);
       throw error;
@@ -217,27 +225,28 @@ export function jobsView(params, { failed = false } = {}) {
     if (mine !== generation) return; // a newer query answered first
     banner.clear();
     lastJobs = result.jobs || [];
-    const count = result.total ?? lastJobs.length;
-    if (!lastJobs.length && count > 0 && filters.page > 1) {
-      filters.page = Math.max(1, Math.ceil(count / filters.limit));
+    lastTotal = result.total ?? lastJobs.length;
+    if (!lastJobs.length && lastTotal > 0 && page > 1) {
+      page = Math.max(1, Math.ceil(lastTotal / limit));
       syncHash();
       return refresh();
     }
-    setText(total, `${count} job${count === 1 ? "" : "s"}`);
-    total.dataset.total = String(count);
+    setText(total, `${lastTotal} job${lastTotal === 1 ? "" : "s"}`);
+    total.dataset.total = String(lastTotal);
     const first = lastJobs.length ? skip + 1 : 0;
-    setText(range, `${first}–${skip + lastJobs.length} of ${count}`);
-    prev.disabled = filters.page <= 1;
-    next.disabled = skip + lastJobs.length >= count;
-    if (retryAll) retryAll.disabled = !lastJobs.length;
-    replace(body, lastJobs.length ? lastJobs.map(row)
-      : emptyRow(columns.length, failed ? "No failed jobs match." : "No jobs match."));
+    setText(range, `${first}–${skip + lastJobs.length} of ${lastTotal}`);
+    prev.disabled = page <= 1;
+    next.disabled = skip + lastJobs.length >= lastTotal;
+    selectPage.checked = lastJobs.length > 0 && lastJobs.every((j) => selected.has(j._id));
+    selection.render();
+    replaceRows(body, lastJobs.length ? lastJobs.map(row)
+      : emptyRow(columns.length + 1, failed ? "No failed jobs match." : "No jobs match."), "data-job-id");
   }
 
   // Suggestions for the task and worker fields (best effort).
-  api("tasks").then((tasks) => replace(taskList, tasks.map((t) => h("option", { value: idOf(t) }))))
+  api("tasks").then((tasks) => replace(filters.lists.task, tasks.map((t) => h("option", { value: idOf(t) }))))
     .catch(() => {});
-  api("workers").then((ws) => replace(workerList, ws.map((w) => h("option", { value: idOf(w) }))))
+  api("workers").then((ws) => replace(filters.lists.worker, ws.map((w) => h("option", { value: idOf(w) }))))
     .catch(() => {});
 
   return {

@@ -1,10 +1,10 @@
 // The overview: fleet figures, workers, queue depth by task, recent failures.
 
 import { MOVES, REFRESH_MS, STATES, fmtRate, idOf, preview, shortId } from "./format.js";
-import { emptyRow, errorBanner, h, replace, section, setText, svg, timeEl } from "./dom.js";
+import { emptyRow, errorBanner, h, replace, replaceRows, section, setText, svg, timeEl } from "./dom.js";
 import { href, jobHref } from "./routes.js";
 import { api } from "./api.js";
-import { act } from "./actions.js";
+import { TASK_COLUMNS, taskRow } from "./tasks.js";
 
 // -- overview ---------------------------------------------------------------------
 
@@ -44,7 +44,8 @@ export function overviewView() {
     section("Workers", {}, h("table", { class: "table", id: "workers-table" },
       h("thead", {}, h("tr", {}, ["Worker", "Host", "State", "Tasks", "Running", "Last ping"]
         .map((t) => h("th", { class: t === "Running" ? "num" : "" }, t)))),
-      workersBody)),
+      workersBody),
+    h("div", { class: "card-foot" }, h("a", { href: "#/workers" }, "Workers with their running jobs →"))),
     section("Queue by task", {}, h("table", { class: "table", id: "queue-table" },
       h("thead", {}, queueHead), queueBody)),
     h("div", { class: "grid-2" },
@@ -53,9 +54,8 @@ export function overviewView() {
         failuresBody),
       h("div", { class: "card-foot" }, h("a", { href: "#/failed" }, "All failed jobs →"))),
       section("Tasks", {}, h("table", { class: "table", id: "tasks-table" },
-        h("thead", {}, h("tr", {}, ["Task", "Description", "Live workers", "Metadata", "Limits", "Claims"]
-          .map((t) => h("th", {}, t)))),
-        tasksBody))),
+        h("thead", {}, h("tr", {}, TASK_COLUMNS.map((t) => h("th", {}, t)))), tasksBody),
+      h("div", { class: "card-foot" }, h("a", { href: "#/tasks" }, "Tasks with their last hour →")))),
   );
 
   function renderStats(ov) {
@@ -127,46 +127,8 @@ export function overviewView() {
 
   function renderTasks(tasks) {
     const rows = [...tasks].sort((a, b) => idOf(a).localeCompare(idOf(b)));
-    replace(tasksBody, rows.length ? rows.map((t) =>
-      h("tr", { "data-testid": "task-row", "data-task": idOf(t), "data-paused": String(Boolean(t.paused)) },
-        h("td", { class: "mono" }, h("a", { href: href("/jobs", { task: idOf(t) }) }, idOf(t))),
-        h("td", {}, t.description || h("span", { class: "muted" }, "—")),
-        h("td", {}, (t.liveWorkers || []).length
-          ? t.liveWorkers.map((w) => h("a", { class: "chip", href: href("/jobs", { worker: w }) }, w))
-          : h("span", { class: "muted" }, "none live")),
-        h("td", {}, t.valid === false
-          ? h("span", { class: "badge state-failed", title: (t.problems || []).join("\n") }, "invalid")
-          : t.valid === true ? h("span", { class: "badge state-succeeded" }, "valid")
-            : h("span", { class: "muted", title: "Only standalone workers or jobs name it" },
-              "not announced")),
-        limitsCell(t.limits),
-        pauseCell(t)))
-      : emptyRow(6, "No task is known yet."));
-  }
-
-  // A task's fleet-wide limits and their use, as the API sums them over partitions.
-  function limitsCell(limits) {
-    if (!limits) return h("td", { "data-testid": "task-limits" }, h("span", { class: "muted" }, "none"));
-    const parts = [];
-    if (limits.concurrency != null) parts.push(`${limits.running}/${limits.concurrency} running`);
-    if (limits.rate != null) parts.push(`${limits.recentStarts} of ${limits.rate}`);
-    if (limits.partitionBy) parts.push(`per ${limits.partitionBy} (${limits.partitions})`);
-    return h("td", { "data-testid": "task-limits" }, parts.join(", ") || "none");
-  }
-
-  // Pausing a task holds its queued jobs on every worker; running ones finish.
-  function pauseCell(t) {
-    const paused = Boolean(t.paused);
-    const toggle = h("button", { type: "button", class: `btn btn-sm ${paused ? "btn-primary" : ""}`,
-      "data-testid": paused ? "resume-task" : "pause-task" }, paused ? "Resume" : "Pause");
-    toggle.addEventListener("click", () => act(toggle, `${idOf(t)} ${paused ? "resumed" : "paused"}`,
-      async () => {
-        await api(`tasks/${encodeURIComponent(idOf(t))}/${paused ? "resume" : "pause"}`, { method: "POST" });
-        await refresh();
-      }));
-    return h("td", { class: "actions" }, paused
-      ? h("span", { class: "badge state-cancelled", "data-testid": "task-paused" }, "paused") : null,
-    " ", toggle);
+    replaceRows(tasksBody, rows.length ? rows.map((t) => taskRow(t, refresh))
+      : emptyRow(6, "No task is known yet."), "data-task");
   }
 
   async function refresh() {

@@ -1,10 +1,10 @@
 // The recurring schedules: next run, last outcomes, pause, run now.
 
 import { MOVES, REFRESH_MS, shortId } from "./format.js";
-import { emptyRow, errorBanner, h, replace, section, setText, stateBadge, timeEl } from "./dom.js";
+import { emptyRow, errorBanner, h, replaceRows, section, setText, stateBadge, timeEl } from "./dom.js";
 import { href, jobHref } from "./routes.js";
 import { api } from "./api.js";
-import { act, confirmButton } from "./actions.js";
+import { act, changeButton, confirmButton } from "./actions.js";
 
 // -- schedules ------------------------------------------------------------------------
 
@@ -30,8 +30,17 @@ export function schedulesView() {
 
   function row(s) {
     const paused = Boolean(s.paused);
-    const toggle = h("button", { type: "button", class: `btn btn-sm ${paused ? "btn-primary" : ""}`,
-      "data-testid": paused ? "resume" : "pause" }, paused ? "Resume" : "Pause");
+    const toggle = changeButton(paused ? "Resume" : "Pause", { class: `btn btn-sm ${paused ? "btn-primary" : ""}`,
+      "data-testid": paused ? "resume" : "pause" });
+    // Fires once now, as the trigger would (its overlap policy decides): a job, or why not.
+    const runNow = changeButton("Run now", { "data-testid": "run-now", title: "Fire it once, now" });
+    runNow.addEventListener("click", () => act(runNow, (fired) => fired.outcome === "buffered"
+      ? `${s.name}: buffered, to start when its running job ends` : `${s.name}: job ${shortId(fired.jobId)} queued`,
+    async () => {
+      const fired = await api(`schedules/${encodeURIComponent(s.name)}/run`, { method: "POST" });
+      await refresh();
+      return fired;
+    }));
     toggle.addEventListener("click", () => act(toggle, `${s.name} ${paused ? "resumed" : "paused"}`,
       async () => {
         await api(`schedules/${encodeURIComponent(s.name)}/${paused ? "resume" : "pause"}`, { method: "POST" });
@@ -53,7 +62,7 @@ export function schedulesView() {
           s.pauseReason ? "paused: a run failed" : "paused")
         : timeEl(s.nextRunAt)),
       lastCell(s.lastJob, true), lastCell(s.lastSuccess, false), lastCell(s.lastFailure, false),
-      h("td", { class: "actions" }, toggle, remove));
+      h("td", { class: "actions" }, runNow, toggle, remove));
   }
 
   async function refresh() {
@@ -66,8 +75,8 @@ export function schedulesView() {
     }
     banner.clear();
     setText(count, `${list.length} schedule${list.length === 1 ? "" : "s"}`);
-    replace(body, list.length ? list.map(row) : emptyRow(columns.length,
-      "No schedules. Add one with client.every(…), client.cron(…) or `qworker-manager schedules add`."));
+    replaceRows(body, list.length ? list.map(row) : emptyRow(columns.length,
+      "No schedules. Add one with client.every(…), client.cron(…) or `qworker-manager schedules add`."), "data-name");
   }
 
   return {

@@ -1,10 +1,10 @@
 // Groups, chords and DAGs: the list, and each one as a live graph of its nodes.
 
 import { ACTIVE_JOB_REFRESH_MS, IDLE_JOB_REFRESH_MS, MOVES, REFRESH_MS, STATES, idOf, preview, shortId } from "./format.js";
-import { emptyRow, errorBanner, h, progressBar, replace, section, setText, stateBadge, svg, timeEl } from "./dom.js";
+import { emptyRow, errorBanner, h, progressBar, replace, replaceRows, section, setText, stateBadge, svg, timeEl } from "./dom.js";
 import { jobHref, workflowHref } from "./routes.js";
 import { api } from "./api.js";
-import { act, confirmButton } from "./actions.js";
+import { act, changeButton, confirmButton } from "./actions.js";
 
 // -- workflows ------------------------------------------------------------------------
 
@@ -48,8 +48,8 @@ export function workflowsView() {
     }
     banner.clear();
     setText(count, `${list.length} workflow${list.length === 1 ? "" : "s"}`);
-    replace(body, list.length ? list.map(row) : emptyRow(columns.length,
-      "No workflows. Start one with client.group(…) or client.workflow(…)."));
+    replaceRows(body, list.length ? list.map(row) : emptyRow(columns.length,
+      "No workflows. Start one with client.group(…) or client.workflow(…)."), "data-workflow-id");
   }
 
   return {
@@ -165,8 +165,7 @@ export function workflowView(id) {
         await api(`workflows/${encodeURIComponent(id)}/cancel`, { method: "POST" });
         await refresh();
       }));
-    const retry = h("button", { type: "button", class: "btn btn-sm btn-primary", "data-testid": "workflow-retry" },
-      "Retry failed nodes");
+    const retry = changeButton("Retry failed nodes", { class: "btn btn-sm btn-primary", "data-testid": "workflow-retry" });
     retry.addEventListener("click", () => act(retry, "failed nodes queued again", async () => {
       await api(`workflows/${encodeURIComponent(id)}/retry`, { method: "POST" });
       await refresh();
