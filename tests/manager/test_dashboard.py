@@ -293,8 +293,8 @@ def test_the_overview_shows_workers_and_queue_depth(
     shot(page, tmp_path, "overview-1400")
 
 
-def test_the_schedules_view_lists_and_pauses_a_schedule(
-    spawn_manager: Any, client: Client, page: Any, tmp_path: Path
+def test_the_schedules_view_lists_pauses_and_runs_a_schedule_now(
+    spawn_manager: Any, client: Client, db: Any, page: Any, tmp_path: Path
 ) -> None:
     _, base = serving(spawn_manager)
     client.every("1 hour", "dash_slow", {"steps": 1}, name="dash-hourly")
@@ -315,6 +315,14 @@ def test_the_schedules_view_lists_and_pauses_a_schedule(
     row.get_by_test_id("resume").click()
     expect(row).to_have_attribute("data-paused", "false")
     assert client.schedule_info("dash-hourly")["paused"] is False
+
+    # Run now: one fire, now, as the trigger would make it; its job is the last one shown.
+    row.get_by_test_id("run-now").click()
+    expect(page.get_by_test_id("toast").filter(has_text="dash-hourly: job ")).to_have_count(1)
+    (fired,) = db.jobs.find({"scheduleId": "dash-hourly"})
+    assert fired["runNow"] is True and fired["state"] == "queued"
+    expect(row).to_contain_text(str(fired["_id"])[-8:])
+    shot(page, tmp_path, "schedules-run-now")
 
 
 ATTACK = """<!doctype html><html><body>

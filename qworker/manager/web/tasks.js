@@ -1,8 +1,9 @@
 // The tasks: what each is, who serves it, its fleet-wide limits and their use, pause
 // and resume, and its last hour in charts (throughput, failures, wait before start).
 
-import { REFRESH_MS, STATES, fmtDuration, idOf } from "./format.js";
-import { emptyRow, errorBanner, h, replace, replaceRows, section, setText } from "./dom.js";
+import { STATES, fmtDuration, idOf } from "./format.js";
+import { h, replace } from "./dom.js";
+import { listView } from "./listview.js";
 import { href } from "./routes.js";
 import { api } from "./api.js";
 import { act, changeButton } from "./actions.js";
@@ -77,17 +78,7 @@ function chartCard(name, chart, bucketSeconds, counts) {
 }
 
 export function tasksView() {
-  const banner = errorBanner();
-  const body = h("tbody");
-  const count = h("span", { class: "muted", id: "task-count" });
   const charts = h("div", { class: "chart-grid", "data-testid": "task-charts" });
-  const root = h("div", { class: "tasks", id: "tasks-view" },
-    h("div", { class: "page-head" }, h("h1", {}, "Tasks"), count),
-    banner.el,
-    section(null, {}, h("table", { class: "table", id: "task-list", "data-testid": "task-list" },
-      h("thead", {}, h("tr", {}, TASK_COLUMNS.map((c) => h("th", {}, c)))), body)),
-    h("h2", { class: "section-title" }, "The last hour"),
-    charts);
   let chartsAt = 0;
 
   async function refreshCharts(tasks) {
@@ -102,21 +93,14 @@ export function tasksView() {
       : h("p", { class: "muted" }, "No task is known yet."));
   }
 
-  async function refresh() {
-    let tasks;
-    try {
-      tasks = await api("tasks");
+  return listView({
+    name: "task", title: "Tasks", key: "data-task", columns: TASK_COLUMNS, row: taskRow,
+    empty: "No task is known yet.",
+    after: [h("h2", { class: "section-title" }, "The last hour"), charts],
+    async load() {
+      const tasks = await api("tasks");
       if (Date.now() - chartsAt >= CHART_REFRESH_MS) await refreshCharts(tasks);
-    } catch (error) {
-      banner.show(error);
-      throw error;
-    }
-    banner.clear();
-    const rows = [...tasks].sort((a, b) => idOf(a).localeCompare(idOf(b)));
-    setText(count, `${rows.length} task${rows.length === 1 ? "" : "s"}`);
-    replaceRows(body, rows.length ? rows.map((t) => taskRow(t, refresh))
-      : emptyRow(TASK_COLUMNS.length, "No task is known yet."), "data-task");
-  }
-
-  return { root, refresh, every: REFRESH_MS };
+      return [...tasks].sort((a, b) => idOf(a).localeCompare(idOf(b)));
+    },
+  });
 }

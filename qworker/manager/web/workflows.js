@@ -1,63 +1,36 @@
 // Groups, chords and DAGs: the list, and each one as a live graph of its nodes.
 
-import { ACTIVE_JOB_REFRESH_MS, IDLE_JOB_REFRESH_MS, MOVES, REFRESH_MS, STATES, idOf, preview, shortId } from "./format.js";
-import { emptyRow, errorBanner, h, progressBar, replace, replaceRows, section, setText, stateBadge, svg, timeEl } from "./dom.js";
+import { ACTIVE_JOB_REFRESH_MS, IDLE_JOB_REFRESH_MS, STATES, idOf, preview, shortId } from "./format.js";
+import { errorBanner, h, progressBar, replace, section, stateBadge, svg, timeEl } from "./dom.js";
 import { jobHref, workflowHref } from "./routes.js";
 import { api } from "./api.js";
 import { act, changeButton, confirmButton } from "./actions.js";
+import { listView, onMoves } from "./listview.js";
 
-// -- workflows ------------------------------------------------------------------------
-
+function workflowRow(w) {
+  const { finished, total } = w.progress;
+  const failed = (w.counts.failed || 0) + (w.counts.expired || 0);
+  const link = workflowHref(idOf(w));
+  const tr = h("tr", { "data-testid": "workflow-row", "data-workflow-id": idOf(w), class: "clickable" },
+    h("td", { class: "mono" }, h("a", { href: link }, shortId(idOf(w)))),
+    h("td", { class: "mono strong" }, w.name),
+    h("td", {}, w.kind),
+    h("td", {}, stateBadge(w.state)),
+    h("td", {}, progressBar(total ? (100 * finished) / total : 0, `${finished}/${total}`, w.state)),
+    h("td", { "data-testid": "workflow-failed" }, String(failed)),
+    h("td", {}, timeEl(w.createdAt)));
+  tr.addEventListener("click", (event) => {
+    if (!event.target.closest("a")) location.hash = link;
+  });
+  return tr;
+}
 
 export function workflowsView() {
-  const banner = errorBanner();
-  const body = h("tbody");
-  const count = h("span", { class: "muted", id: "workflow-count" });
-  const columns = ["ID", "Name", "Kind", "State", "Progress", "Failed", "Created"];
-  const root = h("div", { class: "workflows", id: "workflows-view" },
-    h("div", { class: "page-head" }, h("h1", {}, "Workflows"), count),
-    banner.el,
-    section(null, {}, h("table", { class: "table", id: "workflow-list", "data-testid": "workflow-list" },
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", {}, c)))), body)));
-
-  function row(w) {
-    const { finished, total } = w.progress;
-    const failed = (w.counts.failed || 0) + (w.counts.expired || 0);
-    const link = workflowHref(idOf(w));
-    const tr = h("tr", { "data-testid": "workflow-row", "data-workflow-id": idOf(w), class: "clickable" },
-      h("td", { class: "mono" }, h("a", { href: link }, shortId(idOf(w)))),
-      h("td", { class: "mono strong" }, w.name),
-      h("td", {}, w.kind),
-      h("td", {}, stateBadge(w.state)),
-      h("td", {}, progressBar(total ? (100 * finished) / total : 0, `${finished}/${total}`, w.state)),
-      h("td", { "data-testid": "workflow-failed" }, String(failed)),
-      h("td", {}, timeEl(w.createdAt)));
-    tr.addEventListener("click", (event) => {
-      if (!event.target.closest("a")) location.hash = link;
-    });
-    return tr;
-  }
-
-  async function refresh() {
-    let list;
-    try {
-      list = await api("workflows");
-    } catch (error) {
-      banner.show(error);
-      throw error;
-    }
-    banner.clear();
-    setText(count, `${list.length} workflow${list.length === 1 ? "" : "s"}`);
-    replaceRows(body, list.length ? list.map(row) : emptyRow(columns.length,
-      "No workflows. Start one with client.group(…) or client.workflow(…)."), "data-workflow-id");
-  }
-
-  return {
-    root, refresh, every: REFRESH_MS,
-    onEvent(name, body) {
-      return name === "worker:notification" && MOVES.includes(body.type) ? "soon" : null;
-    },
-  };
+  return listView({
+    name: "workflow", title: "Workflows", load: () => api("workflows"), row: workflowRow,
+    key: "data-workflow-id", columns: ["ID", "Name", "Kind", "State", "Progress", "Failed", "Created"],
+    empty: "No workflows. Start one with client.group(…) or client.workflow(…).", onEvent: onMoves,
+  });
 }
 
 // A group larger than this shows its jobs as a grid of cells, not one box each.
@@ -204,8 +177,6 @@ export function workflowView(id) {
       if (gone) return IDLE_JOB_REFRESH_MS * 2;
       return info && info.state === "running" ? ACTIVE_JOB_REFRESH_MS : IDLE_JOB_REFRESH_MS;
     },
-    onEvent(name, body) {
-      return name === "worker:notification" && MOVES.includes(body.type) ? "soon" : null;
-    },
+    onEvent: onMoves,
   };
 }
