@@ -129,7 +129,7 @@ class Schedule:
         Under ``skip`` and ``buffer-one`` it holds the schedule's active key, so it is
         refused while another fire's job is queued or running. ``buffered``: the fire
         that ``buffer-one`` keeps, ``waiting`` (no worker claims it) under a key of its
-        own, until the leader releases it (``Firing.release``).
+        own, until the leader releases it (``overlap.Buffers.release``).
         """
         key = None
         if buffered:

@@ -3,19 +3,8 @@
 Each fire inserts one job whose ``fireKey`` (schedule name and fire time) is
 unique in ``jobs``, so a repeated fire, a failover in the middle of one, or
 two managers that both believe they lead can never enqueue the same run twice.
-
-Overlap policies (``Schedule.overlap``) are decided by the ``unique_active``
-index, not by a read: under ``skip`` and ``buffer-one`` a fire's job holds the
-key ``schedule:<name>`` while it is queued or running, so the insert of the next
-fire is refused while it is. ``buffer-one`` then inserts that fire ``waiting``
-(no worker claims it) under ``schedule-buffer:<name>``, which one job at a time
-can hold, after noting it on the schedule's document (``buffered``). The leader
-releases it (``Firing.release``) by one conditional write that takes the active
-key: refused by the index while the previous job is queued or running, made at
-most once (it needs the job still ``waiting``). It tries on the end notification
-of a job of that task (prompt), and every ``SWEEP_EVERY`` while a fire is noted
-buffered (the correctness path), so no notification lost, no crash at any point,
-loses a buffered fire or releases one twice.
+What a fire does while the job of the previous one is queued or running (its
+overlap policy, and the fires ``buffer-one`` keeps) is ``qworker.manager.overlap``'s.
 
 ``pauseOnFailure`` pauses a schedule when a fire's job fails for good: on the
 job's ``fail`` notification, and (should that be lost) at the next fire, which
@@ -27,9 +16,7 @@ time after a round can never undo one.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -39,14 +26,13 @@ from apscheduler.executors.base import BaseExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from bson import ObjectId
 from bson.errors import InvalidId
-from pymongo import MongoClient, ReturnDocument
+from pymongo import MongoClient
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from qworker.manager.overlap import Buffers, Fire, Fired, insert_job
 from qworker.model import JobState
 from qworker.mongo import Names, database_name, sync_client
 from qworker.schedules import (
-    ACTIVE_KEY,
-    BUFFER_KEY,
     EXECUTOR,
     KEPT_FIELDS,
     LAST_FIELDS,
@@ -65,30 +51,10 @@ log = structlog.get_logger("qworker.scheduler")
 
 # Seconds between attempts while MongoDB cannot be reached.
 OUTAGE_RETRY = 1.0
-# Seconds between looks for buffered fires to release: while one is known (the
-# correctness path: end notifications are only the prompt one), and while none is
-# (one another leader buffered, in a split brain).
-SWEEP_EVERY = 1.0
-IDLE_SWEEP = 30.0
 # Job end notifications that say a job left the active states, and the most failed
 # jobs kept to look at (a flood of forged notifications must not grow the manager).
 ENDED = ("success", "cancel", "expire")
 MAX_FAILED_HEARD = 10_000
-RELEASED_FIELDS = {"_id": 1, "name": 1, "priority": 1, "nextRunAt": 1}
-
-
-@dataclass(frozen=True)
-class Fired:
-    """What a fire did: ``queued`` (or ``buffered``, ``waiting`` behind the job of the
-    previous fire) the job ``job_id``, or ``skipped`` it for ``reason``."""
-
-    outcome: str
-    job_id: ObjectId | None = None
-    reason: str | None = None
-
-    @property
-    def stored(self) -> bool:
-        return self.outcome != "skipped"
 
 
 def run_now_key(name: str, at: datetime) -> str:
@@ -119,21 +85,17 @@ class Firing:
         # Fires whose insert failed (MongoDB unreachable): APScheduler has moved
         # on from them, so they are tried again here until they are stored.
         self.failed: list[tuple[Schedule, datetime]] = []
-        # Jobs inserted in this round of fires, announced together by ``announce``:
-        # a channel insert can cost more than the fire itself.
+        # Jobs inserted (or released) in this round of fires, announced together by
+        # ``announce``: a channel insert can cost more than the fire itself.
         self._unannounced: list[Doc] = []
+        self.overlap = Buffers(self.jobs, self.schedules, self._unannounced.append)
         self._lock = threading.Lock()  # what ``hear`` shares with the scheduler's thread
         self._failed_heard: list[str] = []  # jobs whose fail notification said "for good"
-        self._release_asked = False
         self._pauses: list[tuple[str, Doc]] = []  # asked by this round's fires
-        # Schedules with a fire noted buffered, and their tasks: whose ends to listen for.
-        self._buffered: dict[str, str] = {}
-        self._buffered_tasks: frozenset[str] = frozenset()
         # Schedules seen firing with pause_on_failure, and their tasks: whose failures
         # to look at (a failure before the first fire a leader sees is its next fire's).
         self._pausing: dict[str, str] = {}
         self._pausing_tasks: frozenset[str] = frozenset()
-        self._swept = -IDLE_SWEEP  # monotonic: the first round looks
 
     def retry_failed(self) -> None:
         failed, self.failed = self.failed, []
@@ -161,209 +123,42 @@ class Firing:
         its overlap policy says; MongoDB's errors are the caller's. ``asked``: an
         operator's "run now" (``run_now_key``), which a failure does not skip."""
         self._watch_failures(schedule)
-        if not asked and schedule.pause_on_failure and self._last_failed(schedule, at):
+        this = Fire(schedule, at, key, asked)
+        if not asked and schedule.pause_on_failure and self._last_failed(this):
             return Fired("skipped", reason="the last run failed (pauseOnFailure)")
         if schedule.overlap == "buffer-one":
-            self._release_earlier(schedule.name)  # a buffered fire goes first
+            self.overlap.release_earlier(schedule.name)  # a buffered fire goes first
         now = utcnow()
-        doc = schedule.job(now)
-        doc.update(scheduleId=schedule.name, scheduledFor=at, fireKey=key)
-        if asked:
-            doc["runNow"] = True
         try:
-            self.jobs.insert_one(doc)
-        except DuplicateKeyError as exc:
-            if _on_fire_key(exc):
-                self._skipped(asked, schedule, at, "already enqueued")
-                return Fired("skipped", reason="this fire is enqueued already")
-            if schedule.overlap == "buffer-one":
-                return self._buffer(schedule, at, now, key, asked)
-            reason = "the job of its last fire is still queued or running (overlap skip)"
-            self._skipped(asked, schedule, at, "the last run is still active")
-            return Fired("skipped", reason=reason)
-        if not asked:  # a "run now" says what it did to its caller
-            log.info(
-                "schedule fired",
-                schedule=schedule.name,
-                fire_time=at.isoformat(),
-                job_id=str(doc["_id"]),
-            )
+            doc = insert_job(self.jobs, this, now)
+        except DuplicateKeyError:  # on its unique key: the last fire's job is active
+            return self.overlap.overlapped(this, now)
+        if doc is None:
+            return Fired("skipped", reason="this fire is enqueued already")
         self._unannounced.append(doc)
         return Fired("queued", doc["_id"])
 
     def announce(self) -> None:
         """Wake idle workers for this round's fires, in one message; a lost one costs latency."""
-        docs, self._unannounced = self._unannounced, []
+        docs = list(self._unannounced)
+        self._unannounced.clear()  # not replaced: ``overlap`` appends to this very list
         publish_now(self.channel, docs)
-
-    # -- buffer-one ------------------------------------------------------
-
-    def _buffer(
-        self, schedule: Schedule, at: datetime, now: datetime, key: str, asked: bool
-    ) -> Fired:
-        """Keep this fire, whose previous fire's job is queued or running: noted on the
-        schedule's document first, then inserted ``waiting``. One at a time: a fire that
-        finds another noted is dropped."""
-        name = schedule.name
-        busy = "a fire is buffered already, behind the job of its last fire (overlap buffer-one)"
-        note = {"fireKey": key, "task": schedule.task, "at": at}
-        taken = self.schedules.update_one(
-            {"_id": name, "buffered": {"$exists": False}}, {"$set": {"buffered": note}}
-        )
-        if not taken.matched_count:
-            kept = self.schedules.find_one({"_id": name}, {"buffered": 1})
-            held = (kept or {}).get("buffered")
-            if kept is None:
-                self._skipped(
-                    asked, schedule, at, "buffer-one, but the schedule is not in the store"
-                )
-                return Fired("skipped", reason="the schedule is not in the store")
-            if not isinstance(held, dict) or held.get("fireKey") != key:
-                self._skipped(
-                    asked, schedule, at, "a fire is buffered already", buffered=_shown(held)
-                )
-                self._know(name, held)
-                return Fired("skipped", reason=busy)
-            # Noted by an attempt of this very fire that did not get to insert: go on.
-        self._know(name, note)
-        doc = schedule.job(now, buffered=True)
-        doc.update(scheduleId=name, scheduledFor=at, fireKey=key)
-        if asked:
-            doc["runNow"] = True
-        try:
-            self.jobs.insert_one(doc)
-        except DuplicateKeyError as exc:
-            if _on_fire_key(exc):
-                self._skipped(asked, schedule, at, "already buffered")
-                return Fired("skipped", reason="this fire is buffered already")
-            # a buffered job no note names (two leaders at once): note it instead
-            self._adopt(schedule, key)
-            self._skipped(asked, schedule, at, "a fire is buffered already")
-            return Fired("skipped", reason=busy)
-        if not asked:
-            log.info(
-                "schedule fire buffered until the last run ends",
-                schedule=name,
-                fire_time=at.isoformat(),
-                job_id=str(doc["_id"]),
-            )
-        return Fired("buffered", doc["_id"])
-
-    @staticmethod
-    def _skipped(asked: bool, schedule: Schedule, at: datetime, reason: str, **more: Any) -> None:
-        if not asked:  # a "run now" raises what it skipped for
-            _skipped(schedule, at, reason, **more)
-
-    def _adopt(self, schedule: Schedule, ours: str) -> None:
-        """Note the buffered job that holds ``schedule``'s buffer key instead of ours."""
-        holder = self.jobs.find_one(
-            {
-                "name": schedule.task,
-                "uniqueKey": BUFFER_KEY.format(schedule.name),
-                "state": JobState.WAITING.value,
-            },
-            {"fireKey": 1, "scheduledFor": 1},
-        )
-        mine = {"_id": schedule.name, "buffered.fireKey": ours}
-        if holder is None or not isinstance(holder.get("fireKey"), str):
-            self.schedules.update_one(mine, {"$unset": {"buffered": ""}})
-            return
-        note = {
-            "fireKey": holder["fireKey"],
-            "task": schedule.task,
-            "at": holder.get("scheduledFor"),
-        }
-        self.schedules.update_one(mine, {"$set": {"buffered": note}})
-        self._know(schedule.name, note)
-
-    def _release_earlier(self, name: str) -> None:
-        kept = self.schedules.find_one({"_id": name}, {"buffered": 1})
-        note = (kept or {}).get("buffered")
-        if note is not None:
-            self.release(name, note)
-
-    def release(self, name: str, note: Any) -> bool:
-        """Queue the fire of ``name`` that ``note`` says is buffered, if its previous
-        fire's job has ended: one write, which the ``unique_active`` index refuses while
-        that job holds the active key, and which needs the job ``waiting`` (so it is
-        made once). The note goes once the job is no longer waiting, however."""
-        key = note.get("fireKey") if isinstance(note, dict) else None
-        released = None
-        if isinstance(key, str):
-            now = utcnow()
-            try:
-                released = self.jobs.find_one_and_update(
-                    {
-                        "fireKey": key,
-                        "state": JobState.WAITING.value,
-                        "uniqueKey": BUFFER_KEY.format(name),
-                    },
-                    {
-                        "$set": {
-                            "state": JobState.QUEUED.value,
-                            "uniqueKey": ACTIVE_KEY.format(name),
-                            "nextRunAt": now,
-                            "releasedAt": now,
-                        }
-                    },
-                    projection=RELEASED_FIELDS,
-                    return_document=ReturnDocument.AFTER,
-                )
-            except DuplicateKeyError:
-                return False  # the previous fire's job is still queued or running
-        if released is not None:
-            log.info(
-                "buffered fire released", schedule=name, fire_key=key, job_id=str(released["_id"])
-            )
-            self._unannounced.append(released)
-        noted = {"buffered.fireKey": key} if isinstance(key, str) else {"buffered": note}
-        self.schedules.update_one({"_id": name, **noted}, {"$unset": {"buffered": ""}})
-        self._know(name, None)
-        return released is not None
-
-    def release_all(self) -> int:
-        """Release every buffered fire whose previous fire's job has ended."""
-        self._swept = time.monotonic()
-        noted = list(self.schedules.find({"buffered": {"$exists": True}}, {"buffered": 1}))
-        with self._lock:
-            self._buffered, self._buffered_tasks = {}, frozenset()
-        for doc in noted:
-            self._know(doc["_id"], doc["buffered"])
-        return sum(self.release(doc["_id"], doc["buffered"]) for doc in noted)
-
-    def _know(self, name: str, note: Any) -> None:
-        """Remember (or forget) that ``name`` has a fire buffered, and its task."""
-        with self._lock:
-            task = note.get("task") if isinstance(note, dict) else None
-            if isinstance(task, str):
-                self._buffered[name] = task
-            else:
-                self._buffered.pop(name, None)
-            self._buffered_tasks = frozenset(self._buffered.values())
-
-    def sweep_soon(self) -> None:
-        """Look for buffered fires at the next round: a client may have noted one."""
-        self._swept = -IDLE_SWEEP
-
-    def next_sweep(self) -> float:
-        """Seconds until buffered fires are looked for again."""
-        every = SWEEP_EVERY if self._buffered else IDLE_SWEEP
-        return max(0.0, self._swept + every - time.monotonic())
 
     # -- pauseOnFailure --------------------------------------------------
 
-    def _last_failed(self, schedule: Schedule, at: datetime) -> bool:
-        """Whether the latest ended fire of ``schedule`` failed, with no resume since: the
+    def _last_failed(self, fire: Fire) -> bool:
+        """Whether the latest ended fire of its schedule failed, with no resume since: the
         fire is then skipped, and the schedule paused after this round."""
-        ended = last_ended(self.jobs, schedule.name)
+        name = fire.schedule.name
+        ended = last_ended(self.jobs, name)
         if ended is None or ended.get("state") != JobState.FAILED.value:
             return False
-        kept = self.schedules.find_one({"_id": schedule.name}, KEPT_FIELDS)
+        kept = self.schedules.find_one({"_id": name}, KEPT_FIELDS)
         if kept is None or forgiven(ended, kept):
             return False
-        _skipped(schedule, at, "the last run failed: pausing it (pauseOnFailure)")
+        fire.skipped("the last run failed: pausing it (pauseOnFailure)")
         with self._lock:
-            self._pauses.append((schedule.name, ended))
+            self._pauses.append((name, ended))
         return True
 
     def _watch_failures(self, schedule: Schedule) -> None:
@@ -392,20 +187,17 @@ class Firing:
             if watched and len(self._failed_heard) < MAX_FAILED_HEARD:
                 self._failed_heard.append(job_id)
                 work = True
-            if (final_failure or kind in ENDED) and task in self._buffered_tasks:
-                self._release_asked = work = True
-        return work
+        released = (final_failure or kind in ENDED) and self.overlap.heard_end(task)
+        return work or released
 
     def maintain(self) -> None:
         """Before a round: pause for the failures heard, release the buffered fires that
         an end was heard for (or all, when a sweep is due)."""
         with self._lock:
             failures, self._failed_heard = self._failed_heard, []
-            asked, self._release_asked = self._release_asked, False
         for job_id in failures:
             self._failure(job_id)
-        if asked or self.next_sweep() == 0:
-            self.release_all()
+        self.overlap.maintain()
 
     def _failure(self, job_id: str) -> None:
         try:
@@ -430,25 +222,6 @@ class Firing:
         for name, failed in pauses:
             if self.book is not None:
                 self.book.pause_for_failure(name, failed)
-
-
-def _on_fire_key(exc: DuplicateKeyError) -> bool:
-    """Whether the insert was refused for its fire key (else: for its unique key)."""
-    return "fireKey" in ((exc.details or {}).get("keyPattern") or {})
-
-
-def _skipped(schedule: Schedule, at: datetime, reason: str, **more: Any) -> None:
-    log.info(
-        "schedule fire skipped",
-        schedule=schedule.name,
-        fire_time=at.isoformat(),
-        reason=reason,
-        **more,
-    )
-
-
-def _shown(note: Any) -> str | None:
-    return str(note.get("fireKey"))[:300] if isinstance(note, dict) else None
 
 
 def fire(
@@ -516,7 +289,7 @@ class _LeaderScheduler(BackgroundScheduler):  # type: ignore[misc]
             firing.announce()
         if firing.failed:
             wait = OUTAGE_RETRY if wait is None else min(wait, OUTAGE_RETRY)
-        sweep = firing.next_sweep()
+        sweep = firing.overlap.next_sweep()
         return sweep if wait is None else min(wait, sweep)
 
 
@@ -581,7 +354,7 @@ class Scheduler:
         """A client changed a schedule (``schedules:changed``): look at the store now,
         buffered fires too (a "run now" of a buffer-one schedule notes one)."""
         if self._firing is not None:
-            self._firing.sweep_soon()
+            self._firing.overlap.sweep_soon()
         self.wakeup()
 
     def job_ended(self, body: Doc) -> None:
