@@ -15,7 +15,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import pymongo
 from pymongo import AsyncMongoClient
@@ -46,7 +46,7 @@ from qworker.client import (
     wakeup_mode,
 )
 from qworker.errors import ConfigError
-from qworker.jobfilter import JobFilter
+from qworker.jobfilter import FilterKeywords, JobFilter
 from qworker.model import UniqueOption
 from qworker.mongo import CHANNEL_BYTES, Names, async_database, close_async
 from qworker.operations import Operation, run_async
@@ -319,31 +319,14 @@ class AsyncClient:
         limit: int = 50,
         skip: int = 0,
         *,
-        worker: str | None = None,
-        since: str | datetime | None = None,
-        until: str | datetime | None = None,
-        finished_since: str | datetime | None = None,
-        finished_until: str | datetime | None = None,
-        data_field: str | None = None,
-        data_value: Any = None,
-        error: str | None = None,
+        filter: JobFilter | Mapping[str, Any] | None = None,
         sort: str = "created",
         order: str = "desc",
+        **fields: Unpack[FilterKeywords],
     ) -> list[Doc]:
-        """Jobs without their logs, newest first or as ``sort`` says (see ``Client.jobs``)."""
-        query = JobFilter(
-            state=state,
-            task=task,
-            text=text,
-            worker=worker,
-            since=since,
-            until=until,
-            finished_since=finished_since,
-            finished_until=finished_until,
-            data_field=data_field,
-            data_value=data_value,
-            error=error,
-        ).query()
+        """Jobs without their logs, newest first or as ``sort`` says; the filters (or a
+        ready ``filter``) are ``JobFilter``'s fields (see ``Client.jobs``)."""
+        query = JobFilter.from_call(filter, state, task, text, **fields).query()
         return await self._run(store.find(query, limit, skip, sort, order), None)
 
     async def count_jobs(
@@ -352,28 +335,11 @@ class AsyncClient:
         task: str | None = None,
         text: str | None = None,
         *,
-        worker: str | None = None,
-        since: str | datetime | None = None,
-        until: str | datetime | None = None,
-        finished_since: str | datetime | None = None,
-        finished_until: str | datetime | None = None,
-        data_field: str | None = None,
-        data_value: Any = None,
-        error: str | None = None,
+        filter: JobFilter | Mapping[str, Any] | None = None,
+        **fields: Unpack[FilterKeywords],
     ) -> int:
-        query = JobFilter(
-            state=state,
-            task=task,
-            text=text,
-            worker=worker,
-            since=since,
-            until=until,
-            finished_since=finished_since,
-            finished_until=finished_until,
-            data_field=data_field,
-            data_value=data_value,
-            error=error,
-        ).query()
+        """How many jobs ``jobs`` would list without a limit (the same filters)."""
+        query = JobFilter.from_call(filter, state, task, text, **fields).query()
         return await self._run(store.count(query), None)
 
     async def bulk(

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from functools import cached_property
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 import pymongo
 import structlog
@@ -37,7 +37,7 @@ from qworker import (
 from qworker.bulk import Bulk
 from qworker.channel import publish_sync
 from qworker.errors import InvalidJobError, ScheduleBusy, ScheduleNotFound, ScheduleOwnedByTask
-from qworker.jobfilter import JobFilter
+from qworker.jobfilter import FilterKeywords, JobFilter
 from qworker.manager.scheduler import Firing, run_now_key
 from qworker.model import FINISHED_STATES, Expires, JobState, UniqueOption
 from qworker.mongo import CHANNEL_BYTES, Names
@@ -507,41 +507,26 @@ class Client:
         limit: int = 50,
         skip: int = 0,
         *,
-        worker: str | None = None,
-        since: str | datetime | None = None,
-        until: str | datetime | None = None,
-        finished_since: str | datetime | None = None,
-        finished_until: str | datetime | None = None,
-        data_field: str | None = None,
-        data_value: Any = None,
-        error: str | None = None,
+        filter: JobFilter | Mapping[str, Any] | None = None,
         sort: str = "created",
         order: str = "desc",
+        **fields: Unpack[FilterKeywords],
     ) -> list[Doc]:
         """Jobs without their logs, newest first, ``skip`` and ``limit`` for paging.
 
-        ``worker``: jobs that worker runs or ran last. ``since``/``until``
-        bound the creation time, ``finished_since``/``finished_until`` the end of a
-        finished job: a datetime, an ISO 8601 time, or a duration meaning that long
-        ago (``"2 hours"``, ``"7d"``). ``data_field``/``data_value``: a field inside
-        the data and what it holds (``"customer"``, ``"acme"``; ``"42"`` finds the
-        number too). ``error``: text in the failure reason or error message (see
-        ``JobFilter``). ``sort``: ``created``, ``finished`` or ``duration`` (of the
-        last run of a succeeded or failed job); ``order``: ``desc`` or ``asc``.
+        The filters, every one given must match, are the fields of ``JobFilter``, whose
+        docstring says what each means: ``state``, ``task``, ``text`` (in the
+        description), and by keyword (``FilterKeywords``) ``worker`` (that runs or ran
+        it last), ``since``/``until`` (created), ``finished_since``/``finished_until``
+        (a datetime, an ISO 8601 time, or a duration ago: ``"2 hours"``, ``"7d"``),
+        ``data_field``/``data_value`` (``"customer"``, ``"acme"``; ``"42"`` finds the
+        number too) and ``error`` (text in the failure reason or error message). Or
+        ``filter``: a ``JobFilter``, or a mapping of its fields as ``bulk`` takes it,
+        instead of those (with them, a ``TypeError``). ``sort``: ``created``,
+        ``finished`` or ``duration`` (of the last run of a succeeded or failed job);
+        ``order``: ``desc`` or ``asc``.
         """
-        query = JobFilter(
-            state=state,
-            task=task,
-            text=text,
-            worker=worker,
-            since=since,
-            until=until,
-            finished_since=finished_since,
-            finished_until=finished_until,
-            data_field=data_field,
-            data_value=data_value,
-            error=error,
-        ).query()
+        query = JobFilter.from_call(filter, state, task, text, **fields).query()
         return self._run(store.find(query, limit, skip, sort, order), None)
 
     def count_jobs(
@@ -550,29 +535,12 @@ class Client:
         task: str | None = None,
         text: str | None = None,
         *,
-        worker: str | None = None,
-        since: str | datetime | None = None,
-        until: str | datetime | None = None,
-        finished_since: str | datetime | None = None,
-        finished_until: str | datetime | None = None,
-        data_field: str | None = None,
-        data_value: Any = None,
-        error: str | None = None,
+        filter: JobFilter | Mapping[str, Any] | None = None,
+        **fields: Unpack[FilterKeywords],
     ) -> int:
-        """How many jobs ``jobs`` would list without a limit: the total, for paging."""
-        query = JobFilter(
-            state=state,
-            task=task,
-            text=text,
-            worker=worker,
-            since=since,
-            until=until,
-            finished_since=finished_since,
-            finished_until=finished_until,
-            data_field=data_field,
-            data_value=data_value,
-            error=error,
-        ).query()
+        """How many jobs ``jobs`` would list without a limit (the same filters): the total,
+        for paging."""
+        query = JobFilter.from_call(filter, state, task, text, **fields).query()
         return self._run(store.count(query), None)
 
     def bulk(

@@ -5,7 +5,8 @@ or ISO times, a field of the data and the value it holds, text in an error) and
 turns them into the query of ``store.job_query``. ``Client.jobs``,
 ``count_jobs`` and ``bulk``, the API and the CLI all build one, so a filter
 means the same everywhere, and a bulk over a filter acts on what the listing
-of that filter shows.
+of that filter shows. ``FilterKeywords`` types the fields that ``jobs`` and
+``count_jobs`` take by keyword only.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from qworker import fleet, limits, store
 from qworker.errors import InvalidJobError
@@ -30,18 +31,35 @@ _DECIMAL = re.compile(r"^[+-]?(\d+\.\d*|\.\d+|\d+)([eE][+-]?\d+)?$")
 STATES = [s.value for s in JobState]
 
 
+class FilterKeywords(TypedDict, total=False):
+    """``JobFilter``'s fields after state, task and text: the keyword-only filters of
+    ``Client.jobs`` and ``count_jobs`` (``JobFilter`` says what each means)."""
+
+    worker: str | None
+    since: str | datetime | None
+    until: str | datetime | None
+    finished_since: str | datetime | None
+    finished_until: str | datetime | None
+    data_field: str | None
+    data_value: Any
+    error: str | None
+
+
 @dataclass(frozen=True)
 class JobFilter:
     """Which jobs: every field given must match (None: any).
 
-    ``since``/``until`` bound the creation time, ``finished_since``/``finished_until``
-    the time a finished job ended (``lastFinishedAt``): a datetime, an ISO 8601
-    time, or a duration meaning that long ago (``"2 hours"``). ``data_field`` is a
-    dotted path inside the job's data (``"customer"``, ``"address.city"``);
-    ``data_value`` is what it must hold: a string also matches the number or
-    true/false it spells (``"42"`` finds ``42`` and ``"42"``), a number also its
-    text; without ``data_value`` the field must exist. ``error`` is text (not a
-    pattern) in the failure reason or the error's message, in any case.
+    ``state`` is a job state (``queued``, ``failed``, ...), ``task`` the task's name,
+    ``text`` text in the description, in any case; ``worker`` the worker that runs
+    the job or ran it last. ``since``/``until`` bound the creation time,
+    ``finished_since``/``finished_until`` the time a finished job ended
+    (``lastFinishedAt``): a datetime, an ISO 8601 time, or a duration meaning that
+    long ago (``"2 hours"``). ``data_field`` is a dotted path inside the job's data
+    (``"customer"``, ``"address.city"``); ``data_value`` is what it must hold: a
+    string also matches the number or true/false it spells (``"42"`` finds ``42``
+    and ``"42"``), a number also its text; without ``data_value`` the field must
+    exist. ``error`` is text (not a pattern) in the failure reason or the error's
+    message, in any case.
     """
 
     state: str | None = None
@@ -75,6 +93,26 @@ class JobFilter:
                 f"filter.{unknown[0]}",
             )
         return cls(**{key: v for key, v in value.items() if v is not None})
+
+    @classmethod
+    def from_call(
+        cls,
+        filter: JobFilter | Mapping[str, Any] | None,
+        state: str | None,
+        task: str | None,
+        text: str | None,
+        /,
+        **fields: Unpack[FilterKeywords],
+    ) -> JobFilter:
+        """The filter of a call of ``Client.jobs`` or ``count_jobs``: ``filter`` (as ``of``
+        takes it) or the fields given one by one, not both (a ``TypeError``)."""
+        given = cls(state=state, task=task, text=text, **fields)
+        if filter is None:
+            return given
+        if given.given():
+            named = ", ".join(given.given())
+            raise TypeError(f"give the filters as filter or one by one, not both ({named})")
+        return cls.of(filter)
 
     def given(self) -> Doc:
         """The filters given, by name (for a summary, or a URL)."""

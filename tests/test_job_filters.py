@@ -24,6 +24,7 @@ from support.jobs import wait_finished
 from qworker import AsyncClient, Client
 from qworker.cli.manager import main
 from qworker.errors import InvalidJobError
+from qworker.jobfilter import FILTER_FIELDS, FilterKeywords, JobFilter
 from qworker.manager.api import create_app
 from qworker.when import utcnow
 
@@ -128,6 +129,42 @@ def test_finish_time_bounds_finished_jobs_only(client: Client, db: Any) -> None:
     assert ids(client.jobs(finished_until="1 hour")) == [old]
     assert ids(client.jobs(finished_since="4 hours", finished_until="10 minutes")) == [old]
     assert client.count_jobs(finished_since="1 day", state="queued") == 0
+
+
+# -- a ready filter ------------------------------------------------------------------------
+
+
+def test_a_ready_filter_lists_what_its_fields_do_one_by_one(
+    client: Client, db: Any, mongo_url: str
+) -> None:
+    late = client.now("noop", {"customer": "acme"})
+    ran(db, late, "failed", MINUTE, MINUTE, failReason="card declined")
+    paid = client.now("noop", {"customer": "acme"})
+    ran(db, paid, "succeeded", MINUTE, MINUTE)
+    client.now("noop", {"customer": "bolt"})
+    saved = JobFilter(data_field="customer", data_value="acme", finished_since="1 hour")
+    one_by_one = ids(client.jobs(data_field="customer", data_value="acme", finished_since="1h"))
+    assert ids(client.jobs(filter=saved)) == one_by_one == [paid, late]
+    assert ids(client.jobs(filter=saved, limit=1, skip=1)) == [late]
+    assert client.count_jobs(filter=saved) == 2
+    assert ids(client.jobs(filter={"state": "failed", "error": "declined"})) == [late]
+    assert ids(client.jobs("failed")) == [late]  # state, task and text keep their places
+    with pytest.raises(TypeError, match=r"not both \(state\)"):
+        client.jobs(filter=saved, state="failed")
+    with pytest.raises(InvalidJobError) as refused:
+        client.count_jobs(filter={"colour": "red"})
+    assert refused.value.field == "filter.colour"
+
+    async def scenario() -> tuple[list[str], int]:
+        async with AsyncClient(mongo_url) as aclient:
+            found = await aclient.jobs(filter=saved, sort="finished", order="asc")
+            return ids(found), await aclient.count_jobs(filter={"state": "succeeded"})
+
+    assert asyncio.run(scenario()) == ([late, paid], 1)
+
+
+def test_the_keyword_filters_are_the_fields_after_state_task_and_text() -> None:
+    assert ("state", "task", "text", *FilterKeywords.__annotations__) == FILTER_FIELDS
 
 
 # -- sorting ------------------------------------------------------------------------------
