@@ -1,6 +1,11 @@
-// What a click does: a toast for the outcome, a second click or a dialog before harm.
+// What a click does: a toast for the outcome, and a dialog before anything is changed
+// that cannot be taken back.
 
-import { h, setText } from "./dom.js";
+import { h } from "./dom.js";
+
+// A keyboard press that lands on a dialog's confirm button this soon after it opened
+// was meant for the button that opened it (a double Enter), not for the dialog.
+const KEYS_IGNORED_MS = 350;
 
 // -- toasts ---------------------------------------------------------------------
 
@@ -12,10 +17,13 @@ export function toast(message, kind = "ok") {
   setTimeout(() => el.remove(), 4000);
 }
 
-// Runs an action from a button; the button is disabled meanwhile. The label is the
+// Runs an action from a button; a second click meanwhile does nothing. The button is
+// marked busy, not disabled, so the keyboard's focus stays on it. The label is the
 // toast, or a function of what the work returned; work that returns false was declined.
 export async function act(button, label, work) {
-  button.disabled = true;
+  if (button.dataset.busy) return false;
+  button.dataset.busy = "true";
+  button.setAttribute("aria-disabled", "true");
   try {
     const result = await work();
     if (result === false) return false;
@@ -25,33 +33,9 @@ export async function act(button, label, work) {
     toast(error.message || String(error), "error");
     return false;
   } finally {
-    button.disabled = false;
+    delete button.dataset.busy;
+    button.removeAttribute("aria-disabled");
   }
-}
-
-// A destructive button asks again on its first click.
-export function confirmButton(text, props, onConfirm) {
-  let armed = null;
-  const button = changeButton(text, { class: "btn btn-danger btn-sm", ...props });
-  button.addEventListener("click", async (event) => {
-    event.stopPropagation();
-    if (!armed) {
-      button.classList.add("armed");
-      setText(button, "Sure?");
-      armed = setTimeout(() => {
-        armed = null;
-        button.classList.remove("armed");
-        setText(button, text);
-      }, 3000);
-      return;
-    }
-    clearTimeout(armed);
-    armed = null;
-    button.classList.remove("armed");
-    setText(button, text);
-    await onConfirm(button);
-  });
-  return button;
 }
 
 // A button that changes something: a read-only page does not show it (see access).
@@ -59,9 +43,26 @@ export function changeButton(text, props = {}) {
   return h("button", { type: "button", class: "btn btn-sm", "data-change": "", ...props }, text);
 }
 
+// A destructive button: it asks in a dialog first (what: the sentence of the dialog).
+export function confirmButton(text, props, what, onConfirm) {
+  const button = changeButton(text, { class: "btn btn-danger btn-sm", ...props });
+  button.addEventListener("click", async (event) => {
+    event.stopPropagation();
+    const yes = await confirmDialog({ title: `${text}?`, text: what, confirm: text, danger: true });
+    if (yes) await onConfirm(button);
+  });
+  return button;
+}
+
+let dialogOpen = false;
+
 // Says what an action will do and waits for a yes: Enter or the button confirms,
-// Escape or Cancel does not. The page behind is out of reach (a modal <dialog>).
+// Escape or Cancel does not. The page behind is out of reach (a modal <dialog>), and
+// in a dialog that destroys, the focus starts on Cancel. One dialog at a time: asked
+// while one is open, the answer is no.
 export function confirmDialog({ title, text, confirm, danger = false }) {
+  if (dialogOpen) return Promise.resolve(false);
+  dialogOpen = true;
   return new Promise((resolve) => {
     const yes = h("button", { type: "submit", class: `btn ${danger ? "btn-danger armed" : "btn-primary"}`,
       "data-testid": "confirm-yes" }, confirm);
@@ -72,15 +73,21 @@ export function confirmDialog({ title, text, confirm, danger = false }) {
       h("div", { class: "dialog-actions" }, no, yes));
     const dialog = h("dialog", { class: "dialog", "data-testid": "confirm-dialog",
       "aria-labelledby": "confirm-title" }, form);
+    const opened = performance.now();
     let answer = false;
+    yes.addEventListener("click", (event) => {
+      // detail 0: pressed from the keyboard, not clicked.
+      if (event.detail === 0 && performance.now() - opened < KEYS_IGNORED_MS) event.preventDefault();
+    });
     form.addEventListener("submit", () => { answer = true; });
     no.addEventListener("click", () => dialog.close());
     dialog.addEventListener("close", () => {
       dialog.remove();
+      dialogOpen = false;
       resolve(answer);
     });
     document.body.append(dialog);
     dialog.showModal();
-    yes.focus();
+    (danger ? no : yes).focus();
   });
 }

@@ -75,7 +75,7 @@ export function askToken(refused) {
         form.onsubmit = null;
         tokenPrompt = null;
         resolve();
-        live.reconnect();
+        live.connect();
         loadAccess().catch(() => {});
       };
     });
@@ -170,10 +170,6 @@ export const live = {
         for (const listener of this.listeners) listener(name, body);
       });
     }
-  },
-
-  reconnect() {
-    this.connect();
   },
 
   sleep() {

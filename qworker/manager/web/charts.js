@@ -39,7 +39,8 @@ export function throughputChart(chart, bucketSeconds) {
   const peak = Math.max(1, ...chart.succeeded.map((s, i) => s + chart.failed[i]));
   const done = sum(chart.succeeded);
   const failed = sum(chart.failed);
-  const el = frame(`${done} succeeded and ${failed} failed in the last ${Math.round((n * bucketSeconds) / 60)} minutes`);
+  const el = frame(`${done.toLocaleString("en")} succeeded and ${failed.toLocaleString("en")} failed in the last ` +
+    `${Math.round((n * bucketSeconds) / 60)} minutes`);
   const step = (W - PAD.left - PAD.right) / n;
   const scale = (H - PAD.top - PAD.bottom) / peak;
   for (let i = 0; i < n; i += 1) {
@@ -55,7 +56,8 @@ export function throughputChart(chart, bucketSeconds) {
     if (bad) bar.append(svg("rect", { x, y: base - (ok + bad) * scale, width: Math.max(1, step - 1), height: bad * scale, class: "chart-bad" }));
     el.append(bar);
   }
-  axis(el, `${peak} per ${bucketSeconds === 60 ? "minute" : fmtDuration(bucketSeconds)}`,
+  const per = bucketSeconds === 60 ? "minute" : fmtDuration(bucketSeconds);
+  axis(el, done + failed ? `${peak.toLocaleString("en")} per ${per}` : "no job finished",
     Math.round((n * bucketSeconds) / 60));
   return el;
 }
@@ -63,9 +65,10 @@ export function throughputChart(chart, bucketSeconds) {
 // Two lines, p50 and p95 of the wait, broken where a bucket ran no job.
 export function waitChart(chart, bucketSeconds) {
   const n = chart.waitP95.length;
-  const peak = Math.max(0.001, ...chart.waitP95.filter((v) => v !== null));
   const worst = chart.waitP95.filter((v) => v !== null);
-  const el = frame(worst.length ? `wait before start: p95 up to ${fmtDuration(peak)}` : "no job started");
+  const highest = Math.max(0, ...worst);
+  const peak = highest || 0.001; // every wait 0: a flat line at the bottom
+  const el = frame(worst.length ? `wait before start: p95 up to ${fmtDuration(highest)}` : "no job started");
   const step = (W - PAD.left - PAD.right) / n;
   const y = (v) => H - PAD.bottom - (v / peak) * (H - PAD.top - PAD.bottom);
   for (const [values, cls] of [[chart.waitP50, "chart-p50"], [chart.waitP95, "chart-p95"]]) {
@@ -85,7 +88,7 @@ export function waitChart(chart, bucketSeconds) {
     });
     flush();
   }
-  axis(el, worst.length ? fmtDuration(peak) : "no wait measured", Math.round((n * bucketSeconds) / 60));
+  axis(el, worst.length ? fmtDuration(highest) : "no wait measured", Math.round((n * bucketSeconds) / 60));
   return el;
 }
 

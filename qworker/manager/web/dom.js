@@ -37,17 +37,22 @@ export function replace(el, ...children) {
   return append(el, children);
 }
 
-// Replaces a table's rows and keeps the keyboard's focus on the same control of the same
-// row (key: the attribute that names a row), since views redraw every few seconds.
+// Replaces a container's rows (or cards) and keeps the keyboard's focus on the same
+// control of the same row (key: the attribute that names a row), since views redraw
+// every few seconds: the control of the same test id, else the same n-th of its tag.
 export function replaceRows(body, rows, key) {
   const focused = document.activeElement;
   const row = focused && body.contains(focused) ? focused.closest(`[${key}]`) : null;
-  const control = focused && focused.dataset.testid
-    ? `[data-testid="${CSS.escape(focused.dataset.testid)}"]` : focused && focused.tagName;
+  const id = row && row.getAttribute(key);
+  const testid = focused && focused.dataset.testid;
+  const nth = row ? [...row.querySelectorAll(focused.tagName)].indexOf(focused) : -1;
   replace(body, rows);
-  if (!row || !control) return;
-  const again = body.querySelector(`[${key}="${CSS.escape(row.getAttribute(key))}"] ${control}`);
-  if (again) again.focus();
+  if (id === null || id === undefined) return;
+  const again = body.querySelector(`[${key}="${CSS.escape(id)}"]`);
+  if (!again) return;
+  const control = (testid && again.querySelector(`[data-testid="${CSS.escape(testid)}"]`)) ||
+    again.querySelectorAll(focused.tagName)[nth] || again.querySelector("button, a, input");
+  if (control) control.focus();
 }
 
 export function setText(el, text) {

@@ -8,10 +8,6 @@ export const RETRYABLE = new Set(["failed", "cancelled", "expired"]);
 // Notifications of a job that moved (the rest are progress and log lines).
 export const MOVES = ["start", "success", "fail", "cancel", "expire", "snooze"];
 
-export const SINCE_CHOICES = [
-  ["", "any time"], ["5 minutes", "last 5 minutes"], ["1 hour", "last hour"],
-  ["24 hours", "last 24 hours"], ["7 days", "last 7 days"],
-];
 export const PAGE_SIZES = [25, 50, 100];
 export const REFRESH_MS = 2500; // every view, so it is right even without notifications
 export const ACTIVE_JOB_REFRESH_MS = 1500; // a job that runs: standalone workers send no events

@@ -110,6 +110,7 @@ export function jobView(id) {
       buttons.push(cancel);
     }
     if (job.state !== "running") buttons.push(confirmButton("Delete", { "data-testid": "delete", class: "btn btn-danger" },
+      `Job ${shortId(id)} and its log are deleted for good.`,
       (button) => act(button, "Job deleted", async () => {
         await api(`jobs/${encodeURIComponent(id)}`, { method: "DELETE" });
         location.hash = "#/jobs";

@@ -25,12 +25,21 @@ const SORTS = [
   ["created:desc", "newest first"],
   ["created:asc", "oldest first"],
   ["finished:desc", "finished last first"],
+  ["finished:asc", "finished first first"],
   ["duration:desc", "longest run first"],
   ["duration:asc", "shortest run first"],
 ];
-export const FILTER_NAMES = ["state", ...TEXT_FILTERS.map(([n]) => n), ...TIME_FILTERS.map(([n]) => n)];
 const DEFAULT_SORT = SORTS[0][0];
 const DEFAULT_LIMIT = 50;
+
+// A value a link gave that the page does not offer is kept, as an option of its own, and
+// sent: the manager takes it (a page size of 30) or says what is wrong with it.
+function choose(select, value, label = value) {
+  if (value && ![...select.options].some((o) => o.value === value)) {
+    select.append(h("option", { value }, label));
+  }
+  select.value = value;
+}
 
 function testId(name) {
   return `filter-${name.replaceAll("_", "-")}`;
@@ -42,7 +51,7 @@ export function jobFilters(params, { failed, onChange }) {
   const fields = new Map();
   const state = h("select", { id: "filter-state", "aria-label": "state", "data-testid": "filter-state" },
     h("option", { value: "" }, "any state"), STATES.map((s) => h("option", { value: s }, s)));
-  state.value = failed ? "failed" : params.get("state") || "";
+  choose(state, failed ? "failed" : params.get("state") || "");
   if (!failed) fields.set("state", state);
   for (const [name, placeholder, list] of TEXT_FILTERS) {
     fields.set(name, h("input", { id: testId(name), "aria-label": placeholder, placeholder, list,
@@ -56,12 +65,10 @@ export function jobFilters(params, { failed, onChange }) {
   }
   const sort = h("select", { id: "sort", "aria-label": "sort", "data-testid": "sort" },
     SORTS.map(([value, label]) => h("option", { value }, label)));
-  const given = `${params.get("sort") || "created"}:${params.get("order") || "desc"}`;
-  sort.value = SORTS.some(([v]) => v === given) ? given : DEFAULT_SORT;
+  choose(sort, `${params.get("sort") || "created"}:${params.get("order") || "desc"}`);
   const size = h("select", { id: "page-size", "aria-label": "jobs per page", "data-testid": "page-size" },
     PAGE_SIZES.map((n) => h("option", { value: String(n) }, `${n} / page`)));
-  const limit = Number(params.get("limit"));
-  size.value = String(PAGE_SIZES.includes(limit) ? limit : DEFAULT_LIMIT);
+  choose(size, params.get("limit") || String(DEFAULT_LIMIT), `${params.get("limit")} / page`);
   const clear = h("button", { type: "button", class: "btn btn-ghost", "data-testid": "filter-clear" }, "Clear");
 
   let typing = null;
@@ -87,10 +94,12 @@ export function jobFilters(params, { failed, onChange }) {
   const lists = [h("datalist", { id: "task-names" }), h("datalist", { id: "worker-names" }),
     h("datalist", { id: "time-choices" }, TIME_CHOICES.map((c) => h("option", { value: c })))];
   const pick = (names) => names.filter((n) => fields.has(n)).map((n) => fields.get(n));
+  const what = ["state", ...TEXT_FILTERS.map(([n]) => n)];
+  const when = TIME_FILTERS.map(([n]) => n);
   const form = h("form", { class: "filters", id: "job-filters", role: "search",
     onsubmit: (e) => e.preventDefault() },
-  h("div", { class: "filter-row" }, pick(FILTER_NAMES.slice(0, 7)), clear),
-  h("div", { class: "filter-row" }, pick(TIME_FILTERS.map(([n]) => n)),
+  h("div", { class: "filter-row" }, pick(what), clear),
+  h("div", { class: "filter-row" }, pick(when),
     h("label", { class: "sort-label" }, "Sort ", sort)),
   lists);
 
@@ -107,7 +116,7 @@ export function jobFilters(params, { failed, onChange }) {
       return { sort: by, order };
     },
     limit() {
-      return Number(size.value) || DEFAULT_LIMIT;
+      return Number(size.value) || size.value; // a bad one goes to the manager, which says so
     },
     // What the URL holds: the filters, and the sort and page size when not the default.
     linked() {

@@ -6,15 +6,19 @@ import { emptyRow, errorBanner, h, progressBar, replace, replaceRows, section, s
 import { href, jobHref } from "./routes.js";
 import { api } from "./api.js";
 import { act, changeButton, confirmButton } from "./actions.js";
-import { BULK_ACTIONS, bulk, bulkDone, describeFilter } from "./bulk.js";
+import { BULK_ACTIONS, bulkBar } from "./bulk.js";
 import { jobFilters } from "./jobfilters.js";
+
+// The last page a link may ask for: the API skips at most 1e9 jobs.
+const MAX_PAGE = 1_000_000;
 
 export function jobsView(params, { failed = false } = {}) {
   const banner = errorBanner();
   const path = failed ? "/failed" : "/jobs";
-  let page = Math.max(1, Number(params.get("page")) || 1);
+  let page = Math.min(MAX_PAGE, Math.max(1, Number(params.get("page")) || 1));
   const filters = jobFilters(params, { failed, onChange: () => {
     page = 1;
+    selected.clear(); // ticked under another filter: not what this one shows
     syncHash();
     refresh().catch(() => {});
   } });
@@ -24,10 +28,13 @@ export function jobsView(params, { failed = false } = {}) {
   const next = h("button", { type: "button", class: "btn btn-sm", "data-testid": "page-next" }, "Next →");
   const range = h("span", { class: "page-range", "data-testid": "page-range" });
   const body = h("tbody");
-  const selected = new Set(); // ids, kept across refreshes and pages
+  const selected = new Set(); // ids of rows shown: a job that leaves the list leaves it
   const selectPage = h("input", { type: "checkbox", "aria-label": "select the jobs on this page",
     "data-testid": "select-page" });
-  const selection = selectionBar();
+  const selection = bulkBar({
+    actions: failed ? ["retry", "delete"] : Object.keys(BULK_ACTIONS),
+    selected, filter: () => filters.filter(), after: () => refresh().catch(() => {}),
+  });
 
   const columns = failed
     ? ["Job", "Task", "Reason", "Attempts", "Worker", "Failed", ""]
@@ -53,11 +60,13 @@ export function jobsView(params, { failed = false } = {}) {
 
   prev.addEventListener("click", () => {
     page = Math.max(1, page - 1);
+    selected.clear();
     syncHash();
     refresh().catch(() => {});
   });
   next.addEventListener("click", () => {
-    page += 1;
+    page = Math.min(MAX_PAGE, page + 1);
+    selected.clear();
     syncHash();
     refresh().catch(() => {});
   });
@@ -69,57 +78,6 @@ export function jobsView(params, { failed = false } = {}) {
     for (const box of body.querySelectorAll("input[data-pick]")) box.checked = selectPage.checked;
     selection.render();
   });
-
-  // The bar over the table: what is selected, and every job that matches.
-  function selectionBar() {
-    const count = h("span", { class: "bulk-count", "data-testid": "selected-count" });
-    const matching = h("span", { class: "bulk-count", "data-testid": "matching-count" });
-    const clearSelection = h("button", { type: "button", class: "btn btn-ghost btn-sm",
-      "data-testid": "select-none" }, "Clear selection");
-    clearSelection.addEventListener("click", () => {
-      selected.clear();
-      for (const box of root.querySelectorAll("input[data-pick], [data-testid=select-page]")) box.checked = false;
-      render();
-    });
-    const verbs = failed ? ["retry", "delete"] : Object.keys(BULK_ACTIONS);
-    const onSelected = verbs.map((action) => bulkButton(action, "selected",
-      () => ({ ids: [...selected] }), () => `selected`));
-    const onMatching = verbs.map((action) => bulkButton(action, "matching",
-      () => ({ filter: filters.filter() }), () => `match ${describeFilter(filters.filter())}`));
-    const el = h("div", { class: "bulk-bar", "data-change": "", "data-testid": "bulk-bar",
-      role: "toolbar", "aria-label": "bulk actions" },
-    h("div", { class: "bulk-group" }, count, onSelected, clearSelection),
-    h("div", { class: "bulk-group" }, matching, onMatching));
-
-    function bulkButton(action, which, scope, what) {
-      const { verb } = BULK_ACTIONS[action];
-      const button = changeButton(which === "selected" ? verb : `${verb} all`, {
-        class: `btn btn-sm${action === "retry" && failed ? " btn-primary" : ""}${action === "delete" ? " btn-danger" : ""}`,
-        "data-testid": `bulk-${which}-${action}`,
-        title: `${verb} ${which === "selected" ? "the selected jobs" : "every job that matches the filter"}` });
-      button.addEventListener("click", async () => {
-        await act(button, bulkDone, async () => {
-          const outcome = await bulk(action, scope(), what());
-          if (outcome && which === "selected") selected.clear();
-          await refresh();
-          return outcome;
-        });
-        render(); // act enabled the button again, whatever the count is now
-      });
-      return button;
-    }
-
-    function render() {
-      setText(count, `${selected.size} selected`);
-      count.dataset.count = String(selected.size);
-      for (const button of onSelected) button.disabled = !selected.size;
-      clearSelection.hidden = !selected.size;
-      setText(matching, `${lastTotal} matching`);
-      matching.dataset.count = String(lastTotal);
-      for (const button of onMatching) button.disabled = !lastTotal;
-    }
-    return { el, render };
-  }
 
   function stopping(handler) {
     return (event) => {
@@ -149,6 +107,7 @@ export function jobsView(params, { failed = false } = {}) {
     }
     if (job.state === "running") return cell; // cancel it first: the API refuses
     cell.append(confirmButton("Delete", { "data-testid": "delete", title: "Delete this job" },
+      `Job ${shortId(job._id)} (${job.name}) and its log are deleted for good.`,
       (button) => act(button, `Job ${shortId(job._id)} deleted`, async () => {
         await api(`jobs/${encodeURIComponent(job._id)}`, { method: "DELETE" });
         await refresh();
@@ -219,13 +178,18 @@ export function jobsView(params, { failed = false } = {}) {
     try {
       result = await api("jobs", { params: { ...filters.filter(), ...filters.order(), limit, skip } });
     } catch (error) {
-      if (mine === generation) banner.show(error);
+      if (mine === generation) {
+        banner.show(error);
+        selection.render(null); // what matches is not known: nothing to act on
+      }
       throw error;
     }
     if (mine !== generation) return; // a newer query answered first
     banner.clear();
     lastJobs = result.jobs || [];
     lastTotal = result.total ?? lastJobs.length;
+    const shown = new Set(lastJobs.map((j) => j._id));
+    for (const id of selected) if (!shown.has(id)) selected.delete(id);
     if (!lastJobs.length && lastTotal > 0 && page > 1) {
       page = Math.max(1, Math.ceil(lastTotal / limit));
       syncHash();
@@ -238,7 +202,7 @@ export function jobsView(params, { failed = false } = {}) {
     prev.disabled = page <= 1;
     next.disabled = skip + lastJobs.length >= lastTotal;
     selectPage.checked = lastJobs.length > 0 && lastJobs.every((j) => selected.has(j._id));
-    selection.render();
+    selection.render(lastTotal);
     replaceRows(body, lastJobs.length ? lastJobs.map(row)
       : emptyRow(columns.length + 1, failed ? "No failed jobs match." : "No jobs match."), "data-job-id");
   }

@@ -34,7 +34,8 @@ function row(s, refresh) {
       await api(`schedules/${encodeURIComponent(s.name)}/${paused ? "resume" : "pause"}`, { method: "POST" });
       await refresh();
     }));
-  const remove = confirmButton("Remove", { "data-testid": "remove" }, (button) =>
+  const remove = confirmButton("Remove", { "data-testid": "remove" },
+    `Schedule ${s.name} fires no more; the jobs it made are kept.`, (button) =>
     act(button, `${s.name} removed`, async () => {
       await api(`schedules/${encodeURIComponent(s.name)}`, { method: "DELETE" });
       await refresh();

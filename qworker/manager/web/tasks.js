@@ -2,14 +2,14 @@
 // and resume, and its last hour in charts (throughput, failures, wait before start).
 
 import { STATES, fmtDuration, idOf } from "./format.js";
-import { h, replace } from "./dom.js";
+import { h, replace, replaceRows } from "./dom.js";
 import { listView } from "./listview.js";
 import { href } from "./routes.js";
 import { api } from "./api.js";
 import { act, changeButton } from "./actions.js";
 import { throughputChart, totals, waitChart } from "./charts.js";
 
-export const TASK_COLUMNS = ["Task", "Description", "Live workers", "Metadata", "Limits", "Claims"];
+export const TASK_COLUMNS = ["Task", "Description", "Live workers", "Metadata", "Limits", "Paused"];
 const CHART_WINDOW = 3600; // seconds: the last hour
 const CHART_BUCKETS = 60;
 const CHART_REFRESH_MS = 15000; // one aggregation over the hour's finished jobs
@@ -61,14 +61,16 @@ function chartCard(name, chart, bucketSeconds, counts) {
     "data-succeeded": sums.succeeded, "data-failed": sums.failed },
   h("header", { class: "card-head" },
     h("h2", { class: "mono" }, h("a", { href: href("/jobs", { task: name }) }, name)),
-    h("div", { class: "chips" }, STATES.filter((s) => counts && counts[s]).map((s) =>
+    h("div", { class: "chips", title: "jobs of the task in the store now" },
+      counts ? h("span", { class: "muted" }, "now:") : null,
+      STATES.filter((s) => counts && counts[s]).map((s) =>
       h("a", { class: `badge badge-sm state-${s}`, href: href("/jobs", { task: name, state: s }) },
         `${counts[s]} ${s}`)))),
   h("div", { class: "chart-body" },
     h("div", { class: "chart-title" }, "Finished ",
-      h("span", { class: "legend legend-ok" }, `${sums.succeeded} succeeded`), " ",
+      h("span", { class: "legend legend-ok" }, `${sums.succeeded.toLocaleString("en")} succeeded`), " ",
       h("a", { class: "legend legend-bad", href: href("/failed", { task: name, finished_since: "1 hour" }) },
-        `${sums.failed} failed`)),
+        `${sums.failed.toLocaleString("en")} failed`)),
     throughputChart(chart, bucketSeconds),
     h("div", { class: "chart-title" }, "Wait before start ",
       h("span", { class: "legend legend-p50" }, "p50"), " ", h("span", { class: "legend legend-p95" }, "p95"),
@@ -81,16 +83,24 @@ export function tasksView() {
   const charts = h("div", { class: "chart-grid", "data-testid": "task-charts" });
   let chartsAt = 0;
 
+  // The charts fail on their own (the table stays), and are asked again 15 s later.
   async function refreshCharts(tasks) {
-    const data = await api("charts", { params: { window: CHART_WINDOW, buckets: CHART_BUCKETS } });
     chartsAt = Date.now();
+    let data;
+    try {
+      data = await api("charts", { params: { window: CHART_WINDOW, buckets: CHART_BUCKETS } });
+    } catch (error) {
+      replace(charts, h("p", { class: "banner banner-error", "data-testid": "charts-error" },
+        `Could not load the charts: ${error.message || error}`));
+      return;
+    }
     const counts = new Map(tasks.map((t) => [idOf(t), t.jobs]));
     const names = [...new Set([...Object.keys(data.tasks), ...counts.keys()])].sort();
     const empty = { succeeded: Array(data.buckets).fill(0), failed: Array(data.buckets).fill(0),
       waitP50: Array(data.buckets).fill(null), waitP95: Array(data.buckets).fill(null) };
-    replace(charts, names.length ? names.map((name) =>
+    replaceRows(charts, names.length ? names.map((name) =>
       chartCard(name, data.tasks[name] || empty, data.bucketSeconds, counts.get(name)))
-      : h("p", { class: "muted" }, "No task is known yet."));
+      : h("p", { class: "muted" }, "No task is known yet."), "data-task");
   }
 
   return listView({

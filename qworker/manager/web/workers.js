@@ -26,12 +26,12 @@ function runningJobs(w) {
 
 function stopCell(w, refresh) {
   const cell = h("td", { class: "actions" });
+  if (!w.live) return cell; // stopped, lost or dead: nothing to ask
   if (w.stopRequestedAt) {
     cell.append(h("span", { class: "chip chip-muted", "data-testid": "worker-stopping" }, "stopping · asked "),
       timeEl(w.stopRequestedAt));
     return cell;
   }
-  if (!w.live) return cell;
   const stop = changeButton("Stop gracefully", { class: "btn btn-sm btn-danger", "data-testid": "stop-worker" });
   stop.addEventListener("click", () => act(stop, `${idOf(w)} asked to stop`, async () => {
     const running = w.runningJobs ?? 0;

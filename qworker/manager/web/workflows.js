@@ -133,7 +133,8 @@ export function workflowView(id) {
   let gone = false;
 
   function renderActions() {
-    const cancel = confirmButton("Cancel workflow", { "data-testid": "workflow-cancel" }, (button) =>
+    const cancel = confirmButton("Cancel workflow", { "data-testid": "workflow-cancel" },
+      "Its queued and waiting nodes are cancelled, and its running ones asked to stop.", (button) =>
       act(button, "workflow cancelled", async () => {
         await api(`workflows/${encodeURIComponent(id)}/cancel`, { method: "POST" });
         await refresh();
