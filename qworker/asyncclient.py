@@ -395,8 +395,11 @@ class AsyncClient:
         async with self._watching(job_id) as stream:
             doc = await self.get(job_id)
             while not waiting.over(doc):
+                waiting.pace.begin()
                 if await stream.try_next() is not None or waiting.reread_due():
                     doc = await self.get(job_id)
+                else:
+                    await asyncio.sleep(waiting.pace.rest())
         return waiting.doc
 
     # -- the fleet -------------------------------------------------------

@@ -23,6 +23,7 @@ from pymongo.collection import Collection as SyncCollection
 from pymongo.errors import PyMongoError
 
 from qworker.aio import check_cancelled
+from qworker.awaits import Pace
 
 log = structlog.get_logger("qworker.channel")
 
@@ -97,9 +98,12 @@ class Channel:
                 ).max_await_time_ms(1_000)
                 if ready is not None:
                     ready.set()
+                pace = Pace()
                 while cursor.alive:
+                    pace.begin()
+                    delivered = False
                     async for doc in cursor:
-                        delay = 0.1
+                        delivered, delay = True, 0.1
                         # No time check here: this cursor's query already starts at
                         # ``start``, and an id is stamped before its insert, which a
                         # loaded server may make visible seconds later.
@@ -115,7 +119,7 @@ class Channel:
                     # Caught up: everything older than this has been seen.
                     self.position = datetime.now(UTC)
                     since = max(since, self.position - CLOCK_SKEW)
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(0 if delivered else pace.rest())
                 await asyncio.sleep(0.05)
             except PyMongoError as exc:
                 check_cancelled()

@@ -34,6 +34,7 @@ from qworker import (
     workflows,
     workflowstore,
 )
+from qworker.awaits import Pace
 from qworker.bulk import Bulk
 from qworker.channel import publish_sync
 from qworker.errors import InvalidJobError, ScheduleBusy, ScheduleNotFound, ScheduleOwnedByTask
@@ -650,8 +651,11 @@ class Client:
         with self.jobs_collection.watch(events, max_await_time_ms=WATCH_AWAIT_MS) as stream:
             doc = self.get(job_id)
             while not waiting.over(doc):
+                waiting.pace.begin()
                 if stream.try_next() is not None or waiting.reread_due():
                     doc = self.get(job_id)
+                else:
+                    time.sleep(waiting.pace.rest())
         return waiting.doc
 
     def cancel(self, job_id: str, *, session: ClientSession | None = None) -> Doc:
@@ -696,6 +700,7 @@ class Waiting:
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self._pause = 0.02
         self._read_at = time.monotonic()
+        self.pace = Pace()  # a watcher's: see qworker.awaits
         self.doc: Doc = {}
 
     def over(self, doc: Doc) -> bool:

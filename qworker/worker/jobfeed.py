@@ -25,6 +25,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from qworker import streams
+from qworker.awaits import Pace
 
 log = structlog.get_logger("qworker.worker")
 
@@ -88,11 +89,14 @@ class JobFeed:
         )
 
     async def _deliver(self, stream: AsyncChangeStream[Doc]) -> None:
+        pace = Pace()
         while True:
+            pace.begin()
             event = await stream.try_next()
             self.alive_at = time.monotonic()
             self._token = stream.resume_token
             if event is None:
+                await asyncio.sleep(pace.rest())  # a server that woke us for nothing
                 continue
             job = event.get("fullDocument")
             if streams.cancel_asked(event):
