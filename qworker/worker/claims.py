@@ -59,7 +59,6 @@ class Claims:
         self.paused: frozenset[str] = frozenset()  # tasks paused fleet-wide (``Pauses``)
         self._tokens = itertools.count(1)
         self.wanted = True  # read the queue at the next chance
-        self.stale = False  # our candidates are mostly taken by other workers
         self._next_read = 0.0
         self._reread_every = 5.0
         self.last_read_started = 0.0  # monotonic
@@ -72,14 +71,12 @@ class Claims:
         now = time.monotonic()
         if len(self.candidates) == 0:
             return self.wanted or now >= self._next_read
-        if self.stale:  # but not more often than the poll interval
-            return now >= self._next_read
         return now >= self._next_read + self._reread_every
 
     async def read(self) -> None:
         """The queued jobs of our tasks due within a poll interval, as the candidates."""
         started = time.monotonic()
-        self.wanted = self.stale = False
+        self.wanted = False
         horizon = utcnow() + timedelta(seconds=self.poll_interval)
         try:
             docs = await self.store.candidates(
@@ -119,10 +116,6 @@ class Claims:
             log.warning("claim failed", error=str(exc))
             await asyncio.sleep(min(self.poll_interval, 1.0))
             return []
-        # Most of what we asked for was gone: other workers took it, and the rest of our
-        # candidates are likely gone too. A read of the queue costs less than claims
-        # that come back empty (several workers on one queue).
-        self.stale = self.stale or 2 * len(docs) < len(ids)
         return sorted(docs, key=lambda d: (-priority_of(d), d["nextRunAt"]))
 
     async def _claim_apart(
