@@ -5,7 +5,8 @@
 
 There is no result backend (``task_ignore_result``): each run writes one
 completion document into ``done`` instead (its id, the enqueue time it was
-given, and its start and finish times) — one write per job, as a result
+given, the HTTP request's number when bench/app.py enqueued it, and its start
+and finish times) — one write per job, as a result
 backend's would be, and as qworker's and Agenda's own outcome writes are.
 ``BENCH_POLL`` sets the transport's ``polling_interval`` (kombu's default: 1 s).
 """
@@ -46,11 +47,11 @@ def done_collection() -> Any:
 
 
 @app.task(name="noop", bind=True)
-def noop(self: Any, enqueued: float) -> None:
+def noop(self: Any, enqueued: float, request: int | None = None) -> None:
+    """``request``: the number of the HTTP request that enqueued it (bench/app.py)."""
     started = time.time()
-    done_collection().insert_one(
-        {"_id": self.request.id, "enqueued": enqueued, "started": started, "finished": time.time()}
-    )
+    done = {"_id": self.request.id, "enqueued": enqueued, "started": started}
+    done_collection().insert_one({**done, "request": request, "finished": time.time()})
 
 
 @worker_ready.connect

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -144,15 +144,20 @@ class Fleet:
 
 
 def qworker_fleet(
-    url: str, count: int, concurrency: int | None = None, tasks: Sequence[str] = ("noop",)
+    url: str,
+    count: int,
+    concurrency: int | None = None,
+    tasks: Sequence[str] = ("noop",),
+    standalone: bool = True,
 ) -> Fleet:
-    """K real ``qworker --standalone`` processes serving ``tasks`` (of bench/tasks)."""
+    """K real ``qworker`` processes serving ``tasks`` (of bench/tasks): ``--standalone``
+    unless a manager is to accept them."""
     extra = [] if concurrency is None else ["--concurrency", str(concurrency)]
     command = [
         sys.executable,
         "-m",
         "qworker.cli.worker",
-        "--standalone",
+        *(["--standalone"] if standalone else []),
         "--mongo",
         url,
         "--paths",
@@ -171,6 +176,24 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def wait_count(count: Callable[[], int], target: int, deadline: float) -> int:
+    """``count()`` polled until it reaches ``target`` or the monotonic ``deadline`` passes,
+    for at most a tenth of the time: on SecantusDB a count at depth costs the server
+    a quarter of a second, which the run measured would pay."""
+    while True:
+        before = time.monotonic()
+        done = count()
+        if done >= target or time.monotonic() > deadline:
+            return done
+        time.sleep(max(1.0, 10 * (time.monotonic() - before)))
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: Sequence[float], q: float) -> float:

@@ -29,7 +29,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from bson import ObjectId
-from common import HERE, Fleet, fresh, loadavg, machine, percentile, qworker_fleet, rss_mb, server
+from common import (
+    HERE,
+    Fleet,
+    fresh,
+    loadavg,
+    machine,
+    percentile,
+    qworker_fleet,
+    rss_mb,
+    server,
+    wait_count,
+)
 from pymongo import MongoClient, UpdateOne
 
 from qworker import Client
@@ -48,6 +59,8 @@ PARTS = (
     "scheduler",
     "workflows",
     "limits",
+    "managed",
+    "app",
 )
 BATCH = 500  # jobs per bulk enqueue
 ENQUEUE_LIMIT = 120.0  # seconds the one-at-a-time enqueue gets
@@ -329,12 +342,7 @@ def throughput(system: System, url: str, jobs: int, workers: int, timeout: float
         deadline = time.monotonic() + timeout
         enqueued, enqueue_seconds = system.enqueue(db_url, jobs, BATCH, timeout)
         deadline = max(deadline, time.monotonic() + 10)
-        while True:
-            before = time.monotonic()
-            done = system.finished(db)
-            if done >= enqueued or time.monotonic() > deadline:
-                break
-            time.sleep(max(1.0, 10 * (time.monotonic() - before)))  # polls: <= 10 % of the server
+        done = wait_count(lambda: system.finished(db), enqueued, deadline)
         rss = fleet.rss_mb()
     last = system.last_finish(db)
     seconds = last - started if done else time.time() - started
@@ -821,6 +829,12 @@ def main() -> None:
             for workers in p.workers:
                 for system in loaded:
                     step("throughput", throughput, system, url, jobs, workers, p.timeout)
+        if "app" in parts:
+            from app import app_load
+
+            result["app"] = []
+            for system in [s for s in tuned if s.name in ("qworker", "celery")]:
+                step("app", app_load, system, url, p.timeout)
         if "qworker" in only:
             from throughput import channel_latency, depth_cost
 
@@ -829,10 +843,16 @@ def main() -> None:
             if "enqueue" in parts:
                 step("enqueue_watched", enqueue_watched, url, p.enqueue_jobs)
             if "streams" in parts:
-                from streams import enqueue_async, stream_latency, watcher_cost
+                from streams import (
+                    enqueue_async,
+                    enqueue_transactional,
+                    stream_latency,
+                    watcher_cost,
+                )
 
                 step("stream_latency", stream_latency, url, p.latency_samples)
                 step("watcher_cost", watcher_cost, url, p.enqueue_jobs)
+                step("enqueue_transactional", enqueue_transactional, url, p.enqueue_jobs)
                 # last: after its 50 connections the server is slower for a while
                 step("enqueue_async", enqueue_async, url, p.enqueue_jobs * 4)
             result["depth"] = []
@@ -846,13 +866,22 @@ def main() -> None:
                     step("fan_in", fan_in, args.mongo, p.fan_in_jobs, workers, p.timeout)
                 step("callback_gaps", callback_gaps, url, p.latency_samples // 5)
             if "limits" in parts:
-                from limits import limit_overhead, limited_neighbour
+                from limits import limit_overhead, limited_neighbour, rate_accuracy
 
                 result["limit_overhead"], result["limited_neighbour"] = [], []
+                result["rate_accuracy"] = []
                 for workers in p.workers:
                     args_of = (args.mongo, p.jobs[0], workers, p.timeout)  # fresh servers
                     step("limit_overhead", limit_overhead, *args_of)
                     step("limited_neighbour", limited_neighbour, *args_of)
+                    step("rate_accuracy", rate_accuracy, args.mongo, workers, p.timeout)
+            if "managed" in parts:
+                from managed import managed
+
+                result["managed"] = []
+                for jobs in p.jobs:
+                    for workers in p.workers:  # a fresh server each, as for the limits
+                        step("managed", managed, args.mongo, jobs, workers, p.timeout)
             if "scheduler" in parts:
                 step("scheduler_idle", scheduler, url, p.schedules, p.schedule_window, 1, 0)
                 step("scheduler", scheduler, url, p.schedules, p.schedule_window, 1, 500)

@@ -12,6 +12,9 @@
   task's throughput with its neighbour held at its limit, against without it.
   The neighbour's own work is kept small, so the figure shows what its limit
   costs the others (workers asking for slots), not what its jobs cost.
+* ``rate_accuracy``: a backlog of a task limited to 20 starts a second on K
+  workers: the most starts seen in any sliding second and the rate kept,
+  against the limit.
 
 Each figure is the median of ``ROUNDS`` runs taking turns, each on a fresh
 server (unless ``compare.py`` was given one): one run of 1,000 jobs takes
@@ -21,6 +24,7 @@ SecantusDB slows with each run it has served.
 
 from __future__ import annotations
 
+import bisect
 import statistics
 import time
 from typing import Any
@@ -35,6 +39,7 @@ BATCH = 500
 POLL = 0.2
 CAPPED_BACKLOG = 100  # 25 s of slow_capped at its limit: more than the no-op run lasts
 OVERHEAD_TASKS = ("noop", "noop_slotted", "noop_metered")
+RATED_JOBS, RATED_LIMIT = 300, 20  # bench/tasks/noop_rated.json: 15 s at its limit
 ROUNDS = 3  # each figure's runs, taking turns: this machine's speed drifts within minutes
 
 
@@ -120,4 +125,28 @@ def limited_neighbour(given: str | None, jobs: int, workers: int, timeout: float
         "alone_jobs_per_second": round(rate_alone, 1),
         "beside_jobs_per_second": round(rate_beside, 1),
         "beside_vs_alone": round(rate_beside / rate_alone, 3),
+    }
+
+
+def rate_accuracy(given: str | None, workers: int, timeout: float) -> Doc:
+    """``RATED_JOBS`` jobs of ``noop_rated`` (20 starts a second, fleet-wide) queued at
+    once on K workers: the most starts in any sliding second (by the jobs' own start
+    stamps) and the rate kept over the run, against the limit."""
+
+    def starts(client: Client, db: Any) -> list[float]:
+        _run(client, db, "noop_rated", RATED_JOBS, timeout)
+        found = db.jobs.find({"name": "noop_rated"}, {"lastRunAt": 1})
+        return sorted(doc["lastRunAt"].timestamp() for doc in found)
+
+    stamps = _measured(given, "bench_rated", workers, ["noop_rated"], starts)
+    most = max(bisect.bisect_left(stamps, t + 1.0) - i for i, t in enumerate(stamps))
+    kept = (len(stamps) - 1) / (stamps[-1] - stamps[0])
+    return {
+        "jobs": RATED_JOBS,
+        "workers": workers,
+        "queue_depth_at_start": RATED_JOBS,
+        "limit_per_second": RATED_LIMIT,
+        "most_in_any_second": most,
+        "kept_per_second": round(kept, 2),
+        "kept_vs_limit": round(kept / RATED_LIMIT, 3),
     }

@@ -200,6 +200,89 @@ def depth(result: dict[str, Any], path: Path) -> Path:
     return _save(fig, result, path)
 
 
+def managed(result: dict[str, Any], path: Path) -> Path:
+    runs = result["managed"]
+    labels = [f"N={r['jobs']:,}\nK={r['workers']}" for r in runs]
+    names = ("standalone", "standalone again", "managed", "standalone after")
+    series = {name: [r["runs"][i]["jobs_per_second"] for r in runs] for i, name in enumerate(names)}
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    _bars(ax, labels, series, "jobs/s (end to end)")
+    ax.set_title(
+        "No-op jobs, standalone twice, then managed (notifications on), then standalone again,"
+        "\none database of one server per group (queue depth at start = N)",
+        fontsize=9,
+    )
+    return _save(fig, result, path)
+
+
+def _panel(ax: Axes, title: str, labels: list[str], values: list[float], unit: str) -> None:
+    bars = ax.bar(labels, values, color=COLOURS["qworker"])
+    ax.bar_label(bars, fmt="%g", fontsize=7, padding=2)
+    ax.set_title(title, fontsize=8)
+    ax.set_ylabel(unit, fontsize=8)
+    ax.tick_params(labelsize=7)
+
+
+def capabilities(result: dict[str, Any], path: Path) -> Path:
+    """One panel per capability measured: enqueue kinds, fan-in, limits, rate."""
+    panels: list[tuple[str, list[str], list[float], str]] = []
+    t, a = result.get("enqueue_transactional"), result.get("enqueue_async")
+    if t:
+        labels, values = (
+            ["order + now", "in a transaction"],
+            [
+                t["plain_per_second"],
+                t["transaction_per_second"],
+            ],
+        )
+        if a:
+            labels.append(f"AsyncClient ({a['in_flight']} in flight)")
+            values.append(a["enqueue_per_second"])
+        panels.append(("Enqueue, no worker running", labels, values, "per second"))
+    for r in result.get("fan_in", []):
+        values = [r["plain_ms_per_job"], r["group_ms_per_child"]]
+        title = f"Fan-in, N={r['jobs']:,}, K={r['workers']}"
+        panels.append((title, ["plain batch", "group + callback"], values, "ms per job"))
+    for r in result.get("limit_overhead", []):
+        ms = r["ms_per_job"]
+        values = [ms["noop"], ms["noop_slotted"], ms["noop_metered"]]
+        title = f"Claim overhead of a limit, N={r['jobs']:,}, K={r['workers']}"
+        panels.append((title, ["unlimited", "slot", "rate"], values, "ms per job"))
+    for r in result.get("rate_accuracy", []):
+        values = [r["limit_per_second"], r["most_in_any_second"], r["kept_per_second"]]
+        title = f"Rate limit, {r['jobs']} queued, K={r['workers']}"
+        panels.append((title, ["limit", "most in a second", "kept"], values, "starts/s"))
+    fig, axes = plt.subplots(
+        (len(panels) + 2) // 3, 3, figsize=(12, 3.4 * ((len(panels) + 2) // 3)), squeeze=False
+    )
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        _panel(ax, *panel)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.set_visible(False)
+    return _save(fig, result, path)
+
+
+def app(result: dict[str, Any], path: Path) -> Path:
+    runs = result["app"]
+    labels = [r["system"] for r in runs]
+    fig, (rate, ms) = plt.subplots(1, 2, figsize=(10, 4))
+    _panel(rate, "requests/s", labels, [r["requests_per_second"] for r in runs], "per second")
+    series = {
+        "request p50": [r["request_ms"]["p50"] for r in runs],
+        "request p99": [r["request_ms"]["p99"] for r in runs],
+        "enqueue→finish p50": [r["enqueue_to_finish_ms"]["p50"] for r in runs],
+        "enqueue→finish p99": [r["enqueue_to_finish_ms"]["p99"] for r in runs],
+    }
+    _bars(ms, labels, series, "ms")
+    r = runs[0]
+    fig.suptitle(
+        f"A FastAPI app: {r['http_clients']} HTTP clients, {r['requests']:,} requests, "
+        f"{r['workers']} workers running the jobs",
+        fontsize=9,
+    )
+    return _save(fig, result, path)
+
+
 def plot_all(result: dict[str, Any], folder: Path, stem: str) -> list[Path]:
     made = []
     figures = {
@@ -210,9 +293,16 @@ def plot_all(result: dict[str, Any], folder: Path, stem: str) -> list[Path]:
         "scheduler": scheduler,
         "memory": memory,
         "depth": depth,
+        "managed": managed,
+        "app": app,
+        "capabilities": capabilities,
     }
     for name, draw in figures.items():
         needs = {"enqueue": "throughput", "memory": "latency"}.get(name, name)
-        if result.get(needs) and (name != "ceiling" or "ceiling" in result):
+        if name == "capabilities":
+            kinds = ("enqueue_transactional", "fan_in", "limit_overhead", "rate_accuracy")
+            if any(result.get(kind) for kind in kinds):
+                made.append(draw(result, folder / f"{stem}-{name}.png"))
+        elif result.get(needs) and (name != "ceiling" or "ceiling" in result):
             made.append(draw(result, folder / f"{stem}-{name}.png"))
     return made

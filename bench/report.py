@@ -154,6 +154,18 @@ def _stream_rows(result: dict[str, Any]) -> list[str]:
                 f"{a['enqueue_per_second']:,}/s",
             )
         )
+    t = result.get("enqueue_transactional")
+    if t:
+        out.append(
+            _row(
+                f"an order and Client.now per request, plain / in one transaction "
+                f"(medians of {t['rounds']})",
+                f"0 → {t['jobs']:,}",
+                0,
+                f"{t['plain_per_second']:,} / {t['transaction_per_second']:,} per second: "
+                f"{t['transaction_vs_plain']}x",
+            )
+        )
     for r in result.get("watcher_cost", {}).get("rows", []):
         out.append(
             _row(
@@ -222,6 +234,57 @@ def _limit_rows(result: dict[str, Any]) -> list[str]:
                 f"{r['beside_vs_alone']}x",
             )
         )
+    for r in result.get("rate_accuracy", []):
+        out.append(
+            _row(
+                f"a backlog under a rate limit of {r['limit_per_second']}/s: most starts in "
+                "any second, rate kept",
+                f"{r['jobs']:,} at start",
+                r["workers"],
+                f"{r['most_in_any_second']} in a second; {r['kept_per_second']}/s kept "
+                f"({r['kept_vs_limit']}x the limit)",
+            )
+        )
+    return out
+
+
+def _app_rows(result: dict[str, Any]) -> list[str]:
+    """The FastAPI app under load: one row per system."""
+    out = []
+    for r in result.get("app", []):
+        req, span = r["request_ms"], r["enqueue_to_finish_ms"]
+        out.append(
+            _row(
+                f"{r['system']} FastAPI app, {r['http_clients']} HTTP clients, "
+                f"{r['requests']:,} requests",
+                "-",
+                r["workers"],
+                f"{r['requests_per_second']} requests/s, request p50 {req['p50']} ms p99 "
+                f"{req['p99']} ms, enqueue→finish p50 {span['p50']} ms p99 {span['p99']} ms; "
+                f"{r['answered_200']:,} answered, {r['ran_once']:,} ran once, "
+                f"{r['ran_more_than_once']} more than once, {r['never_ran']} never",
+            )
+        )
+    return out
+
+
+def _managed_rows(result: dict[str, Any]) -> list[str]:
+    """A managed fleet against a standalone one, and what the channel costs per job."""
+    out = []
+    for r in result.get("managed", []):
+        rates = " / ".join(f"{run['jobs_per_second']}" for run in r["runs"])
+        out.append(
+            _row(
+                "jobs/s standalone twice / managed / standalone after, one database",
+                f"{r['jobs']:,} at start",
+                r["workers"],
+                f"{rates}: second {r['second_over_first']}x the first, managed "
+                f"{r['managed_over_standalone']}x the second, after "
+                f"{r['after_over_before']}x; channel {r['channel_documents_per_job']} "
+                f"documents, {r['channel_bytes_per_job']} bytes, {r['channel_ms_per_job']} ms "
+                "per job",
+            )
+        )
     return out
 
 
@@ -259,6 +322,8 @@ def extra_rows(result: dict[str, Any]) -> list[str]:
     out += _stream_rows(result)
     out += _workflow_rows(result)
     out += _limit_rows(result)
+    out += _managed_rows(result)
+    out += _app_rows(result)
     for d in result.get("depth", []):
         out.append(
             _row(

@@ -1,4 +1,5 @@
-"""What the change-stream wake-up path costs and gives, for ``compare.py``.
+"""The application's side: what the change-stream wake-up path costs and gives,
+and what the async and transactional enqueues give, for ``compare.py``.
 
 * ``stream_latency``: the server's own insert -> change-stream event time, the
   floor of qworker's enqueue -> start latency on the stream path.
@@ -6,6 +7,8 @@
   watchers, with qworker's projected pipeline and with whole documents: what
   each watching worker costs every enqueue on this server.
 * ``enqueue_async``: ``AsyncClient.now`` with many enqueues in flight.
+* ``enqueue_transactional``: an order and its job per request, plainly and in
+  one transaction: what the transaction costs.
 """
 
 from __future__ import annotations
@@ -142,4 +145,38 @@ def enqueue_async(url: str, jobs: int, in_flight: int = 50) -> Doc:
         "jobs": stored,
         "queue_depth_at_end": stored,
         "enqueue_per_second": round(stored / seconds, 1),
+    }
+
+
+def enqueue_transactional(url: str, jobs: int, rounds: int = 3) -> Doc:
+    """An order and its job written one request at a time, no worker running: plainly
+    (the order, then ``Client.now``) and in one transaction (``client.transaction()``),
+    ``rounds`` times each, taking turns; the medians."""
+    db_url, db = fresh(url, "bench_tx_enqueue")
+    seconds: dict[str, list[float]] = {"plain": [], "transaction": []}
+    with Client(db_url) as client:
+        client.now("noop")  # the collections exist before the first transaction
+        for _ in range(rounds):
+            for kind in seconds:
+                started = time.perf_counter()
+                for n in range(jobs // rounds):
+                    if kind == "plain":
+                        db.orders.insert_one({"n": n})
+                        client.now("noop", {"order": n})
+                        continue
+                    with client.transaction() as s:
+                        db.orders.insert_one({"n": n}, session=s)
+                        client.now("noop", {"order": n}, session=s)
+                seconds[kind].append(time.perf_counter() - started)
+    stored = db.jobs.count_documents({})
+    db.client.drop_database(db.name)
+    rate = {kind: (jobs // rounds) / statistics.median(s) for kind, s in seconds.items()}
+    return {
+        "system": "qworker",
+        "jobs": stored,
+        "queue_depth_at_end": stored,
+        "rounds": rounds,
+        "plain_per_second": round(rate["plain"], 1),
+        "transaction_per_second": round(rate["transaction"], 1),
+        "transaction_vs_plain": round(rate["transaction"] / rate["plain"], 3),
     }

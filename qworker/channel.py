@@ -1,5 +1,11 @@
 """Pub/sub over a capped collection, tailed with a tailable await cursor.
 
+Messages published together travel as a bundle: one document holding them
+all, delivered to each subscriber one message at a time as if each had been
+its own. On some servers (SecantusDB) every insert into a capped collection
+and every tailing read costs in proportion to the documents it holds, so a
+notification per document made the channel dearer with every job run.
+
 A subscriber remembers the last ``_id`` it saw; after a broken cursor, a
 server restart or a dropped connection it resumes after it, with backoff, so
 a short outage loses no message still inside the capped window.
@@ -9,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,6 +41,10 @@ SEEN_IDS = 4096
 # The channel holds 16 MiB by default: a message near that size would evict
 # the rest of it, and every tailing read of it costs seconds on some servers.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# A bundle is filled up to this: large enough that a busy worker's notifications of
+# a flush share a document, small enough that one never holds much of the window.
+BUNDLE_BYTES = 256 * 1024
+BUNDLE = "channel:bundle"
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -45,6 +55,60 @@ def message(event: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def oversized(doc: dict[str, Any]) -> bool:
     return len(bson.encode(doc)) > MAX_MESSAGE_BYTES
+
+
+def bundled(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` in as few channel documents as fit ``BUNDLE_BYTES`` each, in order.
+
+    A lone message, one too big to share, and a bundle made before (a batch put
+    back after a failed insert, which must keep its id) go on as they are.
+    """
+    docs: list[dict[str, Any]] = []
+    group: list[dict[str, Any]] = []
+    size = 0
+
+    def close() -> None:
+        if len(group) == 1:
+            docs.append(group[0])
+        elif group:
+            inner = [{"event": m["event"], "message": m["message"]} for m in group]
+            body = {"messages": inner}
+            doc = message(BUNDLE, body)
+            doc["events"] = sorted({m["event"] for m in group})
+            docs.append(doc)
+        group.clear()
+
+    for doc in messages:
+        weight = len(bson.encode(doc))
+        if doc["event"] == BUNDLE or weight >= BUNDLE_BYTES:
+            close()
+            docs.append(doc)
+            size = 0
+            continue
+        if size + weight > BUNDLE_BYTES:
+            close()
+            size = 0
+        group.append(doc)
+        size += weight
+    close()
+    return docs
+
+
+def opened(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The (event, message) pairs a well-formed channel document carries: its own, or
+    a bundle's, malformed ones left out (and said)."""
+    if doc["event"] != BUNDLE:
+        return [(doc["event"], doc["message"])]
+    inner = doc["message"].get("messages")
+    opened = []
+    for one in inner if isinstance(inner, list) else [None]:
+        event = one.get("event") if isinstance(one, dict) else None
+        body = one.get("message") if isinstance(one, dict) else None
+        if isinstance(event, str) and event != BUNDLE and isinstance(body, dict):
+            opened.append((event, body))
+        else:
+            log.warning("ignoring a malformed message in a bundle", id=str(doc.get("_id")))
+    return opened
 
 
 def publish_sync(channel: SyncCollection[dict], event: str, body: dict[str, Any]) -> None:  # type: ignore[type-arg]
@@ -71,6 +135,11 @@ class Channel:
     async def publish(self, event: str, body: dict[str, Any]) -> None:
         await self.collection.insert_one(message(event, body))
 
+    async def publish_many(self, messages: Sequence[dict[str, Any]]) -> None:
+        """Publish ``messages`` (made by :func:`message`) bundled; unordered, so a
+        refused one (a duplicate id: already published) leaves the rest in."""
+        await self.collection.insert_many(bundled(messages), ordered=False)
+
     async def subscribe(
         self, events: Collection[str], handler: Handler, ready: asyncio.Event | None = None
     ) -> None:
@@ -92,7 +161,11 @@ class Channel:
                     since = await self._check_window(since)
                     resuming = False
                 start = ObjectId.from_datetime(since - CLOCK_SKEW)
-                query = {"_id": {"$gt": start}, "event": {"$in": list(events)}}
+                wanted = {"$in": list(events)}
+                query = {
+                    "_id": {"$gt": start},
+                    "$or": [{"event": wanted}, {"event": BUNDLE, "events": wanted}],
+                }
                 cursor = self.collection.find(
                     query, cursor_type=CursorType.TAILABLE_AWAIT
                 ).max_await_time_ms(1_000)
@@ -114,7 +187,7 @@ class Channel:
                         if len(recent) > SEEN_IDS:
                             seen.discard(recent.popleft())
                         since = max(since, self._stamp(doc))
-                        await self._deliver(handler, doc)
+                        await self._deliver(handler, doc, events)
                         self.position = since
                     # Caught up: everything older than this has been seen.
                     self.position = datetime.now(UTC)
@@ -162,8 +235,8 @@ class Channel:
             )
         return min(stamp, now)
 
-    @staticmethod
-    async def _deliver(handler: Handler, doc: dict[str, Any]) -> None:
+    @classmethod
+    async def _deliver(cls, handler: Handler, doc: dict[str, Any], events: Collection[str]) -> None:
         body = doc.get("message")
         event = doc.get("event")
         if not isinstance(event, str) or not isinstance(body, dict):
@@ -177,7 +250,9 @@ class Channel:
                 limit=MAX_MESSAGE_BYTES,
             )
             return
-        try:
-            await handler(event, body)
-        except Exception:
-            log.exception("channel handler failed", event_name=event)
+        for event, body in opened(doc):
+            if event in events:
+                try:
+                    await handler(event, body)
+                except Exception:
+                    log.exception("channel handler failed", event_name=event)

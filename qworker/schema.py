@@ -34,6 +34,7 @@ log = structlog.get_logger("qworker.mongo")
 Doc = dict[str, Any]
 
 ASC, DESC = ASCENDING, DESCENDING
+DEADLINES_INDEX = "deadlines"  # named in the sweep's query (qworker.manager.deadlines)
 # The indexes of each collection: name, keys, options. Few on ``jobs``: every
 # one costs each enqueue (on SecantusDB about a tenth of an insert, partial or
 # not), so the queries that are not the claim path share ``claim``'s prefix or
@@ -56,7 +57,7 @@ INDEXES: dict[str, list[tuple[str, list[tuple[str, int]], Doc]]] = {
         # also: a schedule's fires, newest first (the key is "<schedule>@<UTC time>")
         ("fire_key", [("fireKey", ASC)], {"unique": True, "sparse": True}),
         (
-            "deadlines",  # the manager's sweep of jobs past their expiresAt
+            DEADLINES_INDEX,  # the manager's sweep of jobs past their expiresAt
             [("expiresAt", ASC)],
             {
                 "partialFilterExpression": {

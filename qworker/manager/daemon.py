@@ -62,6 +62,15 @@ log = structlog.get_logger("qworker.manager")
 # Where the API and dashboard are served unless told otherwise: this machine only.
 DEFAULT_HTTP = "127.0.0.1:8765"
 # What the leader acts on; the rest of what it hears is for the event stream.
+# A new leader waits this long for the definitions it may have missed (announced
+# while no manager led) before it refuses a worker for an unknown task.
+SETTLE_SECONDS = 10.0
+
+
+class UnknownTask(str):
+    """A refusal because a task is unknown: the definition may have gone by unheard."""
+
+
 TO_LEADER = {*protocol.TO_MANAGER, protocol.WORKER_NOTIFICATION, protocol.SCHEDULES_CHANGED}
 
 
@@ -86,6 +95,7 @@ class Manager:
         self.settings = settings
         self.id = settings.manager_id
         self.leading = False
+        self._leading_since = 0.0  # monotonic
         # Since when pings could reach us as leader: no one is dead for missing
         # pings that no leader was there to record (a takeover, an outage).
         self._watching_since = self._last_round = utcnow()
@@ -209,6 +219,7 @@ class Manager:
                     self._watching_since = now  # newly leading, or away (outage, stall)
                 self._last_round = now
                 if leading and not self.leading:
+                    self._leading_since = time.monotonic()
                     await self._forget_unexpiring()
                     # Schedules first: workers answer manager:start by defining
                     # their tasks, whose metadata may carry schedules to install.
@@ -239,6 +250,9 @@ class Manager:
         )
         if done.modified_count:
             log.info("worker entries without an expiry will expire", count=done.modified_count)
+
+    def _newly_leading(self) -> bool:
+        return time.monotonic() - self._leading_since < SETTLE_SECONDS
 
     def _unanswered(self) -> str | None:
         """Readiness (``/readyz``): MongoDB answered within the last lease."""
@@ -374,7 +388,13 @@ class Manager:
         return refusal(raw["id"], live, fields) if live else None
 
     async def _initialize(self, worker_id: str, nonce: str, body: dict[str, Any]) -> None:
+        heard = self.conflicts.heard(worker_id, nonce)
         reason = await self._rejection(worker_id, nonce, body.get("tasks"))
+        if isinstance(reason, UnknownTask) and not heard and self._newly_leading():
+            # Its define:tasks went by before this manager led; refused now, it would
+            # stop for good. It announces again, whole, on this manager's start.
+            log.info("a worker's tasks are not known yet; waiting for it to announce them")
+            return
         clashes = self.conflicts.take(worker_id, nonce)
         # A definition that clashes is refused for now: it may run once the others stop.
         retry = reason is None and bool(clashes)
@@ -427,7 +447,7 @@ class Manager:
         for task_id in tasks:
             task = await self.tasks.find_one({"_id": task_id})
             if task is None:
-                return f"task '{task_id}' is unknown: no worker defined it"
+                return UnknownTask(f"task '{task_id}' is unknown: no worker defined it")
             if not task.get("valid", False):
                 return f"task '{task_id}' has invalid metadata: " + "; ".join(task["problems"])
         return None

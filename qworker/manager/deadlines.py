@@ -25,6 +25,7 @@ from qworker.errors import TaskDefinitionError
 from qworker.lifecycle import EXPIRED_REASON, KEEP
 from qworker.model import JobState
 from qworker.notifications import notification
+from qworker.schema import DEADLINES_INDEX
 from qworker.tasks import TaskMeta, check_metadata
 from qworker.when import utcnow
 
@@ -55,8 +56,11 @@ class Deadlines:
             return 0
         self._next = time.monotonic() + SWEEP_EVERY
         now = utcnow()
+        # Named: SecantusDB does not choose a partial index itself, and scanned the
+        # queue (240 ms at 10,000 queued) every sweep. The filter is within the index's.
         found = (
             await self.jobs.find(lifecycle.past_deadline(now), {"name": 1})
+            .hint(DEADLINES_INDEX)
             .limit(SWEEP_BATCH)
             .to_list()
         )
@@ -113,4 +117,4 @@ class Deadlines:
         notes = [
             notification(None, doc, "expire", chosen, managerId=self.manager_id) for doc in docs
         ]
-        await self.channel.collection.insert_many(notes, ordered=False)
+        await self.channel.publish_many(notes)

@@ -38,20 +38,28 @@ def refusal(task_id: str, holders: Sequence[str], fields: Sequence[str]) -> str:
 
 
 class Conflicts:
-    """Refusals found when instances defined their tasks, kept for their initialize."""
+    """Refusals found when instances defined their tasks, kept for their initialize;
+    and which instances' definitions were heard at all."""
 
     def __init__(self) -> None:
         self._by_instance: dict[tuple[str, str], list[str]] = {}
+        self._heard: dict[tuple[str, str], None] = {}  # ordered: the oldest forgotten first
 
     def record(self, worker_id: str, nonce: str, reasons: list[str]) -> None:
         key = (worker_id, nonce)
         self._by_instance.pop(key, None)
+        self._heard[key] = None
         if reasons:
             self._by_instance[key] = reasons
-            while len(self._by_instance) > REMEMBERED:  # forged defines never initialize
-                del self._by_instance[next(iter(self._by_instance))]
+        for kept in (self._by_instance, self._heard):
+            while len(kept) > REMEMBERED:  # forged defines never initialize
+                del kept[next(iter(kept))]
+
+    def heard(self, worker_id: str, nonce: str) -> bool:
+        return (worker_id, nonce) in self._heard
 
     def take(self, worker_id: str, nonce: str) -> list[str]:
+        self._heard.pop((worker_id, nonce), None)
         return self._by_instance.pop((worker_id, nonce), [])
 
 

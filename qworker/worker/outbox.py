@@ -9,6 +9,7 @@ write is conditional on the claim's ``lockToken``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +23,7 @@ from pymongo.errors import BulkWriteError, PyMongoError
 
 from qworker import fanin, protocol, tracing
 from qworker.aio import check_cancelled
-from qworker.channel import Channel, message
+from qworker.channel import Channel, bundled, message
 from qworker.job import Job
 from qworker.lifecycle import Outcome, kept_with_workflow, log_lines, owned
 from qworker.lifecycle import progress as progress_update
@@ -43,6 +44,9 @@ EVENTS = {
 # (as a client announces the jobs it enqueues due within a minute).
 HINTED_SNOOZE = timedelta(seconds=60)
 NOTES_BATCH = 500
+# Notifications wait this long for others to share their channel document (see
+# qworker.channel); a wake-up among them goes at once.
+NOTES_LINGER = 1.0
 MAX_PENDING_NOTES = 20_000  # notifications, not jobs: bounded, oldest dropped
 log = structlog.get_logger("qworker.worker")
 Attributes = Callable[[str, str], Iterable[str]]  # (task id, event) -> attribute paths
@@ -275,7 +279,9 @@ class OutboxWriter:
         self._written, self._failed = written, failed
         self.wanted = asyncio.Event()  # set (from the loop) when the outbox has something
         self._notes_wanted = asyncio.Event()
-        self.notes: list[dict[str, Any]] = []
+        self._notes_urgent = asyncio.Event()
+        self.notes: list[dict[str, Any]] = []  # messages to publish
+        self.unsent: list[dict[str, Any]] = []  # channel documents of a publish to retry
         self.stopping = False  # then a failed publish gives up at once
 
     async def flush_loop(self) -> None:
@@ -320,6 +326,8 @@ class OutboxWriter:
         if notes:  # after the writes they announce
             self.notes.extend(notes)
             self._notes_wanted.set()
+            if any(note["event"] != protocol.WORKER_NOTIFICATION for note in notes):
+                self._notes_urgent.set()
 
     def _traced(self, ops: list[Write]) -> dict[str, str | int | bool]:
         """The attributes of a batch write's span (``--trace-writes``)."""
@@ -349,14 +357,19 @@ class OutboxWriter:
     async def publish_loop(self) -> None:
         while True:
             await self._notes_wanted.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._notes_urgent.wait(), NOTES_LINGER)
             self._notes_wanted.clear()
+            self._notes_urgent.clear()
             await self.publish()
 
     async def publish(self) -> None:
-        while self.notes:
-            batch, self.notes = self.notes[:NOTES_BATCH], self.notes[NOTES_BATCH:]
+        while self.notes or self.unsent:
+            if not self.unsent:  # bundled once: a batch retried keeps its documents' ids
+                self.unsent = bundled(self.notes[:NOTES_BATCH])
+                del self.notes[:NOTES_BATCH]
             try:
-                await self.channel.collection.insert_many(batch, ordered=False)
+                await self.channel.publish_many(self.unsent)
             except BulkWriteError as exc:
                 # Unordered: the rest went in. A duplicate id is a message already
                 # delivered (an insert whose answer was lost); any other refusal
@@ -369,7 +382,6 @@ class OutboxWriter:
                         error=str(refused[0].get("errmsg"))[:300],
                     )
             except PyMongoError as exc:
-                self.notes[:0] = batch
                 check_cancelled()
                 if len(self.notes) > MAX_PENDING_NOTES:
                     dropped = len(self.notes) - MAX_PENDING_NOTES
@@ -379,3 +391,5 @@ class OutboxWriter:
                 await asyncio.sleep(1.0)
                 if self.stopping:
                     return
+                continue
+            self.unsent = []

@@ -111,7 +111,7 @@ class Stopping:
             unwritten=unwritten[:UNWRITTEN_SHOWN],
             more=max(0, len(unwritten) - UNWRITTEN_SHOWN),
             workflows=[str(doc["_id"]) for doc in drained.workflows],
-            notifications=len(drained.notes) + len(writer.notes),
+            notifications=len(drained.notes) + len(writer.notes) + len(writer.unsent),
         )
 
 

@@ -18,15 +18,12 @@ Needs root (CAP_NET_ADMIN) and iproute2 (``ip``); skipped, saying why, otherwise
 
 from __future__ import annotations
 
-import os
-import random
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +35,7 @@ from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 from support.effects import effects_env
 from support.logs import alive, log_events, ready, wait_logged
+from support.netns import Host, Unavailable, make_host
 from support.processes import REPO, TASKS, WorkerProcess, process_env, qworker_command
 from support.waits import wait_for
 
@@ -46,76 +44,16 @@ from qworker import Client
 pytestmark = pytest.mark.timeout(240)
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=30)
-
-
-@dataclass
-class Link:
-    """A network namespace and the veth pair joining it to the host."""
-
-    namespace: str
-    host_side: str
-    inner_side: str
-    host_address: str
-
-    def down(self) -> None:
-        result = _ip("-n", self.namespace, "link", "set", self.inner_side, "down")
-        assert result.returncode == 0, result.stderr
-
-    def up(self) -> None:
-        result = _ip("-n", self.namespace, "link", "set", self.inner_side, "up")
-        assert result.returncode == 0, result.stderr
-
-
 @pytest.fixture
-def link() -> Iterator[Link]:
-    if not sys.platform.startswith("linux"):
-        pytest.skip("network namespaces are a Linux feature")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2 ('ip') is not installed: apt-get install iproute2")
-    if os.geteuid() != 0:
-        pytest.skip("creating a network namespace needs root (CAP_NET_ADMIN)")
-    tag = uuid.uuid4().hex[:8]
-    net = Link(f"qwchaos-{tag}", f"qwh{tag}", f"qwn{tag}", "")
-    taken = _ip("-o", "-4", "addr", "show").stdout
-    block = next(
-        b for b in (f"10.213.{random.randrange(256)}" for _ in range(100)) if f" {b}." not in taken
-    )
-    net.host_address = f"{block}.1"
-    created = _ip("netns", "add", net.namespace)
-    if created.returncode != 0:
-        pytest.skip(f"cannot create a network namespace: {created.stderr.strip()}")
+def link() -> Iterator[Host]:
     try:
-        for command in (
-            [
-                "link",
-                "add",
-                net.host_side,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                net.inner_side,
-                "netns",
-                net.namespace,
-            ],
-            ["addr", "add", f"{net.host_address}/30", "dev", net.host_side],
-            ["link", "set", net.host_side, "up"],
-            ["-n", net.namespace, "addr", "add", f"{block}.2/30", "dev", net.inner_side],
-            ["-n", net.namespace, "link", "set", net.inner_side, "up"],
-            ["-n", net.namespace, "link", "set", "lo", "up"],
-        ):
-            result = _ip(*command)
-            if result.returncode != 0:
-                pytest.skip(f"cannot set up a veth pair (ip {' '.join(command)}): {result.stderr}")
-        entered = _ip("netns", "exec", net.namespace, sys.executable, "-c", "pass")
-        if entered.returncode != 0:
-            pytest.skip(f"cannot run a process in a network namespace: {entered.stderr.strip()}")
-        yield net
+        host = make_host()
+    except Unavailable as exc:
+        pytest.skip(str(exc))
+    try:
+        yield host
     finally:
-        _ip("netns", "del", net.namespace)  # takes the veth pair with it
-        _ip("link", "del", net.host_side)
+        host.remove()
 
 
 @dataclass
@@ -136,7 +74,7 @@ def _answers(url: str) -> bool:
 
 
 @pytest.fixture
-def server(link: Link, tmp_path: Path) -> Iterator[OwnServer]:
+def server(link: Host, tmp_path: Path) -> Iterator[OwnServer]:
     """A SecantusDB server of this test's own, listening on the host end of the link only."""
     with socket.socket() as sock:
         sock.bind((link.host_address, 0))
@@ -174,7 +112,7 @@ def server(link: Link, tmp_path: Path) -> Iterator[OwnServer]:
 
 @pytest.fixture
 def start_worker(
-    server: OwnServer, link: Link, tmp_path: Path
+    server: OwnServer, link: Host, tmp_path: Path
 ) -> Iterator[Callable[..., WorkerProcess]]:
     """``qworker --standalone`` on the test's server, on the host or inside the namespace."""
     started: list[WorkerProcess] = []
@@ -198,7 +136,7 @@ def start_worker(
         ]
         command = qworker_command(*args)
         if inside:
-            command = ["ip", "netns", "exec", link.namespace, *command]
+            command = link.inside(command)
         out, err = tmp_path / f"{worker_id}.out", tmp_path / f"{worker_id}.err"
         env = process_env(**effects_env(server.url))
         with open(out, "wb") as o, open(err, "wb") as e:
@@ -215,7 +153,7 @@ def start_worker(
 
 
 def test_a_cut_off_worker_cannot_overwrite_the_outcome_of_the_run_that_replaced_it(
-    server: OwnServer, link: Link, start_worker: Callable[..., WorkerProcess]
+    server: OwnServer, link: Host, start_worker: Callable[..., WorkerProcess]
 ) -> None:
     mongo: MongoClient[dict[str, Any]] = MongoClient(server.url, tz_aware=True)
     db = mongo.get_default_database()

@@ -163,13 +163,15 @@ def test_the_manager_rejects_workers_whose_tasks_are_unknown_or_invalid(
     manager = spawn_manager("m1")
     wait_leading(manager)
 
-    # A task nobody defined.
-    publish_sync(
-        db.channel,
-        "worker:initialize",
-        {"workerId": "ghost", "nonce": "n-ghost", "host": "h", "pid": 1, "tasks": ["nowhere"]},
-    )
-    [refusal] = wait_for(lambda: messages(db, "ghost/terminate"), 20, "ghost/terminate")
+    # A task nobody defined, announced again and again as a real worker does: a new
+    # leader first gives the definitions it may have missed a while to come.
+    ghost = {"workerId": "ghost", "nonce": "n-ghost", "host": "h", "pid": 1, "tasks": ["nowhere"]}
+
+    def refused() -> list[dict[str, Any]]:
+        publish_sync(db.channel, "worker:initialize", ghost)
+        return messages(db, "ghost/terminate")
+
+    [refusal, *_] = wait_for(refused, 30, "ghost/terminate", every=1.0)
     assert refusal["nonce"] == "n-ghost"
     assert refusal["reason"] == "task 'nowhere' is unknown: no worker defined it"
 
@@ -202,6 +204,28 @@ def test_the_manager_rejects_workers_whose_tasks_are_unknown_or_invalid(
     wait_accepted(worker)
     assert db.workers.find_one({"_id": "w1"})["state"] == "running"
     alive(manager)
+
+
+def test_a_worker_whose_definition_went_by_before_the_manager_led_is_accepted(
+    client: Client, db: Any, spawn_manager: Any
+) -> None:
+    """Its define:tasks came while no manager led, its initialize just after one took
+    the lease: it is not refused for an unknown task (which would stop it for good);
+    the announcement it repeats on the manager's start is accepted."""
+    me = {"workerId": "late", "nonce": "n-late", "host": "h", "pid": 3}
+    task = {"id": "latecomer", "name": "Latecomer", "description": "defined before a leader"}
+    publish_sync(db.channel, "define:tasks", {**me, "tasks": [task]})  # nobody listens
+    manager = spawn_manager("m1")
+    wait_leading(manager)
+    publish_sync(db.channel, "worker:initialize", {**me, "tasks": ["latecomer"]})
+    wait_logged(manager, "a worker's tasks are not known yet", 20)
+    assert messages(db, "late/terminate") == []
+
+    publish_sync(db.channel, "define:tasks", {**me, "tasks": [task]})
+    publish_sync(db.channel, "worker:initialize", {**me, "tasks": ["latecomer"]})
+    [start] = wait_for(lambda: messages(db, "late/start"), 20, "late/start")
+    assert start["nonce"] == "n-late" and messages(db, "late/terminate") == []
+    assert db.workers.find_one({"_id": "late"})["state"] == "running"
 
 
 # -- the manager going away and coming back --------------------------------

@@ -7,6 +7,7 @@ from typing import Any
 
 from bson import ObjectId
 
+from qworker.channel import opened
 from qworker.model import FINISHED_STATES
 from support.waits import wait_for
 
@@ -23,8 +24,9 @@ def wait_finished(db: Any, job_id: str, timeout: float = 60) -> dict[str, Any]:
 
 
 def messages(db: Any, event: str) -> list[dict[str, Any]]:
-    """The bodies of the channel messages of ``event``, oldest first."""
-    return [doc["message"] for doc in db.channel.find({"event": event}).sort("_id", 1)]
+    """The bodies of the channel messages of ``event``, oldest first, bundles opened."""
+    found = db.channel.find({"$or": [{"event": event}, {"events": event}]}).sort("_id", 1)
+    return [body for doc in found for kind, body in opened(doc) if kind == event]
 
 
 def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bson import ObjectId
+from support.jobs import messages
 from support.processes import leading
 from support.waits import wait_for
 
@@ -23,8 +24,7 @@ def test_pick_takes_dotted_paths_and_leaves_out_missing_ones() -> None:
 
 
 def notes(db: Any, job_id: str) -> list[dict[str, Any]]:
-    found = db.channel.find({"event": "worker:notification", "message.sourceId": job_id})
-    return [doc["message"] for doc in found.sort("_id", 1)]
+    return [n for n in messages(db, "worker:notification") if n["sourceId"] == job_id]
 
 
 def test_each_event_carries_the_attributes_its_metadata_selects(

@@ -7,10 +7,15 @@ of this test's database.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
+from support.jobs import messages
+
 from qworker import protocol
-from qworker.channel import Channel, message
+from qworker.channel import BUNDLE, Channel, bundled, message
 from qworker.job import Job
 from qworker.lifecycle import KEEP, Outcome
 from qworker.model import JobState, new_job
@@ -18,37 +23,77 @@ from qworker.mongo import Names, async_client
 from qworker.schema import prepare
 from qworker.store import WorkerStore
 from qworker.when import utcnow
+from qworker.worker import outbox as outbox_module
 from qworker.worker.outbox import Outbox, OutboxWriter
 
 
+@asynccontextmanager
+async def writer_of(mongo_url: str) -> AsyncIterator[tuple[Outbox, OutboxWriter]]:
+    """A worker's outbox and its writer, on this test's database."""
+    client = async_client(mongo_url)
+    database = client.get_default_database()
+    outbox = Outbox(30, lambda: None, "w", lambda task, event: ())
+    writer = OutboxWriter(
+        outbox,
+        WorkerStore(database[Names().jobs], database[Names().workflows]),
+        Channel(database[Names().channel]),
+        lambda: None,
+        lambda: None,
+    )
+    try:
+        yield outbox, writer
+    finally:
+        await client.close()
+
+
 def test_a_message_already_on_the_channel_is_taken_as_delivered(mongo_url: str, db: Any) -> None:
-    """An insert whose answer was lost in an outage is retried: its messages are there
-    already, and a retry of the same batch must not fail on them forever."""
+    """An insert whose answer was lost in an outage is retried: its bundle is there
+    already, and a retry of the same batch must neither fail on it forever nor deliver
+    its messages twice."""
     prepare(mongo_url, Names())
-    delivered, pending = (message(protocol.JOB_QUEUED, {"n": n}) for n in range(2))
-    db.channel.insert_one(delivered)
+    sent = bundled([message(protocol.JOB_QUEUED, {"n": n}) for n in range(3)])
+    assert len(sent) == 1  # one bundle of three
+    db.channel.insert_one(sent[0])
 
     async def publish() -> list[Any]:
-        client = async_client(mongo_url)
-        database = client.get_default_database()
-        outbox = Outbox(30, lambda: None, "w", lambda task, event: ())
-        writer = OutboxWriter(
-            outbox,
-            WorkerStore(database[Names().jobs], database[Names().workflows]),
-            Channel(database[Names().channel]),
-            lambda: None,
-            lambda: None,
-        )
-        writer.notes = [delivered, pending]
-        try:
+        async with writer_of(mongo_url) as (_, writer):
+            writer.unsent = sent
             await asyncio.wait_for(writer.publish(), 15)
-        finally:
-            await client.close()
-        return writer.notes
+            return writer.notes
 
     assert asyncio.run(publish()) == []
-    sent = [doc["message"]["n"] for doc in db.channel.find({"event": protocol.JOB_QUEUED})]
-    assert sorted(sent) == [0, 1]
+    assert [m["n"] for m in messages(db, protocol.JOB_QUEUED)] == [0, 1, 2]
+
+
+def test_notifications_wait_for_company_and_a_wake_up_takes_them_along(
+    mongo_url: str, db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Notifications linger so that more share their channel document; a wake-up
+    (which a worker is waiting for) is published at once, with what lingered."""
+    prepare(mongo_url, Names())
+    monkeypatch.setattr(outbox_module, "NOTES_LINGER", 60.0)
+
+    async def scenario() -> tuple[int, list[dict[str, Any]]]:
+        async with writer_of(mongo_url) as (outbox, writer):
+            publishing = asyncio.create_task(writer.publish_loop())
+            outbox.publish(message(protocol.WORKER_NOTIFICATION, {"n": 0}))
+            await writer.flush()
+            await asyncio.sleep(1.0)
+            lingered = await writer.channel.collection.count_documents({})
+            outbox.publish(message(protocol.JOB_QUEUED, {"n": 1}))
+            await writer.flush()
+            for _ in range(100):
+                if not writer.notes and not writer.unsent:
+                    break
+                await asyncio.sleep(0.1)
+            publishing.cancel()
+            return lingered, await writer.channel.collection.find().to_list()
+
+    lingered, docs = asyncio.run(scenario())
+    assert lingered == 0
+    assert [d["event"] for d in docs] == [BUNDLE]
+    assert [m["n"] for m in messages(db, protocol.WORKER_NOTIFICATION)] == [0]
+    assert [m["n"] for m in messages(db, protocol.JOB_QUEUED)] == [1]
 
 
 def test_each_unwritten_outcome_of_one_claim_holds_back_claims() -> None:

@@ -1,0 +1,2 @@
+def setup(worker, task):
+    worker.task(task.id, lambda job: None)
