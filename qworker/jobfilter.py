@@ -21,7 +21,7 @@ from typing import Any, TypedDict, Unpack
 
 from qworker import fleet, limits, store
 from qworker.errors import InvalidJobError
-from qworker.model import JobState
+from qworker.model import JobState, check_utf8
 from qworker.when import utcnow
 
 Doc = dict[str, Any]
@@ -125,6 +125,8 @@ class JobFilter:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise InvalidJobError(f"{name} must be a string, not {type(value).__name__}", name)
+            if value is not None:
+                check_utf8(value, name)
         if self.data_value is not None and not self.data_field:
             raise InvalidJobError(
                 "data_value needs data_field: the field of the data that holds it", "data_value"
@@ -197,7 +199,7 @@ def data_values(value: Any) -> list[Any] | None:
             f"data_value is {len(value)} characters long: at most {MAX_FIELD_CHARS}",
             "data_value",
         )
-    values: list[Any] = [value]
+    values: list[Any] = [check_utf8(value, "data_value")]
     text = value.strip()
     if _INTEGER.match(text):
         values.append(int(text))

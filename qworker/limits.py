@@ -37,7 +37,7 @@ PERIODS = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 MAX_PERIOD = 86400.0
 RATE_EXPECTED = "'N/second', 'N/minute', 'N/hour', 'N/day' or {limit, period}"
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)s?\s*$")
-_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
+_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*")
 MAX_PARTITION_CHARS = 200
 SEPARATOR = "\x1f"  # between a task and a partition in a document's _id
 
@@ -94,7 +94,7 @@ def parse_rate(value: Any) -> Rate:
 
 def check_path(value: Any) -> str:
     """A dotted path into a job document, such as ``data.customer``."""
-    if not isinstance(value, str) or not _PATH.match(value):
+    if not isinstance(value, str) or not _PATH.fullmatch(value):
         raise ValueError("not a dotted field path such as 'data.customer'")
     return value
 

@@ -89,10 +89,22 @@ def parse_priority(value: int | str | None) -> int:
 def check_task_id(task: str) -> str:
     if not isinstance(task, str) or not TASK_ID_RE.fullmatch(task):
         raise InvalidJobError(
-            f"task {task!r} is not a valid task id (lower-case letters, digits, '-' and '_')",
+            f"task {reprlib.repr(task)} is not a valid task id "
+            "(lower-case letters, digits, '-' and '_')",
             "task",
         )
     return task
+
+
+def check_utf8(text: str, field: str) -> str:
+    """``text`` if MongoDB can store it: a lone surrogate (``"\\ud800"``) has no UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidJobError(
+            f"{field} must be valid Unicode text: {exc.reason} at character {exc.start}", field
+        ) from None
+    return text
 
 
 def check_json(value: Any, what: str, field: str | None = None) -> Any:
@@ -168,13 +180,15 @@ MAX_UNIQUE_KEY_CHARS = 512
 
 
 def check_unique_key(key: str | None) -> str | None:
-    if key is not None and (not isinstance(key, str) or not 0 < len(key) <= MAX_UNIQUE_KEY_CHARS):
+    if key is None:
+        return None
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_UNIQUE_KEY_CHARS:
         raise InvalidJobError(
             f"unique must be a non-empty string of at most {MAX_UNIQUE_KEY_CHARS} characters, "
-            f"not {key!r}",
+            f"not {reprlib.repr(key)}",
             "unique",
         )
-    return key
+    return check_utf8(key, "unique")
 
 
 # How long a unique key is held (``Unique.mode``): while the job is waiting, queued or

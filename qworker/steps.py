@@ -6,6 +6,7 @@ chain: its data is the previous step's result) or a ``("task", data)`` pair.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,7 @@ class Step:
         unknown = sorted(set(options) - set(STEP_OPTIONS))
         if unknown:
             raise InvalidJobError(
-                f"Step({task!r}): unknown option(s) {', '.join(unknown)} "
+                f"Step({reprlib.repr(task)}): unknown option(s) {', '.join(unknown)} "
                 f"(a step takes {', '.join(STEP_OPTIONS)})"
             )
         for name, value in (
@@ -53,4 +54,6 @@ def step(value: Step | str | tuple[str, Any]) -> Step:
         return Step(value, previous_result=True)
     if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
         return Step(value[0], value[1])
-    raise InvalidJobError(f"a step is a task id, a (task, data) pair or a Step, not {value!r}")
+    raise InvalidJobError(
+        f"a step is a task id, a (task, data) pair or a Step, not {reprlib.repr(value)}"
+    )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import reprlib
 import struct
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -31,7 +32,7 @@ from bson import ObjectId
 
 from qworker.errors import InvalidJobError
 from qworker.fanin import bit_words
-from qworker.model import JobState, new_job
+from qworker.model import JobState, check_task_id, new_job
 from qworker.steps import Step, step
 
 Doc = dict[str, Any]
@@ -100,7 +101,7 @@ class Workflow(Generic[T]):
     def __init__(self, name: str, submit: Callable[[Workflow[T], Any], T] | None = None) -> None:
         if not isinstance(name, str) or not WORKFLOW_NAME_RE.fullmatch(name):
             raise InvalidJobError(
-                f"workflow name {name!r}: use 1-200 letters, digits and '_.:@/-', "
+                f"workflow name {reprlib.repr(name)}: use 1-200 letters, digits and '_.:@/-', "
                 "starting with a letter or digit",
                 "name",
             )
@@ -119,17 +120,15 @@ class Workflow(Generic[T]):
         **options: Any,
     ) -> Node:
         """A node running ``task``; ``name`` defaults to the task id (then ``task-2``, …)."""
-        node = name if name is not None else self._free_name(task)
+        node = name if name is not None else self._free_name(check_task_id(task))
         if not isinstance(node, str) or not NODE_NAME_RE.fullmatch(node):
             raise InvalidJobError(
-                f"workflow {self.name!r}: node name {node!r}: use 1-100 letters, digits "
-                "and '_.:@-', starting with a letter or digit",
+                f"workflow {self.name!r}: node name {reprlib.repr(node)}: use 1-100 letters, "
+                "digits and '_.:@-', starting with a letter or digit",
                 "name",
             )
         if node in self._nodes:
             raise InvalidJobError(f"workflow {self.name!r}: there is a node {node!r} already")
-        if len(self._nodes) >= MAX_NODES:
-            raise InvalidJobError(f"workflow {self.name!r}: at most {MAX_NODES:,} nodes")
         if not isinstance(ignore_failure, bool):
             raise InvalidJobError("ignore_failure must be true or false", "ignore_failure")
         if "previous_result" in options:
@@ -141,10 +140,16 @@ class Workflow(Generic[T]):
         return self._add(node, Step(task, data, **options), deps, ignore_failure)
 
     def _add(
-        self, node: str, spec_step: Step, deps: Iterable[Node | Dep | str], ignore: bool
+        self, node: str, spec_step: Step, deps: Iterable[Node | Dep | str] | None, ignore: bool
     ) -> Node:
+        if len(self._nodes) >= MAX_NODES:
+            raise InvalidJobError(f"workflow {self.name!r}: at most {MAX_NODES:,} nodes")
+        if isinstance(deps, str | Dep) or (deps is not None and not isinstance(deps, Iterable)):
+            raise InvalidJobError(
+                f"workflow {self.name!r}: node {node!r}: deps is a list of nodes", "deps"
+            )
         spec = _Spec(node, spec_step)
-        for dep in deps:
+        for dep in deps or ():
             spec.deps.append(self._dep(node, dep, ignore))
         if len({name for name, _ in spec.deps}) != len(spec.deps):
             raise InvalidJobError(f"workflow {self.name!r}: node {node!r} names a dependency twice")
@@ -162,13 +167,17 @@ class Workflow(Generic[T]):
     def _dep(self, node: str, dep: Node | Dep | str, ignore: bool) -> tuple[str, bool]:
         if isinstance(dep, Dep):
             target, ignore = dep.node, dep.ignore_failure
+            if not isinstance(ignore, bool):
+                raise InvalidJobError("Dep's ignore_failure must be true or false", "deps")
         else:
             target = dep
         name = target.name if isinstance(target, Node) else target
         if not isinstance(name, str) or name not in self._nodes:
             raise InvalidJobError(
-                f"workflow {self.name!r}: node {node!r} depends on {name!r}, which is not a "
-                "node added before it (dependencies come first, so a workflow has no cycle)"
+                f"workflow {self.name!r}: node {node!r} depends on {reprlib.repr(name)}, which "
+                "is not a node added before it (dependencies come first, so a workflow has no "
+                "cycle)",
+                "deps",
             )
         return name, ignore
 
@@ -219,13 +228,13 @@ def chain(
     """Steps that run one after another, each depending on the one before (a step given
     as a bare task takes the previous step's result as its data). A step that fails
     for good cancels every step after it at once, naming itself (``flow.rest``)."""
-    parsed = [step(s) for s in steps]
+    parsed = [step(s) for s in _listed(steps)]
     if len(parsed) < 2:
         raise InvalidJobError("a chain needs at least two steps")
     wf: Workflow[None] = Workflow(name)
     before: list[Node] = []
     for each in parsed:
-        before = [wf._add(wf._free_name(each.task), each, before, False)]
+        before = [wf._add(wf._free_name(check_task_id(each.task)), each, before, False)]
     built = wf.build(now, run_at, kind="chain")
     last = built.jobs[-1]["_id"]
     for n, doc in enumerate(built.jobs[:-1]):
@@ -246,7 +255,7 @@ def group(
     every child succeeded, ``on_complete`` (its data a summary) once every child
     finished, however."""
     Workflow(name)  # the name's check
-    children = [step(s) for s in steps]
+    children = [step(s) for s in _listed(steps)]
     if not children:
         raise InvalidJobError("a group needs at least one job")
     callbacks = [
@@ -255,7 +264,7 @@ def group(
         if s is not None
     ]
     if len(children) + len(callbacks) > MAX_NODES:
-        raise InvalidJobError(f"a group has at most {MAX_NODES - 2:,} jobs")
+        raise InvalidJobError(f"a group has at most {MAX_NODES:,} jobs, its callbacks counted")
     ids = node_ids(len(children) + len(callbacks))
     jobs = []
     for n, child in enumerate(children):
@@ -276,13 +285,20 @@ def group(
     return Built(_workflow_doc(ids[0], name, "group", len(jobs), now), jobs)
 
 
+def _listed(steps: Any) -> Sequence[Any]:
+    """The steps of a chain or group: a list, never one task's name read letter by letter."""
+    if isinstance(steps, str | bytes | Step) or not isinstance(steps, Sequence):
+        raise InvalidJobError("steps must be a list of steps (tasks, (task, data), Step)", "steps")
+    return steps
+
+
 def _callback_step(node: str, value: Step | str | tuple[str, Any]) -> Step:
     """A group's callback: a task and its options; its data is what the group gives it."""
     callback = step(value)
     if callback.data is not None:
         raise InvalidJobError(
             f"{node} is given the group's {'results' if node == 'on_success' else 'summary'} "
-            f"as its data: give it a task and options, not data ({callback.data!r})",
+            f"as its data: give it a task and options, not data ({reprlib.repr(callback.data)})",
             node,
         )
     return callback

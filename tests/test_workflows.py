@@ -388,5 +388,5 @@ def test_too_many_nodes_is_an_error_at_the_call(
         wf.add("double", {"x": n}, name=f"n{n}")
     with pytest.raises(InvalidJobError, match="at most 3 nodes"):
         wf.add("double", name="n3")
-    with pytest.raises(InvalidJobError, match="a group has at most 1 jobs"):
+    with pytest.raises(InvalidJobError, match="a group has at most 3 jobs, its callbacks counted"):
         client.group([("double", {"x": n}) for n in range(3)], on_success="gather")
