@@ -369,7 +369,7 @@ class OutboxWriter:
                 self.unsent = bundled(self.notes[:NOTES_BATCH])
                 del self.notes[:NOTES_BATCH]
             try:
-                await self.channel.publish_many(self.unsent)
+                await self.channel.collection.insert_many(self.unsent, ordered=False)
             except BulkWriteError as exc:
                 # Unordered: the rest went in. A duplicate id is a message already
                 # delivered (an insert whose answer was lost); any other refusal
