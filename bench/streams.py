@@ -152,9 +152,9 @@ def enqueue_transactional(url: str, jobs: int, rounds: int = 3) -> Doc:
     """An order and its job written one request at a time, no worker running: plainly
     (the order, then ``Client.now``) and in one transaction (``client.transaction()``),
     ``rounds`` times each, taking turns; the medians."""
-    db_url, db = fresh(url, "bench_tx_enqueue")
+    _, db = fresh(url, "bench_tx_enqueue")
     seconds: dict[str, list[float]] = {"plain": [], "transaction": []}
-    with Client(db_url) as client:
+    with Client(db) as client:  # the app's own connection: its session writes both
         client.now("noop")  # the collections exist before the first transaction
         for _ in range(rounds):
             for kind in seconds:

@@ -45,6 +45,11 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # a flush share a document, small enough that one never holds much of the window.
 BUNDLE_BYTES = 256 * 1024
 BUNDLE = "channel:bundle"
+# A tail's empty reads, at most two a second: on SecantusDB each one reads every
+# document the channel holds, and it comes at every write of anyone (see
+# qworker.awaits and docs/decisions.md, "The channel's tails"). Only a worker woken
+# by the channel for new jobs tails it faster.
+TAIL_GAP = 0.5
 
 Handler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -141,14 +146,20 @@ class Channel:
         await self.collection.insert_many(bundled(messages), ordered=False)
 
     async def subscribe(
-        self, events: Collection[str], handler: Handler, ready: asyncio.Event | None = None
+        self,
+        events: Collection[str],
+        handler: Handler,
+        ready: asyncio.Event | None = None,
+        gap: float = TAIL_GAP,
     ) -> None:
         """Deliver every message published from now on whose event is in ``events``.
 
         Runs until cancelled.
 
         ``ready`` is set once the first cursor is open, so a caller can publish
-        knowing the subscriber will see it.
+        knowing the subscriber will see it. ``gap`` is the floor under the rhythm
+        of its empty reads (``qworker.awaits``): a subscriber that the channel
+        wakes for new jobs passes ``MIN_GAP``.
         """
         since = self.position = datetime.now(UTC)
         recent: deque[ObjectId] = deque()
@@ -171,7 +182,7 @@ class Channel:
                 ).max_await_time_ms(1_000)
                 if ready is not None:
                     ready.set()
-                pace = Pace()
+                pace = Pace(gap)
                 while cursor.alive:
                     pace.begin()
                     delivered = False

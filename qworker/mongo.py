@@ -30,6 +30,9 @@ log = structlog.get_logger("qworker.mongo")
 
 DEFAULT_DATABASE = "qworker"
 CHANNEL_BYTES = 16 * 1024 * 1024
+# The channel also holds at most this many messages: on SecantusDB a tail's every
+# read goes through all it holds (docs/decisions.md, "The channel's tails").
+CHANNEL_DOCS = 1_000
 CLOSE_WAIT = 1.0  # seconds
 AUTHENTICATION_FAILED, UNAUTHORIZED = 18, 13  # MongoDB's error codes
 AUTH_CODES = (AUTHENTICATION_FAILED, UNAUTHORIZED)

@@ -22,6 +22,7 @@ from qworker.model import ACTIVE_STATES, JobState
 from qworker.mongo import (
     AUTH_CODES,
     CHANNEL_BYTES,
+    CHANNEL_DOCS,
     DEFAULT_DATABASE,
     UNAUTHORIZED,
     Names,
@@ -94,9 +95,8 @@ def schema(names: Names, channel_bytes: int, retire: bool = False) -> Operation[
     """Create the channel and the indexes that the claim path and the views need;
     with ``retire``, drop the indexes of earlier versions."""
     with contextlib.suppress(CollectionInvalid):  # it exists
-        yield Call(
-            None, "create_collection", (names.channel,), {"capped": True, "size": channel_bytes}
-        )
+        capped = {"capped": True, "size": channel_bytes, "max": CHANNEL_DOCS}
+        yield Call(None, "create_collection", (names.channel,), capped)
     for collection, indexes in INDEXES.items():
         for name, keys, options in indexes:
             yield Call(collection, "create_index", (keys,), {"name": name, **options})

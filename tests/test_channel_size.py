@@ -1,4 +1,5 @@
-"""The channel's capped size is a setting, used by whichever process creates it."""
+"""The channel's capped size is a setting, used by whichever process creates it; the
+number of messages it holds is bounded too."""
 
 from __future__ import annotations
 
@@ -7,12 +8,22 @@ import sys
 from typing import Any
 
 from qworker import Client
-from qworker.mongo import CHANNEL_BYTES
+from qworker.channel import message
+from qworker.mongo import CHANNEL_BYTES, CHANNEL_DOCS
 
 
 def test_the_client_creates_the_channel_with_the_default_size(client: Client, db: Any) -> None:
     options = db.channel.options()
     assert options["capped"] is True and options["size"] >= CHANNEL_BYTES
+    assert options["max"] == CHANNEL_DOCS
+
+
+def test_the_channel_keeps_only_its_newest_messages(client: Client, db: Any) -> None:
+    sent = [message("job:queued", {"n": n}) for n in range(CHANNEL_DOCS + 50)]
+    db.channel.insert_many(sent[:CHANNEL_DOCS])
+    db.channel.insert_many(sent[CHANNEL_DOCS:])  # SecantusDB keeps a whole batch
+    kept = [doc["message"]["n"] for doc in db.channel.find({}, sort=[("$natural", 1)])]
+    assert kept[-1] == CHANNEL_DOCS + 49 and len(kept) == CHANNEL_DOCS
 
 
 def test_the_manager_cli_creates_the_channel_with_the_size_asked_for(

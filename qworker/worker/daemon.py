@@ -25,7 +25,8 @@ from pymongo.errors import PyMongoError
 
 from qworker import controls, protocol, systemd
 from qworker.aio import cancel_and_wait
-from qworker.channel import Channel, message
+from qworker.awaits import MIN_GAP
+from qworker.channel import TAIL_GAP, Channel, message
 from qworker.config import WorkerSettings
 from qworker.errors import TaskDefinitionError, WorkerFailed
 from qworker.fleet import Listing
@@ -195,7 +196,12 @@ class Worker:
             asyncio.create_task(self.writer.flush_loop()),
             asyncio.create_task(self.writer.publish_loop()),
             asyncio.create_task(self.leases.keep()),
-            asyncio.create_task(self.channel.subscribe(events, self._on_message, listening)),
+            asyncio.create_task(
+                # The stream brings new jobs: the channel only hints and controls.
+                self.channel.subscribe(
+                    events, self._on_message, listening, TAIL_GAP if watching else MIN_GAP
+                )
+            ),
             asyncio.create_task(systemd.supervise(self.status_line, self._healthy)),
             asyncio.create_task(self.pauses.keep()),
             asyncio.create_task(self.gates.keep()),
