@@ -24,7 +24,7 @@ from support.jobs import FINISHED
 from qworker import Client
 from qworker.lifecycle import MAX_LOST
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(420)
 
 JOBS = 2_000
 WORKERS = 4
@@ -39,7 +39,8 @@ LEASE = 5
 # per job; the audit counts such jobs apart, and the test expects none.
 KILL_EVERY = (0.5, 2.0)
 MAX_KILLS = 25
-FINISH_WITHIN = 180.0
+# 2,000 jobs took 147 s here on a slow hour (server ceiling 232 jobs/s): room for 2x.
+FINISH_WITHIN = 300.0
 
 
 def test_random_sigkills_of_workers_lose_nothing_and_never_overlap_runs(
