@@ -19,7 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -438,6 +438,7 @@ class Manager:
         """Why this worker may not run, or None."""
         if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
             return "worker:initialize must list the worker's task ids"
+        await self.pings.write(self.workers)  # the pings heard before this message count
         holder = await self.workers.find_one({"_id": worker_id})
         if holder and holder.get("nonce") != nonce and self._alive(holder):
             return (
@@ -454,17 +455,21 @@ class Manager:
 
     def _alive(self, worker: dict[str, Any]) -> bool:
         pinged = worker.get("pingedAt")
-        silent_since = utcnow() - self._dead_after
-        return worker.get("state") == "running" and pinged is not None and pinged > silent_since
+        return worker.get("state") == "running" and pinged is not None and pinged > self._silent()
+
+    def _silent(self) -> datetime:
+        """Pings older than this were missed: two intervals before the point up to which
+        the channel was read. A manager behind its channel (a flood, a stall) has not
+        heard the latest pings yet, and must neither bury their senders nor let another
+        instance take their ids."""
+        return min(utcnow(), self.channel.position) - self._dead_after
 
     # -- dead workers ----------------------------------------------------
 
     async def _find_dead(self) -> None:
-        """Workers silent for two ping intervals, up to where the channel was read: a
-        manager behind its channel (a flood, a stall) has not heard the latest pings yet."""
+        """Workers silent for two ping intervals, up to where the channel was read."""
         await self.pings.write(self.workers)
-        heard_until = min(utcnow(), self.channel.position)
-        limit = heard_until - self._dead_after
+        limit = self._silent()
         if self._watching_since > limit:
             return  # not watched for two intervals yet: the missed pings are not theirs
         # Standalone workers list themselves and answer to no manager.

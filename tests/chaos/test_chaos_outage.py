@@ -56,15 +56,17 @@ def test_a_10s_mongodb_outage_mid_run_loses_nothing_and_everyone_recovers(
     ready(solo)
 
     # Long jobs, which both workers are running when the server stops, and short ones.
-    before = client.enqueue_many("chaos_record", [{"sleeps": [8]} for _ in range(6)])
+    # Long enough to be still running once 20 short ones have ended, on a slow machine too.
+    before = client.enqueue_many("chaos_record", [{"sleeps": [15]} for _ in range(6)])
     before += client.enqueue_many("chaos_record", [{"sleeps": [0.05]} for _ in range(300)])
+    long_runs = {"job": {"$in": before[:6]}, "end": {"$exists": False}}
     wait_for(
         lambda: (
-            {r["worker"] for r in db.effects.find({"job": {"$in": before[:6]}})} == {"w1", "s1"}
+            {r["worker"] for r in db.effects.find(long_runs)} == {"w1", "s1"}
             and db.effects.count_documents({"end": {"$exists": True}}) >= 20
         ),
         60,
-        "both workers to be busy",
+        "both workers to be in the middle of long runs",
     )
 
     # A client that waits for the server (longer than the outage) enqueues during it.

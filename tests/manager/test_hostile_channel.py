@@ -32,7 +32,15 @@ from hypothesis import strategies as st
 from pymongo.errors import DuplicateKeyError, PyMongoError
 from support.effects import effects_env
 from support.jobs import messages, wait_finished
-from support.logs import alive, count_logged, ready, wait_accepted, wait_leading, wait_logged
+from support.logs import (
+    alive,
+    count_logged,
+    log_events,
+    ready,
+    wait_accepted,
+    wait_leading,
+    wait_logged,
+)
 from support.processes import ManagerProcess, WorkerProcess, managed
 from support.server import free_port
 from support.waits import wait_for
@@ -450,6 +458,11 @@ def nothing_crashed(fleet: Fleet) -> None:
 # -- the tests -------------------------------------------------------------------
 
 
+# The 601 messages keep the workers busy too: on a slow machine a 0.5 s ping may come over
+# a second late; the manager then rightly buries the worker, and the forged
+# worker:initialize of its id is a restart. (For the manager's own lag, see
+# test_a_manager_behind_its_channel_gives_no_one_a_live_workers_id.)
+@pytest.mark.parametrize("fleet", [2.0], indirect=True, ids=["pings-every-2s"])
 def test_malformed_and_forged_messages_are_logged_and_ignored(fleet: Fleet) -> None:
     docs = corpus(fleet.nonce)
     refused = publish(fleet.db, docs)
@@ -655,3 +668,26 @@ def test_oversized_messages_are_logged_and_ignored(fleet: Fleet) -> None:
     no_job_from_a_bad_message(fleet)
     still_in_service(fleet)
     nothing_crashed(fleet)
+
+
+@pytest.mark.parametrize("fleet", [1.0], indirect=True, ids=["pings-every-1s"])
+def test_a_manager_behind_its_channel_gives_no_one_a_live_workers_id(fleet: Fleet) -> None:
+    """Behind a flood, the manager has not heard the live worker's latest pings: its
+    last recorded ping is older than two intervals, and the worker is alive all the same.
+    A worker:initialize of its id under another nonce must still be refused."""
+    ident = {"workerId": "ghost", "nonce": WRONG_NONCE}
+    # Each announced task costs the manager a lookup and a write.
+    flood = [
+        doc(protocol.DEFINE_TASKS, {**ident, "tasks": [{"id": f"lag-{n}-{k}"} for k in range(50)]})
+        for n in range(120)
+    ]
+    forged = {"workerId": MANAGED, "nonce": WRONG_NONCE, "tasks": ["record"], "host": "forger"}
+    published = time.monotonic()
+    publish(fleet.db, [*flood, doc(protocol.WORKER_INITIALIZE, forged)])
+    wait_logged(fleet.manager, "worker rejected", 120)
+    behind = time.monotonic() - published
+    assert behind > 2 * 1.0, f"the premise: the manager was only {behind:.1f} s behind"
+    [rejected] = [e for e in log_events(fleet.manager.output()) if e["event"] == "worker rejected"]
+    assert "already used by a live worker" in rejected["reason"], rejected
+    nothing_crashed(fleet)
+    assert count_logged(fleet.manager, "worker dead") == 0

@@ -104,7 +104,9 @@ def test_a_rate_limit_holds_in_every_second_and_is_used_while_the_backlog_lasts(
     assert busiest <= 20
     first = starts[0]
     in_30s = sum(1 for t in starts if t < first + 30)
-    assert in_30s >= 0.9 * 20 * 30, f"{in_30s} starts in 30 s"
+    # Used, not starved: a limiter that waits a window too long halves this. How close
+    # to the limit it keeps on a quiet machine is measured by bench/limits.py (0.96-1.03).
+    assert in_30s >= 0.75 * 20 * 30, f"{in_30s} starts in 30 s"
     assert client.count_jobs(state="queued") > 0  # the backlog lasted the whole measurement
 
 
