@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import HERE, TASKS, Fleet, fresh, loadavg, machine, server
+from common import HERE, TASKS, Fleet, cpu_seconds, fresh, loadavg, machine, server
 from compare import ceiling
 
 from qworker import Client
@@ -110,6 +110,12 @@ def top_frames(path: Path) -> dict[str, Any]:
     }
 
 
+def _cpu(server_pid: int | None, worker_pids: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by the server (when it is ours) and by all the workers."""
+    server = cpu_seconds(server_pid) if server_pid is not None else float("nan")
+    return {"server": server, "workers": sum(cpu_seconds(pid) for pid in worker_pids)}
+
+
 def run(url: str, jobs: int, workers: int, profile: bool, extra: list[str]) -> dict[str, Any]:
     """N no-op jobs, enqueued while K counted workers wait; commands per job, and the
     server's own batched ceiling measured just before, on the same server."""
@@ -134,17 +140,22 @@ def run(url: str, jobs: int, workers: int, profile: bool, extra: list[str]) -> d
     fleet = Fleet(
         [[*command, "--id", f"bd-{n}"] for n in range(workers)], b"worker started", env=env
     )
+    server_pid = _server_pid(db_url)
     pids = {
-        "server": _server_pid(db_url) if profile else None,
+        "server": server_pid if profile else None,
         "worker": fleet.pids[0] if profile else None,
     }
     with Client(db_url) as client, profiled(pids, folder) as profiles:
+        cpu_before = _cpu(server_pid, fleet.pids)
         started = time.monotonic()
         for start in range(0, jobs, BATCH):
             client.enqueue_many("noop", [None] * min(BATCH, jobs - start))
         _wait_done(db, jobs, 900)
         seconds = time.monotonic() - started
+        cpu_after = _cpu(server_pid, fleet.pids)
     fleet.stop()
+    used = {part: cpu_after[part] - cpu_before[part] for part in cpu_after}
+    cpu_ms = {part: round(1000 * seconds_used / jobs, 3) for part, seconds_used in used.items()}
     totals: dict[str, dict[str, float]] = {}
     for path in folder.glob("commands-*.json"):
         for kind, figure in json.loads(path.read_text()).items():
@@ -173,6 +184,8 @@ def run(url: str, jobs: int, workers: int, profile: bool, extra: list[str]) -> d
         "commands_per_job": round(sum(f["calls"] for f in work.values()) / jobs, 3),
         "command_ms_per_job": round(sum(f["ms"] for f in work.values()) / jobs, 3),
         "by_operation": per_job,
+        # CPU time per job over the same span: two cores are shared by all of these.
+        "cpu_ms_per_job": cpu_ms,
         "profiles": {name: top_frames(path) for name, path in profiles.items()},
     }
 
@@ -185,6 +198,8 @@ def show(result: dict[str, Any]) -> None:
         f" {result['batched_ceiling_jobs_per_second']}); {result['commands_per_job']} commands"
         f" and {result['command_ms_per_job']} ms per job"
     )
+    cpu = result["cpu_ms_per_job"]
+    print(f"  CPU per job: server {cpu['server']} ms, workers {cpu['workers']} ms")
     print(f"  {'operation':<28} {'calls/job':>10} {'ms/job':>8} {'ms/call':>8}")
     for kind, f in result["by_operation"].items():
         print(f"  {kind:<28} {f['calls_per_job']:>10} {f['ms_per_job']:>8} {f['ms_per_call']:>8}")

@@ -186,6 +186,7 @@ class Worker:
             self._refill_now,
             self.cancel_job,
             self.claims.partition_fields,
+            self._busy,
         )
         watching = self.settings.watch_jobs and await feed.open()
         self.watchdog = self._watchdog(feed if watching else None)
@@ -460,6 +461,11 @@ class Worker:
         self._wake.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), max(timeout, 0.001))
+
+    def _busy(self) -> bool:
+        """No slot to claim for, or candidates enough for every free one: news can wait."""
+        free = self._free()
+        return free <= 0 or len(self.claims.candidates) >= free
 
     def _candidates_waiting(self) -> bool:
         return bool(self.runs) and len(self.claims.candidates) > 0

@@ -6,14 +6,20 @@ publishes on this server) can start a job within seconds.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from typing import Any
 
+import pytest
+from pymongo import AsyncMongoClient, monitoring
 from support.effects import effects_env
 from support.logs import ready, wait_logged
 from support.server import Server
 from support.waits import wait_for
 
 from qworker import Client
+from qworker.worker.jobfeed import JobFeed
 
 SLOW_POLL = ["--poll-interval", "30"]
 
@@ -77,3 +83,61 @@ def test_a_cancel_reaches_a_running_job_through_the_stream(
     (end,) = db.effects.find({"job": job_id, "phase": "end"})
     assert end["saw_cancel"] is True  # the handler saw job.cancelled, as asked
     assert db.channel.count_documents({"event": "job:cancel"}) == 0
+
+
+class _GetMores(monitoring.CommandListener):
+    """Counts the ``getMore`` commands a client sends."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def started(self, event: monitoring.CommandStartedEvent) -> None:
+        self.count += event.command_name == "getMore"
+
+    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
+        pass
+
+    def failed(self, event: monitoring.CommandFailedEvent) -> None:
+        pass
+
+
+async def _stream_reads(mongo_url: str, busy: bool, seconds: float) -> int:
+    """The stream's getMores over ``seconds`` while another client writes elsewhere."""
+    listener = _GetMores()
+    watcher: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        mongo_url, event_listeners=[listener]
+    )
+    writer: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url)
+    feed = JobFeed(
+        watcher.get_default_database().jobs,
+        ["double"],
+        1.0,
+        on_jobs=lambda _: None,
+        on_requeued=lambda: None,
+        on_cancel=lambda _: None,
+        busy=lambda: busy,
+    )
+    assert await feed.open()
+    running = asyncio.create_task(feed.run())
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline:  # writes end every awaited getMore here
+            await writer.get_default_database().elsewhere.insert_one({})
+            await asyncio.sleep(0.01)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await watcher.close()
+        await writer.close()
+    return listener.count
+
+
+def test_a_busy_workers_stream_reads_about_once_a_second_whatever_others_write(
+    mongo_url: str,
+) -> None:
+    idle = asyncio.run(_stream_reads(mongo_url, busy=False, seconds=3))
+    if idle < 10:
+        pytest.skip(f"this server holds awaited reads ({idle} in 3 s), as MongoDB does")
+    busy = asyncio.run(_stream_reads(mongo_url, busy=True, seconds=3))
+    assert busy <= 5, f"{busy} reads in 3 s (an idle worker's stream made {idle})"
