@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import MongoClient, monitoring
+from pymongo import MongoClient
+from support.commands import CommandCounter
 
 from qworker import Client, InvalidJobError, JobNotFound, JobStateError
 from qworker.model import PRIORITY_NAMES, parse_priority
@@ -781,24 +782,8 @@ def test_an_unstorable_result_fails_its_job_only(
     assert client.get(good)["result"] == {"n": 1}
 
 
-class _Finds(monitoring.CommandListener):
-    """Counts the ``find`` commands a client sends."""
-
-    def __init__(self) -> None:
-        self.finds = 0
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.finds += event.command_name == "find"
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 def test_wait_watches_the_job_instead_of_polling_it(mongo_url: str, db: Any) -> None:
-    listener = _Finds()
+    listener = CommandCounter("find")
     app: MongoClient[dict[str, Any]] = MongoClient(mongo_url, event_listeners=[listener])
     try:
         waiter = Client(app)
@@ -809,11 +794,11 @@ def test_wait_watches_the_job_instead_of_polling_it(mongo_url: str, db: Any) -> 
                 {"_id": ObjectId(job_id)}, {"$set": {"state": "succeeded", "result": 7}}
             ),
         )
-        before = listener.finds
+        before = listener.count
         finisher.start()
         assert waiter.wait(job_id, timeout=20)["result"] == 7
         # Read once at the start and once after the event; a poll reads ~10 times in 1.5 s.
-        assert listener.finds - before <= 3, listener.finds - before
+        assert listener.count - before <= 3, listener.count - before
         with pytest.raises(TimeoutError, match="still queued"):
             waiter.wait(waiter.now("send-mail", {}), timeout=0.5)
     finally:

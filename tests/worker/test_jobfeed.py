@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 import pytest
-from pymongo import AsyncMongoClient, monitoring
+from pymongo import AsyncMongoClient
+from support.commands import CommandCounter
 from support.effects import effects_env
 from support.logs import ready, wait_logged
 from support.server import Server
@@ -85,25 +86,9 @@ def test_a_cancel_reaches_a_running_job_through_the_stream(
     assert db.channel.count_documents({"event": "job:cancel"}) == 0
 
 
-class _GetMores(monitoring.CommandListener):
-    """Counts the ``getMore`` commands a client sends."""
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def started(self, event: monitoring.CommandStartedEvent) -> None:
-        self.count += event.command_name == "getMore"
-
-    def succeeded(self, event: monitoring.CommandSucceededEvent) -> None:
-        pass
-
-    def failed(self, event: monitoring.CommandFailedEvent) -> None:
-        pass
-
-
 async def _stream_reads(mongo_url: str, busy: bool, seconds: float) -> int:
     """The stream's getMores over ``seconds`` while another client writes elsewhere."""
-    listener = _GetMores()
+    listener = CommandCounter("getMore")
     watcher: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
         mongo_url, event_listeners=[listener]
     )
