@@ -10,7 +10,8 @@ before ``MIN_GAP`` is followed by a pause up to it: at most 1/``MIN_GAP`` empty 
 a second per waiter. On a server that waits as MongoDB does, an empty read takes its
 whole await time, so nothing ever pauses; news arriving during a pause waits for it
 (at most ``MIN_GAP``), which only happens while other writes keep the server busy.
-A channel tail that carries no wake-ups paces slower (``qworker.channel.TAIL_GAP``).
+A channel tail that carries no wake-ups paces slower (``qworker.channel.TAIL_GAP``),
+and so does a busy worker's change stream (``qworker.worker.jobfeed.BUSY_GAP``).
 """
 
 from __future__ import annotations
