@@ -663,21 +663,6 @@ def test_candidates_same_priority_and_time_fall_back_to_id_order() -> None:
     assert ids(c.take(5, NOW, unlimited)) == [d["_id"] for d in docs]
 
 
-def test_salted_candidates_spread_workers_over_a_batch_but_keep_priority() -> None:
-    batch = [candidate("a") for _ in range(50)]
-    urgent = candidate("a", priority=10)
-    first = {}
-    for salt in ("worker-1", "worker-2"):
-        c = Candidates(salt=salt)
-        c.add([*batch, urgent])
-        picked = ids(c.take(51, NOW, unlimited))
-        assert picked[0] == urgent["_id"]
-        assert sorted(picked[1:]) == sorted(d["_id"] for d in batch)
-        first[salt] = picked[1:9]
-    # Two workers start on different jobs of the same batch.
-    assert first["worker-1"] != first["worker-2"]
-
-
 def test_candidates_take_at_most_n() -> None:
     docs = [candidate("a", p) for p in range(5)]
     c = Candidates()

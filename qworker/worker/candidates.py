@@ -9,7 +9,6 @@ announce. Claims stay conditional in MongoDB: an entry here is only a hint.
 from __future__ import annotations
 
 import heapq
-import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,9 +18,11 @@ from bson import ObjectId
 
 from qworker.limits import partition_of
 
-# (priority, round, due time, salted tie, id): see ``Candidates``.
-Key = tuple[int, int, datetime, int, ObjectId]
+# (priority, round, due time, place among jobs due with it, id): see ``Candidates``.
+Key = tuple[int, int, datetime, tuple[int, int], ObjectId]
 Lane = tuple[str, str | None]  # a task and a partition of it (None: not known yet)
+Order = tuple[int, datetime, tuple[int, int], ObjectId]
+Placer = Callable[[str, ObjectId], tuple[int, int]]  # a job's place in a batch (``Shares``)
 
 
 @dataclass(frozen=True)
@@ -71,15 +72,18 @@ class Candidates:
     being served, not ahead of it.
 
     Jobs due at the same instant (a batch enqueued at once) are in no order
-    of their own; with a ``salt`` each worker walks them in an order of its own,
-    so that workers sharing a queue do not all try to claim the same ids.
+    of their own: they come in id order, or as ``place`` puts them (each
+    worker its own share of the batch first, ``Shares``), so that workers
+    sharing a queue do not all try to claim the same ids.
 
     A job lost with a worker before is taken alone, by a worker that runs
     nothing else: if it kills its worker again, it takes no other job with it.
     """
 
-    def __init__(self, salt: str = "", partitions: Mapping[str, str] | None = None) -> None:
-        self._salt = salt
+    def __init__(
+        self, place: Placer | None = None, partitions: Mapping[str, str] | None = None
+    ) -> None:
+        self._place = place or (lambda _task, job_id: (0, 0))
         self._paths = dict(partitions or {})  # task -> partitionBy
         self._heap: list[tuple[Key, str, str | None]] = []
         self._keys: dict[ObjectId, Key] = {}
@@ -91,7 +95,7 @@ class Candidates:
         return len(self._keys)
 
     def replace(self, docs: Iterable[dict[str, Any]]) -> None:
-        self._heap, self._keys, self._lost, self._rounds, self._serving = [], {}, set(), {}, 0
+        self._clear()
         self.add(docs)
 
     def add(self, docs: Iterable[dict[str, Any]], partitioned: bool = True) -> None:
@@ -102,22 +106,41 @@ class Candidates:
             for doc in docs  # not a job qworker wrote (and a string id is not comparable)
             if isinstance(doc.get("nextRunAt"), datetime) and isinstance(doc.get("_id"), ObjectId)
         ]
-        for order, doc in sorted(((self._order(doc), doc) for doc in valid), key=lambda o: o[0]):
-            old = self._keys.get(doc["_id"])
+        self._insert(
+            (self._order(doc), (doc["name"], self._partition(doc, partitioned)), lost_before(doc))
+            for doc in valid
+        )
+
+    def reorder(self) -> None:
+        """Place every candidate anew (the peers sharing the queue changed)."""
+        live = [
+            ((prio, at, self._place(task, job), job), (task, part), job in self._lost)
+            for (prio, _turn, at, _place, job), task, part in self._heap
+            if self._keys.get(job) == (prio, _turn, at, _place, job)
+        ]
+        self._clear()
+        self._insert(live)
+
+    def _clear(self) -> None:
+        self._heap, self._keys, self._lost, self._rounds, self._serving = [], {}, set(), {}, 0
+
+    def _insert(self, entries: Iterable[tuple[Order, Lane, bool]]) -> None:
+        """Add candidates (their order, lane, and whether lost before), each lane's in turn."""
+        for order, lane, lost in sorted(entries, key=lambda e: e[0]):
+            old = self._keys.get(order[3])
             if old is not None and (old[0], old[2]) == (order[0], order[1]):
                 continue  # known as it is
-            lane = (doc["name"], self._partition(doc, partitioned))
             turn = max(self._rounds.get(lane, 0), self._serving)
             self._rounds[lane] = turn + 1
             key: Key = (order[0], turn, order[1], order[2], order[3])
-            self._keys[doc["_id"]] = key
+            self._keys[order[3]] = key
             heapq.heappush(self._heap, (key, *lane))
-            if lost_before(doc):
-                self._lost.add(doc["_id"])
+            if lost:
+                self._lost.add(order[3])
 
-    def _order(self, doc: dict[str, Any]) -> tuple[int, datetime, int, ObjectId]:
-        tie = zlib.crc32(f"{self._salt}{doc['_id']}".encode()) if self._salt else 0
-        return (-priority_of(doc), doc["nextRunAt"], tie, doc["_id"])
+    def _order(self, doc: dict[str, Any]) -> Order:
+        place = self._place(doc["name"], doc["_id"])
+        return (-priority_of(doc), doc["nextRunAt"], place, doc["_id"])
 
     def _partition(self, doc: dict[str, Any], known: bool) -> str | None:
         path = self._paths.get(doc["name"])
@@ -177,13 +200,33 @@ class Candidates:
 
     def discard_tasks(self, tasks: frozenset[str]) -> None:
         """Forget the candidates of ``tasks``."""
-        if not tasks:
-            return
-        kept = [item for item in self._heap if item[1] not in tasks]
-        gone = {item[0][4] for item in self._heap if item[1] in tasks}
+        if tasks:
+            self._discard(lambda _key, task: task in tasks)
+
+    def leave(self, missed: Iterable[Pick]) -> None:
+        """Claims of these came back empty where shares of the queue meet (``Shares``):
+        forget what a peer has taken already. In another's share, walked from its far
+        end, that is the rest of it; in this worker's own, walked upward while the
+        others come down, every job above the lowest one missed."""
+        lowest: dict[tuple[str, int], int] = {}
+        for pick in missed:
+            share, number = pick.key[3]
+            lowest[(pick.task, share)] = min(lowest.get((pick.task, share), number), number)
+
+        def taken(key: Key, task: str) -> bool:
+            share, number = key[3]
+            floor = lowest.get((task, share))
+            return floor is not None and (share > 0 or number >= floor)
+
+        if lowest:
+            self._discard(taken)
+
+    def _discard(self, gone: Callable[[Key, str], bool]) -> None:
+        kept = [item for item in self._heap if not gone(item[0], item[1])]
+        dropped = {item[0][4] for item in self._heap if gone(item[0], item[1])}
         heapq.heapify(kept)
         self._heap = kept
-        for job_id in gone:
+        for job_id in dropped:
             self._keys.pop(job_id, None)
             self._lost.discard(job_id)
 

@@ -20,17 +20,20 @@ from typing import Any
 import structlog
 from bson import ObjectId
 from bson.errors import InvalidId
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure, PyMongoError
 
 from qworker import limits, tracing
 from qworker.store import CANDIDATE_FIELDS, WorkerStore
 from qworker.streams import HINT_FIELDS
 from qworker.when import utcnow
-from qworker.worker.candidates import Candidates, priority_of
+from qworker.worker.candidates import Candidates, Pick, priority_of
+from qworker.worker.shares import Shares
 
 log = structlog.get_logger("qworker.worker")
 
 CANDIDATE_CAP = 20_000
+PEERS_GAP = 1.0  # seconds: a claim that came back short reads the peers at most this often
 
 Doc = dict[str, Any]
 
@@ -55,13 +58,17 @@ class Claims:
         self.partition_fields = limits.fields(paths, [*CANDIDATE_FIELDS, *HINT_FIELDS])
         self.worker_id, self.nonce = worker_id, nonce
         self.lease, self.poll_interval = lease, poll_interval
-        self.candidates = Candidates(salt=nonce, partitions=partitions)
+        self.shares = Shares(worker_id, self.tasks)
+        self.candidates = Candidates(self.shares.place, partitions)
         self.paused: frozenset[str] = frozenset()  # tasks paused fleet-wide (``Pauses``)
         self._tokens = itertools.count(1)
         self.wanted = True  # read the queue at the next chance
         self._next_read = 0.0
         self._reread_every = 5.0
+        self._took = 0.0  # the last read's
+        self.stale = False  # a claim came back short: peers took some of the candidates
         self.last_read_started = 0.0  # monotonic
+        self._peers_read_at = 0.0  # monotonic
 
     def want(self) -> None:
         """Jobs came to the queue that no hint named (a lost worker's): read it soon."""
@@ -71,12 +78,14 @@ class Claims:
         now = time.monotonic()
         if len(self.candidates) == 0:
             return self.wanted or now >= self._next_read
+        if self.stale:  # as soon as a slow read may be repeated
+            return now >= self._next_read + max(0.0, 20 * self._took - self.poll_interval)
         return now >= self._next_read + self._reread_every
 
     async def read(self) -> None:
         """The queued jobs of our tasks due within a poll interval, as the candidates."""
         started = time.monotonic()
-        self.wanted = False
+        self.wanted = self.stale = False
         horizon = utcnow() + timedelta(seconds=self.poll_interval)
         try:
             docs = await self.store.candidates(
@@ -88,7 +97,7 @@ class Claims:
             return
         self.candidates.replace(docs)
         self.last_read_started = started
-        took = time.monotonic() - started
+        self._took = took = time.monotonic() - started
         # A slow read (a deep queue) is repeated less often, so reading never
         # costs more than a small share of the server.
         self._reread_every = max(5 * self.poll_interval, 20 * took)
@@ -135,6 +144,28 @@ class Claims:
             except PyMongoError:
                 break  # unreachable: the rest stay queued
         return docs
+
+    async def read_peers(self, registry: AsyncCollection[Doc]) -> None:
+        """Read which live workers share our tasks (``Shares``); if that changed, the
+        candidates are placed anew."""
+        self._peers_read_at = time.monotonic()
+        try:
+            changed = await self.shares.read(registry)
+        except PyMongoError as exc:
+            log.warning("cannot read the worker registry", error=str(exc))
+            return
+        if changed:
+            self.candidates.reorder()
+
+    async def fell_short(self, missed: list[Pick], registry: AsyncCollection[Doc]) -> None:
+        """A claim did not get the ``missed`` jobs: peers took them. Where shares meet, the
+        rest of one is what its owner took already (``Candidates.leave``); the other
+        candidates are going stale too (the queue is read as soon as a read may be
+        repeated); and the peers may be new (read again, at most every ``PEERS_GAP``)."""
+        self.candidates.leave(pick for pick in missed if self.shares.shared(pick.task))
+        self.stale = True
+        if time.monotonic() - self._peers_read_at >= PEERS_GAP:
+            await self.read_peers(registry)
 
     def pause(self, paused: frozenset[str]) -> None:
         """Claim nothing of ``paused`` (their candidates dropped); read the queue again for

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 from pymongo import InsertOne
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import PyMongoError
 
 from qworker import controls, protocol, systemd
@@ -148,7 +149,7 @@ class Worker:
             self._held,
             self.cancel_job,
             self._refill_now,
-            self._register,
+            self._upkeep,
         )
         self.writer = OutboxWriter(
             self.outbox,
@@ -359,6 +360,10 @@ class Worker:
         if not admitted:
             return
         docs = await self.claims.claim([pick.id for pick in admitted], token, now, solo)
+        if len(docs) < len(admitted):
+            got = {doc["_id"] for doc in docs}
+            missed = [pick for pick in admitted if pick.id not in got]
+            await self.claims.fell_short(missed, self._workers)
         self.recycling.claimed(len(docs))
         await self.gates.unclaimed(admitted, docs, token)
         for doc in docs:
@@ -550,9 +555,8 @@ class Worker:
         """A standalone worker's ``<id>/stop`` is a hint anyone could write: it stops only
         when its entry in ``workers`` asks this instance to (``stopRequested``, written by
         ``Client.stop_worker``); each refresh of the entry looks too (``_register``)."""
-        registry = self.store.jobs.database[Names(self.settings.prefix).workers]
         try:
-            entry = await registry.find_one({"_id": self.id}, {"stopRequested": 1})
+            entry = await self._workers.find_one({"_id": self.id}, {"stopRequested": 1})
         except PyMongoError:
             return  # the next refresh of the entry looks again
         if not self._listing.stop_asked(entry):
@@ -578,6 +582,16 @@ class Worker:
         if loop is not None and writer is not None and not loop.is_closed():
             loop.call_soon_threadsafe(writer.wanted.set)
 
+    @property
+    def _workers(self) -> AsyncCollection[dict[str, Any]]:
+        """The registry of workers (``fleet``)."""
+        return self.store.jobs.database[Names(self.settings.prefix).workers]
+
+    async def _upkeep(self) -> None:
+        """Beside each lease renewal: this worker's entry, and which peers share its tasks."""
+        await self._register()
+        await self.claims.read_peers(self._workers)
+
     async def _register(self, stopped: bool = False) -> None:
         """List a standalone worker in ``workers``, as the manager lists the others.
 
@@ -585,11 +599,10 @@ class Worker:
         """
         if self.membership is not None:
             return
-        registry = self.store.jobs.database[Names(self.settings.prefix).workers]
         try:
             if stopped:
-                await self._listing.stop(registry)
-            elif await self._listing.refresh(registry, self.running_count):
+                await self._listing.stop(self._workers)
+            elif await self._listing.refresh(self._workers, self.running_count):
                 self._stop_as_asked()
         except PyMongoError as exc:
             log.warning("cannot update the worker registry", error=str(exc))
