@@ -74,15 +74,21 @@ def test_a_transient_error_reruns_the_body_and_enqueues_exactly_once(
         job_id = client.now("double", {"x": 1}, session=s)
         if len(attempts) == 1:
             rival_wrote.wait(5)  # another transaction holds the order now
-        client.db.orders.update_one({"_id": "o3"}, {"$inc": {"n": 1}}, session=s)
+        try:
+            client.db.orders.update_one({"_id": "o3"}, {"$inc": {"n": 1}}, session=s)
+        finally:
+            tried.set()
         return job_id
 
-    rival_wrote = threading.Event()
+    rival_wrote, tried = threading.Event(), threading.Event()
 
     def rival() -> None:
         with db.client.start_session() as other, other.start_transaction():
             db.orders.update_one({"_id": "o3"}, {"$inc": {"n": 10}}, session=other)
             rival_wrote.set()
+            # Committed only once the body tried its write: committed before, the
+            # order is simply newer, and a server may let the body write it.
+            tried.wait(5)
 
     with Client(mongo_url) as client:
         thread = threading.Thread(target=rival)
