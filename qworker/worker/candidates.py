@@ -85,11 +85,12 @@ class Candidates:
     ) -> None:
         self._place = place or (lambda _task, job_id: (0, 0))
         self._paths = dict(partitions or {})  # task -> partitionBy
-        self._heap: list[tuple[Key, str, str | None]] = []
-        self._keys: dict[ObjectId, Key] = {}
-        self._lost: set[ObjectId] = set()
-        self._rounds: dict[Lane, int] = {}
-        self._serving = 0  # the round of the last job taken
+        self._heap: list[tuple[Key, str, str | None]]
+        self._keys: dict[ObjectId, Key]
+        self._lost: set[ObjectId]
+        self._rounds: dict[Lane, int]
+        self._serving: int  # the round of the last job taken
+        self._clear()
 
     def __len__(self) -> int:
         return len(self._keys)

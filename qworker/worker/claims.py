@@ -66,7 +66,7 @@ class Claims:
         self._next_read = 0.0
         self._reread_every = 5.0
         self._took = 0.0  # the last read's
-        self.stale = False  # a claim came back short: peers took some of the candidates
+        self._stale = False  # a claim came back short: peers took some of the candidates
         self.last_read_started = 0.0  # monotonic
         self._peers_read_at = 0.0  # monotonic
 
@@ -78,14 +78,14 @@ class Claims:
         now = time.monotonic()
         if len(self.candidates) == 0:
             return self.wanted or now >= self._next_read
-        if self.stale:  # as soon as a slow read may be repeated
+        if self._stale:  # as soon as a slow read may be repeated
             return now >= self._next_read + max(0.0, 20 * self._took - self.poll_interval)
         return now >= self._next_read + self._reread_every
 
     async def read(self) -> None:
         """The queued jobs of our tasks due within a poll interval, as the candidates."""
         started = time.monotonic()
-        self.wanted = self.stale = False
+        self.wanted = self._stale = False
         horizon = utcnow() + timedelta(seconds=self.poll_interval)
         try:
             docs = await self.store.candidates(
@@ -163,7 +163,7 @@ class Claims:
         candidates are going stale too (the queue is read as soon as a read may be
         repeated); and the peers may be new (read again, at most every ``PEERS_GAP``)."""
         self.candidates.leave(pick for pick in missed if self.shares.shared(pick.task))
-        self.stale = True
+        self._stale = True
         if time.monotonic() - self._peers_read_at >= PEERS_GAP:
             await self.read_peers(registry)
 
